@@ -1,0 +1,23 @@
+"""Shared fixtures: the bundled real NAIP rasters and generated tiny rasters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NAIP_DIR = REPO / "data" / "naip"
+
+
+def naip_files() -> dict[int, Path]:
+    """Bundled NAIP GeoTIFFs by year."""
+    return {int(p.stem.rsplit("_", 1)[-1][:4]): p for p in sorted(NAIP_DIR.glob("*.tif"))}
+
+
+@pytest.fixture(scope="session")
+def naip_paths() -> dict[int, Path]:
+    files = naip_files()
+    if len(files) < 2:
+        pytest.skip(f"bundled NAIP rasters missing from {NAIP_DIR}")
+    return files

@@ -1,0 +1,330 @@
+"""The tile database: L2-normalised float16 embeddings of reference images, with their geometry.
+
+On disk a database is a folder::
+
+    <name>/manifest.json    format, model fingerprint, preprocessing, CRS, sources, layers, file sizes
+    <name>/embeddings.npy   float16 (N, D), L2-normalised rows
+    <name>/entries.npy      structured array (N,) of :data:`ENTRY_DTYPE`: label, layer, geometry
+
+Entries are stored grouped by layer (one layer per flight altitude), so a layer is a contiguous slice
+of rows and the runtime searches a view, not a copy. Entries without geometry (``has_geo`` false: the
+SUES-200 satellite images, University-1652's gallery) carry only a label.
+
+The reader needs numpy alone and memory-maps both arrays. Writing goes to a hidden temporary folder
+beside the target, which is renamed into place only once every file is complete and synced, so an
+interrupted write never leaves a folder under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "geoloc-tiledb"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+EMBEDDINGS = "embeddings.npy"
+ENTRIES = "entries.npy"
+
+ENTRY_DTYPE = np.dtype(
+    [
+        ("label", "<U64"),  # tile id ("r0012_c0034") or gallery class ("0001")
+        ("layer", "<i2"),  # index into manifest["layers"]
+        ("has_geo", "?"),
+        ("x", "<f8"),  # centre, raster CRS units
+        ("y", "<f8"),
+        ("lat", "<f8"),  # centre, WGS84 degrees
+        ("lon", "<f8"),
+        ("footprint_m", "<f4"),  # ground side of the tile, metres
+        ("altitude_m", "<f4"),  # the flight altitude the tile was cut for
+        ("col_off", "<i4"),  # pixel window of the tile in its source raster
+        ("row_off", "<i4"),
+        ("width", "<i4"),
+        ("height", "<i4"),
+        ("source", "<i2"),  # index into manifest["sources"], -1 when none
+    ]
+)
+
+
+class DatabaseError(ValueError):
+    """A tile database that cannot be read: missing, truncated, wrong version, inconsistent."""
+
+
+class DatabaseMismatchError(DatabaseError):
+    """A readable database built for another model or preprocessing than the engine in use."""
+
+
+def empty_entries(n: int) -> np.ndarray:
+    """``n`` entries with no geometry (NaN coordinates, -1 windows and source)."""
+    e = np.zeros(n, ENTRY_DTYPE)
+    for f in ("x", "y", "lat", "lon", "footprint_m", "altitude_m"):
+        e[f] = np.nan
+    for f in ("col_off", "row_off", "width", "height", "source"):
+        e[f] = -1
+    return e
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_database(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    entries: np.ndarray,
+    *,
+    layers: list[dict],
+    model: dict,
+    preprocess: dict,
+    crs: str | None = None,
+    sources: list[dict] | None = None,
+    extra: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a database atomically and return its path.
+
+    ``embeddings`` (N, D) are L2-normalised here (rows of zero norm are an error) and stored float16.
+    ``entries`` is an array of :data:`ENTRY_DTYPE`; rows are reordered by layer (stable). ``layers`` is a
+    list of dicts, each at least ``{"name": str}`` and usually ``altitude_m``, ``hfov_deg``,
+    ``footprint_m``, ``stride_m``, ``tile_px``; ``start``/``stop``/``count`` are filled in here.
+    ``model`` must hold ``fingerprint`` (and usually ``name``, ``embedding_dim``); ``preprocess`` is
+    :meth:`runtime.preprocess.Preprocess.to_dict`.
+    """
+    path = Path(path)
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise DatabaseError(f"embeddings must be a non-empty (N, D) array, got shape {emb.shape}")
+    entries = np.asarray(entries)
+    if entries.dtype != ENTRY_DTYPE:
+        raise DatabaseError("entries must use tiles.db.ENTRY_DTYPE (build them with tiles.db.empty_entries)")
+    if len(entries) != len(emb):
+        raise DatabaseError(f"{len(entries)} entries for {len(emb)} embeddings: they must match one to one")
+    if not np.all(np.isfinite(emb)):
+        raise DatabaseError("embeddings contain NaN or inf: the model output is broken, nothing was written")
+    norms = np.linalg.norm(emb, axis=1)
+    if np.any(norms < 1e-12):
+        raise DatabaseError(f"{int(np.sum(norms < 1e-12))} embeddings have zero norm; cannot L2-normalise")
+    if "fingerprint" not in model:
+        raise DatabaseError("model info must include 'fingerprint' (the checkpoint hash) so the runtime can check it")
+    if not layers:
+        raise DatabaseError("at least one layer is needed, e.g. [{'name': 'gallery'}]")
+    if entries["layer"].min() < 0 or entries["layer"].max() >= len(layers):
+        raise DatabaseError(f"entry layer indices must be in 0..{len(layers) - 1}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+
+    order = np.argsort(entries["layer"], kind="stable")
+    emb = (emb / norms[:, None])[order].astype(np.float16)
+    entries = entries[order]
+    layers = [dict(layer) for layer in layers]
+    for i, layer in enumerate(layers):
+        if "name" not in layer:
+            raise DatabaseError(f"layer {i} has no 'name': {layer!r}")
+        idx = np.flatnonzero(entries["layer"] == i)
+        layer["start"] = int(idx[0]) if len(idx) else int(np.searchsorted(entries["layer"], i))
+        layer["stop"] = layer["start"] + len(idx)
+        layer["count"] = len(idx)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        np.save(tmp / EMBEDDINGS, emb)
+        np.save(tmp / ENTRIES, entries)
+        files = {}
+        for name in (EMBEDDINGS, ENTRIES):
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "count": int(len(emb)),
+            "embedding_dim": int(emb.shape[1]),
+            "model": dict(model),
+            "preprocess": dict(preprocess),
+            "crs": crs,
+            "sources": list(sources or []),
+            "layers": layers,
+            "files": files,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "extra": dict(extra or {}),
+        }
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+@dataclass
+class TileDatabase:
+    """A database opened read-only; ``embeddings`` and ``entries`` are memory-mapped."""
+
+    path: Path
+    manifest: dict
+    embeddings: np.ndarray
+    entries: np.ndarray
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, verify_hashes: bool = False, mmap: bool = True) -> TileDatabase:
+        path = Path(path)
+        if not path.is_dir():
+            raise DatabaseError(
+                f"no tile database at {path}: expected a folder with {MANIFEST}, {EMBEDDINGS}, {ENTRIES} "
+                "(build one with `python -m export CKPT --tiles MAP.tif ...`)"
+            )
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise DatabaseError(f"{path} has no {MANIFEST}: not a tile database, or its write was interrupted")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatabaseError(f"{mpath} is not valid JSON ({e}); rebuild the database") from e
+        if manifest.get("format") != FORMAT:
+            raise DatabaseError(f"{mpath}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DatabaseError(
+                f"{path}: database format version {version!r}, this reader understands {FORMAT_VERSION}; "
+                "rebuild the database with this version of `python -m export`"
+            )
+        for name, info in manifest.get("files", {}).items():
+            fpath = path / name
+            if not fpath.is_file():
+                raise DatabaseError(f"{path}: {name} is missing; rebuild the database")
+            size = fpath.stat().st_size
+            if size != info["bytes"]:
+                raise DatabaseError(
+                    f"{fpath} has {size} bytes, the manifest says {info['bytes']}: the file is truncated "
+                    "or was replaced; rebuild the database"
+                )
+            if verify_hashes and _sha256(fpath) != info["sha256"]:
+                raise DatabaseError(f"{fpath}: sha256 differs from the manifest; the file is corrupted")
+        mode = "r" if mmap else None
+        try:
+            emb = np.load(path / EMBEDDINGS, mmap_mode=mode, allow_pickle=False)
+            ent = np.load(path / ENTRIES, mmap_mode=mode, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DatabaseError(f"{path}: cannot read the arrays ({e}); rebuild the database") from e
+        n, d = manifest["count"], manifest["embedding_dim"]
+        if emb.shape != (n, d) or emb.dtype != np.float16:
+            raise DatabaseError(f"{path}: embeddings are {emb.dtype}{emb.shape}, manifest says float16({n}, {d})")
+        if ent.shape != (n,) or ent.dtype != ENTRY_DTYPE:
+            raise DatabaseError(f"{path}: entries do not match the manifest ({ent.shape}, {ent.dtype})")
+        return cls(path, manifest, emb, ent)
+
+    # ---- properties ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.manifest["layers"]
+
+    @property
+    def model_fingerprint(self) -> str:
+        return self.manifest["model"]["fingerprint"]
+
+    @property
+    def preprocess(self) -> dict:
+        return self.manifest["preprocess"]
+
+    @property
+    def crs(self) -> str | None:
+        return self.manifest.get("crs")
+
+    # ---- layers -------------------------------------------------------------------------------
+    def layer_slice(self, layer: int | str) -> slice:
+        if isinstance(layer, str):
+            names = [lay["name"] for lay in self.layers]
+            if layer not in names:
+                raise KeyError(f"no layer named {layer!r}; layers are {names}")
+            layer = names.index(layer)
+        lay = self.layers[layer]
+        return slice(lay["start"], lay["stop"])
+
+    def layer_for_altitude(self, altitude_m: float | None) -> int:
+        """Index of the layer cut for the altitude closest to ``altitude_m`` (the only one if just one)."""
+        alts = [lay.get("altitude_m") for lay in self.layers]
+        if len(alts) == 1 or altitude_m is None:
+            if altitude_m is None and len(alts) > 1:
+                raise ValueError(
+                    f"the database has {len(alts)} altitude layers {alts}; give the current altitude"
+                )
+            return 0
+        known = [(abs(a - altitude_m), i) for i, a in enumerate(alts) if a is not None]
+        if not known:
+            raise ValueError("no layer of this database records an altitude")
+        return min(known)[1]
+
+    # ---- compatibility ------------------------------------------------------------------------
+    def check_compatible(
+        self,
+        *,
+        model_fingerprint: str | None = None,
+        preprocess: dict | None = None,
+        embedding_dim: int | None = None,
+    ) -> None:
+        """Raise :class:`DatabaseMismatchError` naming every field that differs from the engine's."""
+        problems = []
+        if model_fingerprint is not None and model_fingerprint != self.model_fingerprint:
+            problems.append(
+                f"model fingerprint: database {self.model_fingerprint!r}, engine {model_fingerprint!r}"
+            )
+        if embedding_dim is not None and int(embedding_dim) != self.embedding_dim:
+            problems.append(f"embedding size: database {self.embedding_dim}, engine {embedding_dim}")
+        if preprocess is not None:
+            mine = self.preprocess
+            for key in sorted(set(mine) | set(preprocess)):
+                if key == "version":
+                    continue
+                if mine.get(key) != preprocess.get(key):
+                    problems.append(
+                        f"preprocess {key}: database {mine.get(key)!r}, engine {preprocess.get(key)!r}"
+                    )
+        if problems:
+            raise DatabaseMismatchError(
+                f"tile database {self.path} was not built for this model: " + "; ".join(problems)
+                + ". Rebuild it with `python -m export` from the same checkpoint as the engine."
+            )
