@@ -1,0 +1,169 @@
+"""FP16 and INT8 ONNX variants of an exported model, with a calibration cache that is never stale.
+
+- FP16: ``onnxruntime.transformers.float16.convert_float_to_float16`` (ships inside the onnxruntime
+  wheel, so nothing to install) with ``keep_io_types=True``: the graph still takes and returns the same
+  types as the FP32 model, and precision-sensitive ops (LayerNormalization, the L2 normalisation) stay
+  FP32 via the block list.
+- INT8: ONNX Runtime's ``quantize_static`` in Q/DQ format, symmetric activations and weights, per-channel
+  weights, only ``Conv``/``MatMul``/``Gemm`` quantised; nodes of the head (name containing ``/head``)
+  and everything else (LayerNorm, pooling, the normalisation) stay float. Opset 17 is kept.
+  NVIDIA ModelOpt was not used: it pulls onnxruntime-gpu, cupy and polygraphy (~2 GB) and always writes
+  opset 19; the ORT quantiser gives a Q/DQ graph TensorRT 8.5-11 consume.
+
+The calibration cache holds ORT's activation ranges. Its file name carries the sha256 of the FP32 ONNX
+file, of the calibration tensor (images after preprocessing) and of the settings, so any change of model,
+images, preprocessing or method selects another file: a stale cache cannot be picked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tiles.io import atomic_path, atomic_write_json, file_sha256
+
+from .onnx_export import INPUT_NAME
+
+_log = logging.getLogger(__name__)
+
+QUANT_OPS = ("Conv", "MatMul", "Gemm")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+#: ops the FP16 conversion keeps in FP32 (numerically sensitive reductions and normalisations)
+FP16_KEEP_FLOAT = ["LayerNormalization", "ReduceL2", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Softmax",
+                   "GlobalAveragePool"]
+
+
+def convert_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """FP32 ONNX -> mixed FP16 ONNX with FP32 inputs/outputs (and uint8 input untouched)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(onnx_path))
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FLOAT,
+                                    disable_shape_infer=False)
+    _toposort(fp16.graph)
+    onnx.checker.check_model(fp16)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        onnx.save(fp16, str(tmp))
+    _log.info("wrote FP16 model %s", out_path)
+    return out_path
+
+
+def _toposort(graph) -> None:
+    """Reorder nodes so every input is produced before use (the FP16 converter appends its input casts)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise RuntimeError("the converted graph has a cycle or a dangling input; cannot sort it")
+        for n in ready:
+            ordered.append(n)
+            known.update(n.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def array_sha256(x: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(f"{x.dtype}{x.shape}".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+def calibration_key(onnx_path: str | os.PathLike, calib: np.ndarray, method: str) -> dict:
+    """What a calibration depends on: model bytes, calibration tensor bytes, method, quantiser version."""
+    import onnxruntime
+
+    settings = f"{method}|ops={','.join(QUANT_OPS)}|sym|ort={onnxruntime.__version__}"
+    return {"model_sha256": file_sha256(onnx_path), "data_sha256": array_sha256(calib),
+            "settings_sha256": hashlib.sha256(settings.encode()).hexdigest(), "settings": settings}
+
+
+def calibration_cache_path(cache_dir: str | os.PathLike, key: dict) -> Path:
+    name = f"calib-{key['model_sha256'][:16]}-{key['data_sha256'][:16]}-{key['settings_sha256'][:8]}.json"
+    return Path(cache_dir) / name
+
+
+class _Reader:
+    """ORT CalibrationDataReader over a preprocessed array, in batches."""
+
+    def __init__(self, calib: np.ndarray, batch_size: int):
+        self.calib, self.batch_size, self.pos = calib, batch_size, 0
+        self.batches_read = 0
+
+    def get_next(self):
+        if self.pos >= len(self.calib):
+            return None
+        x = self.calib[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        self.batches_read += 1
+        return {INPUT_NAME: x}
+
+    def __len__(self):
+        return len(self.calib)
+
+    def rewind(self):
+        self.pos = 0
+
+
+def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray, *,
+                  method: str = "minmax", cache_dir: str | os.PathLike | None = None,
+                  batch_size: int = 16) -> dict:
+    """Q/DQ INT8 ONNX from the FP32 ONNX, calibrated on ``calib`` (the graph's input array, N >= 1).
+
+    Returns ``{"path", "cache", "cache_hit", "calibration": {...}}`` for the manifest.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIB_METHODS:
+        raise ValueError(f"calibration method {method!r} is not one of {CALIB_METHODS}")
+    if calib.ndim != 4 or len(calib) == 0:
+        raise ValueError(f"calibration data must be a non-empty (N, ...) image batch, got shape {calib.shape}")
+    if len(calib) < 32:
+        _log.warning("only %d calibration images; 100-500 representative frames give stabler ranges", len(calib))
+    model = onnx.load(str(onnx_path))
+    exclude = [n.name for n in model.graph.node if "/head" in n.name and n.op_type in QUANT_OPS]
+    key = calibration_key(onnx_path, calib, method)
+    cache = cache_hit = None
+    if cache_dir is not None:
+        cache = calibration_cache_path(cache_dir, key)
+        cache_hit = cache.is_file() and (cache.with_suffix(".key.json").is_file()
+                                         and json.loads(cache.with_suffix(".key.json").read_text()) == key)
+        if cache.is_file() and not cache_hit:
+            cache.unlink()  # a file under the right name but without a matching key record: recompute
+    reader = _Reader(calib, batch_size)
+    cal_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[method]
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        quantize_static(
+            str(onnx_path), str(tmp), calibration_data_reader=None if cache_hit else reader,
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            calibrate_method=cal_method,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            calibration_cache_path=str(cache) if cache is not None else None,
+        )
+        q = onnx.load(str(tmp))
+        onnx.checker.check_model(q)
+    if cache is not None and not cache_hit:
+        atomic_write_json(cache.with_suffix(".key.json"), key)
+    opset = {o.domain: o.version for o in q.opset_import}.get("", None)
+    n_q = sum(1 for n in q.graph.node if n.op_type == "QuantizeLinear")
+    if n_q == 0:
+        raise RuntimeError(f"quantisation of {onnx_path} inserted no QuantizeLinear node: nothing was quantised")
+    _log.info("wrote INT8 model %s (%d Q/DQ pairs, opset %s, cache %s)", out_path, n_q, opset,
+              "hit" if cache_hit else "miss")
+    return {"path": out_path, "cache": str(cache) if cache else None, "cache_hit": bool(cache_hit),
+            "calibration": {"n_images": int(len(calib)), "method": method, "data_sha256": key["data_sha256"],
+                            "batches_run": reader.batches_read, "quantize_linear_nodes": n_q, "opset": opset,
+                            "excluded_nodes": exclude}}
