@@ -65,8 +65,8 @@ class Preprocess:
     def __post_init__(self):
         size = tuple(int(v) for v in (self.input_size if not isinstance(self.input_size, int)
                                       else (self.input_size, self.input_size)))
-        if len(size) != 2 or min(size) < 8:
-            raise ValueError(f"input_size must be (height, width) of at least 8 px, got {self.input_size!r}")
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"input_size must be (height, width) in pixels, got {self.input_size!r}")
         object.__setattr__(self, "input_size", size)
         for name in ("mean", "std"):
             val = tuple(float(v) for v in getattr(self, name))
