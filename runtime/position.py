@@ -1,0 +1,181 @@
+"""From the best-matching tiles to a position, a confidence, an honest accuracy, and fusion over frames.
+
+One frame (:func:`estimate_fix`):
+- the top match's tile centre is the anchor; matches whose centres lie within ``cluster_m`` (default: the
+  anchor's footprint) of it form the consistent cluster; the position is their similarity-weighted mean
+  (weights ``exp((s - s1) / temperature)``);
+- the confidence is the margin between the top score and the best score of a *geographically distant*
+  match (outside the cluster): a view that matches two far-apart places equally well is ambiguous, whatever
+  its top score. ``confidence = 1 - exp(-margin / margin_scale)``, scaled down when the top score itself is
+  low (below ``min_score``). With no distant match among the k, the margin is taken to the k-th score;
+- the accuracy (metres, a 1-sigma-like radius) starts at half the stride-limited tile error, a quarter of
+  the footprint, adds the cluster's spread, and is divided by the confidence (so it grows as trust falls).
+
+Over frames (:class:`PositionFilter`): a fix is trusted only when its confidence reaches
+``min_confidence`` and it is reachable from the last trusted fix at ``max_speed_mps`` (plus both
+accuracies). Trusted fixes are blended with the prediction (constant position, process noise from
+``cruise_speed_mps``). ``reacquire_frames`` consecutive rejected fixes that agree with each other replace
+a track that went wrong. Otherwise the answer is "no trusted fix", never a made-up position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass
+class Fix:
+    t: float
+    x: float = math.nan  # database CRS (metres)
+    y: float = math.nan
+    lat: float = math.nan
+    lon: float = math.nan
+    confidence: float = 0.0  # 0..1
+    accuracy_m: float = math.inf
+    trusted: bool = False
+    source_rows: list[int] = field(default_factory=list)  # database rows behind the estimate, best first
+    scores: list[float] = field(default_factory=list)
+    reason: str = ""  # why not trusted ("low confidence", "jump 2400 m in 1.0 s", "no geometry", ...)
+    label: str = ""  # label of the top match (the class id for databases without geometry)
+
+    @property
+    def has_position(self) -> bool:
+        return math.isfinite(self.x) and math.isfinite(self.y)
+
+    def as_dict(self) -> dict:
+        def num(v, nd):
+            return round(float(v), nd) if math.isfinite(v) else None
+
+        return {"t": self.t, "x": num(self.x, 2), "y": num(self.y, 2), "lat": num(self.lat, 8),
+                "lon": num(self.lon, 8), "confidence": round(float(self.confidence), 4),
+                "accuracy_m": num(self.accuracy_m, 1), "trusted": bool(self.trusted), "reason": self.reason,
+                "label": self.label}
+
+
+def estimate_fix(
+    db,
+    indices_row,
+    scores_row,
+    t: float,
+    *,
+    cluster_m: float | None = None,
+    temperature: float = 0.02,
+    margin_scale: float = 0.05,
+    min_score: float = 0.0,
+) -> Fix:
+    """One frame's fix from its top-k matches (rows of ``db`` and cosine scores, best first)."""
+    idx = np.asarray(indices_row, np.int64)
+    sc = np.asarray(scores_row, np.float64)
+    ok = idx >= 0
+    idx, sc = idx[ok], sc[ok]
+    if len(idx) == 0:
+        return Fix(t=t, reason="no candidate tiles")
+    ent = db.entries[idx]
+    label = str(ent["label"][0])
+    if not bool(ent["has_geo"][0]):
+        return Fix(t=t, source_rows=idx.tolist(), scores=sc.tolist(), reason="no geometry", label=label,
+                   confidence=0.0)
+    xy = np.stack([ent["x"], ent["y"]], 1).astype(np.float64)
+    geo = np.asarray(ent["has_geo"], bool) & np.all(np.isfinite(xy), axis=1)
+    footprint = float(ent["footprint_m"][0]) if np.isfinite(ent["footprint_m"][0]) else 0.0
+    radius = float(cluster_m) if cluster_m is not None else max(footprint, 1.0)
+    d = np.linalg.norm(xy - xy[0], axis=1)
+    in_cluster = geo & (d <= radius)
+    in_cluster[0] = True
+    w = np.exp((sc - sc[0]) / max(temperature, 1e-6)) * in_cluster
+    w /= w.sum()
+    x, y = float(w @ xy[:, 0]), float(w @ xy[:, 1])
+    lat = float(w @ np.asarray(ent["lat"], np.float64)) if np.all(np.isfinite(ent["lat"][in_cluster])) else math.nan
+    lon = float(w @ np.asarray(ent["lon"], np.float64)) if np.all(np.isfinite(ent["lon"][in_cluster])) else math.nan
+    distant = geo & ~in_cluster
+    if distant.any():
+        margin = float(sc[0] - sc[np.flatnonzero(distant)[0]])
+    else:
+        margin = float(sc[0] - sc[-1]) if len(sc) > 1 else 0.0
+    confidence = 1.0 - math.exp(-max(margin, 0.0) / max(margin_scale, 1e-9))
+    if sc[0] < min_score:
+        confidence *= max(0.0, 1.0 - (min_score - sc[0]) / max(abs(min_score), 1e-6))
+    spread = math.sqrt(float(w @ np.sum((xy - [x, y]) ** 2, axis=1)))
+    base = max(footprint * 0.25, 1.0)
+    accuracy = (base + spread) / max(confidence, 0.05)
+    return Fix(t=t, x=x, y=y, lat=lat, lon=lon, confidence=float(confidence), accuracy_m=float(accuracy),
+               trusted=False, source_rows=idx[in_cluster].tolist(), scores=sc[in_cluster].tolist(),
+               label=label, reason="not filtered")
+
+
+class PositionFilter:
+    """Gate and smooth per-frame fixes; the output is trusted only when it passes every check."""
+
+    def __init__(
+        self,
+        max_speed_mps: float = 30.0,
+        min_confidence: float = 0.3,
+        max_accuracy_m: float | None = None,
+        cruise_speed_mps: float = 10.0,
+        reacquire_frames: int = 3,
+    ):
+        if max_speed_mps <= 0:
+            raise ValueError(f"max_speed_mps must be > 0, got {max_speed_mps}")
+        if not 0 <= min_confidence <= 1:
+            raise ValueError(f"min_confidence must be in 0..1, got {min_confidence}")
+        self.max_speed_mps = float(max_speed_mps)
+        self.min_confidence = float(min_confidence)
+        self.max_accuracy_m = max_accuracy_m
+        self.cruise_speed_mps = float(cruise_speed_mps)
+        self.reacquire_frames = int(reacquire_frames)
+        self.last: Fix | None = None  # last trusted (filtered) fix
+        self._rejected: list[Fix] = []
+
+    def reset(self) -> None:
+        self.last = None
+        self._rejected = []
+
+    def _reachable(self, a: Fix, b: Fix) -> tuple[bool, float, float]:
+        dt = max(abs(b.t - a.t), 1e-3)
+        dist = math.hypot(b.x - a.x, b.y - a.y)
+        allowed = self.max_speed_mps * dt + _finite(a.accuracy_m) + _finite(b.accuracy_m)
+        return dist <= allowed, dist, dt
+
+    def update(self, fix: Fix) -> Fix:
+        if not fix.has_position:
+            return replace(fix, trusted=False, reason=fix.reason or "no position")
+        if fix.confidence < self.min_confidence:
+            return replace(fix, trusted=False,
+                           reason=f"low confidence {fix.confidence:.2f} < {self.min_confidence:.2f}")
+        if self.max_accuracy_m is not None and fix.accuracy_m > self.max_accuracy_m:
+            return replace(fix, trusted=False,
+                           reason=f"accuracy {fix.accuracy_m:.0f} m > {self.max_accuracy_m:.0f} m")
+        if self.last is None:
+            self.last = replace(fix, trusted=True, reason="first fix")
+            return self.last
+        ok, dist, dt = self._reachable(self.last, fix)
+        if not ok:
+            if self._rejected and not self._reachable(self._rejected[-1], fix)[0]:
+                self._rejected = []
+            self._rejected.append(fix)
+            if len(self._rejected) >= self.reacquire_frames:
+                self._rejected = []
+                self.last = replace(fix, trusted=True, reason="re-acquired")
+                return self.last
+            return replace(fix, trusted=False, reason=f"jump {dist:.0f} m in {dt:.1f} s")
+        self._rejected = []
+        # constant-position Kalman step, isotropic: prediction variance grows with cruise speed
+        p = _finite(self.last.accuracy_m) ** 2 + (self.cruise_speed_mps * dt) ** 2
+        r = _finite(fix.accuracy_m) ** 2
+        g = p / (p + r) if p + r > 0 else 1.0
+        x = self.last.x + g * (fix.x - self.last.x)
+        y = self.last.y + g * (fix.y - self.last.y)
+        lat = self.last.lat + g * (fix.lat - self.last.lat)
+        lon = self.last.lon + g * (fix.lon - self.last.lon)
+        acc = math.sqrt(p * r / (p + r)) if p + r > 0 else fix.accuracy_m
+        # never claim better than the measurement's own tile-level floor
+        acc = max(acc, 0.5 * _finite(fix.accuracy_m) * fix.confidence)
+        self.last = replace(fix, x=x, y=y, lat=lat, lon=lon, accuracy_m=acc, trusted=True, reason="")
+        return self.last
+
+
+def _finite(v: float, big: float = 1e6) -> float:
+    return float(v) if math.isfinite(v) else big
