@@ -1,0 +1,133 @@
+"""`python -m tiles`: look at a map before spending GPU time on it.
+
+    python -m tiles describe MAP.tif
+    python -m tiles preview MAP.tif --altitude 150 --hfov 70 [--stride-frac 0.5] [--out grid.png]
+    python -m tiles view MAP.tif --lat 47.02 --lon -99.15 --altitude 150 --hfov 70 [--heading 30] [--out view.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .grid import footprint_m, grid_counts, tile_grid
+from .raster import RasterError, open_raster, square_corners
+from .views import CameraPose, render_view
+
+
+def _describe(args) -> int:
+    with open_raster(args.raster) as r:
+        d = r.describe()
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"{d['path']}")
+    print(f"  CRS            {d['crs']} (ground geometry in {d['metric_crs']})")
+    print(f"  size           {d['size_px'][0]} x {d['size_px'][1]} px, {d['bands']} bands {d['dtype']}, "
+          f"colour from bands {d['rgb_bands']}" + (f", alpha band {d['alpha_band']}" if d["alpha_band"] else ""))
+    print(f"  resolution     {d['gsd_m']} m/px")
+    print(f"  on the ground  {d['extent_m'][0]:.0f} x {d['extent_m'][1]:.0f} m")
+    print(f"  WGS84 bounds   lat {d['bounds_wgs84'][0]}..{d['bounds_wgs84'][2]}, "
+          f"lon {d['bounds_wgs84'][1]}..{d['bounds_wgs84'][3]}")
+    print(f"  valid          {100 * d['valid_fraction']:.1f}% (nodata={d['nodata']})")
+    return 0
+
+
+def _preview(args) -> int:
+    import cv2
+
+    fp = footprint_m(args.altitude, args.hfov)
+    stride = fp * args.stride_frac
+    with open_raster(args.raster) as r:
+        tiles = tile_grid(r, fp, stride, args.min_valid)
+        ncols, nrows = grid_counts(*r.extent_m, fp, stride)
+        rgb, valid, factor = r.overview(args.max_side)
+        img = np.ascontiguousarray(rgb[:, :, ::-1])
+        img[valid == 0] = (img[valid == 0] * 0.3).astype(np.uint8)
+        fy = r.height / rgb.shape[0]
+        # every centre as a dot; outlines only for a non-overlapping subset, so squares stay readable
+        k = max(1, round(fp / stride))
+        for t in tiles:
+            pc, pr = r.metric_to_pixel(t.x, t.y)
+            cv2.circle(img, (round(pc / factor), round(pr / fy)), 2, (0, 255, 255), -1, cv2.LINE_AA)
+            if t.row % k == 0 and t.col % k == 0:
+                c = square_corners(t.x, t.y, fp)
+                qc, qr = r.metric_to_pixel(c[:, 0], c[:, 1])
+                pts = np.round(np.stack([qc / factor, qr / fy], 1)).astype(np.int32)
+                cv2.polylines(img, [pts], True, (255, 160, 0), 1, cv2.LINE_AA)
+        label = (f"{args.altitude:g} m, hfov {args.hfov:g} deg: tile {fp:.0f} m, stride {stride:.0f} m, "
+                 f"{len(tiles)} tiles ({ncols}x{nrows} grid, {ncols * nrows - len(tiles)} skipped); "
+                 "dots: tile centres, squares: every tile footprint without overlap")
+        cv2.rectangle(img, (0, 0), (img.shape[1], 22), (0, 0, 0), -1)
+        cv2.putText(img, label, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    out = Path(args.out or f"{Path(args.raster).stem}_grid_{args.altitude:g}m.png")
+    _write_png(out, img)
+    print(label)
+    print(f"preview written to {out}")
+    return 0
+
+
+def _view(args) -> int:
+    with open_raster(args.raster) as r:
+        x, y = r.from_wgs84(args.lat, args.lon)
+        pose = CameraPose(x, y, args.altitude, args.heading, args.tilt, args.hfov)
+        v = render_view(r, pose, (args.size, args.size))
+    out = Path(args.out or "view.png")
+    _write_png(out, v.image[:, :, ::-1])
+    print(f"view at lat {args.lat}, lon {args.lon} ({x:.1f}, {y:.1f} m), {args.altitude:g} m: "
+          f"{100 * v.valid_fraction:.0f}% on the map; written to {out}")
+    return 0
+
+
+def _write_png(path: Path, bgr: np.ndarray) -> None:
+    import cv2
+
+    from .io import atomic_write_bytes
+
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tiles", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("describe", help="CRS, resolution, size on the ground, valid fraction")
+    d.add_argument("raster")
+    d.add_argument("--json", action="store_true")
+    p = sub.add_parser("preview", help="draw the tile grid for an altitude over the map (PNG)")
+    p.add_argument("raster")
+    p.add_argument("--altitude", type=float, required=True, help="flight height above ground, metres")
+    p.add_argument("--hfov", type=float, required=True, help="camera horizontal field of view, degrees")
+    p.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
+    p.add_argument("--min-valid", type=float, default=0.9)
+    p.add_argument("--max-side", type=int, default=1400, help="preview size in pixels")
+    p.add_argument("--out")
+    v = sub.add_parser("view", help="render the drone camera view at a position (PNG)")
+    v.add_argument("raster")
+    v.add_argument("--lat", type=float, required=True)
+    v.add_argument("--lon", type=float, required=True)
+    v.add_argument("--altitude", type=float, required=True)
+    v.add_argument("--hfov", type=float, default=70.0)
+    v.add_argument("--heading", type=float, default=0.0)
+    v.add_argument("--tilt", type=float, default=0.0)
+    v.add_argument("--size", type=int, default=512)
+    v.add_argument("--out")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"describe": _describe, "preview": _preview, "view": _view}[args.cmd](args)
+    except (RasterError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
