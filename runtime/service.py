@@ -1,0 +1,270 @@
+"""The onboard service: camera -> engine -> nearest tiles -> fused position -> JSON lines / MAVLink.
+
+Three threads overlap the work:
+
+    capture thread ──► FrameSlot (1 frame; the newest wins on live sources) ──► inference (caller's thread)
+        preprocess, engine, search, position fusion ──► output queue ──► output thread (JSON, UDP, MAVLink)
+
+The camera is never blocked by inference: on a live source a frame that arrives while the previous one
+is still waiting replaces it (counted as dropped). Files and folders are processed frame by frame unless
+``drop_frames`` is set. :meth:`Service.stop` (wired to SIGINT/SIGTERM by ``python -m runtime serve``)
+ends capture, drains the queue, writes a final summary record and flushes and closes every output.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+
+import numpy as np
+
+from .config import ServiceConfig
+from .engine import check_engine_database, load_engine
+from .health import Health, HealthServer
+from .outputs import JsonLinesOutput, MavlinkGpsOutput, UdpJsonOutput, fix_record
+from .position import PositionFilter, estimate_fix
+from .search import Searcher
+from .sources import SourceStats, open_source
+
+logger = logging.getLogger(__name__)
+
+
+class FrameSlot:
+    """A one-frame hand-over between capture and inference."""
+
+    def __init__(self, drop: bool):
+        self.drop = drop
+        self.cond = threading.Condition()
+        self.item = None
+        self.closed = False
+        self.dropped = 0
+
+    def put(self, item, stop: threading.Event) -> None:
+        with self.cond:
+            if self.drop:
+                if self.item is not None:
+                    self.dropped += 1
+                self.item = item
+            else:
+                while self.item is not None and not stop.is_set():
+                    self.cond.wait(0.1)
+                self.item = item
+            self.cond.notify_all()
+
+    def get(self, timeout: float = 0.2):
+        with self.cond:
+            if self.item is None and not self.closed:
+                self.cond.wait(timeout)
+            item, self.item = self.item, None
+            self.cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def finished(self) -> bool:
+        with self.cond:
+            return self.closed and self.item is None
+
+
+class Service:
+    def __init__(self, cfg: ServiceConfig, *, source=None, engine=None, db=None):
+        from tiles.db import TileDatabase
+
+        self.cfg = cfg
+        self._stop = threading.Event()
+        self.engine = engine or load_engine(cfg.bundle, precision=cfg.precision, backend=cfg.backend,
+                                            providers=cfg.providers, threads=cfg.threads)
+        self.db = db or TileDatabase.open(cfg.db)
+        check_engine_database(self.engine, self.db)  # DatabaseMismatchError names the differing fields
+        self.layer = self.db.layer_for_altitude(cfg.altitude_m)
+        self.searcher = Searcher(self.db)
+        self.filter = PositionFilter(max_speed_mps=cfg.max_speed_mps, min_confidence=cfg.min_confidence)
+        self.health = Health()
+        self.source_stats = SourceStats()
+        if source is None:
+            source = open_source(cfg.source, stop=self._stop, stats=self.source_stats, loop=cfg.loop,
+                                 backoff_s=(0.5, cfg.backoff_max_s), read_timeout_s=cfg.read_timeout_s)
+        else:
+            if hasattr(source, "stop"):
+                source.stop = self._stop
+            if hasattr(source, "stats"):
+                self.source_stats = source.stats
+        self.source = source
+        live = bool(getattr(source, "live", False))
+        self.drop_frames = live if cfg.drop_frames is None else bool(cfg.drop_frames)
+        self.outputs = []
+        if cfg.jsonl:
+            self.outputs.append(JsonLinesOutput(cfg.jsonl))
+        if cfg.udp_json:
+            self.outputs.append(UdpJsonOutput(cfg.udp_json))
+        if cfg.mavlink:
+            self.outputs.append(MavlinkGpsOutput(cfg.mavlink, baud=cfg.mavlink_baud,
+                                                 satellites_visible=cfg.satellites_visible))
+        self.health_server = HealthServer(self.health, cfg.health_port) if cfg.health_port is not None else None
+        self._out_q: queue.Queue = queue.Queue(maxsize=256)
+        self.processed = 0
+
+    # ---- control ------------------------------------------------------------------------------
+    def stop(self, *_args) -> None:
+        """Ask every thread to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def self_check(self) -> list[str]:
+        """Run one blank frame through the engine and describe what the service uses."""
+        h, w = self.engine.preprocess.input_size
+        t0 = time.perf_counter()
+        emb = self.engine.embed([np.zeros((h, w, 3), np.uint8)])
+        warm_ms = (time.perf_counter() - t0) * 1000
+        if emb.shape != (1, self.engine.embedding_dim) or not np.all(np.isfinite(emb)):
+            raise RuntimeError(f"engine self-check failed: output {emb.shape}, finite={np.all(np.isfinite(emb))}")
+        lay = self.db.layers[self.layer]
+        lines = [
+            f"engine: {self.engine.name}, input {self.engine.input_dtype}/{self.engine.input_layout} {h}x{w}, "
+            f"D={self.engine.embedding_dim}, model {self.engine.model_fingerprint} (first run {warm_ms:.0f} ms)",
+            f"database: {self.db.path}, {len(self.db)} tiles, layer {lay['name']!r} ({lay.get('count')} tiles, "
+            f"altitude {lay.get('altitude_m')} m), crs {self.db.crs}",
+            f"source: {self.source.describe() if hasattr(self.source, 'describe') else self.source!r}, "
+            f"{'newest frame wins' if self.drop_frames else 'every frame processed'}",
+            "outputs: " + (", ".join(o.describe() for o in self.outputs) or "none (give --jsonl/--mavlink)"),
+        ]
+        if self.health_server is not None:
+            lines.append(f"health: http://127.0.0.1:{self.health_server.port}/health")
+        self.health.info = {"engine": self.engine.name, "database": str(self.db.path), "layer": lay["name"]}
+        return lines
+
+    # ---- threads ------------------------------------------------------------------------------
+    def _capture(self, slot: FrameSlot) -> None:
+        it = iter(self.source)
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    frame = next(it)
+                except StopIteration:
+                    break
+                self.health.observe("decode", (time.perf_counter() - t0) * 1000)
+                slot.put(frame, self._stop)
+        except Exception:
+            logger.exception("capture thread failed")
+        finally:
+            slot.close()
+
+    def _output(self) -> None:
+        while True:
+            item = self._out_q.get()
+            if item is None:
+                return
+            record, fix = item
+            t0 = time.perf_counter()
+            for out in self.outputs:
+                try:
+                    if isinstance(out, MavlinkGpsOutput):
+                        if fix is None:  # the summary record is not a fix
+                            continue
+                        out.send_fix(fix, altitude_m=self.cfg.altitude_m, unix_time=record["time_utc"])
+                    else:
+                        out.write(record)
+                except Exception as e:  # an output failing must not stop positioning
+                    self.health.count("output_errors")
+                    logger.warning("output %s failed: %s", out.describe(), e)
+            self.health.observe("output", (time.perf_counter() - t0) * 1000)
+
+    def process(self, frame) -> tuple[dict, object]:
+        """One frame through preprocess, engine, search and fusion; returns (record, fused fix)."""
+        t, img, meta = frame
+        lat = {}
+        t0 = time.perf_counter()
+        x = self.engine.prepare([img])
+        t1 = time.perf_counter()
+        emb = self.engine.embed_prepared(x)
+        t2 = time.perf_counter()
+        centre = None
+        last = self.filter.last
+        if self.cfg.search_radius_m and last is not None and math.isfinite(last.x):
+            centre = (last.x, last.y)
+        m = self.searcher.search(emb, k=self.cfg.top_k, layer=self.layer, centre_xy=centre,
+                                 radius_m=self.cfg.search_radius_m if centre else None)
+        if centre is not None and m.indices[0, 0] < 0:  # nothing near the last fix: search everywhere
+            m = self.searcher.search(emb, k=self.cfg.top_k, layer=self.layer)
+        t3 = time.perf_counter()
+        raw = estimate_fix(self.db, m.indices[0], m.scores[0], t, margin_scale=self.cfg.margin_scale)
+        fused = self.filter.update(raw)
+        t4 = time.perf_counter()
+        lat = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "search": (t3 - t2) * 1000,
+               "fusion": (t4 - t3) * 1000}
+        cap = meta.get("capture_time") if isinstance(meta, dict) else None
+        lat["total"] = (time.time() - cap) * 1000 if cap else sum(lat.values())
+        for k, v in lat.items():
+            self.health.observe(k, v)
+        record = fix_record(fused, raw, self.db, m.indices[0], m.scores[0], frame_index=meta.get("index", self.processed),
+                            latency_ms=lat, altitude_m=self.cfg.altitude_m, meta=meta)
+        return record, fused
+
+    def run(self) -> int:
+        """Run until the source ends, ``max_frames`` are done, or :meth:`stop`; returns an exit code."""
+        for line in self.self_check():
+            logger.info(line)
+        if self.health_server is not None:
+            self.health_server.start()
+        slot = FrameSlot(drop=self.drop_frames)
+        cap_t = threading.Thread(target=self._capture, args=(slot,), name="capture", daemon=True)
+        out_t = threading.Thread(target=self._output, name="output", daemon=True)
+        out_t.start()
+        cap_t.start()
+        next_log = time.monotonic() + self.cfg.health_log_s
+        code = 0
+        try:
+            while not slot.finished():
+                if self._stop.is_set():
+                    break
+                frame = slot.get(0.2)
+                self._sync_counts(slot)
+                if time.monotonic() >= next_log:
+                    logger.info(self.health.log_line())
+                    next_log = time.monotonic() + self.cfg.health_log_s
+                if frame is None:
+                    continue
+                record, fused = self.process(frame)
+                self.processed += 1
+                self.health.count("frames_processed")
+                self.health.fix(record["fix"])
+                self._out_q.put((record, fused))
+                if self.cfg.max_frames and self.processed >= self.cfg.max_frames:
+                    break
+        except Exception:
+            logger.exception("inference loop failed")
+            code = 1
+        finally:
+            self._stop.set()
+            cap_t.join(timeout=5.0)
+            self._sync_counts(slot)
+            summary = {"type": "summary", "time_utc": time.time(), "health": self.health.snapshot()}
+            self._out_q.put((summary, None))
+            self._out_q.put(None)
+            out_t.join(timeout=10.0)
+            for out in self.outputs:
+                try:
+                    out.close()
+                except Exception as e:
+                    logger.warning("closing %s: %s", out.describe(), e)
+            if self.health_server is not None:
+                self.health_server.close()
+            self.engine.close()
+            logger.info(self.health.log_line())
+            logger.info("service stopped after %d frames", self.processed)
+        return code
+
+    def _sync_counts(self, slot: FrameSlot) -> None:
+        s = self.source_stats
+        self.health.set_counts(frames_in=s.frames_in, corrupt=s.corrupt, read_failures=s.read_failures,
+                               reopens=s.reopens, frames_dropped=slot.dropped)
