@@ -128,7 +128,7 @@ def make_tile_db(
     for li, alt in enumerate(altitudes_m):
         e = empty_entries(len(crops))
         for i, (r, c) in enumerate(rows):
-            x, y = transform * (c + tile_px / 2, r + tile_px / 2)
+            x, y = transform @ (c + tile_px / 2, r + tile_px / 2)
             lon, lat = to_wgs84.transform(x, y)
             e[i] = (f"a{int(alt)}_r{r:04d}_c{c:04d}", li, True, x, y, lat, lon, tile_px * gsd_m, alt,
                     c, r, tile_px, tile_px, 0)
@@ -157,7 +157,7 @@ def flight_crops(raster_path, n_frames: int = 12, crop_px: int = 64, out_px: int
         c = int(crop_px // 2 + f * (w - crop_px - 1) * 0.8)
         r = int(crop_px // 2 + f * (h - crop_px - 1) * 0.8)
         crop = rgb[r - crop_px // 2:r + crop_px // 2, c - crop_px // 2:c + crop_px // 2]
-        out.append((cv2.resize(crop, (out_px, out_px), interpolation=cv2.INTER_LINEAR), transform * (c, r)))
+        out.append((cv2.resize(crop, (out_px, out_px), interpolation=cv2.INTER_LINEAR), transform @ (c, r)))
     return out
 
 
@@ -174,3 +174,32 @@ def write_flight_video(path: str | os.PathLike, raster_path, n_frames: int = 12,
         vw.write(np.ascontiguousarray(img[:, :, ::-1]))
     vw.release()
     return [xy for _, xy in crops]
+
+
+_ASSETS: dict = {}
+
+
+def tiny_assets() -> dict:
+    """Built once per test process (cached): {"bundle", "bundle_u8", "db", "raster", "root"} paths.
+
+    The database is cut from the 2020 NAIP image at two altitudes with the float32-input bundle. The
+    uint8-input bundle has the same weights (same seed) but its own checkpoint file, so its fingerprint
+    differs from the database's.
+    """
+    if _ASSETS:
+        return _ASSETS
+    import atexit
+    import shutil
+    import tempfile
+
+    from runtime.engine import load_engine
+    from tests.conftest import naip_files
+
+    root = Path(tempfile.mkdtemp(prefix="geoloc-runtime-"))
+    atexit.register(shutil.rmtree, root, True)
+    raster = naip_files()[2020]
+    bundle = make_bundle(root / "bundle")
+    bundle_u8 = make_bundle(root / "bundle_u8", uint8_input=True)
+    db = make_tile_db(load_engine(bundle), root / "db", raster, altitudes_m=(150.0, 300.0))
+    _ASSETS.update(bundle=bundle, bundle_u8=bundle_u8, db=db, raster=raster, root=root)
+    return _ASSETS
