@@ -110,9 +110,34 @@ def export_onnx(model, preprocess: Preprocess, out_path: str | os.PathLike, *, i
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
         proto = onnx.load(str(tmp))
+        if _fold_identity_initializers(proto):
+            onnx.save(proto, str(tmp))
         onnx.checker.check_model(proto, full_check=True)
     _log.info("exported %s (opset %d, input %s)", out_path, opset, input_format)
     return out_path
+
+
+def _fold_identity_initializers(proto) -> int:
+    """Replace ``Identity(initializer)`` nodes (the TorchScript exporter's shared weights) by initializers.
+
+    Quantisers and TensorRT expect Conv weights and biases to be initializers; returns the count folded.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    graph_outputs = {o.name for o in proto.graph.output}
+    folded = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in graph_outputs:
+            t = numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0])
+            proto.graph.initializer.append(t)
+            folded.append(node)
+    for node in folded:
+        proto.graph.node.remove(node)
+    used = {i for n in proto.graph.node for i in n.input} | graph_outputs
+    for t in [t for t in proto.graph.initializer if t.name not in used]:
+        proto.graph.initializer.remove(t)
+    return len(folded)
 
 
 def torch_embed(model, preprocess: Preprocess, images, batch_size: int = 32) -> np.ndarray:

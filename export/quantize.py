@@ -92,6 +92,11 @@ def calibration_cache_path(cache_dir: str | os.PathLike, key: dict) -> Path:
     return Path(cache_dir) / name
 
 
+def _quiet_ort_advice(record: logging.LogRecord) -> bool:
+    """Drop ORT's generic 'consider pre-processing' advice (our graph is already constant-folded)."""
+    return "pre-processing" not in record.getMessage()
+
+
 class _Reader:
     """ORT CalibrationDataReader over a preprocessed array, in batches."""
 
@@ -144,17 +149,22 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     cal_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[method]
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        quantize_static(
-            str(onnx_path), str(tmp), calibration_data_reader=None if cache_hit else reader,
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-            calibrate_method=cal_method,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            calibration_cache_path=str(cache) if cache is not None else None,
-        )
-        q = onnx.load(str(tmp))
-        onnx.checker.check_model(q)
+    root = logging.getLogger()
+    root.addFilter(_quiet_ort_advice)
+    try:
+        with atomic_path(out_path) as tmp:
+            quantize_static(
+                str(onnx_path), str(tmp), calibration_data_reader=None if cache_hit else reader,
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                calibrate_method=cal_method,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                calibration_cache_path=str(cache) if cache is not None else None,
+            )
+            q = onnx.load(str(tmp))
+            onnx.checker.check_model(q)
+    finally:
+        root.removeFilter(_quiet_ort_advice)
     if cache is not None and not cache_hit:
         atomic_write_json(cache.with_suffix(".key.json"), key)
     opset = {o.domain: o.version for o in q.opset_import}.get("", None)

@@ -1,0 +1,253 @@
+"""Build the tile database: map tiles per flight altitude, embedded by the bundle's model (CONTRACTS §3, §8).
+
+For each GeoTIFF and each altitude the tile grid of ``footprint_m(altitude_m, hfov_deg)`` with a stride
+of ``stride_frac * footprint`` is cut (``tiles.grid``), every tile read north-up at the model's input size
+and embedded in batches by ONNX Runtime on the bundle's FP32 model (the same graph the runtime runs), then
+written with ``tiles.db.write_database``; one layer per altitude.
+
+Resumable: the work is split into chunks of ``chunk_tiles`` tiles; each chunk's embeddings are saved
+atomically in a work folder whose name carries the model fingerprint and a hash of the rasters and
+settings, so a killed build continues with the first missing chunk, and a changed model or map starts
+afresh.
+
+Parallel: chunk ``i`` belongs to rank ``i % world_size``. Under ``torchrun --nproc-per-node N -m export
+...`` (or any launcher that sets ``RANK``/``WORLD_SIZE``) every process embeds its own chunks (on GPU
+``LOCAL_RANK`` when ONNX Runtime has CUDA); rank 0 waits for all chunks and writes the database. Ranks
+share nothing but the work folder, so it must be on a shared filesystem when ranks span machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tiles.io import atomic_path, atomic_write_json
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_ALTITUDES_M = (150.0, 200.0, 250.0, 300.0)
+
+
+def shard(n_items: int, rank: int, world_size: int) -> list[int]:
+    """Indices of the items that ``rank`` of ``world_size`` processes handles (round robin)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} must be in 0..world_size-1 (world_size {world_size})")
+    return list(range(rank, n_items, world_size))
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment, (0, 1, 0) without it."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def onnx_embedder(bundle_dir, local_rank: int = 0, batch_size: int = 32) -> Callable[[list], np.ndarray]:
+    """images -> embeddings with the bundle's FP32 ONNX (CUDA device ``local_rank`` if ORT has it)."""
+    import onnxruntime as ort
+
+    from runtime.bundle import read_bundle
+
+    from .onnx_export import OUTPUT_NAME, prepare
+
+    bundle = read_bundle(bundle_dir)
+    entry = bundle.find("onnx", "fp32")
+    if entry is None:
+        raise FileNotFoundError(f"{bundle_dir} has no FP32 ONNX model; export the checkpoint first")
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": local_rank}))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(bundle.file_path(entry)), opts, providers=providers)
+    p, fmt = bundle.preprocess, ("uint8" if bundle.input.get("dtype") == "uint8" else "float32")
+    name = bundle.input.get("name", "image")
+
+    def embed(images):
+        outs = [sess.run([OUTPUT_NAME], {name: prepare(images[i:i + batch_size], p, fmt)})[0]
+                for i in range(0, len(images), batch_size)]
+        return np.concatenate(outs).astype(np.float32)
+
+    return embed
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def _plan(rasters, altitudes_m, hfov_deg, stride_frac, min_valid):
+    """Layers, sources and the (source, layer, tiles) jobs of a build."""
+    from tiles.grid import footprint_m, tile_grid
+
+    layers, sources, jobs, crs = [], [], [], None
+    for s, raster in enumerate(rasters):
+        mcrs = raster.metric_crs.to_string()
+        if crs is not None and mcrs != crs:
+            raise ValueError(f"{raster.path} is in {mcrs}, the other rasters in {crs}: one database holds one "
+                             "metric CRS; build one database per UTM zone (or reproject with gdalwarp)")
+        crs = mcrs
+        sources.append({"name": Path(raster.path).name, "sha256": raster.sha256()})
+        for layer_idx, alt in enumerate(altitudes_m):
+            fp = footprint_m(alt, hfov_deg)
+            stride = fp * stride_frac
+            if s == 0:
+                layers.append({"name": f"{alt:g}m", "altitude_m": float(alt), "hfov_deg": float(hfov_deg),
+                               "footprint_m": fp, "stride_m": stride})
+            tiles = tile_grid(raster, fp, stride, min_valid=min_valid)
+            jobs.append((s, layer_idx, float(alt), tiles))
+    return layers, sources, jobs, crs
+
+
+def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUDES_M, hfov_deg: float,
+                        stride_frac: float = 0.5, min_valid: float = 0.9, tile_px: int | None = None,
+                        chunk_tiles: int = 256, batch_size: int = 32, work_dir=None, overwrite: bool = False,
+                        embedder: Callable[[list], np.ndarray] | None = None, rank: int | None = None,
+                        world_size: int | None = None, wait_timeout_s: float = 24 * 3600,
+                        progress: bool = True, keep_work: bool = False) -> Path | None:
+    """Build (or resume) the database for GeoTIFF(s) ``rasters``; return its path (None on ranks > 0)."""
+    from tqdm import tqdm
+
+    from runtime.bundle import read_bundle
+    from tiles.db import write_database
+    from tiles.grid import read_tile, tiles_to_entries
+    from tiles.raster import open_raster
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to rebuild it")
+    if not altitudes_m:
+        raise ValueError("give at least one altitude (e.g. --altitudes 150 200 250 300)")
+    if not 0 < stride_frac <= 1:
+        raise ValueError(f"stride_frac must be in (0, 1] (a fraction of the footprint), got {stride_frac}")
+    env_rank, env_world, local_rank = dist_env()
+    rank = env_rank if rank is None else rank
+    world_size = env_world if world_size is None else world_size
+    bundle = read_bundle(bundle_dir)
+    p = bundle.preprocess
+    tile_px = int(tile_px or max(p.input_size))
+    rasters = [open_raster(r) for r in ([rasters] if isinstance(rasters, (str, os.PathLike)) else rasters)]
+    layers, sources, jobs, crs = _plan(rasters, [float(a) for a in altitudes_m], hfov_deg, stride_frac, min_valid)
+    for layer in layers:
+        layer["tile_px"] = tile_px
+
+    settings = {"model": bundle.model_fingerprint, "preprocess": p.to_dict(), "input": bundle.input,
+                "sources": sources, "layers": layers, "min_valid": min_valid, "chunk_tiles": chunk_tiles}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    work = Path(work_dir or out.parent / f".{out.name}.work") / f"{bundle.model_fingerprint}-{key}"
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "settings.json", settings)
+
+    chunks = [(j, k) for j, (_, _, _, tiles) in enumerate(jobs) for k in range(0, len(tiles), chunk_tiles)]
+    if not chunks:
+        raise ValueError(f"no tile with >= {min_valid:.0%} valid pixels in {[r.path.name for r in rasters]}")
+    def chunk_path(i):
+        return work / f"chunk-{i:06d}.npy"
+
+    mine = [i for i in shard(len(chunks), rank, world_size) if not chunk_path(i).is_file()]
+    n_tiles = sum(len(jobs[j][3][k:k + chunk_tiles]) for j, k in (chunks[i] for i in mine))
+    _log.info("rank %d/%d: %d of %d chunks to embed (%d tiles) in %s", rank, world_size, len(mine), len(chunks),
+              n_tiles, work)
+    if mine:
+        embed = embedder or onnx_embedder(bundle.path, local_rank, batch_size)
+        with tqdm(total=n_tiles, unit="tile", disable=not progress, desc=f"tiles rank {rank}") as bar:
+            for i in mine:
+                j, k = chunks[i]
+                s, _, _, tiles = jobs[j]
+                images = [read_tile(rasters[s], t, tile_px) for t in tiles[k:k + chunk_tiles]]
+                emb = np.asarray(embed(images), np.float32)
+                if emb.shape[0] != len(images):
+                    raise RuntimeError(f"the embedder returned {emb.shape[0]} rows for {len(images)} tiles")
+                _save_npy(chunk_path(i), emb)
+                bar.update(len(images))
+    if rank != 0:
+        return None
+    deadline = time.monotonic() + wait_timeout_s
+    while missing := [i for i in range(len(chunks)) if not chunk_path(i).is_file()]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missing)} chunks still missing in {work} after {wait_timeout_s:.0f} s: did a "
+                               "rank die? Re-run the same command to resume")
+        time.sleep(2.0)
+
+    embeddings = np.concatenate([np.load(chunk_path(i)) for i in range(len(chunks))])
+    entries = np.concatenate([tiles_to_entries(tiles, layer=l_idx, altitude_m=alt, source=s)
+                              for s, l_idx, alt, tiles in jobs if tiles])
+    path = write_database(
+        out, embeddings, entries, layers=layers,
+        model={"fingerprint": bundle.model_fingerprint, "name": bundle.manifest["model_name"],
+               "embedding_dim": bundle.embedding_dim},
+        preprocess=p.to_dict(), crs=crs, sources=sources,
+        extra={"hfov_deg": float(hfov_deg), "stride_frac": float(stride_frac), "min_valid": float(min_valid),
+               "built_by": "export.tiledb_build", "embedded_with": "onnxruntime fp32" if embedder is None
+               else "custom embedder"},
+        overwrite=overwrite,
+    )
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            work.parent.rmdir()  # only when no other build's work is in it
+    _log.info("tile database %s: %d tiles in %d layers", path, len(embeddings), len(layers))
+    return path
+
+
+def gallery_classes(folder) -> list[tuple[str, list[Path]]]:
+    """(label, image files) per class folder: SUES-200 ``satellite-view/<loc>/0.png``, University-1652
+    ``gallery_satellite/<class>/*``, or any folder of class folders."""
+    from .images import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    for sub in ("satellite-view", "gallery_satellite"):
+        if (folder / sub).is_dir():
+            folder = folder / sub
+            break
+    if not folder.is_dir():
+        raise FileNotFoundError(f"gallery folder {folder} does not exist")
+    classes = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if files:
+            classes.append((d.name, files))
+    if not classes:
+        raise FileNotFoundError(f"no class folders with images under {folder}: expected <folder>/<label>/*.png "
+                                "(SUES-200 satellite-view, University-1652 gallery_satellite)")
+    return classes
+
+
+def build_gallery_database(bundle_dir, folder, out, *, batch_size: int = 32, overwrite: bool = False,
+                           embedder: Callable[[list], np.ndarray] | None = None, progress: bool = True) -> Path:
+    """A database of labelled gallery images (no geometry; label = class folder name), one layer."""
+    from tqdm import tqdm
+
+    from runtime.bundle import read_bundle
+    from tiles.db import empty_entries, write_database
+
+    from .images import read_image
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to rebuild it")
+    bundle = read_bundle(bundle_dir)
+    items = [(label, f) for label, files in gallery_classes(folder) for f in files]
+    embed = embedder or onnx_embedder(bundle.path, batch_size=batch_size)
+    embs = []
+    for i in tqdm(range(0, len(items), batch_size), disable=not progress, desc="gallery", unit="batch"):
+        embs.append(np.asarray(embed([read_image(f) for _, f in items[i:i + batch_size]]), np.float32))
+    entries = empty_entries(len(items))
+    entries["label"] = [label for label, _ in items]
+    entries["layer"] = 0
+    return write_database(
+        out, np.concatenate(embs), entries, layers=[{"name": "gallery"}],
+        model={"fingerprint": bundle.model_fingerprint, "name": bundle.manifest["model_name"],
+               "embedding_dim": bundle.embedding_dim},
+        preprocess=bundle.preprocess.to_dict(), sources=[{"name": str(Path(folder).name), "sha256": None}],
+        extra={"built_by": "export.tiledb_build", "gallery": True, "n_classes": len({x[0] for x in items})},
+        overwrite=overwrite,
+    )
