@@ -145,6 +145,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
                                          and json.loads(cache.with_suffix(".key.json").read_text()) == key)
         if cache.is_file() and not cache_hit:
             cache.unlink()  # a file under the right name but without a matching key record: recompute
+    # equal batches: ORT's histogram calibrators (entropy, percentile) stack per-batch outputs
+    batch_size = max(b for b in range(1, min(batch_size, len(calib)) + 1) if len(calib) % b == 0)
     reader = _Reader(calib, batch_size)
     cal_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[method]

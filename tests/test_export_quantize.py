@@ -1,0 +1,110 @@
+"""FP16 and INT8 ONNX in ONNX Runtime: retrieval agreement with FP32 on real NAIP, Q/DQ form, the
+calibration cache (reused when nothing changed, never when the data or model changed), the accuracy gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from export.accuracy import AccuracyGateError, accuracy_gate, held_out_pairs
+from export.images import random_crops
+from export.onnx_export import export_onnx, prepare
+from export.quantize import calibration_key, convert_fp16, quantize_int8
+from runtime.preprocess import Preprocess
+
+P = Preprocess((64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, naip_paths):
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("q")
+    model = timm.create_model("test_convnext", num_classes=0).eval()  # has LayerNorm and a head norm
+    export_onnx(model, P, d / "model.onnx")
+    calib = prepare(random_crops(naip_paths[2014], 24, 128, seed=0), P, "float32")
+    queries, gallery = held_out_pairs(naip_paths[2016], naip_paths[2018], 128, n_max=30)
+    return {"dir": d, "calib": calib, "queries": queries, "gallery": gallery}
+
+
+def test_fp16_and_int8_agree_with_fp32_on_real_retrieval(work):
+    import onnx
+
+    d = work["dir"]
+    convert_fp16(d / "model.onnx", d / "model.fp16.onnx")
+    q = quantize_int8(d / "model.onnx", d / "model.int8.onnx", work["calib"], cache_dir=d / "cache")
+    report = accuracy_gate(d / "model.onnx", {"fp16": d / "model.fp16.onnx", "int8": q["path"]}, P, "float32",
+                           work["queries"], work["gallery"], max_r1_drop=20.0)
+    assert report["fp32"]["R@1"] > 100.0 / len(work["queries"])  # above chance: the images are real
+    assert report["fp16"]["mean_cosine_to_fp32"] > 0.999 and report["fp16"]["top1_agreement"] >= 90
+    assert report["int8"]["mean_cosine_to_fp32"] > 0.98 and report["int8"]["top1_agreement"] >= 60
+    # the INT8 graph: Q/DQ, per-channel weights, opset 17, LayerNorm and the head not quantised
+    m = onnx.load(str(q["path"]))
+    assert {o.domain: o.version for o in m.opset_import}[""] == 17
+    ops = [n.op_type for n in m.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {t.name: t for t in m.graph.initializer}
+    per_channel = [n for n in m.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input[1] in inits and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1]
+    assert per_channel
+    producers = {o: n for n in m.graph.node for o in n.output}
+    for n in m.graph.node:
+        if n.op_type in ("LayerNormalization", "ReduceMean", "ReduceL2"):
+            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input)
+    f16 = onnx.load(str(d / "model.fp16.onnx"))
+    assert f16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in f16.graph.initializer)
+
+
+def test_calibration_cache_reused_and_invalidated(work, tmp_path):
+    d, calib, cache = work["dir"], work["calib"], tmp_path / "cache"
+    first = quantize_int8(d / "model.onnx", tmp_path / "a.onnx", calib, cache_dir=cache)
+    assert not first["cache_hit"] and first["calibration"]["batches_run"] > 0
+    again = quantize_int8(d / "model.onnx", tmp_path / "b.onnx", calib, cache_dir=cache)
+    assert again["cache_hit"] and again["calibration"]["batches_run"] == 0 and again["cache"] == first["cache"]
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    changed = calib.copy()
+    changed[0, 0, 0, 0] += 0.5  # one value of the data changed: a new key, a fresh calibration
+    third = quantize_int8(d / "model.onnx", tmp_path / "c.onnx", changed, cache_dir=cache)
+    assert not third["cache_hit"] and third["cache"] != first["cache"] and third["calibration"]["batches_run"] > 0
+    other_method = quantize_int8(d / "model.onnx", tmp_path / "d.onnx", calib, cache_dir=cache, method="percentile")
+    assert not other_method["cache_hit"]
+    # a cache file whose key record does not match (tampered, or a hash-prefix collision) is not trusted
+    key_file = __import__("pathlib").Path(first["cache"]).with_suffix(".key.json")
+    key = json.loads(key_file.read_text())
+    key_file.write_text(json.dumps({**key, "model_sha256": "0" * 64}))
+    fourth = quantize_int8(d / "model.onnx", tmp_path / "e.onnx", calib, cache_dir=cache)
+    assert not fourth["cache_hit"]
+
+
+def test_calibration_key_depends_on_model_bytes(work, tmp_path):
+    k1 = calibration_key(work["dir"] / "model.onnx", work["calib"], "minmax")
+    other = tmp_path / "m.onnx"
+    other.write_bytes((work["dir"] / "model.onnx").read_bytes() + b"\0")
+    k2 = calibration_key(other, work["calib"], "minmax")
+    assert k1["data_sha256"] == k2["data_sha256"] and k1["model_sha256"] != k2["model_sha256"]
+
+
+def test_accuracy_gate_fails_above_the_threshold(work):
+    d = work["dir"]
+    if not (d / "model.int8.onnx").exists():
+        quantize_int8(d / "model.onnx", d / "model.int8.onnx", work["calib"])
+    with pytest.raises(AccuracyGateError, match="max-r1-drop -100"):
+        accuracy_gate(d / "model.onnx", {"int8": d / "model.int8.onnx"}, P, "float32", work["queries"],
+                      work["gallery"], max_r1_drop=-100.0)
+
+
+def test_held_out_pairs_are_the_same_ground(naip_paths):
+    q, g = held_out_pairs(naip_paths[2018], naip_paths[2018], 100, n_max=5)
+    assert len(q) == 5 and all(np.array_equal(a, b) for a, b in zip(q, g))
+
+
+def test_bad_calibration_input_is_named(work, tmp_path):
+    with pytest.raises(ValueError, match="non-empty"):
+        quantize_int8(work["dir"] / "model.onnx", tmp_path / "x.onnx", work["calib"][:0])
+    with pytest.raises(ValueError, match="'kl'"):
+        quantize_int8(work["dir"] / "model.onnx", tmp_path / "x.onnx", work["calib"], method="kl")
