@@ -1,0 +1,55 @@
+"""The onboard part imports with torch, timm and rasterio unavailable (a fresh interpreter that blocks them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    BLOCKED = {"torch", "timm", "rasterio", "torchvision"}
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked: the onboard runtime must not import it")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import importlib, pkgutil
+    import runtime, tiles.db, tiles.io
+    names = sorted(m.name for m in pkgutil.iter_modules(runtime.__path__))
+    for n in names:
+        importlib.import_module(f"runtime.{n}")
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not leaked, leaked
+    print("imported", " ".join(names))
+    """
+)
+
+
+def test_runtime_imports_without_torch_timm_rasterio():
+    proc = subprocess.run([sys.executable, "-c", BLOCKER], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    imported = proc.stdout.split()
+    for name in ("engine", "trt_engine", "sources", "search", "position", "outputs", "health", "service",
+                 "config", "__main__", "bundle", "preprocess"):
+        assert name in imported
+
+
+def test_blocker_really_blocks():
+    proc = subprocess.run([sys.executable, "-c", BLOCKER.replace("import runtime, tiles.db, tiles.io",
+                                                                 "import torch")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "torch is blocked" in proc.stderr
+
+
+def test_serve_help_runs_without_the_replay_module_loaded():
+    proc = subprocess.run([sys.executable, "-m", "runtime", "serve", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "--mavlink" in proc.stdout and "--health-port" in proc.stdout
