@@ -198,8 +198,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, comma
     sampler = build_sampler(s.kind, dataset.locations, cfg.optim.batch_size, xy_m=dataset.xy_m,
                             neighbour_select=s.neighbour_select, neighbour_range=s.neighbour_range,
                             neighbour_radius_m=s.neighbour_radius_m, seed=cfg.seed)
+    # the loader draws its worker base seed from its own generator (re-seeded per epoch), never from the
+    # global RNG, so a resumed epoch sees the same random stream as an uninterrupted one
+    loader_gen = torch.Generator()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda", generator=loader_gen)
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.optim.max_steps:
@@ -251,6 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, comma
             return x
     while epoch < cfg.optim.epochs and step < total_steps and not stopped:
         sampler.set_epoch(epoch, batch_in_epoch)
+        loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
         ddp_model.train()
         t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main,
@@ -274,7 +278,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, comma
             n_loss += 1
             if main and step % cfg.log_every == 0:
                 _logger.info("step %d loss %.4f lr %.2e scale %.2f", step, loss.item(), scheduler.get_last_lr()[0],
-                             float(model.logit_scale.exp()))
+                             model.logit_scale.exp().item())
                 if writer:
                     writer.add_scalar("train/loss", loss.item(), step)
             if hasattr(bar, "set_postfix"):
@@ -286,7 +290,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, comma
         epoch_done = not stopped or batch_in_epoch >= steps_per_epoch
         record = {"epoch": epoch + 1 if epoch_done else epoch, "step": step, "loss": loss_sum / max(1, n_loss),
                   "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
-                  "lr": scheduler.get_last_lr()[0], "temperature": float(1 / model.logit_scale.exp())}
+                  "lr": scheduler.get_last_lr()[0], "temperature": 1.0 / model.logit_scale.exp().item()}
         if epoch_done:
             epoch, batch_in_epoch = epoch + 1, 0
             if s.mining_every_epochs and epoch % s.mining_every_epochs == 0 and epoch < cfg.optim.epochs:
