@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -63,6 +64,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "serve":
+        # One query at a time: multi-threaded BLAS only fights the engine and capture threads for the cores
+        # (measured: search p50 11 ms -> 0.4 ms on 2 cores). Set before numpy is imported; env overrides.
+        if "numpy" not in sys.modules:
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+            os.environ.setdefault("MKL_NUM_THREADS", "1")
         from tiles.db import DatabaseError
 
         from .bundle import BundleError

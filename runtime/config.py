@@ -21,6 +21,7 @@ class ServiceConfig:
     backend: str = "auto"
     providers: list[str] | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads
+    spin: bool = False  # ONNX Runtime idle threads spin (lower latency alone, steals CPU from capture/search)
     jsonl: str | None = None  # path or '-'
     udp_json: str | None = None  # HOST:PORT
     mavlink: str | None = None  # udpout:127.0.0.1:14550, /dev/ttyTHS1, ...

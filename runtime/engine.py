@@ -129,7 +129,8 @@ class Engine:
 class OnnxRuntimeEngine(Engine):
     """An ONNX model file of the bundle through ONNX Runtime, on the best provider the build offers."""
 
-    def __init__(self, bundle: Bundle, entry: dict, providers: list | None = None, threads: int | None = None):
+    def __init__(self, bundle: Bundle, entry: dict, providers: list | None = None, threads: int | None = None,
+                 spin: bool = True):
         super().__init__(bundle, entry["precision"])
         import onnxruntime as ort  # local: the TensorRT-only Jetson install may lack it
 
@@ -148,6 +149,8 @@ class OnnxRuntimeEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
+        if not spin:  # idle intra-op threads sleep instead of spinning: leaves the CPU to capture and search
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = bundle.file_path(entry)
         self.session = ort.InferenceSession(os.fspath(self.path), sess_options=opts, providers=list(providers))
         used = self.session.get_providers()
@@ -205,13 +208,16 @@ def load_engine(
     backend: str = "auto",
     providers: list | None = None,
     threads: int | None = None,
+    spin: bool = True,
 ) -> Engine:
     """Build the engine a bundle describes.
 
     ``backend`` 'auto' uses the bundle's TensorRT plan when one is present and ``tensorrt`` imports,
     else ONNX Runtime. ``precision`` 'auto' takes fp16 on a GPU, fp32 on the CPU; an explicit precision
     the bundle lacks is an error (never a silent fallback). ``providers`` is passed to ONNX Runtime
-    (default: the best of TensorRT, CUDA, CPU that the installed build offers).
+    (default: the best of TensorRT, CUDA, CPU that the installed build offers). ``threads`` and ``spin``
+    tune ONNX Runtime's CPU thread pool (spin False: idle threads sleep, better inside the service's
+    pipeline on few cores).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
@@ -239,7 +245,7 @@ def load_engine(
         gpu = any(p in ort.get_available_providers() for p in PREFERRED_PROVIDERS[:2])
     else:
         gpu = any((p[0] if isinstance(p, (tuple, list)) else p) in PREFERRED_PROVIDERS[:2] for p in providers)
-    return OnnxRuntimeEngine(bundle, _pick_entry(bundle, "onnx", precision, gpu), providers, threads)
+    return OnnxRuntimeEngine(bundle, _pick_entry(bundle, "onnx", precision, gpu), providers, threads, spin)
 
 
 def check_engine_database(engine: Engine, db) -> None:

@@ -79,7 +79,7 @@ class Service:
         self.cfg = cfg
         self._stop = threading.Event()
         self.engine = engine or load_engine(cfg.bundle, precision=cfg.precision, backend=cfg.backend,
-                                            providers=cfg.providers, threads=cfg.threads)
+                                            providers=cfg.providers, threads=cfg.threads, spin=cfg.spin)
         self.db = db or TileDatabase.open(cfg.db)
         check_engine_database(self.engine, self.db)  # DatabaseMismatchError names the differing fields
         self.layer = self.db.layer_for_altitude(cfg.altitude_m)
@@ -109,6 +109,8 @@ class Service:
         self.health_server = HealthServer(self.health, cfg.health_port) if cfg.health_port is not None else None
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
         self.processed = 0
+        self.t_first: float | None = None  # perf_counter at the first frame's start, the last frame's end
+        self.t_last: float | None = None
 
     # ---- control ------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -234,7 +236,10 @@ class Service:
                     next_log = time.monotonic() + self.cfg.health_log_s
                 if frame is None:
                     continue
+                if self.t_first is None:
+                    self.t_first = time.perf_counter()
                 record, fused = self.process(frame)
+                self.t_last = time.perf_counter()
                 self.processed += 1
                 self.health.count("frames_processed")
                 self.health.fix(record["fix"])
