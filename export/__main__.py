@@ -45,6 +45,7 @@ def parse_args(argv=None):
     ap.add_argument("--altitudes", type=float, nargs="+", default=[150, 200, 250, 300])
     ap.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view, degrees")
     ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
+    ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder (SUES-200 satellite-view, ...)")
     ap.add_argument("--gallery-out", type=Path, help="gallery database folder (default BUNDLE/gallerydb)")
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
 
             db = build_tile_database(bundle, args.tiles, args.db_out or Path(bundle) / "tiledb",
                                      altitudes_m=args.altitudes, hfov_deg=args.hfov, stride_frac=args.stride_frac,
-                                     overwrite=args.overwrite, progress=not args.no_progress)
+                                     chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress)
             if db is not None:
                 log.info("tile database %s", db)
         if args.gallery:

@@ -1,0 +1,128 @@
+"""`python -m export` end to end in a subprocess on a tiny timm model, on real NAIP imagery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True, **kw):
+    r = subprocess.run([sys.executable, "-m", "export", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    import torch
+
+    from train.model import GeoModel, save_checkpoint
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("cli")
+    return save_checkpoint(d / "ckpt.pt", GeoModel("test_efficientnet", img_size=32), config={"test": True},
+                           epoch=0, step=0)
+
+
+@pytest.fixture(scope="module")
+def bundle(ckpt, naip_paths, tmp_path_factory):
+    from export.bundle_export import export_bundle
+
+    return export_bundle(ckpt, tmp_path_factory.mktemp("b") / "bundle",
+                         eval_tifs=(naip_paths[2016], naip_paths[2018]), eval_n=8)
+
+
+def test_cli_end_to_end(ckpt, naip_paths, tmp_path):
+    from runtime.bundle import read_bundle
+    from runtime.engine import load_engine
+    from tiles.db import TileDatabase
+    from tiles.io import file_sha256
+
+    out = tmp_path / "bundle"
+    r = run(ckpt, "--out", out, "--fp16", "--int8", "--calib-tif", naip_paths[2014], "--calib-n", 16,
+            "--eval-tifs", naip_paths[2016], naip_paths[2018], "--max-r1-drop", 50, "--input-format", "uint8",
+            "--tiles", naip_paths[2018], "--altitudes", 250, 300, "--hfov", 60, "--stride-frac", 1.0,
+            "--no-progress", env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert "done:" in r.stderr
+    b = read_bundle(out)
+    assert b.model_fingerprint == file_sha256(ckpt)[:16]
+    assert b.input == {"name": "image", "dtype": "uint8", "layout": "NHWC"}
+    assert {f["precision"] for f in b.files} == {"fp32", "fp16", "int8"}
+    int8 = b.find("onnx", "int8")
+    assert int8["accuracy"]["r1_drop"] <= 50 and int8["calibration"]["n_images"] == 16
+    assert b.find("onnx", "fp32")["parity"]["max_abs_diff"] < 1e-4
+    db = TileDatabase.open(out / "tiledb")
+    db.check_compatible(model_fingerprint=b.model_fingerprint, preprocess=b.manifest["preprocess"],
+                        embedding_dim=b.embedding_dim)
+    assert [lay["altitude_m"] for lay in db.layers] == [250.0, 300.0]
+    # the runtime reads the bundle and its INT8 model finds a tile's own embedding first
+    eng = load_engine(out, precision="int8", backend="onnxruntime")
+    from tiles.grid import read_tile, tile_grid
+    from tiles.raster import open_raster
+
+    raster = open_raster(naip_paths[2018])
+    tiles = tile_grid(raster, db.layers[1]["footprint_m"], db.layers[1]["stride_m"])[:10]
+    q = eng.embed([read_tile(raster, t, 32) for t in tiles])
+    rows = db.embeddings[db.layer_slice(1)].astype(np.float32)
+    assert np.mean(np.argmax(q @ rows.T, axis=1) == np.arange(10)) >= 0.8
+    # an existing bundle is not overwritten by accident
+    r = run(ckpt, "--out", out, "--eval-tifs", naip_paths[2016], naip_paths[2018], check=False)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_gate_failure_exits_with_the_numbers(ckpt, naip_paths, tmp_path, caplog):
+    from export.__main__ import main
+
+    code = main([str(ckpt), "--out", str(tmp_path / "b"), "--fp16", "--eval-tifs", str(naip_paths[2016]),
+                 str(naip_paths[2018]), "--max-r1-drop", "-100"])
+    assert code == 2 and "accuracy gate failed: fp16 R@1" in caplog.text
+    assert not (tmp_path / "b" / "manifest.json").exists()  # a failed bundle is not a bundle
+
+
+def test_trt_on_a_machine_without_tensorrt_or_torch(bundle):
+    """The Jetson step needs neither torch nor a checkpoint; without TensorRT it says where to run."""
+    out = bundle
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; sys.modules['tensorrt'] = None; "
+            f"from export.__main__ import main; sys.exit(main(['--bundle', {str(out)!r}, '--trt']))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "JetPack" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_usage_errors_are_clear():
+    r = run(check=False)
+    assert r.returncode == 2 and "give a checkpoint" in r.stderr
+    r = run("x.pt", "--out", "b", "--int8", check=False)
+    assert r.returncode == 2 and "--calib DIR" in r.stderr
+
+
+def test_killed_tile_build_continues(bundle, naip_paths):
+    out = bundle
+    args = ["--bundle", out, "--tiles", naip_paths[2018], "--altitudes", 300, "--hfov", 60, "--stride-frac", 0.5,
+            "--chunk-tiles", 8, "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "export", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = out / ".tiledb.work"
+    deadline = time.monotonic() + 120
+    while len(list(work.rglob("chunk-*.npy"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(work.rglob("chunk-*.npy")))
+    assert done_before >= 3 and not (out / "tiledb").exists()
+    r = run(*args)
+    total = json.loads((out / "tiledb" / "manifest.json").read_text())["count"]
+    line = next(s for s in r.stderr.splitlines() if "chunks to embed" in s)
+    todo, of = (int(v) for v in line.split("rank 0/1: ")[1].split(" chunks")[0].split(" of "))
+    assert todo == of - done_before and todo < of and 8 * (of - 1) < total <= 8 * of
