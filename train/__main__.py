@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
 
     overrides = list(args.overrides)
     for flag, key in (("epochs", "optim.epochs"), ("batch_size", "optim.batch_size"), ("lr", "optim.lr"),
