@@ -116,6 +116,7 @@ class PositionFilter:
         max_accuracy_m: float | None = None,
         cruise_speed_mps: float = 10.0,
         reacquire_frames: int = 3,
+        acquire_frames: int = 3,
     ):
         if max_speed_mps <= 0:
             raise ValueError(f"max_speed_mps must be > 0, got {max_speed_mps}")
@@ -126,6 +127,10 @@ class PositionFilter:
         self.max_accuracy_m = max_accuracy_m
         self.cruise_speed_mps = float(cruise_speed_mps)
         self.reacquire_frames = int(reacquire_frames)
+        # A first fix has nothing to be checked against: one confident but wrong match would be trusted
+        # and then defended against the right ones. So the track starts only once ``acquire_frames``
+        # consecutive fixes agree with each other (the same rule as re-acquisition after a jump).
+        self.acquire_frames = max(1, int(acquire_frames))
         self.last: Fix | None = None  # last trusted (filtered) fix
         self._rejected: list[Fix] = []
 
@@ -149,18 +154,11 @@ class PositionFilter:
             return replace(fix, trusted=False,
                            reason=f"accuracy {fix.accuracy_m:.0f} m > {self.max_accuracy_m:.0f} m")
         if self.last is None:
-            self.last = replace(fix, trusted=True, reason="first fix")
-            return self.last
+            return self._candidate(fix, self.acquire_frames, "acquired",
+                                   f"acquiring ({len(self._rejected) + 1}/{self.acquire_frames} consistent fixes)")
         ok, dist, dt = self._reachable(self.last, fix)
         if not ok:
-            if self._rejected and not self._reachable(self._rejected[-1], fix)[0]:
-                self._rejected = []
-            self._rejected.append(fix)
-            if len(self._rejected) >= self.reacquire_frames:
-                self._rejected = []
-                self.last = replace(fix, trusted=True, reason="re-acquired")
-                return self.last
-            return replace(fix, trusted=False, reason=f"jump {dist:.0f} m in {dt:.1f} s")
+            return self._candidate(fix, self.reacquire_frames, "re-acquired", f"jump {dist:.0f} m in {dt:.1f} s")
         self._rejected = []
         # constant-position Kalman step, isotropic: prediction variance grows with cruise speed
         p = _finite(self.last.accuracy_m) ** 2 + (self.cruise_speed_mps * dt) ** 2
@@ -175,6 +173,19 @@ class PositionFilter:
         acc = max(acc, 0.5 * _finite(fix.accuracy_m) * fix.confidence)
         self.last = replace(fix, x=x, y=y, lat=lat, lon=lon, accuracy_m=acc, trusted=True, reason="")
         return self.last
+
+
+    def _candidate(self, fix: Fix, needed: int, ok_reason: str, wait_reason: str) -> Fix:
+        """Collect fixes that disagree with the track (or precede it); a run of ``needed`` mutually
+        consistent ones becomes the new track."""
+        if self._rejected and not self._reachable(self._rejected[-1], fix)[0]:
+            self._rejected = []
+        self._rejected.append(fix)
+        if len(self._rejected) >= needed:
+            self._rejected = []
+            self.last = replace(fix, trusted=True, reason=ok_reason)
+            return self.last
+        return replace(fix, trusted=False, reason=wait_reason)
 
 
 def _finite(v: float, big: float = 1e6) -> float:

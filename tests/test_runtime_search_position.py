@@ -110,7 +110,7 @@ def test_confidence_follows_the_margin_to_a_distant_match():
 
 
 def test_filter_rejects_jumps_and_low_confidence_then_reacquires():
-    f = PositionFilter(max_speed_mps=30, min_confidence=0.5, reacquire_frames=3)
+    f = PositionFilter(max_speed_mps=30, min_confidence=0.5, reacquire_frames=3, acquire_frames=1)
 
     def fx(t, x, conf=0.9, acc=20.0):
         return Fix(t=t, x=x, y=0.0, lat=47.0, lon=-99.0 + x * 1e-5, confidence=conf, accuracy_m=acc)
@@ -127,3 +127,20 @@ def test_filter_rejects_jumps_and_low_confidence_then_reacquires():
     again = f.update(fx(5, 5020))  # three mutually consistent fixes far away: the old track was wrong
     assert again.trusted and again.reason == "re-acquired" and again.x == 5020
     assert not f.update(Fix(t=6)).trusted  # no position, no trust
+
+
+def test_filter_acquires_only_on_consistent_fixes():
+    """A lone confident outlier at start-up must not become the track the right fixes are judged against."""
+    f = PositionFilter(max_speed_mps=30, min_confidence=0.5, acquire_frames=3)
+
+    def fx(t, x, conf=0.9, acc=20.0):
+        return Fix(t=t, x=x, y=0.0, lat=47.0, lon=-99.0, confidence=conf, accuracy_m=acc)
+
+    first = f.update(fx(0, 4000))  # a wrong match
+    assert not first.trusted and first.reason.startswith("acquiring (1/3")
+    assert f.last is None
+    assert not f.update(fx(1, 0)).trusted  # disagrees with the outlier: the count starts again
+    assert not f.update(fx(2, 20)).trusted
+    third = f.update(fx(3, 45))
+    assert third.trusted and third.reason == "acquired" and third.x == 45
+    assert f.update(fx(4, 70)).trusted  # then tracked as usual
