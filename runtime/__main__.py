@@ -14,7 +14,17 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", help="model bundle folder (python -m export)")
     p.add_argument("--db", help="tile database folder")
     p.add_argument("--source", help="camera index, video file, rtsp://, udp://, GStreamer pipeline, or image folder")
-    p.add_argument("--altitude", dest="altitude_m", type=float, help="flight altitude in metres (picks the layer)")
+    p.add_argument("--altitude", dest="altitude_m", type=float,
+                   help="flight altitude in metres (picks the layer; the fallback when --altitude-from is stale)")
+    p.add_argument("--altitude-from", dest="altitude_from", metavar="MAVLINK_URL",
+                   help="read the height above ground from the autopilot: udpin:0.0.0.0:14551, udpout:HOST:PORT, "
+                        "tcp:HOST:PORT or a serial device (the same as --mavlink shares that connection)")
+    p.add_argument("--altitude-from-baud", dest="altitude_from_baud", type=int,
+                   help="serial baud for --altitude-from (default: --mavlink-baud)")
+    p.add_argument("--altitude-stale-s", dest="altitude_stale_s", type=float,
+                   help="autopilot altitude older than this is not used (default 2)")
+    p.add_argument("--altitude-request-hz", dest="altitude_request_hz", type=float,
+                   help="ask the autopilot to stream its altitude messages at this rate (0: do not ask; default 5)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"])
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers, e.g. CUDAExecutionProvider")
@@ -76,7 +86,7 @@ def main(argv=None) -> int:
 
         try:
             return serve(args)
-        except (ValueError, FileNotFoundError, BundleError, DatabaseError, SourceError) as e:
+        except (ValueError, FileNotFoundError, ImportError, BundleError, DatabaseError, SourceError) as e:
             logging.getLogger("runtime").error("%s", e)
             return 2
     return int(replay_mod.run_replay(args))

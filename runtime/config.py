@@ -17,6 +17,10 @@ class ServiceConfig:
     db: str = ""
     source: str = ""
     altitude_m: float | None = None  # selects the database layer; None: the only layer
+    altitude_from: str | None = None  # MAVLink address of the autopilot to read the altitude from (wins when fresh)
+    altitude_from_baud: int | None = None  # serial baud for altitude_from (default: mavlink_baud)
+    altitude_stale_s: float = 2.0  # autopilot altitude older than this is not used
+    altitude_request_hz: float = 5.0  # ask the autopilot to stream altitude messages at this rate (0: do not ask)
     precision: str = "auto"
     backend: str = "auto"
     providers: list[str] | None = None

@@ -9,6 +9,11 @@ The camera is never blocked by inference: on a live source a frame that arrives 
 is still waiting replaces it (counted as dropped). Files and folders are processed frame by frame unless
 ``drop_frames`` is set. :meth:`Service.stop` (wired to SIGINT/SIGTERM by ``python -m runtime serve``)
 ends capture, drains the queue, writes a final summary record and flushes and closes every output.
+
+The altitude layer of the database is chosen per frame from the current altitude: the autopilot's
+(``altitude_from``, :mod:`runtime.autopilot`) while it is fresh, else the given ``altitude_m``. A database
+with several layers and no altitude from either gives "no fix" (reason ``no altitude``), never a layer
+picked at random. Each JSON line records the altitude used, its source and age, and the layer.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from .config import ServiceConfig
 from .engine import check_engine_database, load_engine
 from .health import Health, HealthServer
 from .outputs import JsonLinesOutput, MavlinkGpsOutput, UdpJsonOutput, fix_record
-from .position import PositionFilter, estimate_fix
-from .search import Searcher
+from .position import Fix, PositionFilter, estimate_fix
+from .search import Matches, Searcher
 from .sources import SourceStats, open_source
 
 logger = logging.getLogger(__name__)
@@ -82,7 +87,9 @@ class Service:
                                             providers=cfg.providers, threads=cfg.threads, spin=cfg.spin)
         self.db = db or TileDatabase.open(cfg.db)
         check_engine_database(self.engine, self.db)  # DatabaseMismatchError names the differing fields
-        self.layer = self.db.layer_for_altitude(cfg.altitude_m)
+        self.layer = self._initial_layer()
+        self.altitude: dict = {"altitude_m": cfg.altitude_m, "source": "given" if cfg.altitude_m is not None
+                               else None, "age_s": None}
         self.searcher = Searcher(self.db)
         self.filter = PositionFilter(max_speed_mps=cfg.max_speed_mps, min_confidence=cfg.min_confidence)
         self.health = Health()
@@ -106,11 +113,72 @@ class Service:
         if cfg.mavlink:
             self.outputs.append(MavlinkGpsOutput(cfg.mavlink, baud=cfg.mavlink_baud,
                                                  satellites_visible=cfg.satellites_visible))
+        self.autopilot = self._open_autopilot() if cfg.altitude_from else None
         self.health_server = HealthServer(self.health, cfg.health_port) if cfg.health_port is not None else None
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
         self.processed = 0
         self.t_first: float | None = None  # perf_counter at the first frame's start, the last frame's end
         self.t_last: float | None = None
+
+    # ---- altitude -----------------------------------------------------------------------------
+    def _initial_layer(self) -> int | None:
+        """The layer before the first frame; None when it is chosen per frame from the autopilot."""
+        cfg, n = self.cfg, len(self.db.layers)
+        if n > 1:
+            # fails now, not per frame, when no layer records its altitude
+            self.db.layer_for_altitude(cfg.altitude_m if cfg.altitude_m is not None else 0.0)
+        if cfg.altitude_m is not None or n == 1:
+            return self.db.layer_for_altitude(cfg.altitude_m)
+        if cfg.altitude_from:
+            return None
+        alts = [lay.get("altitude_m") for lay in self.db.layers]
+        raise ValueError(f"the database {self.db.path} has {n} altitude layers {alts}: give --altitude METRES "
+                         "or --altitude-from MAVLINK_URL (the autopilot's altitude) to choose one")
+
+    def _open_autopilot(self):
+        from .autopilot import AutopilotAltitude
+
+        cfg = self.cfg
+        shared = next((o for o in self.outputs if isinstance(o, MavlinkGpsOutput) and o.url == cfg.altitude_from),
+                      None)
+        return AutopilotAltitude(cfg.altitude_from, baud=cfg.altitude_from_baud or cfg.mavlink_baud,
+                                 stale_s=cfg.altitude_stale_s, request_hz=cfg.altitude_request_hz,
+                                 conn=shared.conn if shared else None, send_lock=shared.lock if shared else None)
+
+    def current_altitude(self) -> dict:
+        """{"altitude_m", "source", "age_s"}: the autopilot's fresh reading, else the given altitude, else
+        none (source None). Sources: ``autopilot:<rangefinder|relative_alt|...>`` or ``given``."""
+        if self.autopilot is not None:
+            r = self.autopilot.current()
+            if r is not None:
+                return {"altitude_m": r.altitude_m, "source": f"autopilot:{r.source}", "age_s": r.age_s}
+        if self.cfg.altitude_m is not None:
+            return {"altitude_m": self.cfg.altitude_m, "source": "given", "age_s": None}
+        return {"altitude_m": None, "source": None, "age_s": None}
+
+    def _choose_layer(self, alt: dict) -> int | None:
+        if len(self.db.layers) == 1:
+            layer = 0
+        elif alt["altitude_m"] is None:
+            layer = None
+        else:
+            layer = self.db.layer_for_altitude(alt["altitude_m"])
+        if layer != self.layer or alt["source"] != self.altitude["source"]:
+            name = self.db.layers[layer]["name"] if layer is not None else None
+            where = f"{alt['altitude_m']:.1f} m from {alt['source']}" if alt["source"] else "no altitude"
+            logger.info("altitude %s: layer %s", where, repr(name) if name else "none (no fix until an altitude)")
+        self.layer, self.altitude = layer, alt
+        return layer
+
+    def _sync_altitude(self) -> None:
+        """Health's view of the altitude (refreshed every loop turn, so its age moves without frames)."""
+        lay = self.db.layers[self.layer]["name"] if self.layer is not None else None
+        info = {"altitude_m": self.altitude["altitude_m"], "source": self.altitude["source"],
+                "age_s": None if self.altitude["age_s"] is None else round(self.altitude["age_s"], 3),
+                "layer": lay}
+        if self.autopilot is not None:
+            info["autopilot"] = self.autopilot.status()
+        self.health.info = {**self.health.info, "layer": lay, "altitude": info}  # replaced, never mutated
 
     # ---- control ------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -129,19 +197,44 @@ class Service:
         warm_ms = (time.perf_counter() - t0) * 1000
         if emb.shape != (1, self.engine.embedding_dim) or not np.all(np.isfinite(emb)):
             raise RuntimeError(f"engine self-check failed: output {emb.shape}, finite={np.all(np.isfinite(emb))}")
-        lay = self.db.layers[self.layer]
+        if self.autopilot is not None:  # give the link a moment so the check shows a real reading
+            deadline = time.monotonic() + min(1.0, self.cfg.altitude_stale_s)
+            while self.autopilot.current() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        alt = self.current_altitude()
+        self._choose_layer(alt)
+        if self.layer is not None:
+            lay = self.db.layers[self.layer]
+            layer_text = (f"layer {lay['name']!r} ({lay.get('count')} tiles, altitude {lay.get('altitude_m')} m)"
+                          + (" of " + ", ".join(f"{la.get('altitude_m')}" for la in self.db.layers) + " m"
+                             if len(self.db.layers) > 1 else ""))
+        else:
+            layer_text = (f"{len(self.db.layers)} layers ({', '.join(str(la.get('altitude_m')) for la in self.db.layers)}"
+                          " m), chosen per frame from the altitude")
+        if self.autopilot is not None:
+            r = self.autopilot.current()
+            now = (f"now {r.altitude_m:.1f} m from autopilot:{r.source} ({r.age_s:.1f} s old)" if r is not None
+                   else "no reading yet")
+            fallback = (f"{self.cfg.altitude_m:g} m (--altitude)" if self.cfg.altitude_m is not None
+                        else ("none: no fix while it is stale" if len(self.db.layers) > 1 else "the only layer"))
+            altitude_line = f"altitude: {self.autopilot.describe()}, {now}; fallback {fallback}"
+        elif self.cfg.altitude_m is not None:
+            altitude_line = f"altitude: {self.cfg.altitude_m:g} m given (--altitude)"
+        else:
+            altitude_line = "altitude: none given (the database has one layer)"
         lines = [
             f"engine: {self.engine.name}, input {self.engine.input_dtype}/{self.engine.input_layout} {h}x{w}, "
             f"D={self.engine.embedding_dim}, model {self.engine.model_fingerprint} (first run {warm_ms:.0f} ms)",
-            f"database: {self.db.path}, {len(self.db)} tiles, layer {lay['name']!r} ({lay.get('count')} tiles, "
-            f"altitude {lay.get('altitude_m')} m), crs {self.db.crs}",
+            f"database: {self.db.path}, {len(self.db)} tiles, {layer_text}, crs {self.db.crs}",
+            altitude_line,
             f"source: {self.source.describe() if hasattr(self.source, 'describe') else self.source!r}, "
             f"{'newest frame wins' if self.drop_frames else 'every frame processed'}",
             "outputs: " + (", ".join(o.describe() for o in self.outputs) or "none (give --jsonl/--mavlink)"),
         ]
         if self.health_server is not None:
             lines.append(f"health: http://127.0.0.1:{self.health_server.port}/health")
-        self.health.info = {"engine": self.engine.name, "database": str(self.db.path), "layer": lay["name"]}
+        self.health.info = {"engine": self.engine.name, "database": str(self.db.path)}
+        self._sync_altitude()
         return lines
 
     # ---- threads ------------------------------------------------------------------------------
@@ -190,16 +283,25 @@ class Service:
         t1 = time.perf_counter()
         emb = self.engine.embed_prepared(x)
         t2 = time.perf_counter()
-        centre = None
-        last = self.filter.last
-        if self.cfg.search_radius_m and last is not None and math.isfinite(last.x):
-            centre = (last.x, last.y)
-        m = self.searcher.search(emb, k=self.cfg.top_k, layer=self.layer, centre_xy=centre,
-                                 radius_m=self.cfg.search_radius_m if centre else None)
-        if centre is not None and m.indices[0, 0] < 0:  # nothing near the last fix: search everywhere
-            m = self.searcher.search(emb, k=self.cfg.top_k, layer=self.layer)
-        t3 = time.perf_counter()
-        raw = estimate_fix(self.db, m.indices[0], m.scores[0], t, margin_scale=self.cfg.margin_scale)
+        alt = self.current_altitude()
+        layer = self._choose_layer(alt)
+        if layer is None:  # several layers and no altitude: which scale the frame is at is unknown
+            k = self.cfg.top_k
+            m = Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))
+            t3 = time.perf_counter()
+            raw = Fix(t=t, reason="no altitude")
+            self.health.count("frames_no_altitude")
+        else:
+            centre = None
+            last = self.filter.last
+            if self.cfg.search_radius_m and last is not None and math.isfinite(last.x):
+                centre = (last.x, last.y)
+            m = self.searcher.search(emb, k=self.cfg.top_k, layer=layer, centre_xy=centre,
+                                     radius_m=self.cfg.search_radius_m if centre else None)
+            if centre is not None and m.indices[0, 0] < 0:  # nothing near the last fix: search everywhere
+                m = self.searcher.search(emb, k=self.cfg.top_k, layer=layer)
+            t3 = time.perf_counter()
+            raw = estimate_fix(self.db, m.indices[0], m.scores[0], t, margin_scale=self.cfg.margin_scale)
         fused = self.filter.update(raw)
         t4 = time.perf_counter()
         lat = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "search": (t3 - t2) * 1000,
@@ -209,11 +311,16 @@ class Service:
         for k, v in lat.items():
             self.health.observe(k, v)
         record = fix_record(fused, raw, self.db, m.indices[0], m.scores[0], frame_index=meta.get("index", self.processed),
-                            latency_ms=lat, altitude_m=self.cfg.altitude_m, meta=meta)
+                            latency_ms=lat, altitude_m=alt["altitude_m"], meta=meta)
+        record["altitude_source"] = alt["source"]  # autopilot:<source>, given, or None
+        record["altitude_age_s"] = None if alt["age_s"] is None else round(alt["age_s"], 3)
+        record["layer"] = self.db.layers[layer]["name"] if layer is not None else None
         return record, fused
 
     def run(self) -> int:
         """Run until the source ends, ``max_frames`` are done, or :meth:`stop`; returns an exit code."""
+        if self.autopilot is not None:
+            self.autopilot.start()
         for line in self.self_check():
             logger.info(line)
         if self.health_server is not None:
@@ -231,6 +338,7 @@ class Service:
                     break
                 frame = slot.get(0.2)
                 self._sync_counts(slot)
+                self._sync_altitude()
                 if time.monotonic() >= next_log:
                     logger.info(self.health.log_line())
                     next_log = time.monotonic() + self.cfg.health_log_s
@@ -257,6 +365,8 @@ class Service:
             self._out_q.put((summary, None))
             self._out_q.put(None)
             out_t.join(timeout=10.0)
+            if self.autopilot is not None:  # before the outputs: it may read through the MAVLink output's link
+                self.autopilot.close()
             for out in self.outputs:
                 try:
                     out.close()

@@ -1,0 +1,265 @@
+"""The current height above ground, read from the flight controller over MAVLink.
+
+The tile database has one layer per altitude; the service picks the layer for the height the drone flies
+at now. :class:`AutopilotAltitude` listens to the autopilot in a daemon thread (pymavlink, the same
+connection strings as ``--mavlink``: ``udpin:0.0.0.0:14551``, ``udpout:HOST:PORT``, ``tcp:HOST:PORT``,
+or a serial device such as ``/dev/ttyTHS1`` with a baud rate) and keeps the latest value of each source,
+with the time it arrived. :meth:`AutopilotAltitude.current` answers with the best source that is fresh
+(younger than ``stale_s``), in this order:
+
+1. ``rangefinder``: ``DISTANCE_SENSOR`` facing down (``orientation`` = MAV_SENSOR_ROTATION_PITCH_270),
+   ``current_distance`` (cm) within the sensor's own ``[min_distance, max_distance]`` and not flagged
+   invalid (``signal_quality`` 1). The distance along the sensor axis: on a tilted vehicle it is the slant
+   range, no attitude correction. Most rangefinders end well below survey heights (out of range there,
+   so the next source is used).
+2. ``relative_alt``: ``GLOBAL_POSITION_INT.relative_alt`` (mm -> m), the EKF's height above home (above
+   ground only over flat terrain around home). Both ArduPilot and PX4 stream it.
+3. ``altitude_terrain`` then ``altitude_relative``: ``ALTITUDE`` (PX4 sends it; values below -1000 m or
+   NaN mean unknown).
+
+Nothing older than ``stale_s`` (default 2 s) is ever returned: ``current()`` is then ``None`` and the
+caller falls back (the service to ``--altitude``, then to "no fix: no altitude").
+
+The autopilot must stream these messages. ArduPilot: ``SRn_POSITION`` (GLOBAL_POSITION_INT) and
+``SRn_EXTRA3`` (DISTANCE_SENSOR) on the serial port the companion computer uses; PX4: the MAVLink
+instance's mode or ``mavlink stream``. Unless ``request_hz`` is 0, the reader also asks for them itself
+with ``MAV_CMD_SET_MESSAGE_INTERVAL`` once it has seen the autopilot's heartbeat (and again if the
+autopilot restarts). It sends a heartbeat of its own every second, so that a ``udpout:`` peer (a
+MAVLink router) learns where to send.
+
+The connection may be shared with the ``GPS_INPUT`` output (one serial port cannot be opened twice):
+pass ``conn`` (an open pymavlink connection) and ``send_lock`` (the lock the other sender holds while it
+writes); the reader then only reads, and writes under that lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+# the order in which sources are preferred (the first fresh one wins)
+SOURCES = ("rangefinder", "relative_alt", "altitude_terrain", "altitude_relative")
+
+MSG_GLOBAL_POSITION_INT = 33
+MSG_DISTANCE_SENSOR = 132
+MSG_ALTITUDE = 141
+MAV_CMD_SET_MESSAGE_INTERVAL = 511
+MAV_SENSOR_ROTATION_PITCH_270 = 25  # facing down
+MAV_AUTOPILOT_INVALID = 8
+MAV_TYPE_GCS = 6
+MAV_TYPE_ONBOARD_CONTROLLER = 18
+MAV_COMP_ID_ONBOARD_COMPUTER = 191
+
+PIP_HINT = "pip install 'geoloc-edge[mavlink]'"
+
+
+def _mavutil():
+    try:
+        from pymavlink import mavutil
+    except ImportError as e:
+        raise ImportError(f"reading the altitude from the autopilot needs pymavlink: `{PIP_HINT}`") from e
+    return mavutil
+
+
+@dataclass(frozen=True)
+class AltitudeReading:
+    altitude_m: float  # height above ground (or home, see ``source``), metres
+    source: str  # one of SOURCES
+    age_s: float  # seconds since the message arrived
+    system_id: int = 0  # MAVLink system that sent it
+
+    def as_dict(self) -> dict:
+        return {"altitude_m": round(self.altitude_m, 3), "source": self.source, "age_s": round(self.age_s, 3)}
+
+
+def readings_from_message(msg) -> dict[str, float]:
+    """The altitude values (metres, keyed by source) that one MAVLink message carries; {} if none is valid."""
+    kind = msg.get_type()
+    if kind == "DISTANCE_SENSOR":
+        if msg.orientation != MAV_SENSOR_ROTATION_PITCH_270:
+            return {}
+        if getattr(msg, "signal_quality", 0) == 1:  # 1: invalid (0: unknown, 100: best)
+            return {}
+        d, lo, hi = msg.current_distance, msg.min_distance, msg.max_distance
+        if hi <= 0 or not lo <= d <= hi:  # out of the sensor's range: no reading
+            return {}
+        return {"rangefinder": d / 100.0}
+    if kind == "GLOBAL_POSITION_INT":
+        return {"relative_alt": msg.relative_alt / 1000.0}
+    if kind == "ALTITUDE":
+        out = {}
+        for name in ("altitude_terrain", "altitude_relative"):
+            v = float(getattr(msg, name))
+            if math.isfinite(v) and v > -1000.0:
+                out[name] = v
+        return out
+    return {}
+
+
+class AutopilotAltitude:
+    """The latest height above ground from an autopilot (see the module docstring).
+
+    ``reader = AutopilotAltitude("udpin:0.0.0.0:14551").start()``; ``reader.current()`` ->
+    :class:`AltitudeReading` or ``None``; ``reader.status()`` for health; ``reader.close()``.
+    ``system_id`` restricts the reader to one vehicle (default: any system's messages).
+    """
+
+    def __init__(self, url: str | None = None, *, baud: int = 57600, stale_s: float = 2.0,
+                 request_hz: float = 5.0, system_id: int | None = None, conn=None, send_lock=None,
+                 source_system: int = 1, source_component: int = MAV_COMP_ID_ONBOARD_COMPUTER,
+                 heartbeat_s: float = 1.0):
+        if not stale_s > 0:
+            raise ValueError(f"stale_s must be > 0 seconds, got {stale_s}")
+        if request_hz < 0:
+            raise ValueError(f"request_hz must be >= 0 (0: do not ask the autopilot), got {request_hz}")
+        if conn is None and not url:
+            raise ValueError("give the autopilot's MAVLink address (e.g. udpin:0.0.0.0:14551 or /dev/ttyTHS1)")
+        self.url = url or getattr(conn, "address", "shared connection")
+        self.stale_s = float(stale_s)
+        self.request_hz = float(request_hz)
+        self.system_id = system_id
+        self.heartbeat_s = heartbeat_s
+        self._own_conn = conn is None
+        if conn is None:
+            mavutil = _mavutil()
+            try:
+                conn = mavutil.mavlink_connection(url, baud=baud, source_system=source_system,
+                                                  source_component=source_component)
+            except Exception as e:  # serial.SerialException, OSError (port in use), ...
+                raise ValueError(
+                    f"cannot open the autopilot link {url!r}: {e}; give udpin:0.0.0.0:PORT, udpout:HOST:PORT, "
+                    "tcp:HOST:PORT or an existing serial device (a port already used by --mavlink: pass the "
+                    "same address to both to share it)"
+                ) from e
+        self.conn = conn
+        self.send_lock = send_lock or threading.Lock()
+        self._lock = threading.Lock()
+        self._latest: dict[str, tuple[float, float, int]] = {}  # source -> (metres, monotonic time, sysid)
+        self._requested: set[tuple[int, int]] = set()
+        self._last_boot_ms: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_hb = 0.0
+        self.messages = 0
+        self.requests_sent = 0
+
+    def describe(self) -> str:
+        return f"altitude from the autopilot at {self.url} (stale after {self.stale_s:g} s)"
+
+    # ---- state --------------------------------------------------------------------------------
+    def handle(self, msg, now: float | None = None) -> None:
+        """Take one received message (the reader thread calls this; public so a caller that already
+        reads the link can feed it)."""
+        now = time.monotonic() if now is None else now
+        kind = msg.get_type()
+        sysid = msg.get_srcSystem()
+        if kind == "HEARTBEAT":
+            self._on_heartbeat(msg)
+            return
+        if self.system_id is not None and sysid != self.system_id:
+            return
+        values = readings_from_message(msg)
+        if not values:
+            return
+        with self._lock:
+            for source, metres in values.items():
+                self._latest[source] = (metres, now, sysid)
+
+    def current(self, now: float | None = None) -> AltitudeReading | None:
+        """The best fresh reading, or ``None`` when every source is older than ``stale_s`` (or absent)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for source in SOURCES:
+                if source in self._latest:
+                    metres, t, sysid = self._latest[source]
+                    age = now - t
+                    if age <= self.stale_s:
+                        return AltitudeReading(metres, source, max(age, 0.0), sysid)
+        return None
+
+    def status(self, now: float | None = None) -> dict:
+        """For health: the reading in use (or None) and every source's last value and age."""
+        now = time.monotonic() if now is None else now
+        cur = self.current(now)
+        with self._lock:
+            sources = {s: {"altitude_m": round(v, 3), "age_s": round(now - t, 3)}
+                       for s, (v, t, _) in self._latest.items()}
+        return {"url": self.url, "current": cur.as_dict() if cur else None, "sources": sources,
+                "messages": self.messages, "stale_s": self.stale_s}
+
+    # ---- the link -----------------------------------------------------------------------------
+    def _send(self, fn, *args) -> None:
+        with self.send_lock:
+            fn(*args)
+
+    def _on_heartbeat(self, msg) -> None:
+        """Ask an autopilot that appears (or reboots) to stream the altitude messages."""
+        if msg.autopilot == MAV_AUTOPILOT_INVALID or msg.type == MAV_TYPE_GCS or not self.request_hz:
+            return
+        key = (msg.get_srcSystem(), msg.get_srcComponent())
+        if self.system_id is not None and key[0] != self.system_id:
+            return
+        if key in self._requested:
+            return
+        self._requested.add(key)
+        interval_us = int(round(1e6 / self.request_hz))
+        for msg_id in (MSG_GLOBAL_POSITION_INT, MSG_DISTANCE_SENSOR, MSG_ALTITUDE):
+            self._send(self.conn.mav.command_long_send, key[0], key[1], MAV_CMD_SET_MESSAGE_INTERVAL, 0,
+                       msg_id, interval_us, 0, 0, 0, 0, 0)
+            self.requests_sent += 1
+        logger.info("asked autopilot %d/%d for GLOBAL_POSITION_INT, DISTANCE_SENSOR, ALTITUDE at %g Hz",
+                    key[0], key[1], self.request_hz)
+
+    def _note_reboot(self, msg) -> None:
+        """A time_boot_ms that goes backwards means the autopilot restarted: ask for the streams again."""
+        boot_ms = getattr(msg, "time_boot_ms", None)
+        if boot_ms is None:
+            return
+        sysid = msg.get_srcSystem()
+        if boot_ms + 1000 < self._last_boot_ms.get(sysid, 0):
+            self._requested = {k for k in self._requested if k[0] != sysid}
+        self._last_boot_ms[sysid] = boot_ms
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if self.heartbeat_s and now - self._last_hb >= self.heartbeat_s:
+            self._last_hb = now
+            self._send(self.conn.mav.heartbeat_send, MAV_TYPE_ONBOARD_CONTROLLER, MAV_AUTOPILOT_INVALID,
+                       0, 0, 0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._own_conn:  # a shared connection's owner sends its own heartbeat
+                    self._heartbeat()
+                msg = self.conn.recv_match(blocking=True, timeout=0.2)
+            except Exception as e:  # a link error must not end the reader: log and retry
+                if self._stop.is_set():
+                    return
+                logger.warning("autopilot link %s: %s", self.url, e)
+                self._stop.wait(0.5)
+                continue
+            if msg is None or msg.get_type() == "BAD_DATA":
+                continue
+            self.messages += 1
+            self._note_reboot(msg)
+            self.handle(msg)
+
+    def start(self) -> AutopilotAltitude:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="autopilot-altitude", daemon=True)
+            self._thread.start()
+            logger.info("reading %s", self.describe())
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        if self._own_conn:
+            self.conn.close()
