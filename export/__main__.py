@@ -34,6 +34,8 @@ def parse_args(argv=None):
     ap.add_argument("--calib-tif", type=Path, nargs="+", default=[], help="GeoTIFF(s) to render calibration views")
     ap.add_argument("--calib-n", type=int, default=128, help="number of calibration images (default 128)")
     ap.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    ap.add_argument("--int8-full-range", action="store_true",
+                    help="8-bit weights (TensorRT or VNNI CPUs only; default 7-bit, exact on every ORT CPU)")
     ap.add_argument("--eval-tifs", type=Path, nargs=2, metavar=("QUERY_TIF", "GALLERY_TIF"),
                     help="two held-out years of one area: parity check and FP16/INT8 accuracy gate")
     ap.add_argument("--max-r1-drop", type=float, help="fail when a variant's R@1 drops more (points) than this")
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
                 args.ckpt, args.out, model_name=args.model_name, input_format=args.input_format, fp16=args.fp16,
                 int8=args.int8, calib_dir=args.calib, calib_tifs=args.calib_tif, calib_n=args.calib_n,
                 calib_method=args.calib_method, hfov_deg=args.hfov, eval_tifs=args.eval_tifs,
-                max_r1_drop=args.max_r1_drop, overwrite=args.overwrite)
+                max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
+                overwrite=args.overwrite)
         if args.trt:
             from .trt_build import build_bundle_engine
 

@@ -66,7 +66,9 @@ def accuracy_gate(fp32_path, variants: dict, preprocess: Preprocess, input_forma
                   max_r1_drop: float | None = None) -> dict:
     """Evaluate each variant {precision: onnx_path}; raise :class:`AccuracyGateError` over the threshold.
 
-    Returns {precision: {"R@1", "R@1_fp32", "r1_drop", "top1_agreement", "mean_cosine_to_fp32", ...}}.
+    Returns {precision: {"R@1", "R@1_fp32", "r1_drop", "top1_agreement", "mean_cosine_to_fp32", ...}};
+    the gate uses ONNX Runtime's optimised CPU run (what the runtime executes here); for INT8 the Q/DQ
+    reference (no kernel fusion, what TensorRT computes) is reported beside it.
     """
     if len(queries) != len(gallery) or len(queries) < 2:
         raise ValueError(f"need >= 2 query/gallery pairs of equal count, got {len(queries)}/{len(gallery)}")
@@ -83,6 +85,10 @@ def accuracy_gate(fp32_path, variants: dict, preprocess: Preprocess, input_forma
                "top1_agreement": float(100.0 * np.mean(top == top_32)),
                "mean_cosine_to_fp32": float(np.mean(np.sum(q * q32, axis=1))),
                "n_queries": len(queries), "n_gallery": len(gallery), "max_r1_drop": max_r1_drop}
+        if precision == "int8":  # the Q/DQ graph as written (what TensorRT computes), without CPU int8 kernels
+            qr = ort_embed(ort_session(path, fuse=False), preprocess, input_format, queries)
+            rec["R@1_qdq_reference"] = recall_at_1(qr, gal)[0]
+            rec["mean_cosine_qdq_reference"] = float(np.mean(np.sum(qr * q32, axis=1)))
         report[precision] = rec
         _log.info("%s: R@1 %.1f%% (FP32 %.1f%%), top-1 agreement %.1f%%, cosine to FP32 %.5f", precision, r1,
                   r1_32, rec["top1_agreement"], rec["mean_cosine_to_fp32"])

@@ -56,7 +56,7 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
                   fp16: bool = False, int8: bool = False, calib_dir=None, calib_tifs=(), calib_n: int = 128,
                   calib_method: str = "minmax", hfov_deg: float = 60.0, eval_tifs=None, eval_crop_px: int = 128,
                   eval_n: int = 64, max_r1_drop: float | None = None, parity_tolerance: float = PARITY_TOLERANCE,
-                  cache_dir=None, overwrite: bool = False) -> Path:
+                  cache_dir=None, int8_reduce_range: bool = True, overwrite: bool = False) -> Path:
     """Write the bundle for checkpoint ``ckpt`` into folder ``out``; return ``out``.
 
     ``eval_tifs`` = (query GeoTIFF, gallery GeoTIFF): two years of one area, held out from training;
@@ -106,7 +106,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     if int8:
         images = calibration_images(calib_dir, calib_tifs, n=calib_n, hfov_deg=hfov_deg)
         q = quantize_int8(fp32, out / "model.int8.onnx", prepare(images, p, input_format), method=calib_method,
-                          cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir)
+                          cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir,
+                          reduce_range=int8_reduce_range)
         variants["int8"] = q["path"]
         calib_info = {**q["calibration"], "source": str(calib_dir or [str(t) for t in calib_tifs]),
                       "cache_hit": q["cache_hit"]}

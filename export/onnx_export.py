@@ -153,10 +153,14 @@ def torch_embed(model, preprocess: Preprocess, images, batch_size: int = 32) -> 
     return np.concatenate(outs).astype(np.float32)
 
 
-def ort_session(onnx_path: str | os.PathLike, threads: int | None = None):
+def ort_session(onnx_path: str | os.PathLike, threads: int | None = None, fuse: bool = True):
+    """A CPU session; ``fuse=False`` disables graph optimisations, so a Q/DQ graph runs as written
+    (dequantise, then float ops): the reference semantics TensorRT implements, free of CPU kernel quirks."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if not fuse:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
