@@ -90,6 +90,7 @@ class Service:
         self.layer = self._initial_layer()
         self.altitude: dict = {"altitude_m": cfg.altitude_m, "source": "given" if cfg.altitude_m is not None
                                else None, "age_s": None}
+        self._logged_layer_source: tuple | None = None  # what the last layer log line said
         self.searcher = Searcher(self.db)
         self.filter = PositionFilter(max_speed_mps=cfg.max_speed_mps, min_confidence=cfg.min_confidence)
         self.health = Health()
@@ -163,10 +164,16 @@ class Service:
             layer = None
         else:
             layer = self.db.layer_for_altitude(alt["altitude_m"])
-        if layer != self.layer or alt["source"] != self.altitude["source"]:
+        if (layer, alt["source"]) != self._logged_layer_source:
+            self._logged_layer_source = (layer, alt["source"])
             name = self.db.layers[layer]["name"] if layer is not None else None
-            where = f"{alt['altitude_m']:.1f} m from {alt['source']}" if alt["source"] else "no altitude"
-            logger.info("altitude %s: layer %s", where, repr(name) if name else "none (no fix until an altitude)")
+            if alt["source"]:
+                logger.info("altitude %.1f m from %s: layer %r", alt["altitude_m"], alt["source"], name)
+            elif layer is not None:
+                logger.info("no altitude: the database's only layer %r", name)
+            else:
+                logger.warning("no altitude (autopilot silent or stale, no --altitude): no fix on a database with "
+                               "%d layers until an altitude arrives", len(self.db.layers))
         self.layer, self.altitude = layer, alt
         return layer
 
@@ -179,6 +186,14 @@ class Service:
         if self.autopilot is not None:
             info["autopilot"] = self.autopilot.status()
         self.health.info = {**self.health.info, "layer": lay, "altitude": info}  # replaced, never mutated
+
+    def _altitude_text(self) -> str:
+        a = self.altitude
+        if a["source"] is None:
+            return "altitude none (no fix on a multi-layer database)" if len(self.db.layers) > 1 else "altitude none"
+        age = f", {a['age_s']:.1f} s old" if a["age_s"] is not None else ""
+        lay = self.db.layers[self.layer]["name"] if self.layer is not None else None
+        return f"altitude {a['altitude_m']:.1f} m ({a['source']}{age}) layer {lay}"
 
     # ---- control ------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -340,7 +355,7 @@ class Service:
                 self._sync_counts(slot)
                 self._sync_altitude()
                 if time.monotonic() >= next_log:
-                    logger.info(self.health.log_line())
+                    logger.info("%s; %s", self.health.log_line(), self._altitude_text())
                     next_log = time.monotonic() + self.cfg.health_log_s
                 if frame is None:
                     continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -180,14 +181,38 @@ def test_reader_requests_streams_from_an_autopilot_heartbeat():
                     cmds.append(m)
 
         _wait_for(lambda: len(cmds) >= 3, every=poll)
+        time.sleep(0.3)
+        poll()
+        assert len(cmds) == 3, "asked once per autopilot, not once per heartbeat"
+        # the autopilot rebooted (its boot clock went back): asked again at its next heartbeat
+        ap.mav.global_position_int_send(600000, 0, 0, 0, 0, 0, 0, 0, 0)
+        ap.mav.global_position_int_send(2000, 0, 0, 0, 0, 0, 0, 0, 0)
+        _wait_for(lambda: len(cmds) >= 6, every=poll)
     finally:
         reader.close()
         gcs.close()
         ap.close()
-    assert len(cmds) == 3, "asked once per autopilot, not once per heartbeat"
+    assert len(cmds) == 6 and reader.requests_sent == 6
     assert {c.command for c in cmds} == {MAV.MAV_CMD_SET_MESSAGE_INTERVAL}
     assert {int(c.param1) for c in cmds} == {33, 132, 141}  # GLOBAL_POSITION_INT, DISTANCE_SENSOR, ALTITUDE
     assert all(c.param2 == 250000 and c.target_system == 3 and c.target_component == 1 for c in cmds)
+
+
+def test_config_file_and_command_line_carry_the_autopilot_settings(tmp_path):
+    from runtime.__main__ import add_serve_arguments
+    from runtime.config import build_config, load_config_file
+
+    f = tmp_path / "serve.toml"
+    f.write_text('[serve]\nbundle = "b"\ndb = "d"\nsource = "0"\naltitude-from = "/dev/ttyTHS1"\n'
+                 'altitude_from_baud = 921600\naltitude_stale_s = 1.5\n')
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_serve_arguments(p)
+    args = p.parse_args(["--altitude-from", "udpin:0.0.0.0:14551", "--altitude", "120"])
+    cfg = build_config(load_config_file(f), vars(args))
+    assert (cfg.altitude_from, cfg.altitude_from_baud, cfg.altitude_stale_s, cfg.altitude_m) == \
+           ("udpin:0.0.0.0:14551", 921600, 1.5, 120.0)
 
 
 def test_reader_errors_name_the_value_and_the_fix(monkeypatch):
@@ -269,7 +294,7 @@ def test_serve_picks_and_switches_the_layer_from_the_autopilot_then_no_altitude(
             [sys.executable, "-m", "runtime", "serve", "--bundle", str(a["bundle"]), "--db", str(a["db"]),
              "--source", str(video), "--loop", "--jsonl", str(out), "--min-confidence", "0",
              "--altitude-from", link, "--mavlink", link, "--altitude-stale-s", "0.5",
-             "--health-port", str(health_port)],
+             "--health-port", str(health_port), "--health-log-s", "0.2"],
             stderr=subprocess.PIPE, text=True, env=env)
         try:
             assert _wait_for(lambda: sum(f["layer"] == "alt150" for f in fixes()) >= 3, timeout=40), \
@@ -290,6 +315,7 @@ def test_serve_picks_and_switches_the_layer_from_the_autopilot_then_no_altitude(
     assert f"altitude: altitude from the autopilot at {link} (stale after 0.5 s), now 150.0 m from " \
            "autopilot:relative_alt (" in stderr and "s old); fallback none: no fix while it is stale" in stderr
     assert "layer 'alt300'" in stderr  # the switch is logged
+    assert re.search(r"health: .*; altitude (150|290)\.0 m \(autopilot:relative_alt, 0\.\d s old\) layer alt", stderr)
     assert health["source"] == "autopilot:relative_alt" and health["layer"] == "alt300"
     assert health["altitude_m"] == 290.0 and 0 <= health["age_s"] < 0.5
     assert health["autopilot"]["current"]["source"] == "relative_alt"
