@@ -9,12 +9,17 @@ Desktop::
 Jetson (no torch needed)::
 
     python -m export --bundle bundle --trt --precision fp16
+
+Large areas, several GPUs/processes (rank sharding; rank 0 writes the database)::
+
+    torchrun --nproc-per-node 4 -m export --bundle bundle --tiles big.tif --hfov 60
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -59,6 +64,9 @@ def parse_args(argv=None):
         ap.error("give a checkpoint (python -m export CKPT --out BUNDLE) or an existing bundle (--bundle BUNDLE)")
     if args.ckpt is not None and args.out is None:
         ap.error("--out BUNDLE is required with a checkpoint")
+    if args.ckpt is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        ap.error("under torchrun only the tile database runs in parallel: export once with "
+                 "`python -m export CKPT --out BUNDLE`, then `torchrun ... -m export --bundle BUNDLE --tiles ...`")
     if args.int8 and not (args.calib or args.calib_tif):
         ap.error("--int8 needs calibration images: --calib DIR or --calib-tif MAP.tif")
     return args

@@ -121,8 +121,10 @@ def clip_range_overrides(model) -> dict:
 
 
 def _quiet_ort_advice(record: logging.LogRecord) -> bool:
-    """Drop ORT's generic 'consider pre-processing' advice (our graph is already constant-folded)."""
-    return "pre-processing" not in record.getMessage()
+    """Drop ORT's generic 'consider pre-processing' advice (our graph is already constant-folded) and its
+    per-channel 'Increased scale ... for weight' notes (hundreds of lines for one model)."""
+    msg = record.getMessage()
+    return "pre-processing" not in msg and not msg.startswith("Increased scale")
 
 
 class _Reader:

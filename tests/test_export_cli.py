@@ -126,3 +126,26 @@ def test_killed_tile_build_continues(bundle, naip_paths):
     line = next(s for s in r.stderr.splitlines() if "chunks to embed" in s)
     todo, of = (int(v) for v in line.split("rank 0/1: ")[1].split(" chunks")[0].split(" of "))
     assert todo == of - done_before and todo < of and 8 * (of - 1) < total <= 8 * of
+
+
+def test_torchrun_two_ranks_equal_one_process(bundle, naip_paths, tmp_path):
+    """Real processes under torchrun: each rank embeds its chunks, rank 0 writes the same database."""
+    import shutil
+
+    from export.tiledb_build import build_tile_database
+    from tiles.db import TileDatabase
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed beside this Python")
+    tif = naip_paths[2018]
+    r = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "export", "--bundle", str(bundle), "--tiles",
+                        str(tif), "--altitudes", "300", "--hfov", "60", "--chunk-tiles", "16", "--no-progress",
+                        "--db-out", str(tmp_path / "dist")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 1/2" in r.stderr and "rank 0/2" in r.stderr
+    single = build_tile_database(bundle, [tif], tmp_path / "single", altitudes_m=(300,), hfov_deg=60,
+                                 chunk_tiles=16, progress=False, rank=0, world_size=1)
+    a, b = TileDatabase.open(tmp_path / "dist"), TileDatabase.open(single)
+    np.testing.assert_array_equal(a.entries, b.entries)
+    np.testing.assert_allclose(a.embeddings.astype(np.float32), b.embeddings.astype(np.float32), atol=1e-3)
