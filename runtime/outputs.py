@@ -13,6 +13,11 @@ MAVLink (REFERENCE.md §5): ``GPS_INPUT`` with lat/lon in degE7, ``horiz_accurac
 from the GPS epoch (1980-01-06, +18 leap seconds). When the fix is not trusted: ``fix_type`` 0, lat/lon 0
 and every ignore flag set, so the autopilot's EKF drops the message instead of using a wrong position.
 Velocities are never provided (their ignore flags are always set).
+
+Altitude: GPS_INPUT's ``alt`` is metres above mean sea level. The runtime knows the height above ground
+(the flight altitude), not MSL, so by default ``alt`` is flagged ignored while ``fix_type`` stays 3:
+ArduPilot (GPS_TYPE=14) takes the horizontal position from a 3D fix and reads ``alt`` only when its ignore
+flag is clear, and the EKF keeps its barometric height. Pass ``altitude_msl_m`` only with a real MSL value.
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ class UdpJsonOutput:
         self.sock.close()
 
 
-def gps_input_fields(fix, *, altitude_m: float | None = None, unix_time: float | None = None,
+def gps_input_fields(fix, *, altitude_msl_m: float | None = None, unix_time: float | None = None,
                      gps_id: int = 0, satellites_visible: int = 10) -> dict:
     """The GPS_INPUT fields for a fix (pure function; see the module docstring for the choices)."""
     now = time.time() if unix_time is None else unix_time
@@ -116,12 +121,12 @@ def gps_input_fields(fix, *, altitude_m: float | None = None, unix_time: float |
                  horiz_accuracy=0.0, satellites_visible=0)
         return f
     flags = IGNORE_VDOP | IGNORE_VEL_HORIZ | IGNORE_VEL_VERT | IGNORE_SPEED_ACCURACY | IGNORE_VERTICAL_ACCURACY
-    if altitude_m is None:
+    if altitude_msl_m is None:
         flags |= IGNORE_ALT
     acc = float(fix.accuracy_m) if math.isfinite(fix.accuracy_m) else 9999.0
-    f.update(ignore_flags=flags, fix_type=3 if altitude_m is not None else 2,
+    f.update(ignore_flags=flags, fix_type=3,
              lat=int(round(fix.lat * 1e7)), lon=int(round(fix.lon * 1e7)),
-             alt=float(altitude_m) if altitude_m is not None else 0.0,
+             alt=float(altitude_msl_m) if altitude_msl_m is not None else 0.0,
              hdop=min(acc / NOMINAL_UERE_M, 99.0), horiz_accuracy=acc, satellites_visible=satellites_visible)
     return f
 
@@ -150,8 +155,8 @@ class MavlinkGpsOutput:
     def describe(self) -> str:
         return f"MAVLink GPS_INPUT to {self.url}"
 
-    def send_fix(self, fix, altitude_m: float | None = None, unix_time: float | None = None) -> dict:
-        f = gps_input_fields(fix, altitude_m=altitude_m, unix_time=unix_time, gps_id=self.gps_id,
+    def send_fix(self, fix, altitude_msl_m: float | None = None, unix_time: float | None = None) -> dict:
+        f = gps_input_fields(fix, altitude_msl_m=altitude_msl_m, unix_time=unix_time, gps_id=self.gps_id,
                              satellites_visible=self.satellites_visible)
         mav = self.conn.mav
         with self.lock:
@@ -171,7 +176,7 @@ class MavlinkGpsOutput:
 
     def write(self, record: dict) -> None:
         """Output-interface form: send the record's fused fix (see :func:`fix_from_record`)."""
-        self.send_fix(fix_from_record(record), altitude_m=record.get("altitude_m"),
+        self.send_fix(fix_from_record(record),
                       unix_time=record.get("time_utc"))
 
     def close(self) -> None:

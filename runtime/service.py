@@ -281,7 +281,7 @@ class Service:
                     if isinstance(out, MavlinkGpsOutput):
                         if fix is None:  # the summary record is not a fix
                             continue
-                        out.send_fix(fix, altitude_m=self.cfg.altitude_m, unix_time=record["time_utc"])
+                        out.send_fix(fix, unix_time=record["time_utc"])
                     else:
                         out.write(record)
                 except Exception as e:  # an output failing must not stop positioning

@@ -52,9 +52,9 @@ def test_gps_input_over_udp_trusted_and_no_fix():
                       trusted=True)
         untrusted = Fix(t=2.0, x=0, y=0, lat=47.0, lon=-99.0, confidence=0.1, accuracy_m=800.0, trusted=False)
         now = 1704067200.5
-        out.send_fix(trusted, altitude_m=150.0, unix_time=now)
-        out.send_fix(untrusted, altitude_m=150.0, unix_time=now + 1)
-        out.send_fix(trusted, altitude_m=None, unix_time=now + 2)
+        out.send_fix(trusted, altitude_msl_m=612.0, unix_time=now)  # a real MSL altitude, if one is known
+        out.send_fix(untrusted, altitude_msl_m=612.0, unix_time=now + 1)
+        out.send_fix(trusted, unix_time=now + 2)
         msgs = _receive(listener, 3)
     finally:
         out.close()
@@ -63,7 +63,7 @@ def test_gps_input_over_udp_trusted_and_no_fix():
     a, b, c = msgs
     assert a.get_msgId() == 232
     assert a.lat == 470123456 and a.lon == -991234567
-    assert a.fix_type == 3 and math.isclose(a.alt, 150.0) and math.isclose(a.horiz_accuracy, 42.5)
+    assert a.fix_type == 3 and math.isclose(a.alt, 612.0) and math.isclose(a.horiz_accuracy, 42.5)
     assert math.isclose(a.hdop, 42.5 / 5.0, rel_tol=1e-6)
     assert not a.ignore_flags & (IGNORE_ALT | IGNORE_HDOP | IGNORE_HORIZONTAL_ACCURACY)
     assert a.ignore_flags & IGNORE_VEL_HORIZ
@@ -72,5 +72,7 @@ def test_gps_input_over_udp_trusted_and_no_fix():
     # not trusted: no fix, nothing usable
     assert b.fix_type == 0 and b.ignore_flags == IGNORE_ALL and b.lat == 0 and b.lon == 0
     assert b.satellites_visible == 0
-    # no altitude known: a 2D fix with the altitude ignored
-    assert c.fix_type == 2 and c.ignore_flags & IGNORE_ALT
+    # the usual case: no MSL altitude known. The horizontal fix stays 3D (ArduPilot's EKF uses only 3D
+    # fixes) and alt is flagged ignored, so the height above ground is never mistaken for MSL
+    assert c.fix_type == 3 and c.ignore_flags & IGNORE_ALT and c.alt == 0
+    assert c.lat == 470123456
