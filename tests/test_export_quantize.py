@@ -111,3 +111,22 @@ def test_bad_calibration_input_is_named(work, tmp_path):
         quantize_int8(work["dir"] / "model.onnx", tmp_path / "x.onnx", work["calib"][:0])
     with pytest.raises(ValueError, match="'kl'"):
         quantize_int8(work["dir"] / "model.onnx", tmp_path / "x.onnx", work["calib"], method="kl")
+
+
+def test_calibration_from_a_folder_of_frames(tmp_path, naip_paths):
+    import cv2
+
+    from export.bundle_export import calibration_images
+    from export.quantize import array_sha256
+
+    crops = random_crops(naip_paths[2012], 6, 80, seed=4)
+    for i, img in enumerate(crops):
+        (tmp_path / "frames" / f"f{i % 2}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "frames" / f"f{i % 2}" / f"{i:03d}.png"), img[:, :, ::-1])
+    got = calibration_images(calib_dir=tmp_path / "frames", n=4)
+    again = calibration_images(calib_dir=tmp_path / "frames", n=4)
+    assert len(got) == 4 and got[0].shape == (80, 80, 3)
+    assert array_sha256(P.batch(got)) == array_sha256(P.batch(again))  # stable order -> stable cache key
+    assert any(np.array_equal(got[0], c) for c in crops)  # real pixels, RGB order preserved
+    with pytest.raises(ValueError, match="--calib DIR"):
+        calibration_images()

@@ -150,3 +150,22 @@ def test_layer_precision_parsing():
     assert trt_build.layer_precisions(info) == {"fp16": 1, "int8": 1, "fp32": 1}
     with pytest.raises(trt_build.PrecisionError):
         trt_build.check_precision("int8", {"fp32": 3, "fp16": 2})
+
+
+def test_uint8_bundle_gets_an_nhwc_uint8_profile(monkeypatch, tmp_path):
+    import timm
+
+    from export.onnx_export import export_onnx
+    from runtime.bundle import new_manifest, write_manifest
+    from runtime.preprocess import Preprocess
+
+    p = Preprocess((32, 48))
+    export_onnx(timm.create_model("test_efficientnet", num_classes=0).eval(), p, tmp_path / "model.onnx",
+                input_format="uint8")
+    write_manifest(tmp_path, new_manifest(
+        model_name="test_efficientnet", embedding_dim=256, model_fingerprint="1" * 16, preprocess=p.to_dict(),
+        input={"name": "image", "dtype": "uint8", "layout": "NHWC"},
+        files=[{"path": "model.onnx", "kind": "onnx", "precision": "fp32", "sha256": "x"}]))
+    install(monkeypatch, "10.3.0")
+    entry = trt_build.build_bundle_engine(tmp_path, "fp16", batch=(1, 2, 4))
+    assert entry["input_shape"]["max"] == [4, 32, 48, 3] and entry["input_dtype"] == "uint8"
