@@ -13,6 +13,11 @@ Jetson (no torch needed)::
 Large areas, several GPUs/processes (rank sharding; rank 0 writes the database)::
 
     torchrun --nproc-per-node 4 -m export --bundle bundle --tiles big.tif --hfov 60
+
+These are the only builders of databases: ``python -m runtime replay geotiff ... --db bundle/tiledb`` and
+``python -m runtime serve --db`` read the tile database, ``python -m runtime replay sues200 --db`` the
+gallery database (``--gallery ROOT`` takes a SUES-200 root, its ``satellite-view`` or any folder of
+class folders; label = folder name).
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ def parse_args(argv=None):
     ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
     ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
-    ap.add_argument("--gallery", type=Path, help="labelled gallery folder (SUES-200 satellite-view, ...)")
+    ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
+                                                    "gallery_satellite, or class folders")
     ap.add_argument("--gallery-out", type=Path, help="gallery database folder (default BUNDLE/gallerydb)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--no-progress", action="store_true")

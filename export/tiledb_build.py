@@ -2,8 +2,9 @@
 
 For each GeoTIFF and each altitude the tile grid of ``footprint_m(altitude_m, hfov_deg)`` with a stride
 of ``stride_frac * footprint`` is cut (``tiles.grid``), every tile read north-up at the model's input size
-and embedded in batches by ONNX Runtime on the bundle's FP32 model (the same graph the runtime runs), then
-written with ``tiles.db.write_database``; one layer per altitude.
+and embedded in batches by the runtime's engine (``runtime.engine.load_engine``) on the bundle's FP32
+ONNX model, the same graph and preprocessing the runtime runs, then written with
+``tiles.db.write_database``; one layer per altitude.
 
 Resumable: the work is split into chunks of ``chunk_tiles`` tiles; each chunk's embeddings are saved
 atomically in a work folder whose name carries the model fingerprint and a hash of the rasters and
@@ -50,32 +51,28 @@ def dist_env() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def onnx_embedder(bundle_dir, local_rank: int = 0, batch_size: int = 32) -> Callable[[list], np.ndarray]:
-    """images -> embeddings with the bundle's FP32 ONNX (CUDA device ``local_rank`` if ORT has it)."""
+def tile_engine(bundle_dir, local_rank: int = 0):
+    """The runtime's engine on the bundle's FP32 ONNX model (the graph the runtime runs, its preprocessing),
+    on CUDA device ``local_rank`` when this ONNX Runtime build has CUDA, else on the CPU."""
     import onnxruntime as ort
 
-    from runtime.bundle import read_bundle
+    from runtime.engine import load_engine
 
-    from .onnx_export import OUTPUT_NAME, prepare
-
-    bundle = read_bundle(bundle_dir)
-    entry = bundle.find("onnx", "fp32")
-    if entry is None:
-        raise FileNotFoundError(f"{bundle_dir} has no FP32 ONNX model; export the checkpoint first")
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": local_rank}))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(bundle.file_path(entry)), opts, providers=providers)
-    p, fmt = bundle.preprocess, ("uint8" if bundle.input.get("dtype") == "uint8" else "float32")
-    name = bundle.input.get("name", "image")
+    return load_engine(bundle_dir, precision="fp32", backend="onnxruntime", providers=providers)
+
+
+def onnx_embedder(bundle_dir, local_rank: int = 0, batch_size: int = 32) -> Callable[[list], np.ndarray]:
+    """images -> (N, D) float32 embeddings, in batches of ``batch_size``, through :func:`tile_engine`."""
+    engine = tile_engine(bundle_dir, local_rank)
 
     def embed(images):
-        outs = [sess.run([OUTPUT_NAME], {name: prepare(images[i:i + batch_size], p, fmt)})[0]
-                for i in range(0, len(images), batch_size)]
-        return np.concatenate(outs).astype(np.float32)
+        out = list(engine.embed_batches(images, batch_size))
+        return np.concatenate(out) if out else np.zeros((0, engine.embedding_dim), np.float32)
 
+    embed.engine = engine
     return embed
 
 
@@ -199,12 +196,15 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
 
 
 def gallery_classes(folder) -> list[tuple[str, list[Path]]]:
-    """(label, image files) per class folder: SUES-200 ``satellite-view/<loc>/0.png``, University-1652
+    """(label, image files) per class folder: SUES-200 ``satellite-view/<loc>/0.png`` (``folder`` may be the
+    archive folder ``SUES-200-512x512`` or its parent, as tools/make_sues200 writes it), University-1652
     ``gallery_satellite/<class>/*``, or any folder of class folders."""
+    from runtime.sues200 import ARCHIVE_DIR, RAW_SATELLITE
+
     from .images import IMAGE_SUFFIXES
 
     folder = Path(folder)
-    for sub in ("satellite-view", "gallery_satellite"):
+    for sub in (RAW_SATELLITE, f"{ARCHIVE_DIR}/{RAW_SATELLITE}", "gallery_satellite"):
         if (folder / sub).is_dir():
             folder = folder / sub
             break

@@ -30,11 +30,12 @@ def bundle(tmp_path_factory, naip_paths):
 @pytest.fixture(scope="module")
 def direct(bundle, naip_paths):
     """Embeddings computed tile by tile without the builder: the reference."""
+    from runtime.engine import load_engine
     from tiles.grid import footprint_m, read_tile, tile_grid
     from tiles.raster import open_raster
 
     raster = open_raster(naip_paths[2018])
-    embed = onnx_embedder(bundle)
+    embed = load_engine(bundle, precision="fp32", backend="onnxruntime").embed  # what the runtime computes
     out = []
     for alt in ALTITUDES:
         fp = footprint_m(alt, HFOV)
@@ -141,10 +142,36 @@ def test_gallery_database_from_class_folders(bundle, naip_paths, tmp_path):
     assert list(db.entries["label"]) == ["0001", "0002", "0003", "0004", "0005"]
     assert not db.entries["has_geo"].any()
     files = sorted(root.rglob("*.png"))
-    ref = onnx_embedder(bundle)([read_image(f) for f in files])
+    from runtime.engine import load_engine
+
+    ref = load_engine(bundle, precision="fp32", backend="onnxruntime").embed([read_image(f) for f in files])
     np.testing.assert_allclose(db.embeddings.astype(np.float32), ref, atol=2e-3)
     with pytest.raises(FileNotFoundError, match="class folders"):
         build_gallery_database(bundle, tmp_path / "SUES" / "satellite-view" / "0001", tmp_path / "x")
+
+
+def test_default_embedder_is_the_runtime_engine_on_the_ranks_gpu(bundle, monkeypatch):
+    """No GPU here: ONNX Runtime is made to list CUDA, and load_engine records what the builder asks for."""
+    import onnxruntime as ort
+
+    import runtime.engine
+
+    calls = []
+    real = runtime.engine.load_engine
+
+    def recording(bundle_dir, **kw):
+        calls.append(kw)
+        return real(bundle_dir, precision=kw["precision"], backend=kw["backend"],
+                    providers=["CPUExecutionProvider"])  # the session itself is real, on the CPU
+
+    monkeypatch.setattr(runtime.engine, "load_engine", recording)
+    cpu = tiledb_build.onnx_embedder(bundle, local_rank=3, batch_size=4)
+    assert calls[-1]["providers"] == ["CPUExecutionProvider"] and calls[-1]["precision"] == "fp32"
+    assert cpu.engine.precision == "fp32" and cpu([]).shape == (0, cpu.engine.embedding_dim)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    tiledb_build.onnx_embedder(bundle, local_rank=3)
+    assert calls[-1]["providers"] == [("CUDAExecutionProvider", {"device_id": 3}), "CPUExecutionProvider"]
+    assert calls[-1]["backend"] == "onnxruntime"
 
 
 def test_existing_database_is_not_overwritten(bundle, naip_paths, tmp_path):
