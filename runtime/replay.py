@@ -6,14 +6,17 @@
     ``query_only``: the test locations only, Sample4Geo's easier gallery), per flight (the frames of a
     location and altitude fused: the mean embedding, and a majority vote of the frames' top-1), optionally
     satellite->drone, and the engine's latency. The gallery is embedded on the fly from the satellite
-    images, or read from a tile database (``--db``, see :func:`build_sues200_database`).
+    images (part of the evaluation), or read from the gallery database ``python -m export --bundle B
+    --gallery ROOT --gallery-out DB`` wrote (``--db DB``; labels are the location folder names).
 
-``python -m runtime replay geotiff --map REF.tif --flight-raster OTHER_YEAR.tif --bundle B --out DIR``
+``python -m runtime replay geotiff --map REF.tif --flight-raster OTHER_YEAR.tif --bundle B --db DB --out DIR``
     Per altitude, a flight rendered from the flight raster along a path (runtime.flights), each frame
     through the onboard chain: engine -> Searcher (the altitude's layer) -> estimate_fix ->
     PositionFilter. Reports the error in metres per frame (median, p95), the fix rate, R@1/R@5 (the true
-    position inside the top-1 / a top-5 tile) and the latency of each stage. The tile database is
-    ``--db`` or built from ``--map`` on the fly (one layer per altitude).
+    position inside the top-1 / a top-5 tile) and the latency of each stage. The tile database ``DB`` of
+    ``--map`` is the one the aircraft flies with, built once by ``python -m export --bundle B --tiles
+    REF.tif --altitudes 150 200 250 300 --hfov 60 --db-out DB`` (one layer per altitude); the replay
+    builds none itself.
 
 Results go to ``DIR`` as JSON and CSV, with PNG plots (track over the map, error along the flight,
 per-altitude bars); a per-altitude table is printed. The functions :func:`replay_sues200` and
@@ -24,10 +27,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -53,6 +56,12 @@ def _engine(bundle_or_engine, precision="auto", backend="auto", threads=None):
     from .engine import load_engine
 
     return load_engine(bundle_or_engine, precision=precision, backend=backend, threads=threads)
+
+
+def _bundle_path(bundle_or_engine):
+    """The bundle folder of a bundle path or a loaded engine (for the commands an error suggests)."""
+    b = getattr(bundle_or_engine, "bundle", None)
+    return b.path if b is not None else bundle_or_engine
 
 
 def _pct(values, q) -> float | None:
@@ -110,44 +119,6 @@ def batch1_latency(engine, images, repeat: int = 1) -> dict:
 
 
 # ---- SUES-200 ---------------------------------------------------------------------------------------
-def build_sues200_database(engine, data_root, out, *, batch_size: int = 32, overwrite: bool = False) -> Path:
-    """A tile database of the satellite images of every location (label = location id, one layer).
-
-    Entries carry the location centre when the dataset has ``ground_truth.json`` (generated data).
-    """
-    from tiles.db import empty_entries, write_database
-
-    from .sues200 import SUES200
-
-    ds = data_root if hasattr(data_root, "satellite_image") else SUES200(data_root)
-    locs = ds.locations()
-    paths = [ds.satellite_image(loc) for loc in locs]
-    emb, _ = embed_images(engine, paths, batch_size)
-    entries = empty_entries(len(locs))
-    entries["label"] = locs
-    entries["layer"] = 0
-    gt_path = ds.root / "ground_truth.json"
-    crs = None
-    if gt_path.is_file():
-        gt = json.loads(gt_path.read_text())
-        crs = gt.get("crs")
-        for i, loc in enumerate(locs):
-            g = gt["locations"].get(loc)
-            if g:
-                entries[i]["has_geo"] = True
-                for f in ("x", "y", "lat", "lon"):
-                    entries[i][f] = g[f]
-                entries[i]["footprint_m"] = g.get("satellite_side_m", np.nan)
-    return write_database(
-        out, emb, entries, layers=[{"name": "satellite"}],
-        model={"fingerprint": engine.model_fingerprint, "embedding_dim": engine.embedding_dim,
-               "name": getattr(getattr(engine, "bundle", None), "manifest", {}).get("model_name", "")},
-        preprocess=engine.preprocess.to_dict(), crs=crs,
-        sources=[{"name": str(ds.root), "sha256": ""}], extra={"kind": "sues200-satellite"},
-        overwrite=overwrite,
-    )
-
-
 def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -206,8 +177,10 @@ def replay_sues200(
             missing = [c for c in locs if c not in where]
             if missing:
                 raise ValueError(
-                    f"tile database {gallery_db.path} has no entry for locations {missing[:5]}; rebuild it "
-                    "from this dataset (runtime.replay.build_sues200_database)"
+                    f"gallery database {gallery_db.path} has no entry for locations {missing[:5]}; rebuild it "
+                    f"from this dataset: python -m export --bundle {shlex.quote(str(_bundle_path(engine)))} "
+                    f"--gallery {shlex.quote(str(ds.given_root))} --gallery-out {shlex.quote(str(gallery_db.path))} "
+                    "--overwrite"
                 )
             return _normalize(db_emb[[where[c] for c in locs]])
         todo = [c for c in locs if c not in sat_cache]
@@ -334,36 +307,31 @@ def sues200_table(results: dict) -> str:
 
 
 # ---- GeoTIFF flights --------------------------------------------------------------------------------
-def build_map_database(engine, map_path, out, *, altitudes, hfov_deg: float = 60.0,
-                       stride_fraction: float = 0.25, tile_px: int | None = None, batch_size: int = 32,
-                       min_valid: float = 0.9, overwrite: bool = False) -> Path:
-    """A tile database of ``map_path``, one layer per altitude (tiles of the footprint, stride a fraction)."""
-    from tiles.db import write_database
-    from tiles.grid import footprint_m, read_tile, tile_grid, tiles_to_entries
-    from tiles.raster import open_raster
+def export_tiles_command(bundle, map_path, altitudes, hfov_deg: float, db="DB") -> str:
+    """The ``python -m export`` command that builds the tile database a GeoTIFF replay needs."""
+    alts = " ".join(f"{float(a):g}" for a in altitudes)
+    return (f"python -m export --bundle {shlex.quote(str(bundle))} --tiles {shlex.quote(str(map_path))} "
+            f"--altitudes {alts} --hfov {float(hfov_deg):g} --db-out {shlex.quote(str(db))}")
 
-    tile_px = int(tile_px or max(engine.preprocess.input_size))
-    all_emb, all_ent, layers = [], [], []
-    with open_raster(map_path) as r:
-        for li, alt in enumerate(altitudes):
-            fp = footprint_m(alt, hfov_deg)
-            stride = fp * stride_fraction
-            tiles = tile_grid(r, fp, stride, min_valid=min_valid)
-            emb = np.concatenate(list(engine.embed_batches((read_tile(r, t, tile_px) for t in tiles),
-                                                           batch_size=batch_size)))
-            all_emb.append(emb)
-            all_ent.append(tiles_to_entries(tiles, li, alt))
-            layers.append({"name": f"alt{int(alt)}", "altitude_m": float(alt), "hfov_deg": hfov_deg,
-                           "footprint_m": fp, "stride_m": stride, "tile_px": tile_px})
-            log.info("map database layer %d m: %d tiles of %.0f m every %.0f m", alt, len(tiles), fp, stride)
-        crs = r.metric_crs.to_string()
-        sources = [{"name": Path(map_path).name, "sha256": r.sha256()}]
-    return write_database(
-        out, np.concatenate(all_emb), np.concatenate(all_ent), layers=layers,
-        model={"fingerprint": engine.model_fingerprint, "embedding_dim": engine.embedding_dim,
-               "name": getattr(getattr(engine, "bundle", None), "manifest", {}).get("model_name", "")},
-        preprocess=engine.preprocess.to_dict(), crs=crs, sources=sources, overwrite=overwrite,
-    )
+
+def _check_map_database(tdb, altitudes, hfov_deg: float, map_path) -> None:
+    """Refuse a database without tile positions; warn where it was cut for other settings than this
+    replay's (it still runs)."""
+    if len(tdb.entries) and not bool(np.any(tdb.entries["has_geo"])):
+        raise ValueError(f"{tdb.path} has no tile positions (a gallery database?): a GeoTIFF replay needs the "
+                         f"map's tile database, `{export_tiles_command('B', map_path, altitudes, hfov_deg)}`")
+    db_hfov = tdb.manifest.get("extra", {}).get("hfov_deg")
+    if db_hfov is not None and abs(float(db_hfov) - float(hfov_deg)) > 1e-6:
+        log.warning("%s was cut for hfov %g deg, the flight uses %g deg: tiles and frames cover different "
+                    "ground", tdb.path, db_hfov, hfov_deg)
+    have = [lay.get("altitude_m") for lay in tdb.layers]
+    lacking = [a for a in altitudes if not any(h is not None and abs(float(h) - a) < 1e-6 for h in have)]
+    if lacking:
+        log.warning("%s has no layer for altitudes %s (it has %s): the nearest layer is used", tdb.path,
+                    lacking, have)
+    names = [src.get("name") for src in tdb.manifest.get("sources", [])]
+    if names and Path(map_path).name not in names:
+        log.warning("%s was built from %s, not from the map %s", tdb.path, names, Path(map_path).name)
 
 
 def _tile_hit(db, rows, x: float, y: float) -> bool:
@@ -467,7 +435,6 @@ def replay_geotiff(
     max_frames: int | None = None,
     k: int = 5,
     radius_m: float | None = None,
-    stride_fraction: float = 0.25,
     seed: int = 0,
     plots: bool = True,
     precision: str = "auto",
@@ -481,31 +448,17 @@ def replay_geotiff(
     from .flights import GeoTiffFlight
     from .search import Searcher
 
+    if db is None:
+        raise ValueError(
+            "a GeoTIFF replay needs the tile database of the map (--db DB); build it once with "
+            f"`{export_tiles_command(_bundle_path(bundle), map_path, altitudes, hfov_deg)}` and pass --db DB"
+        )
     engine = _engine(bundle, precision, backend, threads)
     flight_raster = flight_raster or map_path
     out = Path(out_dir) if out_dir is not None else None
-    if db is None:
-        if out is None:
-            raise ValueError("give a tile database (--db) or an output folder to build one in (--out)")
-        db_path = out / "tiledb"
-        reuse = False
-        if db_path.exists():
-            try:
-                cand = TileDatabase.open(db_path)
-                check_engine_database(engine, cand)
-                have = sorted(float(lay.get("altitude_m", -1)) for lay in cand.layers)
-                reuse = have == sorted(float(a) for a in altitudes) and \
-                    cand.manifest["sources"][0]["name"] == Path(map_path).name
-            except ValueError:
-                reuse = False
-        if not reuse:
-            build_map_database(engine, map_path, db_path, altitudes=altitudes, hfov_deg=hfov_deg,
-                               stride_fraction=stride_fraction, overwrite=True)
-        else:
-            log.info("reusing the map database %s", db_path)
-        db = db_path
     tdb = db if isinstance(db, TileDatabase) else TileDatabase.open(db)
     check_engine_database(engine, tdb)
+    _check_map_database(tdb, altitudes, hfov_deg, map_path)
     searcher = Searcher(tdb)
     results: dict = {"map": str(map_path), "flight_raster": str(flight_raster), "engine": engine.name,
                      "database": str(tdb.path), "settings": {
@@ -620,7 +573,6 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     def common(p):
         p.add_argument("--bundle", required=True, help="model bundle folder (python -m export)")
         p.add_argument("--out", default=None, help="folder for JSON, CSV and PNG results")
-        p.add_argument("--db", default=None, help="tile database to use instead of embedding on the fly")
         p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"))
         p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
         p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
@@ -630,6 +582,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     s = sub.add_parser("sues200", help="SUES-200 (raw or split layout): retrieval per altitude")
     common(s)
     s.add_argument("--data", required=True, help="SUES-200 root (raw archive or split layout)")
+    s.add_argument("--db", default=None,
+                   help="gallery database from `python -m export --bundle B --gallery ROOT --gallery-out DB` "
+                        "(default: embed the satellite images on the fly)")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--sat2drone", action="store_true", help="also evaluate satellite->drone")
     s.add_argument("--latency-frames", type=int, default=20, help="frames timed one by one (batch 1)")
@@ -637,6 +592,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     g = sub.add_parser("geotiff", help="flights rendered over a GeoTIFF: error in metres, fix rate")
     common(g)
     g.add_argument("--map", required=True, help="reference GeoTIFF (the tile database's map)")
+    g.add_argument("--db", default=None,
+                   help="required: the tile database of --map, built by `python -m export --bundle B --tiles MAP "
+                        "--altitudes 150 200 250 300 --hfov 60 --db-out DB`")
     g.add_argument("--flight-raster", default=None, help="GeoTIFF the frames are rendered from (default: --map)")
     g.add_argument("--hfov-deg", type=float, default=60.0)
     g.add_argument("--pattern", default="curve", choices=("curve", "lawnmower", "line"))
@@ -649,7 +607,6 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-frames", type=int, default=None)
     g.add_argument("--k", type=int, default=5, help="top-k tiles per frame")
     g.add_argument("--radius-m", type=float, default=None, help="search only this far from the last fix")
-    g.add_argument("--stride-fraction", type=float, default=0.25, help="tile stride as a share of the footprint")
     g.add_argument("--seed", type=int, default=0)
 
 
@@ -675,7 +632,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 hfov_deg=args.hfov_deg, pattern=args.pattern, waypoints=_waypoints(args.waypoints),
                 speed_mps=args.speed_mps, fps=args.fps, size_px=args.size_px, tilt_deg=args.tilt_deg,
                 photometric=args.photometric, max_frames=args.max_frames, k=args.k, radius_m=args.radius_m,
-                stride_fraction=args.stride_fraction, seed=args.seed, plots=not args.no_plots,
+                seed=args.seed, plots=not args.no_plots,
                 precision=args.precision, backend=args.backend, threads=args.threads)
             print(geotiff_table(res))
     except (SUES200LayoutError, BundleError, DatabaseError, FileNotFoundError, ValueError) as e:

@@ -24,9 +24,8 @@ ALTS = (150, 300)
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from tests.bundles import make_bundle
-
     from runtime.engine import load_engine
+    from tests.bundles import make_bundle
 
     d = make_bundle(tmp_path_factory.mktemp("bundle") / "b", input_px=48)
     return load_engine(d)
@@ -94,16 +93,18 @@ def test_sues200_replay_equals_direct_computation(sues, engine, tmp_path):
 
 
 def test_split_layout_and_database_gallery_agree(sues, engine, tmp_path):
-    from runtime.replay import build_sues200_database, replay_sues200
+    from export.tiledb_build import build_gallery_database
+    from runtime.replay import replay_sues200
     from tiles.db import TileDatabase
 
     raw = replay_sues200(sues, engine, altitudes=(150,), latency_frames=0)
     split = replay_sues200(sues / "split", engine, altitudes=(150,), latency_frames=0)
     assert split["altitudes"]["150"]["frame"] == raw["altitudes"]["150"]["frame"]
-    db_path = build_sues200_database(engine, sues, tmp_path / "gallery_db")
+    # export's gallery build over the folder tools/make_sues200 wrote (it finds SUES-200-512x512/satellite-view)
+    db_path = build_gallery_database(engine.bundle.path, sues, tmp_path / "gallery_db", progress=False)
     db = TileDatabase.open(db_path)
     assert sorted(db.entries["label"].tolist()) == SUES200(sues).locations()
-    assert bool(db.entries["has_geo"].all())  # centres from ground_truth.json
+    assert not db.entries["has_geo"].any()  # labels only: retrieval by location needs no geometry
     via_db = replay_sues200(sues, engine, altitudes=(150,), db=db_path, latency_frames=0)
     # the database stores float16: the metrics equal a direct computation on those stored embeddings
     ds = SUES200(sues)
@@ -133,11 +134,21 @@ def test_cli_sues200_and_clear_errors(sues, engine, tmp_path, capsys, caplog):
     assert "no SUES-200 dataset" in caplog.text and "missing" in caplog.text
 
 
+def _map_db(engine, raster, out, altitudes, stride_frac):
+    """The map's tile database, built the one way there is: export's builder."""
+    from export.tiledb_build import build_tile_database
+
+    return build_tile_database(engine.bundle.path, [raster], out, altitudes_m=altitudes, hfov_deg=60.0,
+                               stride_frac=stride_frac, progress=False)
+
+
 def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
     from runtime.replay import geotiff_table, replay_geotiff
 
-    res = replay_geotiff(engine, naip_paths[2018], flight_raster=naip_paths[2016], altitudes=(200, 300),
-                         out_dir=tmp_path, max_frames=6, size_px=48, stride_fraction=1.0, speed_mps=40)
+    db = _map_db(engine, naip_paths[2018], tmp_path / "tiledb", (200, 300), 1.0)
+    out = tmp_path / "out"
+    res = replay_geotiff(engine, naip_paths[2018], flight_raster=naip_paths[2016], altitudes=(200, 300), db=db,
+                         out_dir=out, max_frames=6, size_px=48, speed_mps=40)
     for alt in ("200", "300"):
         s = res["altitudes"][alt]
         assert s["n_frames"] == 6
@@ -149,30 +160,31 @@ def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
         assert r["error_raw_m"] == pytest.approx(math.hypot(r["est_x"] - r["true_x"], r["est_y"] - r["true_y"]),
                                                  abs=0.02)
         assert (r["error_m"] is None) == (not r["trusted"])
-    rows = list(csv.DictReader(open(tmp_path / "replay_geotiff_frames.csv")))
+    rows = list(csv.DictReader(open(out / "replay_geotiff_frames.csv")))
     assert len(rows) == 12 and float(rows[0]["altitude_m"]) == 200.0
-    saved = json.loads((tmp_path / "replay_geotiff.json").read_text())
+    saved = json.loads((out / "replay_geotiff.json").read_text())
     assert saved["altitudes"]["300"]["n_frames"] == 6
     for name in ("track_200m.png", "error_300m.png", "geotiff_altitudes.png"):
-        img = cv2.imread(str(tmp_path / name))
+        img = cv2.imread(str(out / name))
         assert img is not None and img.shape[0] > 100, name
     assert "fix %" in geotiff_table(res)
-    # the database built on the fly is reused by a second run with the same map and altitudes
-    mtime = (tmp_path / "tiledb" / "manifest.json").stat().st_mtime_ns
-    replay_geotiff(engine, naip_paths[2018], altitudes=(200, 300), out_dir=tmp_path, max_frames=1, size_px=48,
-                   stride_fraction=1.0, plots=False)
-    assert (tmp_path / "tiledb" / "manifest.json").stat().st_mtime_ns == mtime
+    # the replay only reads the exported database: a second run leaves it as it was and writes none of its own
+    assert res["database"] == str(db) and not (out / "tiledb").exists()
+    mtime = (db / "manifest.json").stat().st_mtime_ns
+    replay_geotiff(engine, naip_paths[2018], altitudes=(200, 300), db=db, out_dir=out, max_frames=1, size_px=48,
+                   plots=False)
+    assert (db / "manifest.json").stat().st_mtime_ns == mtime
 
 
 def test_flight_over_the_map_itself_is_localised(engine, naip_paths, tmp_path):
     """Frames rendered nadir, north-up, at tile centres of the reference map match their own tile."""
     from runtime.flights import GeoTiffFlight
-    from runtime.replay import build_map_database, replay_flight, summarize_flight
+    from runtime.replay import replay_flight, summarize_flight
     from tiles.db import TileDatabase
 
     alt, fp_frac = 250, 0.5
-    db = TileDatabase.open(build_map_database(engine, naip_paths[2018], tmp_path / "db", altitudes=(alt,),
-                                              stride_fraction=fp_frac, tile_px=48))
+    db = TileDatabase.open(_map_db(engine, naip_paths[2018], tmp_path / "db", (alt,), fp_frac))
+    assert db.layers[0]["tile_px"] == 48
     e = db.entries
     ys = np.unique(e["y"])
     row = e[e["y"] == ys[len(ys) // 2]]  # one east-west row of tiles
@@ -199,3 +211,28 @@ def test_database_of_another_model_is_refused(engine, naip_paths, tmp_path):
                           model={"fingerprint": "0000000000000000"}, preprocess=engine.preprocess.to_dict())
     with pytest.raises(DatabaseMismatchError, match="model fingerprint"):
         replay_geotiff(engine, naip_paths[2018], altitudes=(150,), db=path, max_frames=1)
+
+
+def test_missing_db_names_the_export_command_that_builds_it(engine, naip_paths, tmp_path, caplog):
+    """Without --db the replay says which `python -m export` command to run; that command, run as said,
+    builds a database the same replay then accepts."""
+    import shlex
+
+    from export.__main__ import main as export_main
+    from runtime.__main__ import main
+
+    bundle, tif = str(engine.bundle.path), str(naip_paths[2018])
+    args = ["replay", "geotiff", "--map", tif, "--bundle", bundle, "--altitudes", "300", "--max-frames", "2",
+            "--size-px", "48", "--no-plots"]
+    caplog.clear()
+    assert main(args) == 2
+    want = f"python -m export --bundle {shlex.quote(bundle)} --tiles {shlex.quote(tif)} --altitudes 300 --hfov 60 " \
+           "--db-out DB"
+    assert want in caplog.text and "--db" in caplog.text
+    words = shlex.split(caplog.text.split("`")[1])
+    assert words[:3] == ["python", "-m", "export"] and words[-1] == "DB"
+    db = tmp_path / "db"
+    assert export_main([*words[3:-1], str(db), "--no-progress"]) == 0
+    assert main([*args, "--db", str(db), "--out", str(tmp_path / "o")]) == 0
+    saved = json.loads((tmp_path / "o" / "replay_geotiff.json").read_text())
+    assert saved["database"] == str(db) and saved["altitudes"]["300"]["n_frames"] == 2
