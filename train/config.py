@@ -34,6 +34,7 @@ class ModelConfig:
     pretrained: str = "timm"  # "none" | "timm" (download) | "lite0-offline" | path to a checkpoint
     img_size: int | None = 384  # None: the model's default
     grad_checkpointing: bool = False
+    freeze_bn: bool = False  # keep BatchNorm running statistics fixed (small-batch fine-tuning of CNNs)
 
 
 @dataclass
@@ -132,13 +133,13 @@ def preset(name: str) -> TrainConfig:
     if name == "demo":
         return TrainConfig(
             preset=name, run_dir="runs/demo", threads=2,
-            model=ModelConfig(name="tf_efficientnet_lite0", pretrained="lite0-offline", img_size=128),
+            model=ModelConfig(name="tf_efficientnet_lite0", pretrained="lite0-offline", img_size=128, freeze_bn=True),
             data=DataConfig(kind="geotiff", altitudes_m=[150, 200, 250, 300], reference=_naip(2018),
                             train_rasters=[_naip(y) for y in (2010, 2012, 2014)],
                             eval_rasters=[_naip(y) for y in (2016, 2020)], hfov_deg=60.0, stride_frac=0.5,
                             max_locations=480, num_workers=0),
             sampler=SamplerConfig(kind="gps", neighbour_select=8, neighbour_range=24, mining_every_epochs=1),
-            optim=OptimConfig(epochs=2, batch_size=32, lr=3e-4, warmup_epochs=0.2, max_steps=None),
+            optim=OptimConfig(epochs=2, batch_size=32, lr=1e-4, warmup_epochs=0.2, max_steps=None),
             augment=AugmentConfig(satellite_rot90=False, erase_p=0.2),
             eval=EvalConfig(every_epochs=0, batch_size=64, stride_frac=1.0, max_queries=150))
     raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")

@@ -256,13 +256,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, comma
         sampler.set_epoch(epoch, batch_in_epoch)
         loader_gen.manual_seed(cfg.seed * 100_003 + epoch)
         ddp_model.train()
+        if cfg.model.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not main,
                    leave=False)
         for drone, sat, _ in bar:
             drone, sat = drone.to(device, non_blocking=True), sat.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = loss_fn(ddp_model(drone), ddp_model(sat), model.logit_scale)
+                # one pass over both views: one set of BatchNorm statistics for the pair batch
+                feats = ddp_model(torch.cat([drone, sat]))
+                loss = loss_fn(*feats.chunk(2), model.logit_scale)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.optim.clip_grad_norm:
