@@ -347,9 +347,15 @@ def _tile_hit(db, rows, x: float, y: float) -> bool:
 
 
 def replay_flight(engine, db, frames, *, altitude_m: float | None = None, k: int = 5,
-                  radius_m: float | None = None, position_filter=None, searcher=None) -> list[dict]:
-    """Run frames (runtime.sources Frame tuples with ground truth in meta) through the onboard chain."""
+                  radius_m: float | None = None, position_filter=None, searcher=None,
+                  derotate: bool = True) -> list[dict]:
+    """Run frames (runtime.sources Frame tuples with ground truth in meta) through the onboard chain.
+
+    ``derotate``: turn each frame north-up with its ``meta["heading_deg"]`` (the compass heading an
+    autopilot reports) before embedding, as the service does; frames without a heading are used as is.
+    """
     from .position import PositionFilter, estimate_fix
+    from .preprocess import north_up
     from .search import Searcher
 
     searcher = searcher or Searcher(db)
@@ -359,6 +365,8 @@ def replay_flight(engine, db, frames, *, altitude_m: float | None = None, k: int
         alt = meta.get("altitude_m", altitude_m)
         layer = db.layer_for_altitude(alt) if len(db.layers) > 1 else 0
         t0 = time.perf_counter()
+        if derotate:
+            image = north_up(image, meta.get("heading_deg"))
         x = engine.prepare([image])
         t1 = time.perf_counter()
         emb = engine.embed_prepared(x)
@@ -440,6 +448,7 @@ def replay_geotiff(
     precision: str = "auto",
     backend: str = "auto",
     threads: int | None = None,
+    derotate: bool = True,
 ) -> dict:
     """GeoTIFF flight replay (see the module docstring); returns per-altitude summaries and frames."""
     from tiles.db import TileDatabase
@@ -464,7 +473,8 @@ def replay_geotiff(
                      "database": str(tdb.path), "settings": {
                          "hfov_deg": hfov_deg, "pattern": pattern, "speed_mps": speed_mps, "fps": fps,
                          "size_px": size_px, "tilt_deg": tilt_deg, "photometric": photometric, "k": k,
-                         "radius_m": radius_m, "max_frames": max_frames, "seed": seed},
+                         "radius_m": radius_m, "max_frames": max_frames, "seed": seed,
+                         "derotate": derotate},
                      "altitudes": {}}
     all_records = []
     files: dict = {}
@@ -473,7 +483,8 @@ def replay_geotiff(
                                size_px=size_px, speed_mps=speed_mps, fps=fps, tilt_deg=tilt_deg,
                                photometric=photometric, max_frames=max_frames, seed=seed)
         t0 = time.perf_counter()
-        records = replay_flight(engine, tdb, flight, altitude_m=alt, k=k, radius_m=radius_m, searcher=searcher)
+        records = replay_flight(engine, tdb, flight, altitude_m=alt, k=k, radius_m=radius_m, searcher=searcher,
+                                derotate=derotate)
         wall = time.perf_counter() - t0
         summary = summarize_flight(records, wall)
         results["altitudes"][str(alt)] = summary
@@ -603,6 +614,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fps", type=float, default=1.0)
     g.add_argument("--size-px", type=int, default=256, help="rendered frame side in pixels")
     g.add_argument("--tilt-deg", type=float, default=0.0)
+    g.add_argument("--no-derotate", dest="derotate", action="store_false",
+                   help="feed frames as the camera saw them, not turned north-up by their heading")
     g.add_argument("--photometric", type=float, default=None, help="appearance change strength (e.g. 0.5)")
     g.add_argument("--max-frames", type=int, default=None)
     g.add_argument("--k", type=int, default=5, help="top-k tiles per frame")
@@ -631,6 +644,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 altitudes=args.altitudes or (150, 200, 250, 300), db=args.db, out_dir=args.out,
                 hfov_deg=args.hfov_deg, pattern=args.pattern, waypoints=_waypoints(args.waypoints),
                 speed_mps=args.speed_mps, fps=args.fps, size_px=args.size_px, tilt_deg=args.tilt_deg,
+                derotate=args.derotate,
                 photometric=args.photometric, max_frames=args.max_frames, k=args.k, radius_m=args.radius_m,
                 seed=args.seed, plots=not args.no_plots,
                 precision=args.precision, backend=args.backend, threads=args.threads)

@@ -58,3 +58,28 @@ def test_bgr_to_rgb():
     bgr[..., 0] = 10  # blue
     rgb = bgr_to_rgb(bgr)
     assert rgb[0, 0].tolist() == [0, 0, 10] and rgb.flags["C_CONTIGUOUS"]
+
+
+def test_north_up_turns_a_rendered_view_back_to_the_tile(naip_paths):
+    """A view whose top faces any heading, turned north-up, shows the north-up tile (where it saw it)."""
+    from runtime.preprocess import north_up
+    from tiles.raster import open_raster
+    from tiles.views import CameraPose, render_view
+
+    with open_raster(naip_paths[2018]) as r:
+        xmin, ymin, xmax, ymax = r.bounds_m
+        x, y = xmin + 2000.0, ymin + 1500.0
+        ref = render_view(r, CameraPose(x, y, 300, 0, 0, 60), (128, 128)).image.astype(float)
+        for heading in (30.0, 90.0, 200.0):
+            view = render_view(r, CameraPose(x, y, 300, heading, 0, 60), (128, 128)).image
+            up = north_up(view, heading).astype(float)
+            seen = up.sum(axis=2) > 0
+            assert seen.mean() > 0.8
+            if heading % 90:
+                assert seen.mean() < 0.97  # corners the camera did not see are black
+            inner = np.zeros_like(seen)
+            inner[20:108, 20:108] = True
+            err = np.abs(up - ref)[seen & inner].mean()
+            wrong = np.abs(north_up(view, -heading).astype(float) - ref)[seen & inner].mean()
+            assert err < 6 and wrong > 3 * err  # the right direction, and it matters
+    assert north_up(ref.astype(np.uint8), None) is not None
