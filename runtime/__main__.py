@@ -25,6 +25,17 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="autopilot altitude older than this is not used (default 2)")
     p.add_argument("--altitude-request-hz", dest="altitude_request_hz", type=float,
                    help="ask the autopilot to stream its altitude messages at this rate (0: do not ask; default 5)")
+    p.add_argument("--heading", dest="heading_deg", type=float, metavar="DEG",
+                   help="fixed compass heading (degrees clockwise from north) the image top faces, e.g. 0 for a "
+                        "gimbal locked north; the fallback while the autopilot's heading is stale")
+    p.add_argument("--heading-from", dest="heading_from", metavar="MAVLINK_URL",
+                   help="read the heading (ATTITUDE yaw) from the autopilot at this address (default: the "
+                        "--altitude-from link; the same address shares one reader and connection)")
+    p.add_argument("--camera-yaw-offset-deg", dest="camera_yaw_offset_deg", type=float,
+                   help="camera image top turned clockwise from the airframe's nose (added to the autopilot's "
+                        "heading; default 0)")
+    p.add_argument("--derotate", dest="derotate", action=argparse.BooleanOptionalAction, default=None,
+                   help="turn each frame north-up by the heading before embedding (default: on)")
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"])
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
     p.add_argument("--providers", nargs="+", help="ONNX Runtime providers, e.g. CUDAExecutionProvider")

@@ -1,7 +1,9 @@
-"""The current height above ground, read from the flight controller over MAVLink.
+"""The current height above ground and compass heading, read from the flight controller over MAVLink.
 
 The tile database has one layer per altitude; the service picks the layer for the height the drone flies
-at now. :class:`AutopilotAltitude` listens to the autopilot in a daemon thread (pymavlink, the same
+at now. Its tiles are north-up, so the service also turns every frame north-up by the heading the camera
+faces (:func:`runtime.preprocess.north_up`). :class:`AutopilotReader` (also importable under its first
+name, ``AutopilotAltitude``) listens to the autopilot in a daemon thread (pymavlink, the same
 connection strings as ``--mavlink``: ``udpin:0.0.0.0:14551``, ``udpout:HOST:PORT``, ``tcp:HOST:PORT``,
 or a serial device such as ``/dev/ttyTHS1`` with a baud rate) and keeps the latest value of each source,
 with the time it arrived. :meth:`AutopilotAltitude.current` answers with the best source that is fresh
@@ -20,8 +22,19 @@ with the time it arrived. :meth:`AutopilotAltitude.current` answers with the bes
 Nothing older than ``stale_s`` (default 2 s) is ever returned: ``current()`` is then ``None`` and the
 caller falls back (the service to ``--altitude``, then to "no fix: no altitude").
 
-The autopilot must stream these messages. ArduPilot: ``SRn_POSITION`` (GLOBAL_POSITION_INT) and
-``SRn_EXTRA3`` (DISTANCE_SENSOR) on the serial port the companion computer uses; PX4: the MAVLink
+:meth:`AutopilotReader.heading` answers the same way (same ``stale_s``) with the airframe's compass
+heading, degrees clockwise from north in ``[0, 360)``, from the first fresh of:
+
+1. ``attitude``: ``ATTITUDE.yaw`` (radians, -pi..pi), the EKF attitude. Every autopilot streams it and
+   it needs no GPS (compass and gyros).
+2. ``vfr_hud``: ``VFR_HUD.heading`` (whole degrees, 0..360).
+3. ``global_position_int``: ``GLOBAL_POSITION_INT.hdg`` (centidegrees; 65535 means unknown).
+
+This is the nose's heading; a camera mounted turned relative to the nose adds its own offset (the
+service's ``camera_yaw_offset_deg``).
+
+The autopilot must stream these messages. ArduPilot: ``SRn_POSITION`` (GLOBAL_POSITION_INT),
+``SRn_EXTRA1`` (ATTITUDE), ``SRn_EXTRA2`` (VFR_HUD) and ``SRn_EXTRA3`` (DISTANCE_SENSOR) on the serial port the companion computer uses; PX4: the MAVLink
 instance's mode or ``mavlink stream``. Unless ``request_hz`` is 0, the reader also asks for them itself
 with ``MAV_CMD_SET_MESSAGE_INTERVAL`` once it has seen the autopilot's heartbeat (and again if the
 autopilot restarts). It sends a heartbeat of its own every second, so that a ``udpout:`` peer (a
@@ -44,11 +57,15 @@ logger = logging.getLogger(__name__)
 
 # the order in which sources are preferred (the first fresh one wins)
 SOURCES = ("rangefinder", "relative_alt", "altitude_terrain", "altitude_relative")
+HEADING_SOURCES = ("attitude", "vfr_hud", "global_position_int")
 
+MSG_ATTITUDE = 30
 MSG_GLOBAL_POSITION_INT = 33
 MSG_DISTANCE_SENSOR = 132
 MSG_ALTITUDE = 141
 MAV_CMD_SET_MESSAGE_INTERVAL = 511
+# asked for with MAV_CMD_SET_MESSAGE_INTERVAL (ATTITUDE carries the heading; VFR_HUD is only a fallback)
+STREAMED = (MSG_GLOBAL_POSITION_INT, MSG_DISTANCE_SENSOR, MSG_ALTITUDE, MSG_ATTITUDE)
 MAV_SENSOR_ROTATION_PITCH_270 = 25  # facing down
 MAV_AUTOPILOT_INVALID = 8
 MAV_TYPE_GCS = 6
@@ -62,7 +79,7 @@ def _mavutil():
     try:
         from pymavlink import mavutil
     except ImportError as e:
-        raise ImportError(f"reading the altitude from the autopilot needs pymavlink: `{PIP_HINT}`") from e
+        raise ImportError(f"reading the altitude or heading from the autopilot needs pymavlink: `{PIP_HINT}`") from e
     return mavutil
 
 
@@ -75,6 +92,39 @@ class AltitudeReading:
 
     def as_dict(self) -> dict:
         return {"altitude_m": round(self.altitude_m, 3), "source": self.source, "age_s": round(self.age_s, 3)}
+
+
+@dataclass(frozen=True)
+class HeadingReading:
+    heading_deg: float  # compass heading of the airframe's nose, degrees clockwise from north, [0, 360)
+    source: str  # one of HEADING_SOURCES
+    age_s: float  # seconds since the message arrived
+    system_id: int = 0
+
+    def as_dict(self) -> dict:
+        return {"heading_deg": round(self.heading_deg, 3), "source": self.source, "age_s": round(self.age_s, 3)}
+
+
+def compass_deg(deg: float) -> float:
+    """Any angle in degrees as a compass heading in [0, 360)."""
+    h = float(deg) % 360.0
+    return 0.0 if h >= 360.0 else h  # -1e-17 % 360 rounds to 360.0
+
+
+def headings_from_message(msg) -> dict[str, float]:
+    """The compass headings (degrees in [0, 360), keyed by source) one MAVLink message carries; {} if none."""
+    kind = msg.get_type()
+    if kind == "ATTITUDE":
+        yaw = float(msg.yaw)
+        return {"attitude": compass_deg(math.degrees(yaw))} if math.isfinite(yaw) else {}
+    if kind == "VFR_HUD":
+        hdg = float(msg.heading)
+        return {"vfr_hud": compass_deg(hdg)} if math.isfinite(hdg) and 0 <= hdg <= 360 else {}
+    if kind == "GLOBAL_POSITION_INT":
+        if msg.hdg == 65535 or msg.hdg > 36000:  # UINT16_MAX: unknown
+            return {}
+        return {"global_position_int": compass_deg(msg.hdg / 100.0)}
+    return {}
 
 
 def readings_from_message(msg) -> dict[str, float]:
@@ -101,11 +151,12 @@ def readings_from_message(msg) -> dict[str, float]:
     return {}
 
 
-class AutopilotAltitude:
-    """The latest height above ground from an autopilot (see the module docstring).
+class AutopilotReader:
+    """The latest height above ground and heading from an autopilot (see the module docstring).
 
-    ``reader = AutopilotAltitude("udpin:0.0.0.0:14551").start()``; ``reader.current()`` ->
-    :class:`AltitudeReading` or ``None``; ``reader.status()`` for health; ``reader.close()``.
+    ``reader = AutopilotReader("udpin:0.0.0.0:14551").start()``; ``reader.current()`` ->
+    :class:`AltitudeReading` or ``None``; ``reader.heading()`` -> :class:`HeadingReading` or ``None``;
+    ``reader.status()`` for health; ``reader.close()``.
     ``system_id`` restricts the reader to one vehicle (default: any system's messages).
     """
 
@@ -140,6 +191,7 @@ class AutopilotAltitude:
         self.send_lock = send_lock or threading.Lock()
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[float, float, int]] = {}  # source -> (metres, monotonic time, sysid)
+        self._headings: dict[str, tuple[float, float, int]] = {}  # source -> (degrees, monotonic time, sysid)
         self._requested: set[tuple[int, int]] = set()
         self._last_boot_ms: dict[int, int] = {}
         self._stop = threading.Event()
@@ -148,8 +200,8 @@ class AutopilotAltitude:
         self.messages = 0
         self.requests_sent = 0
 
-    def describe(self) -> str:
-        return f"altitude from the autopilot at {self.url} (stale after {self.stale_s:g} s)"
+    def describe(self, what: str = "altitude") -> str:
+        return f"{what} from the autopilot at {self.url} (stale after {self.stale_s:g} s)"
 
     # ---- state --------------------------------------------------------------------------------
     def handle(self, msg, now: float | None = None) -> None:
@@ -164,11 +216,14 @@ class AutopilotAltitude:
         if self.system_id is not None and sysid != self.system_id:
             return
         values = readings_from_message(msg)
-        if not values:
+        headings = headings_from_message(msg)
+        if not values and not headings:
             return
         with self._lock:
             for source, metres in values.items():
                 self._latest[source] = (metres, now, sysid)
+            for source, deg in headings.items():
+                self._headings[source] = (deg, now, sysid)
 
     def current(self, now: float | None = None) -> AltitudeReading | None:
         """The best fresh reading, or ``None`` when every source is older than ``stale_s`` (or absent)."""
@@ -182,14 +237,29 @@ class AutopilotAltitude:
                         return AltitudeReading(metres, source, max(age, 0.0), sysid)
         return None
 
-    def status(self, now: float | None = None) -> dict:
-        """For health: the reading in use (or None) and every source's last value and age."""
+    def heading(self, now: float | None = None) -> HeadingReading | None:
+        """The airframe's heading from the best fresh source, or ``None`` when all are stale (or absent)."""
         now = time.monotonic() if now is None else now
-        cur = self.current(now)
+        with self._lock:
+            for source in HEADING_SOURCES:
+                if source in self._headings:
+                    deg, t, sysid = self._headings[source]
+                    age = now - t
+                    if age <= self.stale_s:
+                        return HeadingReading(deg, source, max(age, 0.0), sysid)
+        return None
+
+    def status(self, now: float | None = None) -> dict:
+        """For health: the readings in use (or None) and every source's last value and age."""
+        now = time.monotonic() if now is None else now
+        cur, hdg = self.current(now), self.heading(now)
         with self._lock:
             sources = {s: {"altitude_m": round(v, 3), "age_s": round(now - t, 3)}
                        for s, (v, t, _) in self._latest.items()}
+            heading_sources = {s: {"heading_deg": round(v, 3), "age_s": round(now - t, 3)}
+                               for s, (v, t, _) in self._headings.items()}
         return {"url": self.url, "current": cur.as_dict() if cur else None, "sources": sources,
+                "heading": hdg.as_dict() if hdg else None, "heading_sources": heading_sources,
                 "messages": self.messages, "stale_s": self.stale_s}
 
     # ---- the link -----------------------------------------------------------------------------
@@ -198,7 +268,7 @@ class AutopilotAltitude:
             fn(*args)
 
     def _on_heartbeat(self, msg) -> None:
-        """Ask an autopilot that appears (or reboots) to stream the altitude messages."""
+        """Ask an autopilot that appears (or reboots) to stream the altitude and attitude messages."""
         if msg.autopilot == MAV_AUTOPILOT_INVALID or msg.type == MAV_TYPE_GCS or not self.request_hz:
             return
         key = (msg.get_srcSystem(), msg.get_srcComponent())
@@ -208,11 +278,11 @@ class AutopilotAltitude:
             return
         self._requested.add(key)
         interval_us = int(round(1e6 / self.request_hz))
-        for msg_id in (MSG_GLOBAL_POSITION_INT, MSG_DISTANCE_SENSOR, MSG_ALTITUDE):
+        for msg_id in STREAMED:
             self._send(self.conn.mav.command_long_send, key[0], key[1], MAV_CMD_SET_MESSAGE_INTERVAL, 0,
                        msg_id, interval_us, 0, 0, 0, 0, 0)
             self.requests_sent += 1
-        logger.info("asked autopilot %d/%d for GLOBAL_POSITION_INT, DISTANCE_SENSOR, ALTITUDE at %g Hz",
+        logger.info("asked autopilot %d/%d for GLOBAL_POSITION_INT, DISTANCE_SENSOR, ALTITUDE, ATTITUDE at %g Hz",
                     key[0], key[1], self.request_hz)
 
     def _note_reboot(self, msg) -> None:
@@ -250,9 +320,9 @@ class AutopilotAltitude:
             self._note_reboot(msg)
             self.handle(msg)
 
-    def start(self) -> AutopilotAltitude:
+    def start(self) -> AutopilotReader:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="autopilot-altitude", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="autopilot-reader", daemon=True)
             self._thread.start()
             logger.info("reading %s", self.describe())
         return self
@@ -263,3 +333,6 @@ class AutopilotAltitude:
             self._thread.join(timeout=2.0)
         if self._own_conn:
             self.conn.close()
+
+
+AutopilotAltitude = AutopilotReader  # its first name (altitude only); same class

@@ -21,6 +21,10 @@ class ServiceConfig:
     altitude_from_baud: int | None = None  # serial baud for altitude_from (default: mavlink_baud)
     altitude_stale_s: float = 2.0  # autopilot altitude older than this is not used
     altitude_request_hz: float = 5.0  # ask the autopilot to stream altitude messages at this rate (0: do not ask)
+    heading_deg: float | None = None  # fixed compass heading the image top faces (e.g. a gimbal locked north: 0)
+    heading_from: str | None = None  # MAVLink address to read the heading from (default: altitude_from)
+    camera_yaw_offset_deg: float = 0.0  # camera image top turned clockwise from the airframe's nose, degrees
+    derotate: bool = True  # turn frames north-up by the heading before embedding
     precision: str = "auto"
     backend: str = "auto"
     providers: list[str] | None = None

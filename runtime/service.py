@@ -14,6 +14,14 @@ The altitude layer of the database is chosen per frame from the current altitude
 (``altitude_from``, :mod:`runtime.autopilot`) while it is fresh, else the given ``altitude_m``. A database
 with several layers and no altitude from either gives "no fix" (reason ``no altitude``), never a layer
 picked at random. Each JSON line records the altitude used, its source and age, and the layer.
+
+Map tiles are north-up; the camera faces wherever the drone (or gimbal) points. Before the engine, each
+frame is turned north-up (:func:`runtime.preprocess.north_up`, timed as part of ``preprocess``) by the
+heading its image top faces: the autopilot's fresh heading (``heading_from``, which defaults to the
+``altitude_from`` link and then shares its reader) plus ``camera_yaw_offset_deg``, else the fixed
+``heading_deg``. With neither, the frame is embedded as it is (the fix is still attempted; the service
+warns and counts ``frames_no_heading``). ``derotate=False`` turns this off. Each JSON line records
+``heading_deg`` (the heading used, or null), ``heading_source`` and ``heading_age_s``.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from .engine import check_engine_database, load_engine
 from .health import Health, HealthServer
 from .outputs import JsonLinesOutput, MavlinkGpsOutput, UdpJsonOutput, fix_record
 from .position import Fix, PositionFilter, estimate_fix
+from .preprocess import north_up
 from .search import Matches, Searcher
 from .sources import SourceStats, open_source
 
@@ -114,7 +123,14 @@ class Service:
         if cfg.mavlink:
             self.outputs.append(MavlinkGpsOutput(cfg.mavlink, baud=cfg.mavlink_baud,
                                                  satellites_visible=cfg.satellites_visible))
-        self.autopilot = self._open_autopilot() if cfg.altitude_from else None
+        for name in ("heading_deg", "camera_yaw_offset_deg"):
+            v = getattr(cfg, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number of degrees, got {v!r}")
+        self.autopilot = self._open_reader(cfg.altitude_from) if cfg.altitude_from else None  # the altitude's
+        self.heading_reader = self._open_heading_reader()
+        self.heading: dict = {"heading_deg": None, "source": None, "age_s": None}
+        self._logged_heading_source: object = ()  # what the last heading log line said (() = nothing yet)
         self.health_server = HealthServer(self.health, cfg.health_port) if cfg.health_port is not None else None
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
         self.processed = 0
@@ -136,15 +152,114 @@ class Service:
         raise ValueError(f"the database {self.db.path} has {n} altitude layers {alts}: give --altitude METRES "
                          "or --altitude-from MAVLINK_URL (the autopilot's altitude) to choose one")
 
-    def _open_autopilot(self):
-        from .autopilot import AutopilotAltitude
+    def _open_reader(self, url: str):
+        """An autopilot reader on ``url``; on the --mavlink output's link when it is the same address."""
+        from .autopilot import AutopilotReader
 
         cfg = self.cfg
-        shared = next((o for o in self.outputs if isinstance(o, MavlinkGpsOutput) and o.url == cfg.altitude_from),
-                      None)
-        return AutopilotAltitude(cfg.altitude_from, baud=cfg.altitude_from_baud or cfg.mavlink_baud,
-                                 stale_s=cfg.altitude_stale_s, request_hz=cfg.altitude_request_hz,
-                                 conn=shared.conn if shared else None, send_lock=shared.lock if shared else None)
+        shared = next((o for o in self.outputs if isinstance(o, MavlinkGpsOutput) and o.url == url), None)
+        return AutopilotReader(url, baud=cfg.altitude_from_baud or cfg.mavlink_baud,
+                               stale_s=cfg.altitude_stale_s, request_hz=cfg.altitude_request_hz,
+                               conn=shared.conn if shared else None, send_lock=shared.lock if shared else None)
+
+    def _open_autopilot(self):  # kept for callers of the altitude-only service
+        return self._open_reader(self.cfg.altitude_from)
+
+    def _readers(self) -> list:
+        """The distinct autopilot readers (altitude and heading share one when their address is the same)."""
+        out = []
+        for r in (self.autopilot, self.heading_reader):
+            if r is not None and all(r is not o for o in out):
+                out.append(r)
+        return out
+
+    # ---- heading ------------------------------------------------------------------------------
+    def _open_heading_reader(self):
+        cfg = self.cfg
+        if not cfg.derotate:
+            if cfg.heading_from or cfg.heading_deg is not None:
+                logger.info("--no-derotate: the heading settings are not used")
+            return None
+        url = cfg.heading_from or cfg.altitude_from
+        if not url:
+            return None
+        if url == cfg.altitude_from and self.autopilot is not None:
+            return self.autopilot  # one reader, one link for both
+        return self._open_reader(url)
+
+    def current_heading(self) -> dict:
+        """{"heading_deg", "source", "age_s"}: the compass heading the image top faces. The autopilot's fresh
+        heading plus ``camera_yaw_offset_deg`` (source ``autopilot:<attitude|vfr_hud|global_position_int>``),
+        else the fixed ``heading_deg`` (``given``), else none (also when derotation is off)."""
+        from .autopilot import compass_deg
+
+        cfg = self.cfg
+        if not cfg.derotate:
+            return {"heading_deg": None, "source": None, "age_s": None}
+        if self.heading_reader is not None:
+            r = self.heading_reader.heading()
+            if r is not None:
+                return {"heading_deg": compass_deg(r.heading_deg + (cfg.camera_yaw_offset_deg or 0.0)),
+                        "source": f"autopilot:{r.source}", "age_s": r.age_s}
+        if cfg.heading_deg is not None:
+            return {"heading_deg": compass_deg(cfg.heading_deg), "source": "given", "age_s": None}
+        return {"heading_deg": None, "source": None, "age_s": None}
+
+    def _note_heading(self, hdg: dict) -> None:
+        """Log when the heading's source changes (a warning when there is none), count frames without one."""
+        if self.cfg.derotate and hdg["source"] is None:
+            self.health.count("frames_no_heading")
+        if hdg["source"] != self._logged_heading_source:
+            self._logged_heading_source = hdg["source"]
+            if hdg["source"] is not None:
+                logger.info("heading %.1f deg from %s: frames turned north-up", hdg["heading_deg"], hdg["source"])
+            elif self.cfg.derotate:
+                logger.warning("no heading (%s): frames are embedded as the camera saw them, not north-up like "
+                               "the tiles; give --heading DEG or --heading-from MAVLINK_URL",
+                               "autopilot silent or stale, no --heading" if self.heading_reader is not None
+                               else "no --heading, --heading-from or --altitude-from")
+        self.heading = hdg
+
+    def _sync_heading(self) -> None:
+        """Health's view of the heading (refreshed every loop turn)."""
+        h, cfg = self.heading, self.cfg
+        info = {"heading_deg": None if h["heading_deg"] is None else round(h["heading_deg"], 3),
+                "source": h["source"], "age_s": None if h["age_s"] is None else round(h["age_s"], 3),
+                "derotate": cfg.derotate, "given_deg": cfg.heading_deg,
+                "camera_yaw_offset_deg": cfg.camera_yaw_offset_deg}
+        if self.heading_reader is not None:
+            st = self.heading_reader.status()
+            info["autopilot"] = {"url": st["url"], "heading": st["heading"], "sources": st["heading_sources"]}
+        self.health.info = {**self.health.info, "heading": info}  # replaced, never mutated
+
+    def _heading_text(self) -> str:
+        h = self.heading
+        if not self.cfg.derotate:
+            return "heading not used (--no-derotate)"
+        if h["source"] is None:
+            return "heading none (frames not turned north-up)"
+        age = f", {h['age_s']:.1f} s old" if h["age_s"] is not None else ""
+        return f"heading {h['heading_deg']:.1f} deg ({h['source']}{age})"
+
+    def _heading_line(self) -> str:
+        """The self-check's line about the heading."""
+        cfg = self.cfg
+        if not cfg.derotate:
+            return "heading: not used (--no-derotate): frames are embedded as the camera saw them"
+        if self.heading_reader is not None:
+            r = self.heading_reader.heading()
+            offset = (f", camera yaw offset {cfg.camera_yaw_offset_deg:+g} deg" if cfg.camera_yaw_offset_deg
+                      else "")
+            now = (f"now {self.current_heading()['heading_deg']:.1f} deg from autopilot:{r.source} "
+                   f"({r.age_s:.1f} s old)" if r is not None else "no reading yet")
+            fallback = (f"{cfg.heading_deg:g} deg (--heading)" if cfg.heading_deg is not None
+                        else "none: frames not turned north-up while it is stale")
+            return (f"heading: {self.heading_reader.describe('heading')} (ATTITUDE yaw, else VFR_HUD, else "
+                    f"GLOBAL_POSITION_INT){offset}, {now}; fallback {fallback}")
+        if cfg.heading_deg is not None:
+            return f"heading: {cfg.heading_deg:g} deg given (--heading): every frame turned north-up by it"
+        return ("heading: none (no --heading, --heading-from or --altitude-from): frames are NOT turned north-up "
+                "although the tiles are; give --heading DEG or --heading-from MAVLINK_URL")
 
     def current_altitude(self) -> dict:
         """{"altitude_m", "source", "age_s"}: the autopilot's fresh reading, else the given altitude, else
@@ -212,9 +327,11 @@ class Service:
         warm_ms = (time.perf_counter() - t0) * 1000
         if emb.shape != (1, self.engine.embedding_dim) or not np.all(np.isfinite(emb)):
             raise RuntimeError(f"engine self-check failed: output {emb.shape}, finite={np.all(np.isfinite(emb))}")
-        if self.autopilot is not None:  # give the link a moment so the check shows a real reading
+        if self._readers():  # give the link a moment so the check shows real readings
             deadline = time.monotonic() + min(1.0, self.cfg.altitude_stale_s)
-            while self.autopilot.current() is None and time.monotonic() < deadline:
+            while time.monotonic() < deadline and (
+                    (self.autopilot is not None and self.autopilot.current() is None)
+                    or (self.heading_reader is not None and self.heading_reader.heading() is None)):
                 time.sleep(0.05)
         alt = self.current_altitude()
         self._choose_layer(alt)
@@ -242,6 +359,7 @@ class Service:
             f"D={self.engine.embedding_dim}, model {self.engine.model_fingerprint} (first run {warm_ms:.0f} ms)",
             f"database: {self.db.path}, {len(self.db)} tiles, {layer_text}, crs {self.db.crs}",
             altitude_line,
+            self._heading_line(),
             f"source: {self.source.describe() if hasattr(self.source, 'describe') else self.source!r}, "
             f"{'newest frame wins' if self.drop_frames else 'every frame processed'}",
             "outputs: " + (", ".join(o.describe() for o in self.outputs) or "none (give --jsonl/--mavlink)"),
@@ -249,7 +367,9 @@ class Service:
         if self.health_server is not None:
             lines.append(f"health: http://127.0.0.1:{self.health_server.port}/health")
         self.health.info = {"engine": self.engine.name, "database": str(self.db.path)}
+        self.heading = self.current_heading()
         self._sync_altitude()
+        self._sync_heading()
         return lines
 
     # ---- threads ------------------------------------------------------------------------------
@@ -292,8 +412,11 @@ class Service:
     def process(self, frame) -> tuple[dict, object]:
         """One frame through preprocess, engine, search and fusion; returns (record, fused fix)."""
         t, img, meta = frame
-        lat = {}
+        hdg = self.current_heading()
+        self._note_heading(hdg)
         t0 = time.perf_counter()
+        if hdg["heading_deg"] is not None:
+            img = north_up(img, hdg["heading_deg"])
         x = self.engine.prepare([img])
         t1 = time.perf_counter()
         emb = self.engine.embed_prepared(x)
@@ -330,12 +453,15 @@ class Service:
         record["altitude_source"] = alt["source"]  # autopilot:<source>, given, or None
         record["altitude_age_s"] = None if alt["age_s"] is None else round(alt["age_s"], 3)
         record["layer"] = self.db.layers[layer]["name"] if layer is not None else None
+        record["heading_deg"] = None if hdg["heading_deg"] is None else round(hdg["heading_deg"], 3)
+        record["heading_source"] = hdg["source"]  # autopilot:<source>, given, or None (not turned north-up)
+        record["heading_age_s"] = None if hdg["age_s"] is None else round(hdg["age_s"], 3)
         return record, fused
 
     def run(self) -> int:
         """Run until the source ends, ``max_frames`` are done, or :meth:`stop`; returns an exit code."""
-        if self.autopilot is not None:
-            self.autopilot.start()
+        for reader in self._readers():
+            reader.start()
         for line in self.self_check():
             logger.info(line)
         if self.health_server is not None:
@@ -354,8 +480,9 @@ class Service:
                 frame = slot.get(0.2)
                 self._sync_counts(slot)
                 self._sync_altitude()
+                self._sync_heading()
                 if time.monotonic() >= next_log:
-                    logger.info("%s; %s", self.health.log_line(), self._altitude_text())
+                    logger.info("%s; %s; %s", self.health.log_line(), self._altitude_text(), self._heading_text())
                     next_log = time.monotonic() + self.cfg.health_log_s
                 if frame is None:
                     continue
@@ -380,8 +507,8 @@ class Service:
             self._out_q.put((summary, None))
             self._out_q.put(None)
             out_t.join(timeout=10.0)
-            if self.autopilot is not None:  # before the outputs: it may read through the MAVLink output's link
-                self.autopilot.close()
+            for reader in self._readers():  # before the outputs: it may read through the MAVLink output's link
+                reader.close()
             for out in self.outputs:
                 try:
                     out.close()

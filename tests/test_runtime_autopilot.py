@@ -180,21 +180,22 @@ def test_reader_requests_streams_from_an_autopilot_heartbeat():
                 if m.get_type() == "COMMAND_LONG":
                     cmds.append(m)
 
-        _wait_for(lambda: len(cmds) >= 3, every=poll)
+        _wait_for(lambda: len(cmds) >= 4, every=poll)
         time.sleep(0.3)
         poll()
-        assert len(cmds) == 3, "asked once per autopilot, not once per heartbeat"
+        assert len(cmds) == 4, "asked once per autopilot, not once per heartbeat"
         # the autopilot rebooted (its boot clock went back): asked again at its next heartbeat
         ap.mav.global_position_int_send(600000, 0, 0, 0, 0, 0, 0, 0, 0)
         ap.mav.global_position_int_send(2000, 0, 0, 0, 0, 0, 0, 0, 0)
-        _wait_for(lambda: len(cmds) >= 6, every=poll)
+        _wait_for(lambda: len(cmds) >= 8, every=poll)
     finally:
         reader.close()
         gcs.close()
         ap.close()
-    assert len(cmds) == 6 and reader.requests_sent == 6
+    assert len(cmds) == 8 and reader.requests_sent == 8
     assert {c.command for c in cmds} == {MAV.MAV_CMD_SET_MESSAGE_INTERVAL}
-    assert {int(c.param1) for c in cmds} == {33, 132, 141}  # GLOBAL_POSITION_INT, DISTANCE_SENSOR, ALTITUDE
+    # GLOBAL_POSITION_INT, DISTANCE_SENSOR, ALTITUDE, ATTITUDE (the heading)
+    assert {int(c.param1) for c in cmds} == {33, 132, 141, 30}
     assert all(c.param2 == 250000 and c.target_system == 3 and c.target_component == 1 for c in cmds)
 
 
@@ -331,6 +332,6 @@ def test_serve_picks_and_switches_the_layer_from_the_autopilot_then_no_altitude(
             assert f["altitude_source"] == "autopilot:relative_alt" and 0 <= f["altitude_age_s"] <= 0.5
             assert {150.0: "alt150", 290.0: "alt300"}[f["altitude_m"]] == f["layer"] and f["matches"]
     # the shared link carried the stream requests and GPS_INPUT back to the autopilot
-    assert {int(c.param1) for c in fc.types("COMMAND_LONG")} == {33, 132, 141}
+    assert {int(c.param1) for c in fc.types("COMMAND_LONG")} == {33, 132, 141, 30}
     gps = fc.types("GPS_INPUT")
     assert gps and any(m.fix_type == 0 for m in gps)  # the "no altitude" frames reach it as no fix
