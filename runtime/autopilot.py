@@ -6,7 +6,7 @@ faces (:func:`runtime.preprocess.north_up`). :class:`AutopilotReader` (also impo
 name, ``AutopilotAltitude``) listens to the autopilot in a daemon thread (pymavlink, the same
 connection strings as ``--mavlink``: ``udpin:0.0.0.0:14551``, ``udpout:HOST:PORT``, ``tcp:HOST:PORT``,
 or a serial device such as ``/dev/ttyTHS1`` with a baud rate) and keeps the latest value of each source,
-with the time it arrived. :meth:`AutopilotAltitude.current` answers with the best source that is fresh
+with the time it arrived. :meth:`AutopilotReader.current` answers with the best source that is fresh
 (younger than ``stale_s``), in this order:
 
 1. ``rangefinder``: ``DISTANCE_SENSOR`` facing down (``orientation`` = MAV_SENSOR_ROTATION_PITCH_270),
@@ -324,7 +324,7 @@ class AutopilotReader:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="autopilot-reader", daemon=True)
             self._thread.start()
-            logger.info("reading %s", self.describe())
+            logger.info("reading %s", self.describe("altitude and heading"))
         return self
 
     def close(self) -> None:

@@ -162,9 +162,6 @@ class Service:
                                stale_s=cfg.altitude_stale_s, request_hz=cfg.altitude_request_hz,
                                conn=shared.conn if shared else None, send_lock=shared.lock if shared else None)
 
-    def _open_autopilot(self):  # kept for callers of the altitude-only service
-        return self._open_reader(self.cfg.altitude_from)
-
     def _readers(self) -> list:
         """The distinct autopilot readers (altitude and heading share one when their address is the same)."""
         out = []
