@@ -234,7 +234,8 @@ class Service:
         if not self.cfg.derotate:
             return "heading not used (--no-derotate)"
         if h["source"] is None:
-            return "heading none (frames not turned north-up)"
+            n = self.health.snapshot()["counters"].get("frames_no_heading", 0)
+            return f"heading none ({n} frames not turned north-up)"
         age = f", {h['age_s']:.1f} s old" if h["age_s"] is not None else ""
         return f"heading {h['heading_deg']:.1f} deg ({h['source']}{age})"
 
