@@ -40,7 +40,8 @@ class ModelConfig:
 @dataclass
 class JitterConfig:
     offset_frac: float = 0.1
-    heading_deg: float = 10.0
+    heading_deg: float = 180.0  # camera heading within +- this of north (180: any); frames are then turned
+    compass_error_deg: float = 3.0  # north-up by runtime.preprocess.north_up with this much compass error
     tilt_deg: float = 5.0
     altitude_frac: float = 0.05
     photometric: float = 0.5

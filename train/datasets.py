@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime.preprocess import Preprocess, bgr_to_rgb
+from runtime.preprocess import Preprocess, bgr_to_rgb, north_up
 
 _logger = logging.getLogger(__name__)
 
@@ -171,10 +171,11 @@ class ViewJitter:
     """Random pose changes of rendered drone views (ground truth stays the tile centre)."""
 
     offset_frac: float = 0.1  # centre offset, fraction of the footprint
-    heading_deg: float = 10.0  # +- around north (the runtime de-rotates with the compass)
+    heading_deg: float = 180.0  # camera heading within +- this of north (180: any direction)
     tilt_deg: float = 5.0  # 0..tilt_deg forward pitch
     altitude_frac: float = 0.05  # +- relative altitude error
     photometric: float = 0.5  # tiles.views.photometric_jitter strength
+    compass_error_deg: float = 3.0  # std of the heading error when the view is turned north-up
 
 
 class _Rasters:
@@ -263,12 +264,13 @@ class GeoTiffPairs(PairDataset):
             pose = CameraPose(tile.x, tile.y, alt, hfov_deg=self.hfov_deg)
             return render_view(self.rasters[int(self.sources[i])], pose, (self.render_px,) * 2).image
         off = rng.uniform(-j.offset_frac, j.offset_frac, 2) * tile.footprint_m
+        heading = float(rng.uniform(-j.heading_deg, j.heading_deg)) % 360.0
         pose = CameraPose(tile.x + off[0], tile.y + off[1], alt * (1 + rng.uniform(-1, 1) * j.altitude_frac),
-                          heading_deg=float(rng.uniform(-j.heading_deg, j.heading_deg)) % 360.0,
-                          tilt_deg=float(rng.uniform(0, j.tilt_deg)), hfov_deg=self.hfov_deg)
+                          heading_deg=heading, tilt_deg=float(rng.uniform(0, j.tilt_deg)), hfov_deg=self.hfov_deg)
         view = render_view(self.rasters[int(self.sources[i])], pose, (self.render_px,) * 2,
                            photometric=j.photometric or None, rng=rng)
-        return view.image
+        # what the runtime will embed: the frame turned north-up by the autopilot's (slightly wrong) compass
+        return north_up(view.image, heading + float(rng.normal(0.0, j.compass_error_deg)))
 
     def load_pair(self, i):
         return self.render(i, None), self.reference_tile(int(self.locations[i]))

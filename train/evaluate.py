@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from runtime.metrics import retrieval_metrics
+from runtime.preprocess import north_up
 
 _logger = logging.getLogger(__name__)
 
@@ -89,14 +90,16 @@ def _name(path) -> str:
 
 
 def evaluate_geotiff(model, reference, query_rasters, altitudes_m, hfov_deg: float, stride_frac: float = 1.0,
-                     max_queries: int | None = None, offset_frac: float = 0.1, heading_deg: float = 10.0,
+                     max_queries: int | None = None, offset_frac: float = 0.1, heading_deg: float = 180.0,
+                     compass_error_deg: float = 3.0,
                      batch_size: int = 64, device="cpu", seed: int = 0) -> dict:
     """Rendered views of each query raster against the reference tiles, per altitude.
 
     Gallery: the reference raster's tiles at each altitude (footprint from ``hfov_deg``, every
     ``stride_frac`` x footprint). Queries: one drone view per tile (or ``max_queries`` of them) from each
     query raster, centred ``offset_frac`` x footprint at most from the tile centre with a heading within
-    +-``heading_deg`` (a fixed seed, so every model sees the same queries). A query's positive is the
+    +-``heading_deg``, turned north-up as the runtime does (``north_up`` with a compass error of
+    ``compass_error_deg``) (a fixed seed, so every model sees the same queries). A query's positive is the
     tile nearest to its true position; its error is the distance from the top-1 tile centre.
     Returns ``{"per_altitude": {alt: {raster: metrics, "all": metrics}}, "all": metrics}``.
     """
@@ -122,12 +125,14 @@ def evaluate_geotiff(model, reference, query_rasters, altitudes_m, hfov_deg: flo
                 idx = np.sort(rng.choice(len(idx), max_queries, replace=False))
             offsets = rng.uniform(-offset_frac, offset_frac, (len(idx), 2)) * tiles[0].footprint_m
             headings = rng.uniform(-heading_deg, heading_deg, len(idx)) % 360.0
+            compass = headings + rng.normal(0.0, compass_error_deg, len(idx))
             true_xy = centres[idx] + offsets
             labels = np.argmin(((true_xy[:, None] - centres[None]) ** 2).sum(-1), axis=1)
             per_alt[int(alt)] = {}
             for qpath, qr in zip(query_rasters, queries):
-                views = [render_view(qr, CameraPose(x, y, float(alt), heading_deg=float(h), hfov_deg=hfov_deg),
-                                     (size, size)).image for (x, y), h in zip(true_xy, headings)]
+                views = [north_up(render_view(qr, CameraPose(x, y, float(alt), heading_deg=float(h), hfov_deg=hfov_deg),
+                                              (size, size)).image, float(c))
+                         for (x, y), h, c in zip(true_xy, headings, compass)]
                 sim = embed_images(model, views, batch_size, device) @ gallery.T
                 m = _with_errors(retrieval_metrics(sim, labels, np.arange(len(tiles))), sim, centres, true_xy)
                 per_alt[int(alt)][_name(qpath)] = m
@@ -144,7 +149,7 @@ def evaluate_geotiff(model, reference, query_rasters, altitudes_m, hfov_deg: flo
             "setup": {"reference": _name(reference), "query_rasters": [_name(p) for p in query_rasters],
                       "altitudes_m": [int(a) for a in altitudes_m], "hfov_deg": hfov_deg,
                       "stride_frac": stride_frac, "max_queries": max_queries, "offset_frac": offset_frac,
-                      "heading_deg": heading_deg, "seed": seed}}
+                      "heading_deg": heading_deg, "compass_error_deg": compass_error_deg, "seed": seed}}
 
 
 def _first_ranks(sim, labels):
@@ -180,7 +185,7 @@ def evaluate_config(cfg, model, device="cpu") -> dict:
         return evaluate_geotiff(model, d.reference, d.eval_rasters, d.altitudes_m, d.hfov_deg,
                                 stride_frac=e.stride_frac, max_queries=e.max_queries,
                                 offset_frac=d.jitter.offset_frac, heading_deg=d.jitter.heading_deg,
-                                batch_size=e.batch_size, device=device, seed=cfg.seed)
+                                compass_error_deg=d.jitter.compass_error_deg, batch_size=e.batch_size, device=device, seed=cfg.seed)
     if d.kind == "sues200":
         return evaluate_sues200(model, d.root, d.altitudes_m, batch_size=e.batch_size, device=device)
     return evaluate_university1652(model, d.root, batch_size=e.batch_size, device=device)

@@ -102,7 +102,8 @@ def build_dataset(cfg: TrainConfig, preprocess, augment=None):
     j = d.jitter
     return GeoTiffPairs(d.reference, d.train_rasters, d.altitudes_m or [150, 200, 250, 300], d.hfov_deg, preprocess,
                         stride_frac=d.stride_frac, augment=augment, seed=cfg.seed, max_locations=d.max_locations,
-                        jitter=ViewJitter(j.offset_frac, j.heading_deg, j.tilt_deg, j.altitude_frac, j.photometric))
+                        jitter=ViewJitter(j.offset_frac, j.heading_deg, j.tilt_deg, j.altitude_frac, j.photometric,
+                                          j.compass_error_deg))
 
 
 def lr_lambda(step: int, warmup_steps: int, total_steps: int) -> float:
