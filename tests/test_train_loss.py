@@ -55,7 +55,9 @@ def _worker(rank, world, port, q, r, out):
         scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
         loss = InfoNCELoss(0.1)(lq, lr, scale)
         loss.backward()
-        out.put((rank, loss.item(), lq.grad.clone(), lr.grad.clone()))
+        # numpy arrays travel by value: a torch tensor would be shared through a file descriptor that
+        # vanishes when this process exits before the parent reads it
+        out.put((rank, loss.item(), lq.grad.numpy().copy(), lr.grad.numpy().copy()))
     finally:
         dist.destroy_process_group()
 
@@ -82,5 +84,5 @@ def test_gathered_loss_over_two_processes_equals_single_process_loss():
         assert loss == pytest.approx(single.item(), rel=1e-6)
         # each rank holds world x its share of the gradient; DDP's mean over ranks restores it exactly
         rows = slice(rank * 4, rank * 4 + 4)
-        assert torch.allclose(grad_q / 2, gq.grad[rows], atol=1e-6)
-        assert torch.allclose(grad_r / 2, gr.grad[rows], atol=1e-6)
+        assert torch.allclose(torch.from_numpy(grad_q) / 2, gq.grad[rows], atol=1e-6)
+        assert torch.allclose(torch.from_numpy(grad_r) / 2, gr.grad[rows], atol=1e-6)

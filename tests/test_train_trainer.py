@@ -37,6 +37,12 @@ def test_one_batch_smoke_run_of_python_m_train(tmp_path, naip_paths):
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
     ev = json.loads((run / "eval.json").read_text())
     assert ev["all"]["n_queries"] == 8 and "median_error_m" in ev["per_altitude"]["300"]["all"]
+    # python -m train.evaluate on the checkpoint: the same evaluation, from the command line
+    out = tmp_path / "eval.json"
+    ev_cmd = [sys.executable, "-m", "train.evaluate", str(run / "checkpoint.pt"), "--out", str(out)]
+    done = subprocess.run(ev_cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text())["all"] == ev["all"]
     # the same folder again, without --resume/--overwrite: refused, naming both
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
