@@ -139,9 +139,13 @@ class PositionFilter:
         self._rejected = []
 
     def _reachable(self, a: Fix, b: Fix) -> tuple[bool, float, float]:
+        """Could the drone have moved from ``a`` to ``b``? Allowed: flight at ``max_speed_mps`` plus the
+        spatial spread of both estimates. The spread is ``accuracy_m * confidence`` (tile size and the
+        spread of the matched cluster), not ``accuracy_m`` itself, which is inflated for low confidence:
+        judging consistency with kilometre-wide accuracies let scattered wrong fixes look consistent."""
         dt = max(abs(b.t - a.t), 1e-3)
         dist = math.hypot(b.x - a.x, b.y - a.y)
-        allowed = self.max_speed_mps * dt + _finite(a.accuracy_m) + _finite(b.accuracy_m)
+        allowed = self.max_speed_mps * dt + _spread(a) + _spread(b)
         return dist <= allowed, dist, dt
 
     def update(self, fix: Fix) -> Fix:
@@ -186,6 +190,10 @@ class PositionFilter:
             self.last = replace(fix, trusted=True, reason=ok_reason)
             return self.last
         return replace(fix, trusted=False, reason=wait_reason)
+
+
+def _spread(f: Fix) -> float:
+    return _finite(f.accuracy_m) * max(f.confidence, 0.05)
 
 
 def _finite(v: float, big: float = 1e6) -> float:

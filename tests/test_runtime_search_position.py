@@ -144,3 +144,17 @@ def test_filter_acquires_only_on_consistent_fixes():
     third = f.update(fx(3, 45))
     assert third.trusted and third.reason == "acquired" and third.x == 45
     assert f.update(fx(4, 70)).trusted  # then tracked as usual
+
+
+def test_low_confidence_accuracy_does_not_make_scattered_fixes_consistent():
+    """Accuracy grows as confidence falls; consistency is judged on the spatial spread instead, so three
+    scattered, barely-confident fixes kilometres apart do not start a track."""
+    f = PositionFilter(max_speed_mps=30, min_confidence=0.3, acquire_frames=3)
+
+    def fx(t, x, y):
+        return Fix(t=t, x=x, y=y, lat=47.0, lon=-99.0, confidence=0.35, accuracy_m=2000.0)  # spread 700 m
+
+    assert not f.update(fx(0, 0, 0)).trusted
+    assert not f.update(fx(1, 1500, 0)).trusted  # 1.5 km in 1 s: not the same track
+    assert not f.update(fx(2, 1500, 1500)).trusted
+    assert f.last is None
