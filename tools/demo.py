@@ -1,0 +1,328 @@
+"""The embedded demo: the whole product on the bundled real imagery, on a CPU, in minutes.
+
+    python -m tools.demo [--out demo-out] [--quick] [--fresh]      (or: make demo)
+
+Steps (each skipped when its output already exists, so an interrupted demo continues where it stopped):
+
+1. ``frozen``: ``tf_efficientnet_lite0`` with the offline ImageNet weights, untrained: the baseline.
+2. ``trained``: the same network trained with the hard-negative InfoNCE recipe (GPS-neighbour batches,
+   re-mined by visual similarity) on drone views rendered from the 2010/2012/2014 NAIP images against
+   tiles of the 2018 map (``train`` preset ``demo``).
+3. Each model is exported to a bundle (ONNX FP32, checked against torch on real images; INT8 calibrated on
+   views of the training years, gated by retrieval accuracy on held-out years), and the tile database of
+   the 2018 map is built for 150, 200, 250 and 300 m.
+4. Flights rendered from 2016 and 2020 — years neither model saw — are replayed through the onboard
+   runtime (engine -> search -> position fusion) at each altitude.
+5. A table per altitude is printed; ``<out>/report/`` holds JSON, CSV and PNG plots (tracks over the map,
+   error along each flight, frozen vs trained per altitude).
+
+The trained model is replayed with its INT8 engine (what flies on a CPU), the frozen baseline with FP32
+(its best case), so the comparison does not flatter the trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NAIP = REPO / "data" / "naip"
+
+_log = logging.getLogger("demo")
+
+
+def naip(year: int) -> Path:
+    hits = sorted(NAIP.glob(f"*_{year}*.tif"))
+    if not hits:
+        raise FileNotFoundError(f"bundled NAIP image for {year} missing from {NAIP}; the repository is incomplete")
+    return hits[0]
+
+
+@dataclass
+class DemoConfig:
+    out: str = "demo-out"
+    reference_year: int = 2018
+    train_years: tuple = (2010, 2012, 2014)
+    flight_years: tuple = (2016, 2020)
+    altitudes_m: tuple = (150, 200, 250, 300)
+    # per (year, altitude) flight: frames along a smooth curve across the map
+    flight_frames: int = 60
+    flight_speed_mps: float = 40.0
+    flight_fps: float = 1.0
+    flight_photometric: float = 0.3
+    stride_frac: float = 0.5  # tile database: centres every half footprint
+    max_r1_drop: float = 10.0  # INT8 accuracy gate, percentage points of R@1 on held-out crops
+    train_overrides: list = field(default_factory=list)
+    threads: int = 2
+
+    @classmethod
+    def quick(cls, out: str) -> DemoConfig:
+        """A reduced run for CI (about a third of the work): a third of the training locations, tile
+        databases without overlap, shorter flights; the same steps and code paths."""
+        return cls(out=out, flight_frames=16, stride_frac=1.0, train_overrides=[
+            "data.max_locations=160", "eval.max_queries=20"])
+
+
+def _stage(name: str):
+    _log.info("== %s", name)
+    return time.perf_counter()
+
+
+def make_frozen_checkpoint(path: Path, img_size: int) -> Path:
+    from train.model import GeoModel, save_checkpoint
+
+    if path.is_file():
+        return path
+    model = GeoModel("tf_efficientnet_lite0", pretrained="lite0-offline", img_size=img_size)
+    return save_checkpoint(path, model, config={"note": "frozen ImageNet features, no training"}, epoch=0, step=0)
+
+
+def train_config(cfg: DemoConfig, run_dir: Path):
+    """The resolved training config: the ``demo`` preset on this demo's years, plus overrides."""
+    from train.config import apply_overrides, preset
+
+    tcfg = preset("demo")
+    tcfg.run_dir = str(run_dir)
+    tcfg.threads = cfg.threads
+    tcfg.data.reference = str(naip(cfg.reference_year))
+    tcfg.data.train_rasters = [str(naip(y)) for y in cfg.train_years]
+    tcfg.data.eval_rasters = [str(naip(y)) for y in cfg.flight_years]
+    tcfg.data.altitudes_m = list(cfg.altitudes_m)
+    return apply_overrides(tcfg, cfg.train_overrides)
+
+
+def train_model(cfg: DemoConfig, run_dir: Path) -> Path:
+    from train.trainer import train
+
+    ckpt = run_dir / "checkpoint.pt"
+    done = run_dir / "DONE"
+    if done.is_file() and ckpt.is_file():
+        return ckpt
+    tcfg = train_config(cfg, run_dir)
+    resume = ckpt.is_file()
+    train(tcfg, resume=resume, overwrite=not resume, command=["python", "-m", "tools.demo"])
+    done.write_text("finished\n")
+    return ckpt
+
+
+def held_out_eval(cfg: DemoConfig, ckpt: Path, out: Path) -> dict:
+    """Cross-year retrieval on the held-out years with the training's own evaluation (same queries for
+    every model: fixed seed), cached as JSON."""
+    import torch
+
+    from tiles.io import atomic_write_json
+    from train.evaluate import evaluate_config
+    from train.model import load_checkpoint
+
+    if out.is_file():
+        return json.loads(out.read_text())
+    torch.set_num_threads(cfg.threads)
+    model, _ = load_checkpoint(ckpt)
+    model.eval()
+    result = evaluate_config(train_config(cfg, out.parent), model)
+    atomic_write_json(out, result)
+    return json.loads(out.read_text())  # as a cached run reads it (altitude keys are strings in JSON)
+
+
+def export_and_index(cfg: DemoConfig, ckpt: Path, work: Path, int8: bool) -> tuple[Path, Path]:
+    from export.bundle_export import export_bundle
+    from export.tiledb_build import build_tile_database
+    from runtime.bundle import MANIFEST
+    from train.config import preset
+
+    hfov = preset("demo").data.hfov_deg
+    bundle, db = work / "bundle", work / "tiledb"
+    if not (bundle / MANIFEST).is_file():
+        export_bundle(ckpt, bundle, int8=int8, calib_tifs=[naip(y) for y in cfg.train_years], calib_n=96,
+                      hfov_deg=hfov, eval_tifs=(naip(cfg.flight_years[0]), naip(cfg.reference_year)),
+                      max_r1_drop=cfg.max_r1_drop if int8 else None, overwrite=True)
+    if not (db / "manifest.json").is_file():
+        build_tile_database(bundle, [naip(cfg.reference_year)], db, altitudes_m=list(cfg.altitudes_m),
+                            hfov_deg=hfov, stride_frac=cfg.stride_frac, overwrite=True, progress=False)
+    return bundle, db
+
+
+def replay(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str, plots: bool) -> dict:
+    """Replay the flight years through the runtime; return {year: results} (cached as JSON)."""
+    from runtime.replay import replay_geotiff
+    from train.config import preset
+
+    hfov = preset("demo").data.hfov_deg
+    results = {}
+    for year in cfg.flight_years:
+        ydir = out / str(year)
+        cached = ydir / "replay_geotiff.json"
+        if cached.is_file():
+            results[year] = json.loads(cached.read_text())
+            continue
+        results[year] = replay_geotiff(
+            bundle, naip(cfg.reference_year), flight_raster=naip(year), altitudes=cfg.altitudes_m, db=db,
+            out_dir=ydir, hfov_deg=hfov, pattern="curve", speed_mps=cfg.flight_speed_mps, fps=cfg.flight_fps,
+            photometric=cfg.flight_photometric, max_frames=cfg.flight_frames, precision=precision,
+            threads=cfg.threads, plots=plots, seed=year)
+    return results
+
+
+def pooled_by_altitude(results: dict, altitudes) -> dict:
+    """Per altitude, the frames of every flight year pooled into one summary."""
+    from runtime.replay import summarize_flight
+
+    out = {}
+    for alt in altitudes:
+        records = [r for res in results.values() for r in res["frames"] if int(r["altitude_m"]) == int(alt)]
+        out[int(alt)] = summarize_flight(records)
+    return out
+
+
+def eval_table(evals: dict) -> str:
+    """Held-out retrieval per altitude (the training's evaluation), frozen vs trained."""
+    head = f"{'altitude':>8} | {'model':<8} | {'R@1 %':>6} {'R@5 %':>6} | {'median error m':>14}"
+    lines = [head, "-" * len(head)]
+    alts = sorted(next(iter(evals.values()))["per_altitude"], key=int)
+    for alt in [*alts, "all"]:
+        for model, ev in evals.items():
+            m = ev["all"] if alt == "all" else ev["per_altitude"][alt]["all"]
+            name = "all" if alt == "all" else f"{alt} m"
+            lines.append(f"{name:>8} | {model:<8} | {m['R@1']:6.1f} {m['R@5']:6.1f} | {m['median_error_m']:14.0f}")
+    return "\n".join(lines)
+
+
+def report(cfg: DemoConfig, summaries: dict, report_dir: Path, timings: dict, engines: dict,
+           evals: dict | None = None) -> str:
+    """Write summary JSON/CSV, the comparison plots and report.md; return the printed table."""
+    from runtime.plots import plot_altitude_bars
+    from tiles.io import atomic_write_json, atomic_write_text
+
+    rows = []
+    for model, per_alt in summaries.items():
+        for alt, s in per_alt.items():
+            rows.append({"model": model, "altitude_m": alt, "n_frames": s["n_frames"], "R@1": s["R@1"],
+                         "R@5": s["R@5"], "error_m_median": s["error_m_median"], "error_m_p95": s["error_m_p95"],
+                         "raw_error_m_median": s["error_raw_m_median"], "fix_rate": s["fix_rate"],
+                         "fps": s["fps_pipeline"], "ms_per_frame": s["total_ms_median"]})
+    fields = list(rows[0])
+    csv_lines = [",".join(fields)] + [",".join("" if r[f] is None else str(r[f]) for f in fields) for r in rows]
+    atomic_write_text(report_dir / "summary.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_json(report_dir / "summary.json", {"config": asdict(cfg), "engines": engines,
+                                                    "timings_s": timings, "rows": rows,
+                                                    "held_out_eval": evals or {}})
+    for metric, title in (("R@1", "top-1 tile contains the true position (%)"),
+                          ("raw_error_m_median", "median error of each frame's estimate (m)"),
+                          ("fix_rate", "trusted fixes (%)")):
+        safe = metric.replace("@", "").replace("_m_", "_").lower()
+        plot_altitude_bars(report_dir / f"compare_{safe}.png",
+                           [{"altitude_m": r["altitude_m"], "series": r["model"], metric: r[metric] or 0.0}
+                            for r in rows], metric, title=f"frozen ImageNet vs trained: {title}")
+    table = "Flights replayed through the onboard runtime:\n" + format_table(rows)
+    if evals:
+        table = ("Held-out retrieval (views of the held-out years against map tiles, the training's own "
+                 "evaluation):\n" + eval_table(evals) + "\n\n" + table)
+    years = ", ".join(map(str, cfg.flight_years))
+    md = ["# Demo report\n", f"Flights over the {cfg.reference_year} map rendered from {years} (unseen in training); "
+          f"{cfg.flight_frames} frames per year and altitude.\n",
+          "```", table, "```\n", "Engines: " + ", ".join(f"{k}: {v}" for k, v in engines.items()) + "\n",
+          "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + "\n",
+          "R@1: the top-1 tile contains the true position. err: distance of the fused, trusted fix from the "
+          "truth (median / 95th percentile); raw: of every frame's own estimate. fix: frames with a trusted "
+          "fix. fps: the runtime chain alone (preprocess, inference, search, fusion) on this machine.\n",
+          "Plots: `compare_*.png` (per altitude), `trained/<year>/track_<alt>m.png` (track over the map), "
+          "`trained/<year>/error_<alt>m.png` (error along the flight).\n"]
+    atomic_write_text(report_dir / "report.md", "\n".join(md))
+    return table
+
+
+def format_table(rows: list[dict]) -> str:
+    def f(v, w, nd=1):
+        return f"{v:{w}.{nd}f}" if v is not None else f"{'-':>{w}}"
+
+    head = (f"{'altitude':>8} | {'model':<8} | {'R@1 %':>6} {'R@5 %':>6} | {'err med':>7} {'err p95':>7} "
+            f"{'raw med':>7} m | {'fix %':>6} | {'fps':>6}")
+    lines = [head, "-" * len(head)]
+    for alt in sorted({r["altitude_m"] for r in rows}):
+        for r in (r for r in rows if r["altitude_m"] == alt):
+            lines.append(f"{str(alt) + ' m':>8} | {r['model']:<8} | {f(r['R@1'], 6)} {f(r['R@5'], 6)} | "
+                         f"{f(r['error_m_median'], 7, 0)} {f(r['error_m_p95'], 7, 0)} "
+                         f"{f(r['raw_error_m_median'], 7, 0)}   | {f(r['fix_rate'], 6)} | {f(r['fps'], 6)}")
+    return "\n".join(lines)
+
+
+def run(cfg: DemoConfig) -> dict:
+    """The whole demo; returns {"summaries": {model: {alt: summary}}, "report_dir": Path, "table": str}."""
+    from train.config import preset
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_dir = out / "report"
+    img_size = preset("demo").model.img_size
+    timings = {}
+
+    t = _stage("1/5 frozen baseline: tf_efficientnet_lite0 with offline ImageNet weights")
+    frozen_ckpt = make_frozen_checkpoint(out / "frozen" / "checkpoint.pt", img_size)
+    timings["frozen checkpoint"] = time.perf_counter() - t
+
+    years = "/".join(map(str, cfg.train_years))
+    t = _stage(f"2/5 training: hard-negative InfoNCE on NAIP {years} against the {cfg.reference_year} map")
+    trained_ckpt = train_model(cfg, out / "train")
+    timings["training"] = time.perf_counter() - t
+    t = time.perf_counter()
+    # the trainer evaluated the trained model at its end (train/eval.json); the frozen one gets the same
+    # evaluation, same config and seed, hence the very same queries
+    evals = {"frozen": held_out_eval(cfg, frozen_ckpt, out / "frozen" / "eval.json"),
+             "trained": held_out_eval(cfg, trained_ckpt, out / "train" / "eval.json")}
+    timings["held-out evaluation"] = time.perf_counter() - t
+
+    alts = "/".join(map(str, cfg.altitudes_m))
+    t = _stage(f"3/5 export (ONNX FP32 + INT8 with accuracy gate) and tile databases for {alts} m")
+    frozen_bundle, frozen_db = export_and_index(cfg, frozen_ckpt, out / "frozen", int8=False)
+    trained_bundle, trained_db = export_and_index(cfg, trained_ckpt, out / "trained", int8=True)
+    timings["export + tile databases"] = time.perf_counter() - t
+
+    flights = "/".join(map(str, cfg.flight_years))
+    t = _stage(f"4/5 replay of flights rendered from {flights} through the runtime")
+    res_frozen = replay(cfg, frozen_bundle, frozen_db, report_dir / "frozen", "fp32", plots=False)
+    res_trained = replay(cfg, trained_bundle, trained_db, report_dir / "trained", "int8", plots=True)
+    timings["replay"] = time.perf_counter() - t
+
+    _stage("5/5 report")
+    summaries = {"frozen": pooled_by_altitude(res_frozen, cfg.altitudes_m),
+                 "trained": pooled_by_altitude(res_trained, cfg.altitudes_m)}
+    engines = {"frozen": next(iter(res_frozen.values()))["engine"],
+               "trained": next(iter(res_trained.values()))["engine"]}
+    table = report(cfg, summaries, report_dir, timings, engines, evals)
+    return {"summaries": summaries, "report_dir": report_dir, "table": table, "timings": timings,
+            "evals": evals}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    ap.add_argument("--quick", action="store_true", help="a reduced run (about a tenth of the work)")
+    ap.add_argument("--fresh", action="store_true", help="delete the output folder first")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="training override, e.g. --set optim.max_steps=100 (see python -m train --help)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("runtime.replay", "export", "train"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    cfg.train_overrides = list(cfg.train_overrides) + args.set
+    if args.fresh and Path(args.out).exists():
+        shutil.rmtree(args.out)
+    t0 = time.perf_counter()
+    result = run(cfg)
+    print()
+    print(result["table"])
+    print()
+    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min; report: {result['report_dir'].resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
