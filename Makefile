@@ -25,6 +25,7 @@ demo: install
 	$(PY) -m tools.demo $(DEMO_ARGS)
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-all: install
