@@ -20,28 +20,12 @@ import pytest
 from runtime.autopilot import AutopilotAltitude, readings_from_message
 from runtime.config import ServiceConfig
 from tests.bundles import flight_crops, tiny_assets, write_flight_video
+from tests.loopback import free_port as _free_port
+from tests.loopback import wait_for as _wait_for
 
 mavutil = pytest.importorskip("pymavlink.mavutil")
 MAV = mavutil.mavlink
 DOWN, FORWARD = MAV.MAV_SENSOR_ROTATION_PITCH_270, MAV.MAV_SENSOR_ROTATION_NONE
-
-
-def _free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(pred, timeout=5.0, every=None):
-    """Poll ``pred`` (calling ``every`` between polls) until it is truthy; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        if every:
-            every()
-        time.sleep(0.02)
 
 
 def _gpi(conn, relative_alt_mm: int) -> None:

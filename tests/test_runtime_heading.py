@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import subprocess
 import sys
 import threading
@@ -20,29 +19,14 @@ from runtime.autopilot import AutopilotReader, headings_from_message
 from runtime.config import ServiceConfig
 from runtime.preprocess import north_up
 from tests.bundles import tiny_assets
+from tests.loopback import free_port as _free_port
+from tests.loopback import wait_for as _wait_for
 
 mavutil = pytest.importorskip("pymavlink.mavutil")
 MAV = mavutil.mavlink
 
 ALT_M = 277.0  # 60 deg HFOV: a 320 m footprint, the database's 64 px x 5 m tiles
 VIEW_PX = 96
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(pred, timeout=5.0, every=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        if every:
-            every()
-        time.sleep(0.02)
 
 
 def _views(raster_path, heading_deg: float, n: int = 3):

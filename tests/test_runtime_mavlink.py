@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import time
 
 import pytest
@@ -18,14 +17,9 @@ from runtime.outputs import (
     gps_week_ms,
 )
 from runtime.position import Fix
+from tests.loopback import free_port as _free_port
 
 mavutil = pytest.importorskip("pymavlink.mavutil")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _receive(listener, n, timeout=5.0):

@@ -18,12 +18,7 @@ import pytest
 from runtime.config import build_config, load_config_file
 from runtime.service import FrameSlot
 from tests.bundles import tiny_assets, write_flight_video
-
-
-def _free_port(kind=socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.loopback import free_port as _free_port
 
 
 def test_frame_slot_newest_wins_and_blocking_mode():

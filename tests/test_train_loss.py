@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.loopback import free_port as _free_port
 from train.loss import InfoNCELoss, info_nce
 
 
@@ -36,12 +37,6 @@ def test_info_nce_matches_a_hand_computed_case():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="same shape"):
         info_nce(torch.zeros(2, 4), torch.zeros(3, 4), torch.tensor(1.0))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, q, r, out):
@@ -72,7 +67,7 @@ def test_gathered_loss_over_two_processes_equals_single_process_loss():
 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = _free_port(socket.SOCK_STREAM)  # gloo's rendezvous is TCP
     procs = [ctx.Process(target=_worker, args=(rank, 2, port, q, r, out)) for rank in range(2)]
     for p in procs:
         p.start()
