@@ -51,6 +51,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="search only tiles within this radius of the last trusted fix")
     p.add_argument("--max-speed-mps", dest="max_speed_mps", type=float)
     p.add_argument("--min-confidence", dest="min_confidence", type=float)
+    p.add_argument("--acquire-frames", dest="acquire_frames", type=int,
+                   help="consistent fixes needed before positions are trusted (default 3)")
     p.add_argument("--loop", action="store_true", default=None, help="restart a video file at its end")
     p.add_argument("--drop-frames", dest="drop_frames", action=argparse.BooleanOptionalAction, default=None,
                    help="newest frame wins (default: on for live sources, off for files)")

@@ -41,6 +41,7 @@ class ServiceConfig:
     search_radius_m: float | None = None  # search only around the last trusted fix
     max_speed_mps: float = 30.0
     min_confidence: float = 0.3
+    acquire_frames: int = 3  # consecutive consistent fixes before a track starts (or restarts after a jump)
     margin_scale: float = 0.05
     loop: bool = False  # restart a video file at its end
     drop_frames: bool | None = None  # newest frame wins; default: true for live sources, false for files

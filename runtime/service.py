@@ -101,7 +101,8 @@ class Service:
                                else None, "age_s": None}
         self._logged_layer_source: tuple | None = None  # what the last layer log line said
         self.searcher = Searcher(self.db)
-        self.filter = PositionFilter(max_speed_mps=cfg.max_speed_mps, min_confidence=cfg.min_confidence)
+        self.filter = PositionFilter(max_speed_mps=cfg.max_speed_mps, min_confidence=cfg.min_confidence,
+                                     acquire_frames=cfg.acquire_frames, reacquire_frames=cfg.acquire_frames)
         self.health = Health()
         self.source_stats = SourceStats()
         if source is None:
