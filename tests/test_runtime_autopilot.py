@@ -290,6 +290,9 @@ def test_serve_picks_and_switches_the_layer_from_the_autopilot_then_no_altitude(
                 health = json.loads(r.read())["info"]["altitude"]
             fc.alt_mm = None
             assert _wait_for(lambda: sum(f["layer"] is None for f in fixes()) >= 3, timeout=10)
+            # the autopilot heartbeats once a second; the service asks for the streams when it sees one,
+            # which a fast run may not have reached yet: wait for the requests before stopping it
+            _wait_for(lambda: len({int(c.param1) for c in fc.types("COMMAND_LONG")}) >= 4, timeout=5)
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(20)
             stderr = proc.stderr.read()
