@@ -17,18 +17,6 @@ _log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _rgb_uint8(bands: np.ndarray) -> np.ndarray:
-    """rasterio (bands, H, W) -> RGB uint8 (H, W, 3); grey is repeated, 16-bit/float scaled to 0..255."""
-    if bands.shape[0] == 1:
-        bands = np.repeat(bands, 3, axis=0)
-    rgb = np.moveaxis(bands[:3], 0, -1)
-    if rgb.dtype != np.uint8:
-        rgb = rgb.astype(np.float32)
-        lo, hi = np.percentile(rgb, (1, 99))
-        rgb = np.clip((rgb - lo) / max(hi - lo, 1e-6) * 255.0, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
-
-
 def grid_windows(width: int, height: int, crop_px: int, n_max: int | None = None) -> list[tuple[int, int]]:
     """Top-left corners (col, row) of non-overlapping ``crop_px`` squares covering a raster, row-major.
 
@@ -44,12 +32,12 @@ def grid_windows(width: int, height: int, crop_px: int, n_max: int | None = None
 
 
 def read_crops(tif: str | os.PathLike, corners: list[tuple[int, int]], crop_px: int) -> list[np.ndarray]:
-    """RGB uint8 crops of ``crop_px`` at pixel corners (col, row) of a GeoTIFF, read window by window."""
-    import rasterio
-    from rasterio.windows import Window
+    """RGB uint8 crops of ``crop_px`` at pixel corners (col, row) of a GeoTIFF, read window by window
+    (colour bands, alpha/nodata and 8-bit scaling as :mod:`tiles.raster` does them everywhere)."""
+    from tiles.raster import open_raster
 
-    with rasterio.open(tif) as src:
-        return [_rgb_uint8(src.read(window=Window(c, r, crop_px, crop_px))) for c, r in corners]
+    with open_raster(tif) as r:
+        return [r.read_pixels(c, row, crop_px, crop_px)[0] for c, row in corners]
 
 
 def raster_grid_crops(tif: str | os.PathLike, crop_px: int, n_max: int | None = None) -> list[np.ndarray]:

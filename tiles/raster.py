@@ -266,6 +266,14 @@ class GeoRaster:
         _, valid = self._read_decimated(_STATS_MAX_SIDE, scale=False)
         return float(valid.mean())
 
+    def read_pixels(self, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """A pixel window at native resolution as RGB uint8 (h, w, 3) and validity uint8 (h, w), with this
+        raster's colour bands, alpha/nodata and 8-bit scaling."""
+        from rasterio.windows import Window
+
+        data, valid = self._read(Window(col_off, row_off, width, height))
+        return self._to_uint8(data), valid
+
     def sample_quad(self, ground_xy, out_wh: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Warp the ground quadrilateral ``ground_xy`` (4 metric points: the output image's top-left,
         top-right, bottom-right, bottom-left corners) into an image of ``out_wh`` = (width, height).
