@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.sources import IMAGE_SUFFIXES
+
 _log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def grid_windows(width: int, height: int, crop_px: int, n_max: int | None = None) -> list[tuple[int, int]]:

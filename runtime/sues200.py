@@ -33,6 +33,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .sources import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 ALTITUDES = (150, 200, 250, 300)
@@ -40,7 +42,6 @@ ARCHIVE_DIR = "SUES-200-512x512"
 RAW_DRONE = "drone_view_512"
 RAW_SATELLITE = "satellite-view"
 FRAMES_PER_FLIGHT = 50
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 PROTOCOLS = ("official", "query_only")
 DIRECTIONS = ("drone2sat", "sat2drone")
 

@@ -25,10 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from runtime.preprocess import Preprocess, bgr_to_rgb, north_up
+from runtime.sources import IMAGE_SUFFIXES
 
 _logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
