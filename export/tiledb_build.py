@@ -199,7 +199,7 @@ def gallery_classes(folder) -> list[tuple[str, list[Path]]]:
     """(label, image files) per class folder: SUES-200 ``satellite-view/<loc>/0.png`` (``folder`` may be the
     archive folder ``SUES-200-512x512`` or its parent, as tools/make_sues200 writes it), University-1652
     ``gallery_satellite/<class>/*``, or any folder of class folders."""
-    from runtime.sues200 import ARCHIVE_DIR, RAW_SATELLITE
+    from runtime.replay.sues200_layout import ARCHIVE_DIR, RAW_SATELLITE
 
     from .images import IMAGE_SUFFIXES
 

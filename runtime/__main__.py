@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     replay_mod = None
     wants_replay = "replay" in (argv if argv is not None else sys.argv[1:])
     if wants_replay:
-        from . import replay as replay_mod  # the replay engineer's module; serve works without it
+        from .replay import cli as replay_mod  # the replay engineer's module; serve works without it
 
         replay_mod.add_replay_arguments(replay_parser)
     args = parser.parse_args(argv)

@@ -40,6 +40,14 @@ class Fix:
     scores: list[float] = field(default_factory=list)
     reason: str = ""  # why not trusted ("low confidence", "jump 2400 m in 1.0 s", "no geometry", ...)
     label: str = ""  # label of the top match (the class id for databases without geometry)
+    # Filled by the sequential localiser (map filter) and registration; NaN where unknown.
+    vel_n_mps: float = math.nan  # velocity over ground, north (m/s)
+    vel_e_mps: float = math.nan  # velocity over ground, east (m/s)
+    speed_accuracy_mps: float = math.nan  # 1-sigma of the horizontal speed
+    cov_xy: tuple[float, float, float] | None = None  # (var_x, var_y, cov_xy) in m^2, database CRS (x east, y north)
+    r95_m: float = math.nan  # radius holding the true position with 95 % probability (m)
+    yaw_deg: float = math.nan  # compass heading of the image top measured from the imagery (registration)
+    capture_time_unix: float | None = None  # when the frame was captured (UTC unix seconds), if known
 
     @property
     def has_position(self) -> bool:
@@ -52,7 +60,9 @@ class Fix:
         return {"t": self.t, "x": num(self.x, 2), "y": num(self.y, 2), "lat": num(self.lat, 8),
                 "lon": num(self.lon, 8), "confidence": round(float(self.confidence), 4),
                 "accuracy_m": num(self.accuracy_m, 1), "trusted": bool(self.trusted), "reason": self.reason,
-                "label": self.label}
+                "label": self.label, "vel_n_mps": num(self.vel_n_mps, 3), "vel_e_mps": num(self.vel_e_mps, 3),
+                "speed_accuracy_mps": num(self.speed_accuracy_mps, 3), "r95_m": num(self.r95_m, 1),
+                "yaw_deg": num(self.yaw_deg, 2)}
 
 
 def estimate_fix(

@@ -1,11 +1,17 @@
-"""runtime.metrics against cases computed by hand."""
+"""runtime.replay.metrics against cases computed by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from runtime.metrics import MetricsError, cosine_similarity, one_percent_k, per_query, retrieval_metrics
+from runtime.replay.metrics import (
+    MetricsError,
+    cosine_similarity,
+    one_percent_k,
+    per_query,
+    retrieval_metrics,
+)
 
 
 def test_single_positive_ranks_hand_computed():

@@ -1,7 +1,7 @@
 """Replay end to end on real NAIP imagery with a real exported model (timm test_efficientnet via ONNX).
 
 SUES-200 replay on a dataset generated in the real layout by tools/make_sues200.py: the metrics must equal
-a direct computation with runtime.metrics on embeddings computed independently. GeoTIFF replay: a flight
+a direct computation with runtime.replay.metrics on embeddings computed independently. GeoTIFF replay: a flight
 through the onboard chain (engine, Searcher, estimate_fix, PositionFilter) writing JSON, CSV and PNG.
 """
 
@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.metrics import retrieval_metrics
-from runtime.sues200 import SUES200
+from runtime.replay.metrics import retrieval_metrics
+from runtime.replay.sues200_layout import SUES200
 from tools.make_sues200 import make_sues200
 
 ALTS = (150, 300)
@@ -44,7 +44,7 @@ def _read(p):
 
 
 def test_sues200_replay_equals_direct_computation(sues, engine, tmp_path):
-    from runtime.replay import replay_sues200, sues200_table
+    from runtime.replay.sues200 import replay_sues200, sues200_table
 
     res = replay_sues200(sues, engine, out_dir=tmp_path, directions=("drone2sat", "sat2drone"),
                          latency_frames=3, batch_size=5)
@@ -94,7 +94,7 @@ def test_sues200_replay_equals_direct_computation(sues, engine, tmp_path):
 
 def test_split_layout_and_database_gallery_agree(sues, engine, tmp_path):
     from export.tiledb_build import build_gallery_database
-    from runtime.replay import replay_sues200
+    from runtime.replay.sues200 import replay_sues200
     from tiles.db import TileDatabase
 
     raw = replay_sues200(sues, engine, altitudes=(150,), latency_frames=0)
@@ -143,7 +143,7 @@ def _map_db(engine, raster, out, altitudes, stride_frac):
 
 
 def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
-    from runtime.replay import geotiff_table, replay_geotiff
+    from runtime.replay.geotiff import geotiff_table, replay_geotiff
 
     db = _map_db(engine, naip_paths[2018], tmp_path / "tiledb", (200, 300), 1.0)
     out = tmp_path / "out"
@@ -178,8 +178,8 @@ def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
 
 def test_flight_over_the_map_itself_is_localised(engine, naip_paths, tmp_path):
     """Frames rendered nadir, north-up, at tile centres of the reference map match their own tile."""
-    from runtime.flights import GeoTiffFlight
-    from runtime.replay import replay_flight, summarize_flight
+    from runtime.replay.flights import GeoTiffFlight
+    from runtime.replay.geotiff import replay_flight, summarize_flight
     from tiles.db import TileDatabase
 
     alt, fp_frac = 250, 0.5
@@ -201,7 +201,7 @@ def test_flight_over_the_map_itself_is_localised(engine, naip_paths, tmp_path):
 
 
 def test_database_of_another_model_is_refused(engine, naip_paths, tmp_path):
-    from runtime.replay import replay_geotiff
+    from runtime.replay.geotiff import replay_geotiff
     from tiles.db import DatabaseMismatchError, empty_entries, write_database
 
     e = empty_entries(2)

@@ -1,4 +1,4 @@
-"""runtime.flights: paths, GeoTIFF-rendered flights with ground truth, SUES-200 flights; import hygiene."""
+"""runtime.replay.flights: paths, GeoTIFF-rendered flights with ground truth, SUES-200 flights; import hygiene."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.flights import GeoTiffFlight, SUES200Flight, curve_waypoints, lawnmower_waypoints, sample_path
+from runtime.replay.flights import (
+    GeoTiffFlight,
+    SUES200Flight,
+    curve_waypoints,
+    lawnmower_waypoints,
+    sample_path,
+)
 
 
 def test_sample_path_spacing_and_heading():
@@ -78,7 +84,7 @@ def test_replay_modules_import_without_torch_rasterio_matplotlib():
         "        if name.split('.')[0] in ('torch', 'timm', 'rasterio', 'matplotlib'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import runtime.metrics, runtime.sues200, runtime.flights, runtime.replay, runtime.plots\n"
+        "import runtime.replay.metrics, runtime.replay.sues200_layout, runtime.replay.flights, runtime.replay, runtime.replay.plots\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

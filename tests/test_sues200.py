@@ -1,4 +1,4 @@
-"""runtime.sues200 on small generated trees in both real layouts."""
+"""runtime.replay.sues200_layout on small generated trees in both real layouts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.sues200 import (
+from runtime.replay.sues200_layout import (
     ALL_IDS,
     ALTITUDES,
     SUES200,

@@ -18,7 +18,7 @@ PRE = Preprocess(input_size=(32, 32))
 
 @pytest.mark.parametrize("layout", ["raw", "split"])
 def test_sues200_pairs_read_the_official_training_locations(tmp_path, layout):
-    from runtime.sues200 import TRAIN_IDS
+    from runtime.replay.sues200_layout import TRAIN_IDS
 
     root = make_raw(tmp_path) if layout == "raw" else make_split(tmp_path)
     train_locs = [loc for loc in LOCS if loc in TRAIN_IDS]

@@ -150,7 +150,7 @@ def export_and_index(cfg: DemoConfig, ckpt: Path, work: Path, int8: bool) -> tup
 
 def replay(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str, plots: bool) -> dict:
     """Replay the flight years through the runtime; return {year: results} (cached as JSON)."""
-    from runtime.replay import replay_geotiff
+    from runtime.replay.geotiff import replay_geotiff
     from train.config import preset
 
     hfov = preset("demo").data.hfov_deg
@@ -171,7 +171,7 @@ def replay(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str, p
 
 def pooled_by_altitude(results: dict, altitudes) -> dict:
     """Per altitude, the frames of every flight year pooled into one summary."""
-    from runtime.replay import summarize_flight
+    from runtime.replay.geotiff import summarize_flight
 
     out = {}
     for alt in altitudes:
@@ -196,7 +196,7 @@ def eval_table(evals: dict) -> str:
 def report(cfg: DemoConfig, summaries: dict, report_dir: Path, timings: dict, engines: dict,
            evals: dict | None = None) -> str:
     """Write summary JSON/CSV, the comparison plots and report.md; return the printed table."""
-    from runtime.plots import plot_altitude_bars
+    from runtime.replay.plots import plot_altitude_bars
     from tiles.io import atomic_write_json, atomic_write_text
 
     rows = []

@@ -1,6 +1,6 @@
 """Training pairs (drone view, satellite view, location) read from the real on-disk layouts.
 
-- :class:`SUES200Pairs`: SUES-200 in the raw archive or split layout (through :mod:`runtime.sues200`),
+- :class:`SUES200Pairs`: SUES-200 in the raw archive or split layout (through :mod:`runtime.replay.sues200_layout`),
   one altitude or several, the official 120 training locations.
 - :class:`University1652Pairs`: ``train/drone/<class>/*`` with ``train/satellite/<class>/*``.
 - :class:`GeoTiffPairs`: drone-like views rendered (:func:`tiles.views.render_view`) from one or more
@@ -88,7 +88,7 @@ class SUES200Pairs(PairDataset):
 
     def __init__(self, root, preprocess: Preprocess, altitudes=None, augment=None):
         super().__init__(preprocess, augment)
-        from runtime.sues200 import SUES200
+        from runtime.replay.sues200_layout import SUES200
 
         self.data = SUES200(root)
         pairs = self.data.train_pairs(altitudes)

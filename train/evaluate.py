@@ -1,4 +1,4 @@
-"""Evaluation the papers' way (metrics from :mod:`runtime.metrics`, the project's one definition).
+"""Evaluation the papers' way (metrics from :mod:`runtime.replay.metrics`, the project's one definition).
 
 - :func:`evaluate_sues200`: per altitude, drone->satellite and satellite->drone, both protocols
   (``official``: every location in the gallery; ``query_only``: only test locations), labelled.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.metrics import retrieval_metrics
 from runtime.preprocess import north_up
+from runtime.replay.metrics import retrieval_metrics
 
 _logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def embed_images(model, images, batch_size: int = 64, device="cpu") -> np.ndarra
 def evaluate_sues200(model, root, altitudes=None, protocols=("official", "query_only"),
                      directions=("drone2sat", "sat2drone"), batch_size: int = 64, device="cpu") -> dict:
     """``{"drone2sat@150m[official]": {"R@1": ..., ...}, ...}`` (percent)."""
-    from runtime.sues200 import SUES200
+    from runtime.replay.sues200_layout import SUES200
 
     data = SUES200(root)
     alts = data.altitudes if altitudes is None else [int(a) for a in altitudes]

@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sources import IMAGE_SUFFIXES
+from ..sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
