@@ -1,63 +1,101 @@
 """The service's settings: one dataclass, read from a JSON or TOML file and overridden by the command line.
 
-A config file holds any of the fields of :class:`ServiceConfig` at its top level (or under ``[serve]``
-in TOML); an unknown key is an error that lists the known ones.
+:class:`ServiceConfig` is the :class:`~runtime.localizer.LocalizerConfig` (the knobs of the flight chain,
+shared with ``python -m runtime replay``) plus what only the service has: the bundle, database and frame
+source, where altitude and heading come from, the engine, the outputs. A config file holds any of its
+fields at its top level (or under ``[serve]`` in TOML): the key is the command-line option without its
+leading ``--``, with ``_`` or ``-`` (``--altitude-m 150`` is ``altitude_m = 150``). An unknown key is an
+error that lists the known ones.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from tiles.cli import UserError
+
+from .localizer import LocalizerConfig
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
-class ServiceConfig:
-    bundle: str = ""
-    db: str = ""
-    source: str = ""
-    altitude_m: float | None = None  # selects the database layer; None: the only layer
-    altitude_from: str | None = None  # MAVLink address of the autopilot to read the altitude from (wins when fresh)
-    altitude_from_baud: int | None = None  # serial baud for altitude_from (default: mavlink_baud)
-    altitude_stale_s: float = 2.0  # autopilot altitude older than this is not used
-    altitude_request_hz: float = 5.0  # ask the autopilot to stream altitude messages at this rate (0: do not ask)
-    heading_deg: float | None = None  # fixed compass heading the image top faces (e.g. a gimbal locked north: 0)
-    heading_from: str | None = None  # MAVLink address to read the heading from (default: altitude_from)
-    camera_yaw_offset_deg: float = 0.0  # camera image top turned clockwise from the airframe's nose, degrees
-    derotate: bool = True  # turn frames north-up by the heading before embedding
-    precision: str = "auto"
-    backend: str = "auto"
-    providers: list[str] | None = None
-    threads: int | None = None  # ONNX Runtime intra-op threads
-    spin: bool = False  # ONNX Runtime idle threads spin (lower latency alone, steals CPU from capture/search)
-    jsonl: str | None = None  # path or '-'
-    udp_json: str | None = None  # HOST:PORT
-    mavlink: str | None = None  # udpout:127.0.0.1:14550, /dev/ttyTHS1, ...
-    mavlink_baud: int = 57600
-    satellites_visible: int = 10
-    health_port: int | None = None
-    health_log_s: float = 10.0
-    top_k: int = 5
-    search_radius_m: float | None = None  # search only around the last trusted fix
-    max_speed_mps: float = 30.0
-    min_confidence: float = 0.3
-    acquire_frames: int = 3  # consecutive consistent fixes before a track starts (or restarts after a jump)
-    margin_scale: float = 0.05
-    loop: bool = False  # restart a video file at its end
-    drop_frames: bool | None = None  # newest frame wins; default: true for live sources, false for files
-    max_frames: int | None = None  # stop after this many processed frames
-    backoff_max_s: float = 8.0
-    read_timeout_s: float = 3.0
+class ServiceConfig(LocalizerConfig):
+    bundle: str = _opt("", "model bundle folder (python -m export)")
+    db: str = _opt("", "tile database folder")
+    source: str = _opt("", "camera index, video file, rtsp://, udp://, GStreamer pipeline, or image folder")
+    altitude_m: float | None = _opt(None, "flight height above ground in metres: picks the layer; the fallback "
+                                          "while --altitude-from is stale", aliases=("--altitude",))
+    altitude_from: str | None = _opt(None, "read the height above ground from the autopilot: udpin:0.0.0.0:14551, "
+                                           "udpout:HOST:PORT, tcp:HOST:PORT or a serial device (the same address "
+                                           "as --mavlink shares that connection)", metavar="MAVLINK_URL")
+    altitude_from_baud: int | None = _opt(None, "serial baud for --altitude-from (default: --mavlink-baud)")
+    altitude_stale_s: float = _opt(2.0, "autopilot altitude or heading older than this is not used")
+    altitude_request_hz: float = _opt(5.0, "ask the autopilot to stream its altitude/attitude messages at this "
+                                           "rate (0: do not ask)")
+    heading_deg: float | None = _opt(None, "fixed compass heading (degrees clockwise from north) the image top "
+                                           "faces, e.g. 0 for a gimbal locked north; the fallback while the "
+                                           "autopilot's heading is stale", aliases=("--heading",), metavar="DEG")
+    heading_from: str | None = _opt(None, "read the heading (ATTITUDE yaw) from the autopilot at this address "
+                                          "(default: the --altitude-from link)", metavar="MAVLINK_URL")
+    camera_yaw_offset_deg: float = _opt(0.0, "camera image top turned clockwise from the airframe's nose, degrees")
+    precision: str = _opt("auto", "engine precision", choices=("auto", "fp32", "fp16", "int8"))
+    backend: str = _opt("auto", "engine backend", choices=("auto", "onnxruntime", "tensorrt"))
+    providers: list[str] | None = _opt(None, "ONNX Runtime providers, e.g. CUDAExecutionProvider")
+    threads: int | None = _opt(None, "ONNX Runtime intra-op threads")
+    spin: bool = _opt(False, "ONNX Runtime idle threads spin (lower latency alone, steals CPU from capture)")
+    jsonl: str | None = _opt(None, "write JSON lines to PATH (its folder is created), or '-' for stdout")
+    udp_json: str | None = _opt(None, "send JSON datagrams to HOST:PORT")
+    mavlink: str | None = _opt(None, "GPS_INPUT to udpout:HOST:PORT, udpin:HOST:PORT or a serial device")
+    mavlink_baud: int = _opt(57600, "serial baud for --mavlink")
+    satellites_visible: int = _opt(10, "satellites_visible sent in GPS_INPUT")
+    health_port: int | None = _opt(None, "serve health on 127.0.0.1:PORT/health")
+    health_log_s: float = _opt(10.0, "seconds between health log lines")
+    loop: bool = _opt(False, "restart a video file or folder at its end")
+    drop_frames: bool | None = _opt(None, "newest frame wins (default: on for live sources, off for files)")
+    max_frames: int | None = _opt(None, "stop after N processed frames")
+    backoff_max_s: float = _opt(8.0, "longest wait between attempts to reopen a dropped camera")
+    read_timeout_s: float = _opt(3.0, "a camera silent this long is reopened")
+
+    def __post_init__(self):
+        super().__post_init__()
+        import math
+
+        def bad(name, why):
+            raise ConfigError(f"{name.replace('_', '-')}={getattr(self, name)!r}: {why}")
+
+        for name in ("altitude_m", "heading_deg", "camera_yaw_offset_deg", "altitude_stale_s", "health_log_s"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                bad(name, "must be a finite number")
+        if self.altitude_m is not None and self.altitude_m <= 0:
+            bad("altitude_m", "the height above ground must be > 0 metres")
+        if self.max_frames is not None and self.max_frames < 1:
+            bad("max_frames", "must be >= 1")
+        if self.health_port is not None and not 0 <= self.health_port <= 65535:
+            bad("health_port", "must be a TCP port (0-65535; 0 picks a free one)")
+
+    def localizer_config(self) -> LocalizerConfig:
+        names = {f.name for f in fields(LocalizerConfig)}
+        return LocalizerConfig(**{k: v for k, v in asdict(self).items() if k in names})
 
 
 FIELD_NAMES = tuple(f.name for f in fields(ServiceConfig))
+
+
+class ConfigError(UserError, ValueError):
+    pass
 
 
 def load_config_file(path) -> dict:
     """The settings of a .json or .toml file as a dict (validated names)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist")
     if path.suffix.lower() == ".toml":
         try:
             import tomllib
@@ -68,11 +106,11 @@ def load_config_file(path) -> dict:
     elif path.suffix.lower() == ".json":
         data = json.loads(path.read_text())
     else:
-        raise ValueError(f"config file {path} must end in .json or .toml")
+        raise ConfigError(f"config file {path} must end in .json or .toml")
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
-        raise ValueError(f"{path}: unknown settings {unknown}; known: {', '.join(FIELD_NAMES)}")
+        raise ConfigError(f"{path}: unknown settings {unknown}; known: {', '.join(FIELD_NAMES)}")
     return data
 
 
@@ -83,9 +121,9 @@ def build_config(file_values: dict | None = None, overrides: dict | None = None)
     cfg = ServiceConfig(**values)
     missing = [n for n in ("bundle", "db", "source") if not getattr(cfg, n)]
     if missing:
-        raise ValueError(f"missing settings {missing}: give --{' --'.join(missing)} or put them in --config")
+        raise ConfigError(f"missing settings {missing}: give --{' --'.join(missing)} or put them in --config")
     return cfg
 
 
-def config_dict(cfg: ServiceConfig) -> dict:
+def config_dict(cfg) -> dict:
     return asdict(cfg)

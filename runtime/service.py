@@ -1,47 +1,39 @@
-"""The onboard service: camera -> engine -> nearest tiles -> fused position -> JSON lines / MAVLink.
+"""The onboard service: camera -> :class:`~runtime.localizer.Localizer` -> JSON lines / MAVLink / health.
 
 Three threads overlap the work:
 
     capture thread ──► FrameSlot (1 frame; the newest wins on live sources) ──► inference (caller's thread)
-        preprocess, engine, search, position fusion ──► output queue ──► output thread (JSON, UDP, MAVLink)
+        Localizer (north-up, engine, search, fix, filter) ──► output queue ──► output thread (JSON, MAVLink)
 
 The camera is never blocked by inference: on a live source a frame that arrives while the previous one
 is still waiting replaces it (counted as dropped). Files and folders are processed frame by frame unless
 ``drop_frames`` is set. :meth:`Service.stop` (wired to SIGINT/SIGTERM by ``python -m runtime serve``)
 ends capture, drains the queue, writes a final summary record and flushes and closes every output.
 
-The altitude layer of the database is chosen per frame from the current altitude: the autopilot's
-(``altitude_from``, :mod:`runtime.autopilot`) while it is fresh, else the given ``altitude_m``. A database
-with several layers and no altitude from either gives "no fix" (reason ``no altitude``), never a layer
-picked at random. Each JSON line records the altitude used, its source and age, and the layer.
-
-Map tiles are north-up; the camera faces wherever the drone (or gimbal) points. Before the engine, each
-frame is turned north-up (:func:`runtime.preprocess.north_up`, timed as part of ``preprocess``) by the
-heading its image top faces: the autopilot's fresh heading (``heading_from``, which defaults to the
-``altitude_from`` link and then shares its reader) plus ``camera_yaw_offset_deg``, else the fixed
-``heading_deg``. With neither, the frame is embedded as it is (the fix is still attempted; the service
-warns and counts ``frames_no_heading``). ``derotate=False`` turns this off. Each JSON line records
-``heading_deg`` (the heading used, or null), ``heading_source`` and ``heading_age_s``.
+What the service adds to the Localizer is telemetry (:class:`runtime.telemetry.TelemetryPolicy`: the
+altitude picks the layer, the heading turns the frame north-up; from the autopilot while fresh, else the
+given values) and the I/O around it. Each JSON line records the altitude and heading used, their sources
+and ages, and the layer. A database with several layers and no altitude gives "no fix" (reason
+``no altitude``), an altitude far from every layer "no fix" too, never a match at the wrong scale.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from .config import ServiceConfig
 from .engine import check_engine_database, load_engine
 from .health import Health, HealthServer
+from .localizer import Localization, Localizer
 from .outputs import JsonLinesOutput, MavlinkGpsOutput, UdpJsonOutput, fix_record
-from .position import Fix, PositionFilter, estimate_fix
-from .preprocess import north_up
-from .search import Matches, Searcher
 from .sources import SourceStats, open_source
+from .telemetry import TelemetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +79,8 @@ class FrameSlot:
 
 
 class Service:
+    """The onboard service: a frame source, the :class:`~runtime.localizer.Localizer`, outputs, health."""
+
     def __init__(self, cfg: ServiceConfig, *, source=None, engine=None, db=None):
         from tiles.db import TileDatabase
 
@@ -96,218 +90,78 @@ class Service:
                                             providers=cfg.providers, threads=cfg.threads, spin=cfg.spin)
         self.db = db or TileDatabase.open(cfg.db)
         check_engine_database(self.engine, self.db)  # DatabaseMismatchError names the differing fields
-        self.layer = self._initial_layer()
-        self.altitude: dict = {"altitude_m": cfg.altitude_m, "source": "given" if cfg.altitude_m is not None
-                               else None, "age_s": None}
-        self._logged_layer_source: tuple | None = None  # what the last layer log line said
-        self.searcher = Searcher(self.db)
-        self.filter = PositionFilter(max_speed_mps=cfg.max_speed_mps, min_confidence=cfg.min_confidence,
-                                     acquire_frames=cfg.acquire_frames, reacquire_frames=cfg.acquire_frames)
+        self._check_layers()
+        self.localizer = Localizer(self.engine, self.db, cfg.localizer_config())
         self.health = Health()
         self.source_stats = SourceStats()
-        if source is None:
-            source = open_source(cfg.source, stop=self._stop, stats=self.source_stats, loop=cfg.loop,
-                                 backoff_s=(0.5, cfg.backoff_max_s), read_timeout_s=cfg.read_timeout_s)
-        else:
-            if hasattr(source, "stop"):
-                source.stop = self._stop
-            if hasattr(source, "stats"):
-                self.source_stats = source.stats
-        self.source = source
-        live = bool(getattr(source, "live", False))
-        self.drop_frames = live if cfg.drop_frames is None else bool(cfg.drop_frames)
-        self.outputs = []
-        if cfg.jsonl:
-            self.outputs.append(JsonLinesOutput(cfg.jsonl))
-        if cfg.udp_json:
-            self.outputs.append(UdpJsonOutput(cfg.udp_json))
-        if cfg.mavlink:
-            self.outputs.append(MavlinkGpsOutput(cfg.mavlink, baud=cfg.mavlink_baud,
-                                                 satellites_visible=cfg.satellites_visible))
-        for name in ("heading_deg", "camera_yaw_offset_deg"):
-            v = getattr(cfg, name)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number of degrees, got {v!r}")
-        self.autopilot = self._open_reader(cfg.altitude_from) if cfg.altitude_from else None  # the altitude's
-        self.heading_reader = self._open_heading_reader()
-        self.heading: dict = {"heading_deg": None, "source": None, "age_s": None}
-        self._logged_heading_source: object = ()  # what the last heading log line said (() = nothing yet)
-        self.health_server = HealthServer(self.health, cfg.health_port) if cfg.health_port is not None else None
+        self.source = self._open_source(source)
+        self.drop_frames = bool(getattr(self.source, "live", False)) if cfg.drop_frames is None else cfg.drop_frames
+        self.outputs = self._open_outputs()
+        self.telemetry = TelemetryPolicy(cfg, link_for=self._mavlink_output_for)
+        self.health_server = self._open_health_server()
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
+        self.last: Localization | None = None
         self.processed = 0
+        self.capture_failed: str | None = None
+        self._stop_requested = False  # a stop (signal, max_frames) rather than the source's end
         self.t_first: float | None = None  # perf_counter at the first frame's start, the last frame's end
         self.t_last: float | None = None
 
-    # ---- altitude -----------------------------------------------------------------------------
-    def _initial_layer(self) -> int | None:
-        """The layer before the first frame; None when it is chosen per frame from the autopilot."""
-        cfg, n = self.cfg, len(self.db.layers)
-        if n > 1:
-            # fails now, not per frame, when no layer records its altitude
-            self.db.layer_for_altitude(cfg.altitude_m if cfg.altitude_m is not None else 0.0)
-        if cfg.altitude_m is not None or n == 1:
-            return self.db.layer_for_altitude(cfg.altitude_m)
-        if cfg.altitude_from:
+    # ---- setup --------------------------------------------------------------------------------
+    def _check_layers(self) -> None:
+        """A database with several layers needs an altitude from somewhere: refuse now, not per frame."""
+        cfg, layers = self.cfg, self.db.layers
+        if len(layers) > 1:
+            self.db.layer_for_altitude(cfg.altitude_m or 1.0)  # fails when no layer records its altitude
+            if cfg.altitude_m is None and not cfg.altitude_from:
+                alts = [lay.get("altitude_m") for lay in layers]
+                raise ValueError(f"the database {self.db.path} has {len(layers)} altitude layers {alts}: give "
+                                 "--altitude-m METRES or --altitude-from MAVLINK_URL (the autopilot's altitude)")
+
+    def _open_source(self, source):
+        cfg = self.cfg
+        if source is None:
+            return open_source(cfg.source, stop=self._stop, stats=self.source_stats, loop=cfg.loop,
+                               backoff_s=(0.5, cfg.backoff_max_s), read_timeout_s=cfg.read_timeout_s)
+        if hasattr(source, "stop"):
+            source.stop = self._stop
+        if hasattr(source, "stats"):
+            self.source_stats = source.stats
+        return source
+
+    def _open_outputs(self) -> list:
+        cfg, outs = self.cfg, []
+        if cfg.jsonl:
+            if cfg.jsonl != "-":
+                Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
+            outs.append(JsonLinesOutput(cfg.jsonl))
+        if cfg.udp_json:
+            outs.append(UdpJsonOutput(cfg.udp_json))
+        if cfg.mavlink:
+            outs.append(MavlinkGpsOutput(cfg.mavlink, baud=cfg.mavlink_baud, satellites_visible=cfg.satellites_visible))
+        return outs
+
+    def _mavlink_output_for(self, url: str):
+        """The GPS output's open link when it talks to ``url`` (one serial port cannot be opened twice)."""
+        return next((o for o in self.outputs if isinstance(o, MavlinkGpsOutput) and o.url == url), None)
+
+    def _open_health_server(self):
+        if self.cfg.health_port is None:
             return None
-        alts = [lay.get("altitude_m") for lay in self.db.layers]
-        raise ValueError(f"the database {self.db.path} has {n} altitude layers {alts}: give --altitude METRES "
-                         "or --altitude-from MAVLINK_URL (the autopilot's altitude) to choose one")
+        try:
+            return HealthServer(self.health, self.cfg.health_port)
+        except OSError as e:
+            raise ValueError(f"--health-port {self.cfg.health_port}: cannot listen there ({e.strerror or e}); "
+                             "pick a free port, or 0 for any") from e
 
-    def _open_reader(self, url: str):
-        """An autopilot reader on ``url``; on the --mavlink output's link when it is the same address."""
-        from .autopilot import AutopilotReader
+    @property
+    def autopilot(self):
+        """The autopilot reader the altitude comes from (None without --altitude-from)."""
+        return self.telemetry.altitude_reader
 
-        cfg = self.cfg
-        shared = next((o for o in self.outputs if isinstance(o, MavlinkGpsOutput) and o.url == url), None)
-        return AutopilotReader(url, baud=cfg.altitude_from_baud or cfg.mavlink_baud,
-                               stale_s=cfg.altitude_stale_s, request_hz=cfg.altitude_request_hz,
-                               conn=shared.conn if shared else None, send_lock=shared.lock if shared else None)
-
-    def _readers(self) -> list:
-        """The distinct autopilot readers (altitude and heading share one when their address is the same)."""
-        out = []
-        for r in (self.autopilot, self.heading_reader):
-            if r is not None and all(r is not o for o in out):
-                out.append(r)
-        return out
-
-    # ---- heading ------------------------------------------------------------------------------
-    def _open_heading_reader(self):
-        cfg = self.cfg
-        if not cfg.derotate:
-            if cfg.heading_from or cfg.heading_deg is not None:
-                logger.info("--no-derotate: the heading settings are not used")
-            return None
-        url = cfg.heading_from or cfg.altitude_from
-        if not url:
-            return None
-        if url == cfg.altitude_from and self.autopilot is not None:
-            return self.autopilot  # one reader, one link for both
-        return self._open_reader(url)
-
-    def current_heading(self) -> dict:
-        """{"heading_deg", "source", "age_s"}: the compass heading the image top faces. The autopilot's fresh
-        heading plus ``camera_yaw_offset_deg`` (source ``autopilot:<attitude|vfr_hud|global_position_int>``),
-        else the fixed ``heading_deg`` (``given``), else none (also when derotation is off)."""
-        from .autopilot import compass_deg
-
-        cfg = self.cfg
-        if not cfg.derotate:
-            return {"heading_deg": None, "source": None, "age_s": None}
-        if self.heading_reader is not None:
-            r = self.heading_reader.heading()
-            if r is not None:
-                return {"heading_deg": compass_deg(r.heading_deg + (cfg.camera_yaw_offset_deg or 0.0)),
-                        "source": f"autopilot:{r.source}", "age_s": r.age_s}
-        if cfg.heading_deg is not None:
-            return {"heading_deg": compass_deg(cfg.heading_deg), "source": "given", "age_s": None}
-        return {"heading_deg": None, "source": None, "age_s": None}
-
-    def _note_heading(self, hdg: dict) -> None:
-        """Log when the heading's source changes (a warning when there is none), count frames without one."""
-        if self.cfg.derotate and hdg["source"] is None:
-            self.health.count("frames_no_heading")
-        if hdg["source"] != self._logged_heading_source:
-            self._logged_heading_source = hdg["source"]
-            if hdg["source"] is not None:
-                logger.info("heading %.1f deg from %s: frames turned north-up", hdg["heading_deg"], hdg["source"])
-            elif self.cfg.derotate:
-                logger.warning("no heading (%s): frames are embedded as the camera saw them, not north-up like "
-                               "the tiles; give --heading DEG or --heading-from MAVLINK_URL",
-                               "autopilot silent or stale, no --heading" if self.heading_reader is not None
-                               else "no --heading, --heading-from or --altitude-from")
-        self.heading = hdg
-
-    def _sync_heading(self) -> None:
-        """Health's view of the heading (refreshed every loop turn)."""
-        h, cfg = self.heading, self.cfg
-        info = {"heading_deg": None if h["heading_deg"] is None else round(h["heading_deg"], 3),
-                "source": h["source"], "age_s": None if h["age_s"] is None else round(h["age_s"], 3),
-                "derotate": cfg.derotate, "given_deg": cfg.heading_deg,
-                "camera_yaw_offset_deg": cfg.camera_yaw_offset_deg}
-        if self.heading_reader is not None:
-            st = self.heading_reader.status()
-            info["autopilot"] = {"url": st["url"], "heading": st["heading"], "sources": st["heading_sources"]}
-        self.health.info = {**self.health.info, "heading": info}  # replaced, never mutated
-
-    def _heading_text(self) -> str:
-        h = self.heading
-        if not self.cfg.derotate:
-            return "heading not used (--no-derotate)"
-        if h["source"] is None:
-            n = self.health.snapshot()["counters"].get("frames_no_heading", 0)
-            return f"heading none ({n} frames not turned north-up)"
-        age = f", {h['age_s']:.1f} s old" if h["age_s"] is not None else ""
-        return f"heading {h['heading_deg']:.1f} deg ({h['source']}{age})"
-
-    def _heading_line(self) -> str:
-        """The self-check's line about the heading."""
-        cfg = self.cfg
-        if not cfg.derotate:
-            return "heading: not used (--no-derotate): frames are embedded as the camera saw them"
-        if self.heading_reader is not None:
-            r = self.heading_reader.heading()
-            offset = (f", camera yaw offset {cfg.camera_yaw_offset_deg:+g} deg" if cfg.camera_yaw_offset_deg
-                      else "")
-            now = (f"now {self.current_heading()['heading_deg']:.1f} deg from autopilot:{r.source} "
-                   f"({r.age_s:.1f} s old)" if r is not None else "no reading yet")
-            fallback = (f"{cfg.heading_deg:g} deg (--heading)" if cfg.heading_deg is not None
-                        else "none: frames not turned north-up while it is stale")
-            return (f"heading: {self.heading_reader.describe('heading')} (ATTITUDE yaw, else VFR_HUD, else "
-                    f"GLOBAL_POSITION_INT){offset}, {now}; fallback {fallback}")
-        if cfg.heading_deg is not None:
-            return f"heading: {cfg.heading_deg:g} deg given (--heading): every frame turned north-up by it"
-        return ("heading: none (no --heading, --heading-from or --altitude-from): frames are NOT turned north-up "
-                "although the tiles are; give --heading DEG or --heading-from MAVLINK_URL")
-
-    def current_altitude(self) -> dict:
-        """{"altitude_m", "source", "age_s"}: the autopilot's fresh reading, else the given altitude, else
-        none (source None). Sources: ``autopilot:<rangefinder|relative_alt|...>`` or ``given``."""
-        if self.autopilot is not None:
-            r = self.autopilot.current()
-            if r is not None:
-                return {"altitude_m": r.altitude_m, "source": f"autopilot:{r.source}", "age_s": r.age_s}
-        if self.cfg.altitude_m is not None:
-            return {"altitude_m": self.cfg.altitude_m, "source": "given", "age_s": None}
-        return {"altitude_m": None, "source": None, "age_s": None}
-
-    def _choose_layer(self, alt: dict) -> int | None:
-        if len(self.db.layers) == 1:
-            layer = 0
-        elif alt["altitude_m"] is None:
-            layer = None
-        else:
-            layer = self.db.layer_for_altitude(alt["altitude_m"])
-        if (layer, alt["source"]) != self._logged_layer_source:
-            self._logged_layer_source = (layer, alt["source"])
-            name = self.db.layers[layer]["name"] if layer is not None else None
-            if alt["source"]:
-                logger.info("altitude %.1f m from %s: layer %r", alt["altitude_m"], alt["source"], name)
-            elif layer is not None:
-                logger.info("no altitude: the database's only layer %r", name)
-            else:
-                logger.warning("no altitude (autopilot silent or stale, no --altitude): no fix on a database with "
-                               "%d layers until an altitude arrives", len(self.db.layers))
-        self.layer, self.altitude = layer, alt
-        return layer
-
-    def _sync_altitude(self) -> None:
-        """Health's view of the altitude (refreshed every loop turn, so its age moves without frames)."""
-        lay = self.db.layers[self.layer]["name"] if self.layer is not None else None
-        info = {"altitude_m": self.altitude["altitude_m"], "source": self.altitude["source"],
-                "age_s": None if self.altitude["age_s"] is None else round(self.altitude["age_s"], 3),
-                "layer": lay}
-        if self.autopilot is not None:
-            info["autopilot"] = self.autopilot.status()
-        self.health.info = {**self.health.info, "layer": lay, "altitude": info}  # replaced, never mutated
-
-    def _altitude_text(self) -> str:
-        a = self.altitude
-        if a["source"] is None:
-            return "altitude none (no fix on a multi-layer database)" if len(self.db.layers) > 1 else "altitude none"
-        age = f", {a['age_s']:.1f} s old" if a["age_s"] is not None else ""
-        lay = self.db.layers[self.layer]["name"] if self.layer is not None else None
-        return f"altitude {a['altitude_m']:.1f} m ({a['source']}{age}) layer {lay}"
+    @property
+    def heading_reader(self):
+        return self.telemetry.heading_reader
 
     # ---- control ------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -318,6 +172,9 @@ class Service:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def _layer_name(self, layer: int | None) -> str | None:
+        return self.db.layers[layer]["name"] if layer is not None else None
+
     def self_check(self) -> list[str]:
         """Run one blank frame through the engine and describe what the service uses."""
         h, w = self.engine.preprocess.input_size
@@ -326,39 +183,19 @@ class Service:
         warm_ms = (time.perf_counter() - t0) * 1000
         if emb.shape != (1, self.engine.embedding_dim) or not np.all(np.isfinite(emb)):
             raise RuntimeError(f"engine self-check failed: output {emb.shape}, finite={np.all(np.isfinite(emb))}")
-        if self._readers():  # give the link a moment so the check shows real readings
-            deadline = time.monotonic() + min(1.0, self.cfg.altitude_stale_s)
-            while time.monotonic() < deadline and (
-                    (self.autopilot is not None and self.autopilot.current() is None)
-                    or (self.heading_reader is not None and self.heading_reader.heading() is None)):
-                time.sleep(0.05)
-        alt = self.current_altitude()
-        self._choose_layer(alt)
-        if self.layer is not None:
-            lay = self.db.layers[self.layer]
-            layer_text = (f"layer {lay['name']!r} ({lay.get('count')} tiles, altitude {lay.get('altitude_m')} m)"
-                          + (" of " + ", ".join(f"{la.get('altitude_m')}" for la in self.db.layers) + " m"
-                             if len(self.db.layers) > 1 else ""))
-        else:
-            layer_text = (f"{len(self.db.layers)} layers ({', '.join(str(la.get('altitude_m')) for la in self.db.layers)}"
-                          " m), chosen per frame from the altitude")
-        if self.autopilot is not None:
-            r = self.autopilot.current()
-            now = (f"now {r.altitude_m:.1f} m from autopilot:{r.source} ({r.age_s:.1f} s old)" if r is not None
-                   else "no reading yet")
-            fallback = (f"{self.cfg.altitude_m:g} m (--altitude)" if self.cfg.altitude_m is not None
-                        else ("none: no fix while it is stale" if len(self.db.layers) > 1 else "the only layer"))
-            altitude_line = f"altitude: {self.autopilot.describe()}, {now}; fallback {fallback}"
-        elif self.cfg.altitude_m is not None:
-            altitude_line = f"altitude: {self.cfg.altitude_m:g} m given (--altitude)"
-        else:
-            altitude_line = "altitude: none given (the database has one layer)"
+        if self.telemetry.readers():
+            self.telemetry.wait_first(min(1.0, self.cfg.altitude_stale_s))
+        alts = ", ".join(str(la.get("altitude_m")) for la in self.db.layers)
+        alt = self.telemetry.altitude()
+        layer, why = self.localizer.choose_layer(alt.altitude_m if alt else None)
+        now = f"now layer {self._layer_name(layer)!r}" if layer is not None else f"now no layer ({why})"
         lines = [
             f"engine: {self.engine.name}, input {self.engine.input_dtype}/{self.engine.input_layout} {h}x{w}, "
             f"D={self.engine.embedding_dim}, model {self.engine.model_fingerprint} (first run {warm_ms:.0f} ms)",
-            f"database: {self.db.path}, {len(self.db)} tiles, {layer_text}, crs {self.db.crs}",
-            altitude_line,
-            self._heading_line(),
+            f"database: {self.db.path}, {len(self.db)} tiles, {len(self.db.layers)} layer(s) at {alts} m, {now}, "
+            f"crs {self.db.crs}",
+            self.telemetry.altitude_line(len(self.db.layers)),
+            self.telemetry.heading_line(),
             f"source: {self.source.describe() if hasattr(self.source, 'describe') else self.source!r}, "
             f"{'newest frame wins' if self.drop_frames else 'every frame processed'}",
             "outputs: " + (", ".join(o.describe() for o in self.outputs) or "none (give --jsonl/--mavlink)"),
@@ -366,9 +203,7 @@ class Service:
         if self.health_server is not None:
             lines.append(f"health: http://127.0.0.1:{self.health_server.port}/health")
         self.health.info = {"engine": self.engine.name, "database": str(self.db.path)}
-        self.heading = self.current_heading()
-        self._sync_altitude()
-        self._sync_heading()
+        self._sync_health()
         return lines
 
     # ---- threads ------------------------------------------------------------------------------
@@ -383,8 +218,9 @@ class Service:
                     break
                 self.health.observe("decode", (time.perf_counter() - t0) * 1000)
                 slot.put(frame, self._stop)
-        except Exception:
-            logger.exception("capture thread failed")
+        except Exception as e:
+            self.capture_failed = f"{type(e).__name__}: {e}"
+            logger.error("the frame source failed: %s", self.capture_failed)
         finally:
             slot.close()
 
@@ -409,57 +245,60 @@ class Service:
             self.health.observe("output", (time.perf_counter() - t0) * 1000)
 
     def process(self, frame) -> tuple[dict, object]:
-        """One frame through preprocess, engine, search and fusion; returns (record, fused fix)."""
+        """One frame through the Localizer; returns (JSON record, fused fix)."""
         t, img, meta = frame
-        hdg = self.current_heading()
-        self._note_heading(hdg)
-        t0 = time.perf_counter()
-        if hdg["heading_deg"] is not None:
-            img = north_up(img, hdg["heading_deg"])
-        x = self.engine.prepare([img])
-        t1 = time.perf_counter()
-        emb = self.engine.embed_prepared(x)
-        t2 = time.perf_counter()
-        alt = self.current_altitude()
-        layer = self._choose_layer(alt)
-        if layer is None:  # several layers and no altitude: which scale the frame is at is unknown
-            k = self.cfg.top_k
-            m = Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))
-            t3 = time.perf_counter()
-            raw = Fix(t=t, reason="no altitude")
-            self.health.count("frames_no_altitude")
-        else:
-            centre = None
-            last = self.filter.last
-            if self.cfg.search_radius_m and last is not None and math.isfinite(last.x):
-                centre = (last.x, last.y)
-            m = self.searcher.search(emb, k=self.cfg.top_k, layer=layer, centre_xy=centre,
-                                     radius_m=self.cfg.search_radius_m if centre else None)
-            if centre is not None and m.indices[0, 0] < 0:  # nothing near the last fix: search everywhere
-                m = self.searcher.search(emb, k=self.cfg.top_k, layer=layer)
-            t3 = time.perf_counter()
-            raw = estimate_fix(self.db, m.indices[0], m.scores[0], t, margin_scale=self.cfg.margin_scale)
-        fused = self.filter.update(raw)
-        t4 = time.perf_counter()
-        lat = {"preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "search": (t3 - t2) * 1000,
-               "fusion": (t4 - t3) * 1000}
-        cap = meta.get("capture_time") if isinstance(meta, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        cap = meta.get("capture_time")
+        tel = self.telemetry.for_frame(t, cap)
+        loc = self.localizer.locate(img, tel)
+        if self.last is None or loc.layer != self.last.layer:
+            self._note_layer(loc)
+        self.last = loc
+        lat = dict(loc.timings_ms)
         lat["total"] = (time.time() - cap) * 1000 if cap else sum(lat.values())
         for k, v in lat.items():
             self.health.observe(k, v)
-        record = fix_record(fused, raw, self.db, m.indices[0], m.scores[0], frame_index=meta.get("index", self.processed),
-                            latency_ms=lat, altitude_m=alt["altitude_m"], meta=meta)
-        record["altitude_source"] = alt["source"]  # autopilot:<source>, given, or None
-        record["altitude_age_s"] = None if alt["age_s"] is None else round(alt["age_s"], 3)
-        record["layer"] = self.db.layers[layer]["name"] if layer is not None else None
-        record["heading_deg"] = None if hdg["heading_deg"] is None else round(hdg["heading_deg"], 3)
-        record["heading_source"] = hdg["source"]  # autopilot:<source>, given, or None (not turned north-up)
-        record["heading_age_s"] = None if hdg["age_s"] is None else round(hdg["age_s"], 3)
-        return record, fused
+        if tel.altitude_m is None:
+            self.health.count("frames_no_altitude")
+        elif loc.layer is None:
+            self.health.count("frames_no_layer")
+        record = fix_record(loc.fix, loc.raw, self.db, loc.matches.indices[0], loc.matches.scores[0],
+                            frame_index=meta.get("index", self.processed), latency_ms=lat,
+                            altitude_m=tel.altitude_m, meta=meta)
+        record.update(telemetry_fields(tel, self._layer_name(loc.layer)))
+        return record, loc.fix
+
+    def _note_layer(self, loc: Localization) -> None:
+        tel = loc.telemetry
+        if loc.layer is not None:
+            src = f"altitude {tel.altitude_m:.1f} m from {tel.altitude_source}" if tel.altitude_source else "no altitude"
+            logger.info("layer %r (%s)", self._layer_name(loc.layer), src)
+        else:
+            logger.warning("no layer: %s; no fix until that changes", loc.raw.reason)
+
+    def _sync_health(self) -> None:
+        """Health's view of source counters, altitude and heading (refreshed every loop turn)."""
+        tel = self.last.telemetry if self.last is not None else None
+        layer = self._layer_name(self.last.layer) if self.last is not None else None
+        self.health.info = {**self.health.info, **self.telemetry.health_info(tel, layer)}
+        if self.telemetry.frames_no_heading:
+            self.health.set_counts(frames_no_heading=self.telemetry.frames_no_heading)
+
+    def _sync_counts(self, slot: FrameSlot) -> None:
+        s = self.source_stats
+        self.health.set_counts(frames_in=s.frames_in, corrupt=s.corrupt, read_failures=s.read_failures,
+                               reopens=s.reopens, frames_dropped=slot.dropped)
+
+    def _status_line(self) -> str:
+        tel = self.last.telemetry if self.last is not None else None
+        layer = self._layer_name(self.last.layer) if self.last is not None else None
+        return f"{self.health.log_line()}; {self.telemetry.status_text(tel, layer)}"
 
     def run(self) -> int:
-        """Run until the source ends, ``max_frames`` are done, or :meth:`stop`; returns an exit code."""
-        for reader in self._readers():
+        """Run until the source ends, ``max_frames`` are done, or :meth:`stop`. Exit code: 0 a normal end
+        (also a stop before any frame), 1 the run failed (the source failed or never gave a frame, the
+        engine or the loop failed)."""
+        for reader in self.telemetry.readers():
             reader.start()
         for line in self.self_check():
             logger.info(line)
@@ -470,57 +309,72 @@ class Service:
         out_t = threading.Thread(target=self._output, name="output", daemon=True)
         out_t.start()
         cap_t.start()
-        next_log = time.monotonic() + self.cfg.health_log_s
         code = 0
         try:
-            while not slot.finished():
-                if self._stop.is_set():
-                    break
-                frame = slot.get(0.2)
-                self._sync_counts(slot)
-                self._sync_altitude()
-                self._sync_heading()
-                if time.monotonic() >= next_log:
-                    logger.info("%s; %s; %s", self.health.log_line(), self._altitude_text(), self._heading_text())
-                    next_log = time.monotonic() + self.cfg.health_log_s
-                if frame is None:
-                    continue
-                if self.t_first is None:
-                    self.t_first = time.perf_counter()
-                record, fused = self.process(frame)
-                self.t_last = time.perf_counter()
-                self.processed += 1
-                self.health.count("frames_processed")
-                self.health.fix(record["fix"])
-                self._out_q.put((record, fused))
-                if self.cfg.max_frames and self.processed >= self.cfg.max_frames:
-                    break
+            self._loop(slot)
         except Exception:
             logger.exception("inference loop failed")
             code = 1
         finally:
+            self._stop_requested = self._stop.is_set()
             self._stop.set()
             cap_t.join(timeout=5.0)
             self._sync_counts(slot)
-            summary = {"type": "summary", "time_utc": time.time(), "health": self.health.snapshot()}
-            self._out_q.put((summary, None))
-            self._out_q.put(None)
-            out_t.join(timeout=10.0)
-            for reader in self._readers():  # before the outputs: it may read through the MAVLink output's link
-                reader.close()
-            for out in self.outputs:
-                try:
-                    out.close()
-                except Exception as e:
-                    logger.warning("closing %s: %s", out.describe(), e)
-            if self.health_server is not None:
-                self.health_server.close()
-            self.engine.close()
-            logger.info(self.health.log_line())
-            logger.info("service stopped after %d frames", self.processed)
+            self._finish(out_t)
+        if code == 0 and self.capture_failed:
+            code = 1
+        if code == 0 and self.processed == 0 and not self._stop_requested:
+            logger.error("the source %s gave no frame", self.cfg.source or "given")
+            code = 1
         return code
 
-    def _sync_counts(self, slot: FrameSlot) -> None:
-        s = self.source_stats
-        self.health.set_counts(frames_in=s.frames_in, corrupt=s.corrupt, read_failures=s.read_failures,
-                               reopens=s.reopens, frames_dropped=slot.dropped)
+    def _loop(self, slot: FrameSlot) -> None:
+        next_log = time.monotonic() + self.cfg.health_log_s
+        while not slot.finished() and not self._stop.is_set():
+            frame = slot.get(0.2)
+            self._sync_counts(slot)
+            self._sync_health()
+            if time.monotonic() >= next_log:
+                logger.info("%s", self._status_line())
+                next_log = time.monotonic() + self.cfg.health_log_s
+            if frame is None:
+                continue
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+            record, fused = self.process(frame)
+            self.t_last = time.perf_counter()
+            self.processed += 1
+            self.health.count("frames_processed")
+            self.health.fix(record["fix"])
+            self._out_q.put((record, fused))
+            if self.cfg.max_frames and self.processed >= self.cfg.max_frames:
+                self._stop_requested = True
+                break
+
+    def _finish(self, out_t: threading.Thread) -> None:
+        """Write the summary record, drain and close every output, the readers, health and the engine."""
+        summary = {"type": "summary", "time_utc": time.time(), "health": self.health.snapshot()}
+        self._out_q.put((summary, None))
+        self._out_q.put(None)
+        out_t.join(timeout=10.0)
+        self.telemetry.close()  # before the outputs: a reader may read through the MAVLink output's link
+        for out in self.outputs:
+            try:
+                out.close()
+            except Exception as e:
+                logger.warning("closing %s: %s", out.describe(), e)
+        if self.health_server is not None:
+            self.health_server.close()
+        self.engine.close()
+        logger.info(self._status_line())
+        logger.info("service stopped after %d frames", self.processed)
+
+
+def telemetry_fields(tel, layer_name: str | None) -> dict:
+    """The JSON line's fields about the frame's altitude, heading and layer."""
+    def rnd(v):
+        return None if v is None else round(float(v), 3)
+
+    return {"altitude_source": tel.altitude_source, "altitude_age_s": rnd(tel.altitude_age_s), "layer": layer_name,
+            "heading_deg": rnd(tel.heading_deg), "heading_source": tel.heading_source,
+            "heading_age_s": rnd(tel.heading_age_s)}

@@ -226,7 +226,7 @@ def test_service_falls_back_to_the_given_altitude_when_the_autopilot_is_stale():
         svc.autopilot.start()
         lines = svc.self_check()
         assert any(ln.startswith(f"altitude: altitude from the autopilot at udpin:127.0.0.1:{port}")
-                   and "no reading yet; fallback 300 m (--altitude)" in ln for ln in lines), lines
+                   and "no reading yet; fallback 300 m (--altitude-m)" in ln for ln in lines), lines
         rec, _ = svc.process((0.0, img, {"index": 0}))
         assert (rec["layer"], rec["altitude_m"], rec["altitude_source"], rec["altitude_age_s"]) == \
                ("alt300", 300.0, "given", None)
@@ -236,7 +236,7 @@ def test_service_falls_back_to_the_given_altitude_when_the_autopilot_is_stale():
         rec, _ = svc.process((0.1, img, {"index": 1}))
         assert (rec["layer"], rec["altitude_m"], rec["altitude_source"]) == ("alt150", 155.0, "autopilot:rangefinder")
         assert 0 <= rec["altitude_age_s"] < 0.4 and rec["matches"] and rec["fix"]["reason"] != "no altitude"
-        svc._sync_altitude()
+        svc._sync_health()
         assert svc.health.snapshot()["info"]["altitude"]["source"] == "autopilot:rangefinder"
         time.sleep(0.5)
         rec, _ = svc.process((0.2, img, {"index": 2}))

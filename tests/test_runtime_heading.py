@@ -262,19 +262,19 @@ def test_service_falls_back_to_the_fixed_heading_then_none_warns_once_and_counts
     # no heading at all: frames go in as they are, the fix is still attempted, one warning, a counter
     svc = _service({})
     lines = svc.self_check()
-    assert any(ln.startswith("heading: none (no --heading, --heading-from or --altitude-from)") for ln in lines)
+    assert any(ln.startswith("heading: none (no --heading-deg, --heading-from or --altitude-from)") for ln in lines)
     inputs = _spy_inputs(svc.engine)
     caplog.set_level(logging.WARNING, logger="runtime.service")
     try:
         recs = [svc.process((0.1 * i, view, {"index": i}))[0] for i in range(3)]
-        svc._sync_heading()
+        svc._sync_health()
     finally:
         svc.engine.close()
     assert all(r["heading_deg"] is None and r["heading_source"] is None and r["matches"] for r in recs)
     assert all(r["fix"]["reason"] != "no altitude" for r in recs)
     assert all(im is view for im in inputs[-3:])
     warnings = [r for r in caplog.records if "no heading" in r.getMessage()]
-    assert len(warnings) == 1 and "--heading DEG" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "--heading-deg DEG" in warnings[0].getMessage()
     snap = svc.health.snapshot()
     assert snap["counters"]["frames_no_heading"] == 3
     assert snap["info"]["heading"]["source"] is None and snap["info"]["heading"]["derotate"] is True
@@ -325,7 +325,7 @@ def test_serve_with_a_fixed_heading_records_it(tmp_path):
          "--source", str(folder), "--altitude", "150", "--heading", "90", "--jsonl", str(out)],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "heading: 90 deg given (--heading): every frame turned north-up by it" in proc.stderr
+    assert "heading: 90 deg given (--heading-deg): every frame turned north-up by it" in proc.stderr
     records = [json.loads(x) for x in out.read_text().splitlines()]
     fixes = [r for r in records if r["type"] == "fix"]
     assert len(fixes) == 3

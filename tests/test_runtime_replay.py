@@ -178,6 +178,7 @@ def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
 
 def test_flight_over_the_map_itself_is_localised(engine, naip_paths, tmp_path):
     """Frames rendered nadir, north-up, at tile centres of the reference map match their own tile."""
+    from runtime.localizer import Localizer
     from runtime.replay.flights import GeoTiffFlight
     from runtime.replay.geotiff import replay_flight, summarize_flight
     from tiles.db import TileDatabase
@@ -194,7 +195,7 @@ def test_flight_over_the_map_itself_is_localised(engine, naip_paths, tmp_path):
     flight = GeoTiffFlight(naip_paths[2018], alt, waypoints=wp, heading_deg=0.0, size_px=48,
                            speed_mps=stride, fps=1.0)
     assert len(flight) == len(row)
-    recs = replay_flight(engine, db, flight, altitude_m=alt)
+    recs = replay_flight(Localizer(engine, db), flight, altitude_m=alt)
     s = summarize_flight(recs)
     assert s["R@1"] >= 80.0
     assert s["error_raw_m_median"] < stride / 2
@@ -226,7 +227,7 @@ def test_missing_db_names_the_export_command_that_builds_it(engine, naip_paths, 
             "--size-px", "48", "--no-plots"]
     caplog.clear()
     assert main(args) == 2
-    want = f"python -m export --bundle {shlex.quote(bundle)} --tiles {shlex.quote(tif)} --altitudes 300 --hfov 60 " \
+    want = f"python -m export --bundle {shlex.quote(bundle)} --tiles {shlex.quote(tif)} --altitudes-m 300 --hfov-deg 60 " \
            "--db-out DB"
     assert want in caplog.text and "--db" in caplog.text
     words = shlex.split(caplog.text.split("`")[1])

@@ -11,13 +11,16 @@ import logging
 import math
 import shlex
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tiles.io import atomic_write_json
 
+from ..localizer import Localizer, LocalizerConfig
 from .common import bundle_path, jsonable, load_engine_or_use, pct, rnd, write_csv
+from .flights import PATTERNS
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def export_tiles_command(bundle, map_path, altitudes, hfov_deg: float, db="DB") 
     """The ``python -m export`` command that builds the tile database a GeoTIFF replay needs."""
     alts = " ".join(f"{float(a):g}" for a in altitudes)
     return (f"python -m export --bundle {shlex.quote(str(bundle))} --tiles {shlex.quote(str(map_path))} "
-            f"--altitudes {alts} --hfov {float(hfov_deg):g} --db-out {shlex.quote(str(db))}")
+            f"--altitudes-m {alts} --hfov-deg {float(hfov_deg):g} --db-out {shlex.quote(str(db))}")
 
 
 def _check_map_database(tdb, altitudes, hfov_deg: float, map_path) -> None:
@@ -66,56 +69,46 @@ def _tile_hit(db, rows, x: float, y: float) -> bool:
     return False
 
 
-def replay_flight(engine, db, frames, *, altitude_m: float | None = None, k: int = 5,
-                  radius_m: float | None = None, position_filter=None, searcher=None,
-                  derotate: bool = True) -> list[dict]:
-    """Run frames (runtime.sources Frame tuples with ground truth in meta) through the onboard chain.
+def replay_flight(localizer, frames, *, altitude_m: float | None = None) -> list[dict]:
+    """Run frames (Frame tuples with ground truth in meta) through ``localizer`` (a
+    :class:`runtime.localizer.Localizer`, the service's own chain) and compare with the truth.
 
-    ``derotate``: turn each frame north-up with its ``meta["heading_deg"]`` (the compass heading an
-    autopilot reports) before embedding, as the service does; frames without a heading are used as is.
-    """
-    from ..position import PositionFilter, estimate_fix
-    from ..preprocess import north_up
-    from ..search import Searcher
+    The telemetry of each frame is what an autopilot would report: ``meta["altitude_m"]`` (else
+    ``altitude_m``) and ``meta["heading_deg"]`` (the compass heading of the image top)."""
+    from ..localizer import Telemetry
 
-    searcher = searcher or Searcher(db)
-    pf = position_filter or PositionFilter()
+    db = localizer.db
     records = []
     for t, image, meta in frames:
         alt = meta.get("altitude_m", altitude_m)
-        layer = db.layer_for_altitude(alt) if len(db.layers) > 1 else 0
-        t0 = time.perf_counter()
-        if derotate:
-            image = north_up(image, meta.get("heading_deg"))
-        x = engine.prepare([image])
-        t1 = time.perf_counter()
-        emb = engine.embed_prepared(x)
-        t2 = time.perf_counter()
-        centre = (pf.last.x, pf.last.y) if (radius_m and pf.last is not None) else None
-        m = searcher.search(emb, k=k, layer=layer, centre_xy=centre, radius_m=radius_m if centre else None)
-        if centre is not None and m.indices[0, 0] < 0:  # nothing within the radius: search the layer
-            m = searcher.search(emb, k=k, layer=layer)
-        t3 = time.perf_counter()
-        raw = estimate_fix(db, m.indices[0], m.scores[0], t)
-        fix = pf.update(raw)
-        t4 = time.perf_counter()
-        tx, ty = meta.get("x", math.nan), meta.get("y", math.nan)
-        has_truth = math.isfinite(tx) and math.isfinite(ty)
-        err_raw = math.hypot(raw.x - tx, raw.y - ty) if has_truth and raw.has_position else math.nan
-        err = math.hypot(fix.x - tx, fix.y - ty) if has_truth and fix.trusted else math.nan
-        records.append({
-            "altitude_m": alt, "index": meta.get("index", len(records)), "t": rnd(t, 3),
-            "true_x": rnd(tx), "true_y": rnd(ty), "est_x": rnd(raw.x), "est_y": rnd(raw.y),
-            "fix_x": rnd(fix.x) if fix.trusted else None, "fix_y": rnd(fix.y) if fix.trusted else None,
-            "trusted": bool(fix.trusted), "confidence": rnd(fix.confidence, 4), "accuracy_m": rnd(fix.accuracy_m, 1),
-            "error_raw_m": rnd(err_raw), "error_m": rnd(err),
-            "top1_hit": _tile_hit(db, m.indices[0, :1], tx, ty) if has_truth else None,
-            "top5_hit": _tile_hit(db, m.indices[0, :5], tx, ty) if has_truth else None,
-            "top1_score": rnd(float(m.scores[0, 0]), 4), "reason": fix.reason,
-            "preprocess_ms": rnd(1e3 * (t1 - t0), 3), "inference_ms": rnd(1e3 * (t2 - t1), 3),
-            "search_ms": rnd(1e3 * (t3 - t2), 3), "fusion_ms": rnd(1e3 * (t4 - t3), 3),
-        })
+        tel = Telemetry(t=float(t), altitude_m=alt, altitude_source="flight" if alt is not None else None,
+                        heading_deg=meta.get("heading_deg"),
+                        heading_source="flight" if meta.get("heading_deg") is not None else None)
+        loc = localizer.locate(image, tel)
+        records.append(frame_record(db, loc, meta, len(records)))
     return records
+
+
+def frame_record(db, loc, meta: dict, index: int) -> dict:
+    """One replayed frame: the Localizer's answer next to the ground truth in ``meta``."""
+    raw, fix, m = loc.raw, loc.fix, loc.matches
+    tx, ty = meta.get("x", math.nan), meta.get("y", math.nan)
+    has_truth = math.isfinite(tx) and math.isfinite(ty)
+    err_raw = math.hypot(raw.x - tx, raw.y - ty) if has_truth and raw.has_position else math.nan
+    err = math.hypot(fix.x - tx, fix.y - ty) if has_truth and fix.trusted else math.nan
+    ms = loc.timings_ms
+    return {
+        "altitude_m": loc.telemetry.altitude_m, "index": meta.get("index", index), "t": rnd(loc.telemetry.t, 3),
+        "true_x": rnd(tx), "true_y": rnd(ty), "est_x": rnd(raw.x), "est_y": rnd(raw.y),
+        "fix_x": rnd(fix.x) if fix.trusted else None, "fix_y": rnd(fix.y) if fix.trusted else None,
+        "trusted": bool(fix.trusted), "confidence": rnd(fix.confidence, 4), "accuracy_m": rnd(fix.accuracy_m, 1),
+        "error_raw_m": rnd(err_raw), "error_m": rnd(err),
+        "top1_hit": _tile_hit(db, m.indices[0, :1], tx, ty) if has_truth else None,
+        "top5_hit": _tile_hit(db, m.indices[0, :5], tx, ty) if has_truth else None,
+        "top1_score": rnd(float(m.scores[0, 0]), 4), "reason": fix.reason,
+        "preprocess_ms": rnd(ms["preprocess"], 3), "inference_ms": rnd(ms["inference"], 3),
+        "search_ms": rnd(ms["search"], 3), "fusion_ms": rnd(ms["fusion"], 3),
+    }
 
 
 def summarize_flight(records: list[dict], wall_s: float | None = None) -> dict:
@@ -144,114 +137,148 @@ def summarize_flight(records: list[dict], wall_s: float | None = None) -> dict:
     }
 
 
-def replay_geotiff(
-    bundle,
-    map_path,
-    *,
-    flight_raster=None,
-    altitudes=(150, 200, 250, 300),
-    db=None,
-    out_dir=None,
-    hfov_deg: float = 60.0,
-    pattern: str = "curve",
-    waypoints=None,
-    speed_mps: float = 15.0,
-    fps: float = 1.0,
-    size_px: int = 256,
-    tilt_deg: float = 0.0,
-    photometric: float | None = None,
-    max_frames: int | None = None,
-    k: int = 5,
-    radius_m: float | None = None,
-    seed: int = 0,
-    plots: bool = True,
-    precision: str = "auto",
-    backend: str = "auto",
-    threads: int | None = None,
-    derotate: bool = True,
-) -> dict:
-    """GeoTIFF flight replay (see the module docstring); returns per-altitude summaries and frames."""
+@dataclass
+class FlightSpec:
+    """How the replayed flights are rendered (command-line options are generated from these fields)."""
+
+    pattern: str = field(default="curve", metadata={"help": "flight path", "choices": PATTERNS})
+    waypoints: str | None = field(default=None, metadata={"help": "'x,y;x,y;...' in metres of the map's CRS "
+                                                                  "(overrides --pattern)"})
+    speed_mps: float = field(default=15.0, metadata={"help": "ground speed"})
+    fps: float = field(default=1.0, metadata={"help": "frames per second"})
+    size_px: int = field(default=256, metadata={"help": "rendered frame side in pixels"})
+    tilt_deg: float = field(default=0.0, metadata={"help": "camera tilt from nadir"})
+    photometric: float | None = field(default=None, metadata={"help": "appearance change strength (e.g. 0.5)"})
+    max_frames: int | None = field(default=None, metadata={"help": "frames per flight"})
+    seed: int = field(default=0, metadata={"help": "random seed of the path and the appearance changes"})
+
+
+def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=None, out_dir=None,
+                   hfov_deg: float | None = None, localizer: LocalizerConfig | None = None, plots: bool = True,
+                   precision: str = "auto", backend: str = "auto", threads: int | None = None, **flight) -> dict:
+    """GeoTIFF flight replay (see the module docstring); returns per-altitude summaries and frames.
+
+    ``altitudes`` and ``hfov_deg`` default to the database's (its layers, the field of view it was cut
+    for); ``localizer`` holds the chain's knobs (the service's defaults); ``flight`` any
+    :class:`FlightSpec` field."""
     from tiles.db import TileDatabase
 
     from ..engine import check_engine_database
     from ..search import Searcher
-    from .flights import GeoTiffFlight
 
+    spec = FlightSpec(**flight)
+    cfg = localizer or LocalizerConfig()
     if db is None:
         raise ValueError(
             "a GeoTIFF replay needs the tile database of the map (--db DB); build it once with "
-            f"`{export_tiles_command(bundle_path(bundle), map_path, altitudes, hfov_deg)}` and pass --db DB"
-        )
-    engine = load_engine_or_use(bundle, precision, backend, threads)
-    flight_raster = flight_raster or map_path
-    out = Path(out_dir) if out_dir is not None else None
+            f"`{export_tiles_command(bundle_path(bundle), map_path, altitudes or (150, 200, 250, 300), hfov_deg or 60)}`"
+            " and pass --db DB")
     tdb = db if isinstance(db, TileDatabase) else TileDatabase.open(db)
+    engine = load_engine_or_use(bundle, precision, backend, threads)
     check_engine_database(engine, tdb)
+    altitudes, hfov_deg = database_flight_defaults(tdb, altitudes, hfov_deg)
     _check_map_database(tdb, altitudes, hfov_deg, map_path)
+    flight_raster = flight_raster or map_path
     searcher = Searcher(tdb)
     results: dict = {"map": str(map_path), "flight_raster": str(flight_raster), "engine": engine.name,
-                     "database": str(tdb.path), "settings": {
-                         "hfov_deg": hfov_deg, "pattern": pattern, "speed_mps": speed_mps, "fps": fps,
-                         "size_px": size_px, "tilt_deg": tilt_deg, "photometric": photometric, "k": k,
-                         "radius_m": radius_m, "max_frames": max_frames, "seed": seed,
-                         "derotate": derotate},
-                     "altitudes": {}}
-    all_records = []
-    files: dict = {}
+                     "database": str(tdb.path), "settings": {"hfov_deg": hfov_deg, **asdict(spec)},
+                     "localizer": asdict(cfg), "altitudes": {}}
+    all_records, files = [], {}
+    out = Path(out_dir) if out_dir is not None else None
     for alt in altitudes:
-        flight = GeoTiffFlight(flight_raster, alt, waypoints=waypoints, pattern=pattern, hfov_deg=hfov_deg,
-                               size_px=size_px, speed_mps=speed_mps, fps=fps, tilt_deg=tilt_deg,
-                               photometric=photometric, max_frames=max_frames, seed=seed)
+        frames = _flight(flight_raster, alt, hfov_deg, spec)
         t0 = time.perf_counter()
-        records = replay_flight(engine, tdb, flight, altitude_m=alt, k=k, radius_m=radius_m, searcher=searcher,
-                                derotate=derotate)
-        wall = time.perf_counter() - t0
-        summary = summarize_flight(records, wall)
-        results["altitudes"][str(alt)] = summary
+        records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher), frames, altitude_m=alt)
+        summary = summarize_flight(records, time.perf_counter() - t0)
+        results["altitudes"][f"{alt:g}"] = summary
         all_records += records
-        log.info("flight at %d m: %d frames, fix rate %s%%, median error %s m, R@1 %s%%", alt,
+        log.info("flight at %g m: %d frames, fix rate %s%%, median error %s m, R@1 %s%%", alt,
                  summary["n_frames"], summary["fix_rate"], summary["error_m_median"], summary["R@1"])
         if out is not None and plots:
-            from .plots import plot_error, plot_track
-
-            nan = float("nan")
-            truth = [(r["true_x"], r["true_y"]) for r in records]
-            est = [(r["fix_x"] if r["trusted"] else (r["est_x"] if r["est_x"] is not None else nan),
-                    r["fix_y"] if r["trusted"] else (r["est_y"] if r["est_y"] is not None else nan))
-                   for r in records]
-            trusted = [r["trusted"] for r in records]
-            files[f"track_{alt}"] = str(plot_track(
-                out / f"track_{alt}m.png", truth, est, trusted, raster_path=map_path,
-                title=f"{alt} m: fix rate {summary['fix_rate']}%, median error {summary['error_m_median']} m"))
-            files[f"error_{alt}"] = str(plot_error(
-                out / f"error_{alt}m.png", [r["t"] for r in records],
-                [r["error_raw_m"] if r["error_raw_m"] is not None else nan for r in records], trusted,
-                title=f"{alt} m: error of each frame's estimate"))
+            files.update(_plot_flight(out, alt, records, summary, map_path))
     results["frames"] = all_records
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "replay_geotiff.json", jsonable(results))
-        write_csv(out / "replay_geotiff_frames.csv", all_records, FRAME_CSV_FIELDS)
-        summary_rows = [{"altitude_m": a, **{k2: v for k2, v in s.items() if not isinstance(v, dict)}}
-                        for a, s in results["altitudes"].items()]
-        write_csv(out / "replay_geotiff_summary.csv", summary_rows,
-                   ["altitude_m", "n_frames", "fix_rate", "error_m_median", "error_m_p95", "error_m_max",
-                    "error_raw_m_median", "error_raw_m_p95", "R@1", "R@5", "total_ms_median", "total_ms_p95",
-                    "fps_pipeline", "fps_wall"])
-        files.update({"json": str(out / "replay_geotiff.json"), "csv": str(out / "replay_geotiff_frames.csv"),
-                      "summary_csv": str(out / "replay_geotiff_summary.csv")})
-        if plots:
-            from .plots import plot_altitude_bars
-
-            bars = []
-            for a, s in results["altitudes"].items():
-                for key in ("fix_rate", "R@1", "R@5"):
-                    if s.get(key) is not None:
-                        bars.append({"altitude_m": a, "series": key, "value": s[key]})
-            files["bars"] = str(plot_altitude_bars(out / "geotiff_altitudes.png", bars, "value",
-                                                   title="GeoTIFF flights: fix rate and tile recall (%)"))
+        files.update(_write_results(out, results, all_records, plots))
         results["files"] = files
     return results
+
+
+def database_flight_defaults(tdb, altitudes, hfov_deg):
+    """(altitudes, hfov) of a replay: the given ones, else the database's layers and field of view."""
+    if altitudes is None:
+        altitudes = [float(lay["altitude_m"]) for lay in tdb.layers if lay.get("altitude_m") is not None]
+        if not altitudes:
+            raise ValueError(f"{tdb.path} records no layer altitude: give --altitudes-m")
+    if hfov_deg is None:
+        hfov_deg = tdb.manifest.get("extra", {}).get("hfov_deg")
+        if hfov_deg is None:
+            hfov_deg = next((lay["hfov_deg"] for lay in tdb.layers if lay.get("hfov_deg") is not None), None)
+        if hfov_deg is None:
+            raise ValueError(f"{tdb.path} does not record the field of view it was cut for: give --hfov-deg")
+    return [float(a) for a in altitudes], float(hfov_deg)
+
+
+def _flight(raster, alt: float, hfov_deg: float, spec: FlightSpec):
+    from .flights import GeoTiffFlight
+
+    return GeoTiffFlight(raster, alt, waypoints=parse_waypoints(spec.waypoints), pattern=spec.pattern,
+                         hfov_deg=hfov_deg, size_px=spec.size_px, speed_mps=spec.speed_mps, fps=spec.fps,
+                         tilt_deg=spec.tilt_deg, photometric=spec.photometric, max_frames=spec.max_frames,
+                         seed=spec.seed)
+
+
+def parse_waypoints(text: str | None):
+    if not text:
+        return None
+    try:
+        pts = [tuple(float(v) for v in p.split(",")) for p in text.split(";") if p.strip()]
+    except ValueError as e:
+        raise ValueError(f"--waypoints {text!r}: expected 'x,y;x,y;...' in metres of the map's CRS") from e
+    if len(pts) < 2 or any(len(p) != 2 for p in pts):
+        raise ValueError(f"--waypoints {text!r}: expected at least two 'x,y' points separated by ';'")
+    return np.array(pts)
+
+
+def _plot_flight(out: Path, alt: float, records: list[dict], summary: dict, map_path) -> dict:
+    from .plots import plot_error, plot_track
+
+    nan = float("nan")
+    truth = [(r["true_x"], r["true_y"]) for r in records]
+    est = [(r["fix_x"] if r["trusted"] else (r["est_x"] if r["est_x"] is not None else nan),
+            r["fix_y"] if r["trusted"] else (r["est_y"] if r["est_y"] is not None else nan)) for r in records]
+    trusted = [r["trusted"] for r in records]
+    med = summary["error_m_median"]
+    track = plot_track(out / f"track_{alt:g}m.png", truth, est, trusted, raster_path=map_path,
+                       title=f"{alt:g} m: fix rate {summary['fix_rate']}%, median error "
+                             f"{'-' if med is None else med} m")
+    error = plot_error(out / f"error_{alt:g}m.png", [r["t"] for r in records],
+                       [r["error_raw_m"] if r["error_raw_m"] is not None else nan for r in records], trusted,
+                       title=f"{alt:g} m: error of each frame's estimate")
+    return {f"track_{alt:g}": str(track), f"error_{alt:g}": str(error)}
+
+
+SUMMARY_CSV_FIELDS = ("altitude_m", "n_frames", "fix_rate", "error_m_median", "error_m_p95", "error_m_max",
+                      "error_raw_m_median", "error_raw_m_p95", "R@1", "R@5", "total_ms_median", "total_ms_p95",
+                      "fps_pipeline", "fps_wall")
+
+
+def _write_results(out: Path, results: dict, all_records: list[dict], plots: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "replay_geotiff.json", jsonable(results))
+    write_csv(out / "replay_geotiff_frames.csv", all_records, FRAME_CSV_FIELDS)
+    rows = [{"altitude_m": a, **{k: v for k, v in s.items() if not isinstance(v, dict)}}
+            for a, s in results["altitudes"].items()]
+    write_csv(out / "replay_geotiff_summary.csv", rows, SUMMARY_CSV_FIELDS)
+    files = {"json": str(out / "replay_geotiff.json"), "csv": str(out / "replay_geotiff_frames.csv"),
+             "summary_csv": str(out / "replay_geotiff_summary.csv")}
+    if plots:
+        from .plots import plot_altitude_bars
+
+        bars = [{"altitude_m": a, "series": key, "value": s[key]} for a, s in results["altitudes"].items()
+                for key in ("fix_rate", "R@1", "R@5") if s.get(key) is not None]
+        files["bars"] = str(plot_altitude_bars(out / "geotiff_altitudes.png", bars, "value",
+                                               title="GeoTIFF flights: fix rate and tile recall (%)"))
+    return files
 
 
 def geotiff_table(results: dict) -> str:
