@@ -21,3 +21,12 @@ def naip_paths() -> dict[int, Path]:
     if len(files) < 2:
         pytest.skip(f"bundled NAIP rasters missing from {NAIP_DIR}")
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny() -> dict:
+    """A random-weight bundle (float and uint8 input) and its two-layer tile database of the 2020 NAIP
+    image, built once per test process: {"bundle", "bundle_u8", "db", "raster", "root"}."""
+    from tests.bundles import tiny_assets
+
+    return tiny_assets()

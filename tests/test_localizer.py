@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from runtime.localizer import Localizer, LocalizerConfig, Telemetry
-from tests.bundles import flight_crops, tiny_assets
+from tests.bundles import flight_crops
 
 
 @pytest.fixture(scope="module")
-def assets():
-    return tiny_assets()
+def assets(tiny):
+    return tiny
 
 
 @pytest.fixture(scope="module")
