@@ -196,7 +196,9 @@ def cuda_backend():
         if errors:
             logger.warning("device buffers through %s (%s)", cls.name, "; ".join(errors))
         return backend
-    raise EngineError(f"{_CUDA_HINT}. Tried: {' | '.join(errors)}")
+    tried = " | ".join(errors)
+    raise EngineError(f"no CUDA buffer library works here: {tried}" + ("" if CUDA_PYTHON_PINS in tried else
+                                                                     f". {_CUDA_HINT}"))
 
 
 class TensorRTEngine(Engine):

@@ -206,3 +206,28 @@ def test_tensorrt_backend_on_a_bundle_without_an_engine(monkeypatch, tmp_path):
 
     with pytest.raises(BundleError, match=r"has no TensorRT engine.*python -m export --bundle .* --trt"):
         load_engine(b, backend="tensorrt")
+
+
+def test_the_installed_cuda_python_if_any():
+    """The real cuda-python (torch's wheels pull in cuda-bindings): without a GPU it must give the one-line
+    EngineError naming the pins (12.x raises RuntimeError, 13.x returns cudaErrorInsufficientDriver); with
+    a GPU, a round trip through pinned and device memory with the copy kinds as passed by the engine."""
+    pytest.importorskip("cuda.bindings.runtime")
+    from runtime.trt_engine import _CudaPython
+
+    try:
+        cu = _CudaPython()
+    except EngineError as e:
+        assert "cudaGetDeviceCount" in str(e) and "cuda-python~=12.6" in str(e)
+        return
+    stream = cu.stream()
+    src = cu.host_empty((2, 8), np.float32)
+    dst = cu.host_empty((2, 8), np.float32)
+    src[:] = np.arange(16, dtype=np.float32).reshape(2, 8)
+    dev = cu.malloc(src.nbytes)
+    cu.htod(dev, src, stream)
+    cu.dtoh(dst, dev, stream)
+    cu.sync(stream)
+    np.testing.assert_array_equal(dst, src)
+    cu.free(dev)
+    cu.close(stream)
