@@ -4,7 +4,7 @@ Run it on the target (Jetson or desktop GPU): an engine is tied to the TensorRT 
 What differs between versions (REFERENCE.md §5) and how this builder handles it:
 
 ======================  ==================  =======================  ================================
-                        8.5 (JetPack 5.1)   10.x (JetPack 6)         11.x (strongly typed)
+                        8.5 (desktop) [1]   10.x (JetPack 6)         11.x (JetPack >= 7.2.2)
 ======================  ==================  =======================  ================================
 network flags           EXPLICIT_BATCH      0 (explicit by default)  0 (EXPLICIT_BATCH is gone)
 FP16 engine             FP32 ONNX + FP16    FP32 ONNX + FP16 flag    ``model.fp16.onnx``, no flag
@@ -14,7 +14,13 @@ calibrator              none (Q/DQ ONNX)    none (deprecated)        none (remov
 
 After every build the engine is deserialised and its layer formats are read with the engine inspector
 (``ProfilingVerbosity.DETAILED``): an FP16 request that produced no FP16 layer, or an INT8 request without
-INT8 layers, raises :class:`PrecisionError` instead of shipping a silent FP32 engine. The timing cache is
+INT8 layers, raises :class:`PrecisionError` instead of shipping a silent FP32 engine.
+
+[1] JetPack 5.1 also has TensorRT 8.5, but its Python 3.8 is older than this package needs (3.10+).
+
+The timing cache is named by TensorRT version and GPU (``timing-trt10.3.0-jetson-agx-orin.cache``): TensorRT
+refuses a cache made on another device (``set_timing_cache`` returns False), so a desktop's cache copied
+with the bundle is not used on the Jetson; a refused cache is logged and replaced by an empty one. It is
 loaded before and saved back (atomically) after each build, so rebuilds are fast.
 """
 
@@ -35,10 +41,11 @@ _log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INSTALL_HINT = (
-    "Build TensorRT engines on the machine that will run them: a Jetson with JetPack 5.1 (TensorRT 8.5), "
-    "JetPack 6.x (TensorRT 10.3) or JetPack >= 7.2.2 (TensorRT 11), where `python3 -c 'import tensorrt'` "
-    "works out of the box, or a desktop NVIDIA GPU with TensorRT from NVIDIA's index "
-    "(`pip install --extra-index-url https://pypi.nvidia.com tensorrt`). Copy the bundle there and run "
+    "Build TensorRT engines on the machine that will run them: a Jetson with JetPack 6.x (TensorRT 10.3, "
+    "Python 3.10) or JetPack >= 7.2.2 (TensorRT 11), where `sudo apt install python3-libnvinfer` provides "
+    "`import tensorrt` (use a venv with --system-site-packages), or a desktop NVIDIA GPU with TensorRT from "
+    "NVIDIA's index (`pip install --extra-index-url https://pypi.nvidia.com tensorrt`). JetPack 5.1's "
+    "Python 3.8 is too old for this package (3.10+). Copy the bundle there and run "
     "`python -m export --bundle BUNDLE --trt --precision fp16`."
 )
 
@@ -117,6 +124,32 @@ def gpu_slug(name: str) -> str:
     return s or "gpu"
 
 
+def timing_cache_name(trt_version: str, gpu: str) -> str:
+    """'timing-trt10.3.0-jetson-agx-orin.cache': a cache is valid for one TensorRT version on one GPU."""
+    return f"timing-trt{trt_version}-{gpu_slug(gpu)}.cache"
+
+
+def _attach_timing_cache(config, cache_path: Path | None) -> bytes | None:
+    """Load ``cache_path`` (if any) into ``config``; the bytes TensorRT accepted (b"": a new cache), or None
+    when no cache could be attached (then none is saved).
+
+    ``IBuilderConfig::setTimingCache`` returns False for a cache made on another device (different CUDA
+    device properties) or TensorRT version; then the build starts from an empty cache, which is saved over
+    the refused file afterwards.
+    """
+    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    if cache_bytes:
+        cache = config.create_timing_cache(cache_bytes)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache_bytes
+        _log.warning("TensorRT refused the timing cache %s (made on another GPU or TensorRT version?): "
+                     "building with an empty one, which will replace it", cache_path)
+    if config.set_timing_cache(config.create_timing_cache(b""), False):
+        return b""
+    _log.warning("TensorRT refused an empty timing cache: building without one")
+    return None
+
+
 _DTYPE_RE = re.compile(r"\b(fp32|float|fp16|half|int8|bf16|fp8)\b", re.IGNORECASE)
 _DTYPE_NAMES = {"fp32": "fp32", "float": "fp32", "fp16": "fp16", "half": "fp16", "int8": "int8",
                 "bf16": "bf16", "fp8": "fp8"}
@@ -153,12 +186,14 @@ def check_precision(requested: str, counts: dict[str, int]) -> None:
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, precision: str,
                  input_chw: tuple[int, int, int], input_dtype: str = "float32", batch: tuple[int, int, int] = (1, 1, 8),
-                 workspace_mib: int = 1024, timing_cache: str | os.PathLike | None = None, trt=None) -> dict:
+                 workspace_mib: int = 1024, timing_cache: str | os.PathLike | None = None, trt=None,
+                 gpu: str | None = None) -> dict:
     """Build ``plan_path`` from ``onnx_path``; return the bundle manifest entry for the engine.
 
     ``input_chw`` is the graph input without the batch axis in its own layout ((3, H, W) for float NCHW,
     (H, W, 3) for uint8 NHWC); ``batch`` is the (min, opt, max) of the dynamic batch profile.
-    ``trt`` lets tests inject a module; by default ``import tensorrt``.
+    ``trt`` lets tests inject a module; by default ``import tensorrt``. ``gpu`` is the GPU name recorded in
+    the manifest (default: :func:`gpu_name`).
     """
     trt = trt or import_tensorrt()
     major = trt_major(trt)
@@ -197,9 +232,9 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, 
     config.add_optimization_profile(profile)
 
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
+    cache_bytes = _attach_timing_cache(config, cache_path)
+    if cache_bytes is None:
+        cache_path = None
 
     _log.info("building TensorRT %s %s engine from %s (batch %s, workspace %d MiB, timing cache %s)",
               trt.__version__, precision, onnx_path.name, batch, workspace_mib,
@@ -219,7 +254,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, 
     counts = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     check_precision(precision, counts)
     atomic_write_bytes(plan_path, plan)
-    gpu = gpu_name()
+    gpu = gpu or gpu_name()
     _log.info("wrote %s (%d bytes, layer outputs %s)", plan_path, len(plan), counts)
     return {"path": plan_path.name, "kind": "tensorrt", "precision": precision, "sha256": file_sha256(plan_path),
             "trt_version": str(trt.__version__), "gpu": gpu,
@@ -241,11 +276,12 @@ def build_bundle_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", 
     h, w = bundle.preprocess.input_size
     uint8 = bundle.input.get("dtype") == "uint8"
     chw = (h, w, 3) if uint8 else (3, h, w)
-    plan_path = bundle.path / f"model.{gpu_slug(gpu_name())}.{precision}.plan"
-    cache = timing_cache or bundle.path / f"timing-trt{trt.__version__}.cache"
+    gpu = gpu_name()
+    plan_path = bundle.path / f"model.{gpu_slug(gpu)}.{precision}.plan"
+    cache = timing_cache or bundle.path / timing_cache_name(trt.__version__, gpu)
     entry = build_engine(onnx_path, plan_path, precision=precision, input_chw=chw,
                          input_dtype="uint8" if uint8 else "float32", batch=batch,
-                         workspace_mib=workspace_mib, timing_cache=cache, trt=trt)
+                         workspace_mib=workspace_mib, timing_cache=cache, trt=trt, gpu=gpu)
     entry["timing_cache"] = Path(cache).name
     manifest = dict(bundle.manifest)
     manifest["files"] = [f for f in manifest["files"] if f["path"] != entry["path"]] + [entry]

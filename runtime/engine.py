@@ -230,8 +230,13 @@ def load_engine(
         if has_plan and backend == "onnxruntime":
             logger.info("bundle has a TensorRT plan but the tensorrt module is not installed: using ONNX Runtime")
     if backend == "tensorrt":
-        from .trt_engine import TensorRTEngine
+        from .trt_engine import TRT_MISSING, TensorRTEngine
 
+        build = f"build one on this device: `python -m export --bundle {bundle.path} --trt --precision fp16`"
+        if not tensorrt_available():
+            raise EngineError(f"{TRT_MISSING}" + ("" if has_plan else f"; {bundle.path} has no engine yet: {build}"))
+        if not has_plan:
+            raise BundleError(f"{bundle.path} has no TensorRT engine (model.<gpu>.<precision>.plan): {build}")
         return TensorRTEngine(bundle, _pick_entry(bundle, "tensorrt", precision, gpu=True))
     gpu = False
     if providers is None:

@@ -41,10 +41,17 @@ def onnx_models(tmp_path_factory):
     return d
 
 
-def test_without_tensorrt_the_error_says_where_to_run(monkeypatch):
+def test_without_tensorrt_the_error_says_where_to_run(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
-    with pytest.raises(trt_build.TensorRTUnavailable, match="JetPack"):
+    with pytest.raises(trt_build.TensorRTUnavailable, match="JetPack 6") as e:
         trt_build.import_tensorrt()
+    msg = str(e.value)
+    # JetPack 5.1 is not offered as a target: its Python 3.8 is below this package's 3.10
+    assert "JetPack 5.1 (TensorRT 8.5)" not in msg and "JetPack 5.1's Python 3.8 is too old" in msg
+    from export.__main__ import main
+
+    assert main(["--bundle", "no-such-bundle", "--trt"]) == 2  # one line on the console, no traceback
+    assert "TensorRT is not installed here" in caplog.text and "--bundle BUNDLE --trt" in caplog.text
 
 
 def test_fakes_reject_what_each_version_lacks():
@@ -58,6 +65,18 @@ def test_fakes_reject_what_each_version_lacks():
     with pytest.raises(AttributeError):
         _ = t85.NetworkDefinitionCreationFlag.STRONGLY_TYPED
     assert int(t10.BuilderFlag.FP16) == 0 and t10.Builder(t10.Logger()).platform_has_fast_fp16
+    # the bit values of NvInfer.h: a flag passed as 1 << value means another thing in another version
+    assert int(t10.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 1
+    assert int(t11.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0
+    assert int(t85.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) == int(t10.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) == 0
+    assert int(t85.BuilderFlag.INT8) == int(t10.BuilderFlag.INT8) == 1
+    # IOptimizationProfile.set_shape raises RuntimeError (PY_ASSERT_RUNTIME_ERROR), not ValueError
+    profile = t10.Builder(t10.Logger()).create_optimization_profile()
+    with pytest.raises(RuntimeError, match="Shape provided for opt is inconsistent"):
+        profile.set_shape("image", (4, 3, 8, 8), (2, 3, 8, 8), (8, 3, 8, 8))
+    with pytest.raises(RuntimeError, match="Shape provided for max is inconsistent"):
+        profile.set_shape("image", (1, 3, 8, 8), (2, 3, 8, 8), (1, 3, 8, 8))
+    profile.set_shape("image", (1, 3, 8, 8), (2, 3, 8, 8), (8, 3, 8, 8))
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -121,6 +140,39 @@ def test_trt11_needs_the_fp16_onnx(monkeypatch, tmp_path, onnx_models):
     with pytest.raises(FileNotFoundError, match="--fp16"):
         trt_build.onnx_for_precision(d, "fp16", 11)
     assert trt_build.onnx_for_precision(d, "fp16", 10).name == "model.onnx"
+
+
+def test_timing_cache_is_named_by_tensorrt_version_and_gpu(monkeypatch, onnx_models, tmp_path):
+    import shutil
+
+    d = tmp_path / "b"
+    shutil.copytree(onnx_models, d)
+    install(monkeypatch, "10.3.0")
+    monkeypatch.setattr(trt_build, "gpu_name", lambda: "NVIDIA Jetson AGX Orin")
+    entry = trt_build.build_bundle_engine(d, "fp16", batch=(1, 1, 2))
+    assert entry["timing_cache"] == "timing-trt10.3.0-jetson-agx-orin.cache" and (d / entry["timing_cache"]).is_file()
+    assert entry["path"] == "model.jetson-agx-orin.fp16.plan" and entry["gpu"] == "NVIDIA Jetson AGX Orin"
+
+
+def test_a_timing_cache_from_another_gpu_is_refused_logged_and_replaced(monkeypatch, onnx_models, tmp_path, caplog):
+    cache = tmp_path / "timing.cache"
+    install(monkeypatch, "10.3.0", gpu="RTX 4090")  # the desktop
+    trt_build.build_engine(onnx_models / "model.onnx", tmp_path / "a.plan", precision="fp16",
+                           input_chw=(3, 32, 32), timing_cache=cache)
+    desktop = cache.read_bytes()
+    trt = install(monkeypatch, "10.3.0", gpu="Orin")  # the same file copied to the Jetson
+    trt_build.build_engine(onnx_models / "model.onnx", tmp_path / "b.plan", precision="fp16",
+                           input_chw=(3, 32, 32), timing_cache=cache)
+    assert [c for c in trt.calls if c[0] == "set_timing_cache"] == [("set_timing_cache", "RTX 4090"),
+                                                                    ("set_timing_cache", None)]
+    assert "refused the timing cache" in caplog.text
+    assert json.loads(cache.read_bytes())["device"] == "Orin" and cache.read_bytes() != desktop
+    # a TensorRT that refuses every cache still builds, and saves none
+    install(monkeypatch, "10.3.0", timing_cache_ok=False)
+    other = tmp_path / "other.cache"
+    trt_build.build_engine(onnx_models / "model.onnx", tmp_path / "c.plan", precision="fp16",
+                           input_chw=(3, 32, 32), timing_cache=other)
+    assert (tmp_path / "c.plan").is_file() and not other.exists()
 
 
 def test_timing_cache_is_reused_and_saved(monkeypatch, onnx_models, tmp_path):

@@ -1,230 +1,233 @@
-"""The TensorRT engine wrapper against a fake of the TensorRT runtime API and of cuda-python.
+"""The TensorRT engine wrapper against fakes of the TensorRT runtime API, cuda-python and pycuda.
 
-TensorRT and a GPU cannot exist here. The fakes implement only the documented calls (REFERENCE.md §5;
-cuda.bindings.runtime's ``(err, value)`` tuples) and check how they are used: every I/O tensor has an
-address before ``execute_async_v3``, the input shape is set and within the profile, copies go the stated
-direction between host memory and fake device allocations. "Device" memory is real host memory, and
-the fake engine runs the bundle's real ONNX model on it with ONNX Runtime, so the data path is checked
-end to end against the ONNX Runtime engine.
+TensorRT and a GPU cannot exist here. The fakes in tests/fakes/ follow the real bindings (each point cites
+its source line there): cuda-python's ``(err, value)`` tuples, its ``RuntimeError`` without a driver and
+its ``AttributeError`` for a plain-int copy kind; pycuda's context modules that raise on import without a
+GPU; TensorRT's ``size_t`` stream handle. "Device" memory is real host memory and the fake engine runs
+the bundle's real ONNX model on it with ONNX Runtime, so the data path is checked end to end against the
+ONNX Runtime engine, for the float32 NCHW and the uint8 NHWC input.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import shutil
 import sys
-import types
 
 import numpy as np
 import pytest
 
-from runtime.engine import load_engine
+from runtime.engine import EngineError, load_engine
 from tests.bundles import flight_crops, tiny_assets
+from tests.fakes.cuda_api import block_cuda_python, cudaError_t, install_cuda_python, install_pycuda
+from tests.fakes.tensorrt_runtime import make_runtime_tensorrt
 
 MAX_BATCH = 4
 
 
-class FakeCudart(types.ModuleType):
-    def __init__(self):
-        super().__init__("cuda.bindings.runtime")
-        self.device: dict[int, np.ndarray] = {}
-        self.host: dict[int, np.ndarray] = {}
-        self.calls: list[tuple] = []
-
-        class Err(int):
-            pass
-
-        self.cudaError_t = types.SimpleNamespace(cudaSuccess=Err(0))
-        self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-
-        class Stream:
-            def __init__(self, h):
-                self.h = h
-
-            def __int__(self):
-                return self.h
-
-        self._Stream = Stream
-
-    def _alloc(self, table, nbytes):
-        buf = np.zeros(int(nbytes), np.uint8)
-        table[buf.ctypes.data] = buf
-        return buf.ctypes.data
-
-    def cudaMalloc(self, nbytes):  # noqa: N802 (CUDA's names)
-        self.calls.append(("cudaMalloc", nbytes))
-        return 0, self._alloc(self.device, nbytes)
-
-    def cudaMallocHost(self, nbytes):  # noqa: N802
-        self.calls.append(("cudaMallocHost", nbytes))
-        return 0, self._alloc(self.host, nbytes)
-
-    def cudaFree(self, ptr):  # noqa: N802
-        assert ptr in self.device, "cudaFree of a pointer that cudaMalloc did not return"
-        del self.device[ptr]
-        return (0,)
-
-    def cudaFreeHost(self, ptr):  # noqa: N802
-        del self.host[ptr]
-        return (0,)
-
-    def cudaStreamCreate(self):  # noqa: N802
-        return 0, self._Stream(77)
-
-    def cudaStreamDestroy(self, s):  # noqa: N802
-        return (0,)
-
-    def cudaStreamSynchronize(self, s):  # noqa: N802
-        self.calls.append(("sync",))
-        return (0,)
-
-    def _in_device(self, ptr, n):
-        return any(base <= ptr and ptr + n <= base + len(b) for base, b in self.device.items())
-
-    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):  # noqa: N802
-        assert isinstance(dst, int) and isinstance(src, int) and nbytes > 0
-        if kind == self.cudaMemcpyKind.cudaMemcpyHostToDevice:
-            assert self._in_device(dst, nbytes) and not self._in_device(src, nbytes), "HtoD direction wrong"
-        else:
-            assert self._in_device(src, nbytes) and not self._in_device(dst, nbytes), "DtoH direction wrong"
-        ctypes.memmove(dst, src, nbytes)
-        self.calls.append(("memcpy", kind, nbytes))
-        return (0,)
-
-
-def make_fake_tensorrt(onnx_bytes: bytes, version="10.3.0"):
-    import onnxruntime as ort
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
-    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
-    trt.nptype = lambda dt: {"FLOAT": np.float32, "HALF": np.float16}[dt]
-    log = trt.calls = []
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity):
-            self.severity = severity
-
-    class Context:
-        def __init__(self, engine):
-            self.engine, self.addr, self.shape = engine, {}, None
-
-        def set_input_shape(self, name, shape):
-            assert name == "image"
-            shape = tuple(shape)
-            lo, _, hi = engine_profile
-            ok = all(a <= s <= b for a, s, b in zip(lo, shape, hi))
-            self.shape = shape if ok else None
-            log.append(("set_input_shape", shape))
-            return ok
-
-        def set_tensor_address(self, name, ptr):
-            assert name in ("image", "embedding") and isinstance(ptr, int)
-            self.addr[name] = ptr
-
-        def execute_async_v3(self, stream_handle):
-            assert isinstance(stream_handle, int), "execute_async_v3 takes the stream handle as an int"
-            assert set(self.addr) == {"image", "embedding"}, "every I/O tensor needs an address"
-            assert self.shape is not None, "set_input_shape must come before execute_async_v3"
-            n = int(np.prod(self.shape))
-            x = np.frombuffer((ctypes.c_float * n).from_address(self.addr["image"]), np.float32).reshape(self.shape)
-            y = sess.run(None, {"image": x.copy()})[0].astype(np.float32)
-            ctypes.memmove(self.addr["embedding"], y.ctypes.data, y.nbytes)
-            log.append(("execute_async_v3", self.shape[0]))
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def get_tensor_name(self, i):
-            return ["image", "embedding"][i]
-
-        def get_tensor_mode(self, name):
-            return trt.TensorIOMode.INPUT if name == "image" else trt.TensorIOMode.OUTPUT
-
-        def get_tensor_shape(self, name):
-            return (-1, 3, 64, 64) if name == "image" else (-1, dim)
-
-        def get_tensor_profile_shape(self, name, profile):
-            assert name == "image" and profile == 0
-            return engine_profile
-
-        def get_tensor_dtype(self, name):
-            return trt.DataType.FLOAT
-
-        def create_execution_context(self):
-            return Context(self)
-
-    class Runtime:
-        def __init__(self, logger):
-            assert isinstance(logger, Logger)
-
-        def deserialize_cuda_engine(self, plan):
-            assert isinstance(plan, bytes)
-            return Engine() if plan == onnx_bytes else None
-
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    dim = sess.get_outputs()[0].shape[1]
-    engine_profile = ((1, 3, 64, 64), (1, 3, 64, 64), (MAX_BATCH, 3, 64, 64))
-    trt.Logger, trt.Runtime = Logger, Runtime
-    return trt
-
-
-@pytest.fixture
-def trt_bundle(tmp_path):
+def _trt_bundle(tmp_path, source="bundle", plan_from=None):
     a = tiny_assets()
-    b = tmp_path / "bundle"
-    shutil.copytree(a["bundle"], b)
-    shutil.copy(b / "model.onnx", b / "model.fake.plan")
+    b = tmp_path / source
+    shutil.copytree(a[source], b)
+    shutil.copy(a[plan_from or source] / "model.onnx", b / "model.fake.plan")
     m = json.loads((b / "manifest.json").read_text())
     m["files"].append({"path": "model.fake.plan", "kind": "tensorrt", "precision": "fp16", "trt_version": "10.3.0"})
     (b / "manifest.json").write_text(json.dumps(m))
     return b
 
 
-def _install(monkeypatch, b, version="10.3.0"):
-    trt = make_fake_tensorrt((b / "model.fake.plan").read_bytes(), version)
-    cudart = FakeCudart()
-    cuda_pkg = types.ModuleType("cuda")
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = cudart
-    cuda_pkg.bindings = bindings
+@pytest.fixture
+def trt_bundle(tmp_path):
+    return _trt_bundle(tmp_path)
+
+
+def _install_trt(monkeypatch, b, version="10.3.0"):
+    trt = make_runtime_tensorrt((b / "model.fake.plan").read_bytes(), version, max_batch=MAX_BATCH)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "cuda", cuda_pkg)
-    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
-    return trt, cudart
+    return trt
 
 
-def test_tensorrt_engine_matches_onnxruntime_through_the_fake_api(monkeypatch, trt_bundle):
-    trt, cudart = _install(monkeypatch, trt_bundle)
-    crops = [c for c, _ in flight_crops(tiny_assets()["raster"], n_frames=6)]
-    eng = load_engine(trt_bundle)  # auto: a plan is present and tensorrt imports
-    assert eng.name == "tensorrt[10.3.0, cuda-python] fp16" and eng.max_batch == MAX_BATCH
-    ref = load_engine(trt_bundle, backend="onnxruntime").embed(crops)
+def _crops(n=6):
+    return [c for c, _ in flight_crops(tiny_assets()["raster"], n_frames=n)]
+
+
+def _check_against_onnxruntime(bundle, eng, trt):
+    crops = _crops()
+    ref = load_engine(bundle, backend="onnxruntime").embed(crops)
     got = eng.embed(crops)  # 6 > max batch 4: split into 4 + 2
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert [c for c in trt.calls if c[0] == "execute_async_v3"] == [("execute_async_v3", 4), ("execute_async_v3", 2)]
+
+
+def test_tensorrt_engine_matches_onnxruntime_through_cuda_python(monkeypatch, trt_bundle):
+    trt = _install_trt(monkeypatch, trt_bundle)
+    rt = install_cuda_python(monkeypatch)
+    eng = load_engine(trt_bundle)  # auto: a plan is present and tensorrt imports
+    assert eng.name == "tensorrt[10.3.0, cuda-python] fp16" and eng.max_batch == MAX_BATCH
+    _check_against_onnxruntime(trt_bundle, eng, trt)
     assert ("set_input_shape", (2, 3, 64, 64)) in trt.calls
-    kinds = [c[1] for c in cudart.calls if c[0] == "memcpy"]
-    assert kinds == [1, 2, 1, 2]  # HtoD then DtoH per batch
+    kinds = [c[1] for c in rt.calls if c[0] == "memcpy"]
+    assert kinds == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"] * 2  # per batch: in, then out
+    assert len(rt.host) == 2 and len(rt.device) == 2
     eng.close()
-    assert not cudart.device  # device buffers freed
+    assert not rt.device and not rt.host and not rt.streams  # device, pinned memory and stream released
+    assert eng.h_in is None and eng.h_out is None  # nothing left pointing at the freed pinned memory
+    with pytest.raises(EngineError, match="closed"):
+        eng.embed(_crops(1))
+    eng.close()  # idempotent
+
+
+def test_uint8_nhwc_engine(monkeypatch, tmp_path):
+    b = _trt_bundle(tmp_path, "bundle_u8")
+    trt = _install_trt(monkeypatch, b)
+    install_cuda_python(monkeypatch)
+    eng = load_engine(b, backend="tensorrt")
+    assert eng.in_dtype == np.uint8 and eng.sample_shape == (64, 64, 3) and eng.h_in.dtype == np.uint8
+    _check_against_onnxruntime(b, eng, trt)
+    with pytest.raises(EngineError, match="takes uint8 input, got float32"):
+        eng.embed_prepared(np.zeros((1, 64, 64, 3), np.float32))
+    eng.close()
+
+
+def test_engine_whose_input_dtype_is_not_the_manifests_is_refused(monkeypatch, tmp_path):
+    b = _trt_bundle(tmp_path, "bundle", plan_from="bundle_u8")  # a uint8 plan in a float32 bundle
+    _install_trt(monkeypatch, b)
+    install_cuda_python(monkeypatch)
+    with pytest.raises(EngineError, match="takes uint8 input, the manifest says float32.*--trt"):
+        load_engine(b, backend="tensorrt")
+
+
+def test_cuda_cudart_layout_of_older_cuda_python(monkeypatch, trt_bundle):
+    trt = _install_trt(monkeypatch, trt_bundle)
+    rt = install_cuda_python(monkeypatch, layout="cudart")
+    eng = load_engine(trt_bundle, backend="tensorrt")
+    assert eng.cuda.rt is rt and eng.cuda.name == "cuda-python"
+    _check_against_onnxruntime(trt_bundle, eng, trt)
+    eng.close()
+
+
+@pytest.mark.parametrize("primaryctx", [True, False], ids=["autoprimaryctx", "autoinit (pycuda < 2021.1)"])
+def test_pycuda_path(monkeypatch, trt_bundle, primaryctx):
+    trt = _install_trt(monkeypatch, trt_bundle)
+    block_cuda_python(monkeypatch)
+    drv = install_pycuda(monkeypatch, primaryctx=primaryctx)
+    eng = load_engine(trt_bundle, backend="tensorrt")
+    assert eng.name == "tensorrt[10.3.0, pycuda] fp16"
+    assert drv.contexts == ["pycuda.autoprimaryctx" if primaryctx else "pycuda.autoinit"]
+    _check_against_onnxruntime(trt_bundle, eng, trt)
+    assert [c[0] for c in drv.calls if c[0] in ("htod", "dtoh")] == ["htod", "dtoh"] * 2
+    eng.close()
+    assert not drv.device and eng.h_in is None
+
+
+def test_cuda_python_without_a_driver_is_one_error_with_the_fix(monkeypatch, trt_bundle):
+    """cuda-python 12.x raises RuntimeError('Failed to dlopen libcuda.so.1'); pycuda fails on import."""
+    _install_trt(monkeypatch, trt_bundle)
+    install_cuda_python(monkeypatch, driver=False)
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    with pytest.raises(EngineError, match=r"Failed to dlopen libcuda.so.1.*cuda-python~=12.6") as e:
+        load_engine(trt_bundle, backend="tensorrt")
+    assert "cuda-python~=13.0" in str(e.value)  # the pin for CUDA 13 too
+    install_cuda_python(monkeypatch, driver=False)
+    install_pycuda(monkeypatch, devices=0)
+    with pytest.raises(EngineError, match=r"cuda-python: .*dlopen.* \| pycuda: .*No CUDA enabled device"):
+        load_engine(trt_bundle, backend="tensorrt")
+
+
+def test_cuda_python_13_on_a_cuda_12_driver(monkeypatch, trt_bundle):
+    _install_trt(monkeypatch, trt_bundle)
+    rt = install_cuda_python(monkeypatch)
+    rt.fail["cudaGetDeviceCount"] = rt.cudaError_t.cudaErrorInsufficientDriver
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    with pytest.raises(EngineError, match=r"cudaErrorInsufficientDriver \(35\).*cuda-python~=12.6"):
+        load_engine(trt_bundle, backend="tensorrt")
+
+
+def test_a_failing_cuda_call_is_an_engine_error(monkeypatch, trt_bundle):
+    _install_trt(monkeypatch, trt_bundle)
+    rt = install_cuda_python(monkeypatch, fail={"cudaMalloc": cudaError_t.cudaErrorMemoryAllocation})
+    with pytest.raises(EngineError, match=r"cudaMalloc failed with cudaErrorMemoryAllocation \(2\)"):
+        load_engine(trt_bundle, backend="tensorrt")
+    rt.fail.clear()
+    eng = load_engine(trt_bundle, backend="tensorrt")
+    rt.fail["cudaStreamSynchronize"] = rt.cudaError_t.cudaErrorMemoryAllocation
+    with pytest.raises(EngineError, match="cudaStreamSynchronize failed"):
+        eng.embed(_crops(1))
+
+
+def test_fakes_accept_and_reject_what_the_real_bindings_do(monkeypatch, trt_bundle):
+    rt = install_cuda_python(monkeypatch)
+    _, stream = rt.cudaStreamCreate()
+    src = np.zeros((1, 3, 64, 64), np.float32)
+    _, dev = rt.cudaMalloc(src.nbytes)
+    with pytest.raises(AttributeError, match="'int' object has no attribute 'value'"):
+        rt.cudaMemcpyAsync(dev, src.ctypes.data, src.nbytes, 1, stream)  # cuda-python 12.x: kind must be the enum
+    kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+    assert rt.cudaMemcpyAsync(dev, src.ctypes.data, src.nbytes, kind, stream) == (0,)
+    trt = _install_trt(monkeypatch, trt_bundle)
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(trt_bundle.joinpath("model.fake.plan").read_bytes())
+    ctx = engine.create_execution_context()
+    _, out = rt.cudaMalloc(4 * engine.get_tensor_shape("embedding")[1])
+    ctx.set_tensor_address("image", dev)
+    ctx.set_tensor_address("embedding", out)
+    assert ctx.set_input_shape("image", (1, 3, 64, 64)) and not ctx.set_input_shape("image", (9, 3, 64, 64))
+    ctx.set_input_shape("image", (1, 3, 64, 64))
+    for bad in (1.0, "0x7001", None):
+        with pytest.raises(TypeError):
+            ctx.execute_async_v3(bad)
+    assert ctx.execute_async_v3(stream)  # any __index__ object, as pybind11's size_t caster takes
+    no_driver = install_cuda_python(monkeypatch, driver=False)
+    with pytest.raises(RuntimeError, match="Failed to dlopen libcuda.so.1"):
+        no_driver.cudaMalloc(16)
+    with pytest.raises(RuntimeError, match='Function "cuInit" not found'):
+        no_driver.cudaMalloc(16)
 
 
 def test_tensorrt_version_mismatch_and_missing_cuda(monkeypatch, trt_bundle):
-    from runtime.engine import EngineError
-
-    _install(monkeypatch, trt_bundle, version="8.5.2")
-    with pytest.raises(EngineError, match=r"built with TensorRT 10.3.0, this is 8.5.2"):
+    _install_trt(monkeypatch, trt_bundle, version="8.5.2")
+    install_cuda_python(monkeypatch)
+    with pytest.raises(EngineError, match=r"built with TensorRT 10.3.0, this is 8.5.2.*--trt"):
         load_engine(trt_bundle, backend="tensorrt")
-    _install(monkeypatch, trt_bundle)
-    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime"):
-        monkeypatch.setitem(sys.modules, name, None)
+    _install_trt(monkeypatch, trt_bundle)
+    block_cuda_python(monkeypatch)
     monkeypatch.setitem(sys.modules, "pycuda", None)
-    with pytest.raises(EngineError, match="cuda-python"):
+    with pytest.raises(EngineError, match=r"cuda-python~=12.6"):
         load_engine(trt_bundle, backend="tensorrt")
+
+
+def test_tensorrt_backend_on_a_bundle_without_an_engine(monkeypatch, tmp_path):
+    b = tmp_path / "bundle"
+    shutil.copytree(tiny_assets()["bundle"], b)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(EngineError, match=r"^TensorRT is not installed.*has no engine yet.*--bundle .* --trt"):
+        load_engine(b, backend="tensorrt")
+    _install_trt(monkeypatch, _trt_bundle(tmp_path / "other"))
+    from runtime.bundle import BundleError
+
+    with pytest.raises(BundleError, match=r"has no TensorRT engine.*python -m export --bundle .* --trt"):
+        load_engine(b, backend="tensorrt")
+
+
+def test_the_installed_cuda_python_if_any():
+    """The real cuda-python (torch's wheels pull in cuda-bindings): without a GPU it must give the one-line
+    EngineError naming the pins (12.x raises RuntimeError, 13.x returns cudaErrorInsufficientDriver); with
+    a GPU, a round trip through pinned and device memory with the copy kinds as passed by the engine."""
+    pytest.importorskip("cuda.bindings.runtime")
+    from runtime.trt_engine import _CudaPython
+
+    try:
+        cu = _CudaPython()
+    except EngineError as e:
+        assert "cudaGetDeviceCount" in str(e) and "cuda-python~=12.6" in str(e)
+        return
+    stream = cu.stream()
+    src = cu.host_empty((2, 8), np.float32)
+    dst = cu.host_empty((2, 8), np.float32)
+    src[:] = np.arange(16, dtype=np.float32).reshape(2, 8)
+    dev = cu.malloc(src.nbytes)
+    cu.htod(dev, src, stream)
+    cu.dtoh(dst, dev, stream)
+    cu.sync(stream)
+    np.testing.assert_array_equal(dst, src)
+    cu.free(dev)
+    cu.close(stream)

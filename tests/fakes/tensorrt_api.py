@@ -1,15 +1,29 @@
 """Fakes of the TensorRT Python build API for versions 8.5, 10.x and 11.x (TensorRT cannot exist here).
 
-Each fake exposes only what that version documents, so code using a removed or not-yet-added name fails
-the way the real module does (``AttributeError``): ``BuilderFlag.FP16``/``INT8`` and
-``Builder.platform_has_fast_fp16`` are gone in 11; ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH`` is
-gone in 11; ``STRONGLY_TYPED`` does not exist in 8.5. An 8.5 network created without EXPLICIT_BATCH cannot
-parse an ONNX file (implicit-batch networks are not supported by the ONNX parser).
+Each fake exposes only what that version's bindings have, so code using a removed or not-yet-added name
+fails the way the real module does (``AttributeError``). Checked against TensorRT OSS at tags 8.5.3,
+v10.3.0 and v11.1 (``include/NvInfer.h`` for the values, ``python/src/infer/pyCore.cpp`` for the names):
+
+- ``NetworkDefinitionCreationFlag``: 8.5 EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1 (NvInfer.h 9339-9343,
+  pyCore.cpp 1110-1115); 10.3 EXPLICIT_BATCH=0, STRONGLY_TYPED=1 (NvInfer.h 9614-9620, pyCore.cpp
+  1500-1505); 11.1 STRONGLY_TYPED=0 (deprecated, always on), PREFER_JIT_PYTHON_PLUGINS=1,
+  PREFER_AOT_PYTHON_PLUGINS=2, no EXPLICIT_BATCH (NvInfer.h 11462-11481, pyCore.cpp 1771-1779).
+- ``BuilderFlag``: FP16=0, INT8=1, DEBUG=2, GPU_FALLBACK=3 in 8.5 and 10.3; 11.1 has no FP16/INT8
+  (NvInfer.h 8.5.3 8389-8416, v10.3.0 8300-8323, v11.1 9962-9979). ``platform_has_fast_fp16`` is gone in 11.
+- ``IOptimizationProfile.set_shape`` raises ``RuntimeError("Shape provided for opt is inconsistent with
+  other shapes.")`` when ``setDimensions`` refuses (PY_ASSERT_RUNTIME_ERROR, pyCore.cpp 8.5.3 35-43,
+  v10.3.0 34-42, v11.1 36-44; the macro in python/include/utils.h 149-156).
+- ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch) -> bool`` binds ``setTimingCache``, which
+  returns false for a cache whose CUDA device properties differ from the current device (NvInfer.h
+  v10.3.0 9268-9289; pyCore.cpp 8.5.3 1101, v10.3.0 1482, v11.1 1740).
+- An 8.5 network created without EXPLICIT_BATCH cannot parse an ONNX file (implicit batch is not
+  supported by the ONNX parser).
 
 The "engine" is a JSON description whose layer data types follow what the real builder would do: with
 the FP16/INT8 flags on 8.5/10, from the ONNX's own types (float16 tensors, Q/DQ nodes) on 11. Knobs
 simulate failure modes: ``fast_fp16=False`` (a GPU without fast FP16), ``silent_fp32=True`` (a build that
-ignores the requested precision, as third-party exporters saw on TensorRT 11).
+ignores the requested precision, as third-party exporters saw on TensorRT 11), ``gpu="..."`` (the device a
+timing cache is made on and checked against), ``timing_cache_ok=False`` (every cache refused).
 
 Use :func:`install` to put a fake into ``sys.modules['tensorrt']``.
 """
@@ -59,7 +73,8 @@ class _HostMemory:
         return len(self._data)
 
 
-def make_tensorrt(version: str, *, fast_fp16: bool = True, silent_fp32: bool = False) -> types.ModuleType:
+def make_tensorrt(version: str, *, fast_fp16: bool = True, silent_fp32: bool = False, gpu: str = "Orin",
+                  timing_cache_ok: bool = True) -> types.ModuleType:
     major = int(version.split(".")[0])
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -74,18 +89,15 @@ def make_tensorrt(version: str, *, fast_fp16: bool = True, silent_fp32: bool = F
 
     trt.Logger = Logger
 
-    flag_members = {"EXPLICIT_BATCH": 0} if major < 11 else {}
-    if major == 10:
-        flag_members["STRONGLY_TYPED"] = 5
-    if major >= 11:
-        flag_members["STRONGLY_TYPED"] = 5  # accepted, and what every network is anyway
+    flag_members = {8: {"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1},
+                    10: {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1},
+                    11: {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}}[major]
     trt.NetworkDefinitionCreationFlag = _Enum("NetworkDefinitionCreationFlag", flag_members)
-    builder_flags = {"DEBUG": 1, "GPU_FALLBACK": 2, "REFIT": 3, "DISABLE_TIMING_CACHE": 4, "TF32": 5,
-                     "SPARSE_WEIGHTS": 6}
+    builder_flags = {"DEBUG": 2, "GPU_FALLBACK": 3}
+    builder_flags.update({"REFIT": 5, "DISABLE_TIMING_CACHE": 6, "TF32": 7, "SPARSE_WEIGHTS": 8} if major < 10 else
+                         {"REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6, "SPARSE_WEIGHTS": 7})
     if major < 11:
-        builder_flags.update({"FP16": 0, "INT8": 10})
-    if major == 10:
-        builder_flags["BF16"] = 11
+        builder_flags.update({"FP16": 0, "INT8": 1})
     trt.BuilderFlag = _Enum("BuilderFlag", builder_flags)
     trt.MemoryPoolType = _Enum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1})
     trt.ProfilingVerbosity = _Enum("ProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "NONE": 1, "DETAILED": 2})
@@ -132,18 +144,25 @@ def make_tensorrt(version: str, *, fast_fp16: bool = True, silent_fp32: bool = F
         def __init__(self):
             self.shapes = {}
 
-        def set_shape(self, name, min, opt, max):  # noqa: A002 - the real keyword names
-            if not (len(min) == len(opt) == len(max)) or any(a > b for a, b in zip(min, opt)) or any(
-                    a > b for a, b in zip(opt, max)):
-                raise ValueError(f"profile shapes must satisfy min <= opt <= max: {min} {opt} {max}")
-            self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+        def set_shape(self, input, min, opt, max):  # noqa: A002 - the real keyword names
+            # setDimensions(kMIN), (kOPT), (kMAX) in turn, each checked against those already set
+            if any(v < 1 for v in min):
+                raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
+            if len(opt) != len(min) or any(a > b for a, b in zip(min, opt)):
+                raise RuntimeError("Shape provided for opt is inconsistent with other shapes.")
+            if len(max) != len(opt) or any(a > b for a, b in zip(opt, max)):
+                raise RuntimeError("Shape provided for max is inconsistent with other shapes.")
+            self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
     class TimingCache:
+        """Serialised as JSON with the device it was made on (the real header holds the device properties)."""
+
         def __init__(self, data: bytes):
-            self.entries = json.loads(data.decode()) if data else []
+            blob = json.loads(data.decode()) if data else {"device": None, "entries": []}
+            self.device, self.entries = blob["device"], blob["entries"]
 
         def serialize(self):
-            return _HostMemory(json.dumps(self.entries).encode())
+            return _HostMemory(json.dumps({"device": self.device or gpu, "entries": self.entries}).encode())
 
     class Config:
         def __init__(self):
@@ -170,6 +189,11 @@ def make_tensorrt(version: str, *, fast_fp16: bool = True, silent_fp32: bool = F
             return TimingCache(bytes(data))
 
         def set_timing_cache(self, cache, ignore_mismatch):
+            if not isinstance(cache, TimingCache):
+                raise TypeError("set_timing_cache(cache: ITimingCache, ignore_mismatch: bool)")
+            trt.calls.append(("set_timing_cache", cache.device))
+            if not timing_cache_ok or (cache.device not in (None, gpu) and not ignore_mismatch):
+                return False  # "A failure will be reported if the CUDA device property ... is different"
             self.timing_cache = cache
             return True
 
@@ -220,7 +244,7 @@ def make_tensorrt(version: str, *, fast_fp16: bool = True, silent_fp32: bool = F
                                "Outputs": [{"Name": f"t{i}", "Format/Datatype": f"Row major linear {dtype} format"}]})
             # timing cache: one entry per distinct layer signature; reused entries are not re-timed
             key = f"{len(ops)}:{sorted(config.flags)}"
-            if key not in config.timing_cache.entries:
+            if config.timing_cache is not None and key not in config.timing_cache.entries:
                 config.timing_cache.entries.append(key)
             return _HostMemory(json.dumps({"version": version, "layers": layers}).encode())
 
