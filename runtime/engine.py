@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tiles.cli import UserError
+
 from .bundle import PRECISIONS, Bundle, BundleError, read_bundle
 from .preprocess import Preprocess
 
@@ -31,7 +33,7 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt")
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """An engine that cannot be built or run (missing backend, wrong precision, bad output)."""
 
 
