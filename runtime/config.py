@@ -48,6 +48,10 @@ class ServiceConfig:
     max_frames: int | None = None  # stop after this many processed frames
     backoff_max_s: float = 8.0
     read_timeout_s: float = 3.0
+    mavlink_mode: str = "gps_input"  # gps_input (a GPS, ArduPilot GPS1_TYPE=14) or external_position (sparse resets)
+    gnss_serial: str | None = None  # emulated GNSS receiver (UBX/NMEA) on this serial port or pty (PX4)
+    gnss_baud: int = 115200
+    gnss_protocols: str = "ubx,nmea"  # comma-separated: ubx, nmea
 
 
 FIELD_NAMES = tuple(f.name for f in fields(ServiceConfig))
