@@ -13,11 +13,13 @@ autopilot's GPS port (or run PX4 SITL on a pseudo-terminal) and it writes, per f
 - NMEA 0183 (``"nmea"``): ``GGA`` (position, quality, satellites, HDOP, MSL altitude), ``RMC`` (status,
   speed, course, date), ``GSA`` (fix mode, PDOP/HDOP/VDOP), ``VTG`` (course, speed) and ``GST`` (the 1-sigma
   latitude/longitude/height errors: PX4's NMEA driver takes ``eph``/``epv`` only from GST). NMEA has no
-  speed accuracy: PX4's NMEA driver sets it to 0 (a perfect velocity); prefer UBX for PX4.
+  speed accuracy: PX4's NMEA driver sets it to 0 (a perfect velocity), and reads an empty speed as 0 m/s,
+  so without a velocity from the filter PX4 would fuse "standing still" as exact; prefer UBX for PX4.
 
 The values and their stand-ins (satellites, DOPs, accuracy, the capture time) are those of
 :func:`runtime.gnss_solution.solution_from_fix`; velocities are NED (``velN`` north, ``velE`` east, mm/s;
-``velD`` 0: NAV-PVT has no "unknown"). The vertical is not measured: ``hMSL`` is the given MSL
+``velD`` 0: NAV-PVT has no "unknown"; without a filter velocity ``velN``/``velE`` are 0 with ``sAcc``
+``SACC_UNKNOWN_MPS``). The vertical is not measured: ``hMSL`` is the given MSL
 altitude or 0, ``vAcc`` and the GST height error are ``VACC_UNKNOWN_M`` so no EKF trusts it (PX4: keep
 ``EKF2_HGT_REF`` on the barometer and drop the vertical checks from ``EKF2_GPS_CHECK``, README).
 No trusted fix: ``NAV-PVT`` with ``fixType`` 0 and ``gnssFixOK`` clear, ``GGA`` quality 0, ``RMC`` status V.
@@ -41,6 +43,7 @@ PROTOCOLS = ("ubx", "nmea")
 PIP_HINT = "pip install 'geoloc-edge[gnss]'"
 KNOTS_PER_MPS = 3600.0 / 1852.0
 # MON-VER: swVersion (30 bytes), hwVersion (10; "00190000" is a u-blox 9 to PX4), extensions (30 each)
+SACC_UNKNOWN_MPS = 50.0  # sAcc when the filter has no velocity (or no accuracy for it): NAV-PVT has no "unknown"
 MON_VER_PAYLOAD = b"".join(t.ljust(n, b"\0") for t, n in ((b"EXT CORE 1.00 (geoloc-edge)", 30), (b"00190000", 10),
                                                           (b"FWVER=HPG 1.32", 30), (b"PROTVER=27.31", 30)))
 
@@ -72,7 +75,7 @@ def ubx_messages(s: GnssSolution) -> list[bytes]:
                confirmedAvai=1, confirmedDate=1, confirmedTime=1)
     if s.valid:
         alt_mm = int(round((s.alt_msl_m or 0.0) * 1000))
-        speed_acc = s.speed_acc_mps if s.speed_acc_mps is not None else (0.0 if vel else 50.0)
+        speed_acc = s.speed_acc_mps if vel and s.speed_acc_mps is not None else SACC_UNKNOWN_MPS
         pvt.update(lon=s.lon_deg, lat=s.lat_deg, height=alt_mm, hMSL=alt_mm, hAcc=int(round(s.h_acc_m * 1000)),
                    vAcc=int(VACC_UNKNOWN_M * 1000) if s.alt_msl_m is None else int(round(s.h_acc_m * 1500)),
                    velN=int(round((s.vel_n_mps or 0.0) * 1000)), velE=int(round((s.vel_e_mps or 0.0) * 1000)),

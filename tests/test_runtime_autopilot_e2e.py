@@ -85,7 +85,7 @@ def _collect(listener, pty, proc, n):
 @pytest.mark.skipif(not _serve_accepts_outputs(), reason="needs service wiring: serve has no --gnss-serial "
                     "/--mavlink-mode yet (runtime.outputs.open_outputs)")
 def test_serve_streams_match_the_flight_truth_within_the_reported_accuracy(tmp_path):
-    from tests.test_runtime_gnss_serial import PtyPeer, decode
+    from tests.fakes.gnss_port import PtyPeer, decode
 
     bundle, db, frames, truth, (vn_true, ve_true) = _flight(tmp_path)
     out = tmp_path / "fixes.jsonl"

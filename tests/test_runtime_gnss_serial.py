@@ -3,10 +3,7 @@ decoded with pyubx2 (UBX) and pynmea2 (NMEA), and it answers a u-blox driver's c
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -20,62 +17,10 @@ pyubx2 = pytest.importorskip("pyubx2")
 pynmea2 = pytest.importorskip("pynmea2")
 pytest.importorskip("serial")
 
-from runtime.gnss_serial import GnssSerialOutput  # noqa: E402
+from runtime.gnss_serial import SACC_UNKNOWN_MPS, GnssSerialOutput  # noqa: E402
+from tests.fakes.gnss_port import PtyPeer, decode  # noqa: E402
 
 KNOT = 1852.0 / 3600.0
-
-
-class PtyPeer:
-    """The autopilot's end of a pseudo-terminal: collects what the receiver writes, can write to it."""
-
-    def __init__(self):
-        self.master, self.slave = os.openpty()
-        self.path = os.ttyname(self.slave)
-        self.data = bytearray()
-        self.arrivals: list[tuple[float, int]] = []  # (monotonic time, bytes so far)
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self):
-        import select
-
-        while not self._stop.is_set():
-            r, _, _ = select.select([self.master], [], [], 0.05)
-            if r:
-                try:
-                    chunk = os.read(self.master, 65536)
-                except OSError:
-                    return
-                self.data += chunk
-                self.arrivals.append((time.monotonic(), len(self.data)))
-
-    def write(self, b: bytes):
-        os.write(self.master, b)
-
-    def wait_bytes(self, n: int, timeout: float = 3.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while len(self.data) < n and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return bytes(self.data)
-
-    def close(self):
-        self._stop.set()
-        self._t.join(1)
-        os.close(self.master)
-        os.close(self.slave)
-
-
-def decode(data: bytes) -> tuple[list, list]:
-    """(UBX messages parsed by pyubx2, NMEA sentences parsed by pynmea2) from a mixed stream."""
-    ubx, nmea = [], []
-    rd = pyubx2.UBXReader(io.BytesIO(data), protfilter=pyubx2.UBX_PROTOCOL | pyubx2.NMEA_PROTOCOL)
-    for raw, parsed in rd:
-        if raw[:1] == b"$":
-            nmea.append(pynmea2.parse(raw.decode("ascii").strip(), check=True))
-        else:
-            ubx.append(parsed)
-    return ubx, nmea
 
 
 @pytest.fixture
@@ -248,3 +193,14 @@ def test_open_outputs_builds_every_output_from_the_config(tmp_path, pty):
     cfg.gnss_protocols = "sbf"
     with pytest.raises(ValueError, match="GNSS protocols"):
         open_outputs(cfg)
+
+
+def test_a_fix_without_velocity_says_so(pty):
+    bare = Fix(t=0.0, x=0, y=0, lat=47.0, lon=-99.0, confidence=0.8, accuracy_m=20.0, trusted=True,
+               capture_time_unix=truth(0)["time_unix"])
+    ubx, nmea = _epochs(pty, [bare])
+    pvt = ubx[0]
+    assert pvt.fixType == 3 and (pvt.velN, pvt.velE, pvt.gSpeed) == (0, 0, 0)
+    assert pvt.sAcc == SACC_UNKNOWN_MPS * 1000 and pvt.headVehValid == 0  # no velocity, no heading claimed
+    rmc = next(s for s in nmea if s.sentence_type == "RMC")
+    assert rmc.spd_over_grnd is None and rmc.true_course is None
