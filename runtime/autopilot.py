@@ -40,9 +40,11 @@ with ``MAV_CMD_SET_MESSAGE_INTERVAL`` once it has seen the autopilot's heartbeat
 autopilot restarts). It sends a heartbeat of its own every second, so that a ``udpout:`` peer (a
 MAVLink router) learns where to send.
 
-The connection may be shared with the ``GPS_INPUT`` output (one serial port cannot be opened twice):
-pass ``conn`` (an open pymavlink connection) and ``send_lock`` (the lock the other sender holds while it
-writes); the reader then only reads, and writes under that lock.
+The link is a :class:`runtime.mavlink_link.MavlinkLink` (``link=``, or opened by address through
+:func:`runtime.mavlink_link.shared_link`), so the reader and the GPS outputs on one address share one
+connection, one send lock and one heartbeat (one serial port cannot be opened twice). An already open
+pymavlink connection can still be given as ``conn`` with the ``send_lock`` its other sender holds.
+Message ids, commands and enum values are pymavlink's (``runtime.mavlink_link.mavlink_dialect``).
 """
 
 from __future__ import annotations
@@ -53,34 +55,25 @@ import threading
 import time
 from dataclasses import dataclass
 
+from .mavlink_link import MavlinkLink, mavlink_dialect, shared_link
+
 logger = logging.getLogger(__name__)
 
 # the order in which sources are preferred (the first fresh one wins)
 SOURCES = ("rangefinder", "relative_alt", "altitude_terrain", "altitude_relative")
 HEADING_SOURCES = ("attitude", "vfr_hud", "global_position_int")
 
-MSG_ATTITUDE = 30
-MSG_GLOBAL_POSITION_INT = 33
-MSG_DISTANCE_SENSOR = 132
-MSG_ALTITUDE = 141
-MAV_CMD_SET_MESSAGE_INTERVAL = 511
 # asked for with MAV_CMD_SET_MESSAGE_INTERVAL (ATTITUDE carries the heading; VFR_HUD is only a fallback)
-STREAMED = (MSG_GLOBAL_POSITION_INT, MSG_DISTANCE_SENSOR, MSG_ALTITUDE, MSG_ATTITUDE)
-MAV_SENSOR_ROTATION_PITCH_270 = 25  # facing down
-MAV_AUTOPILOT_INVALID = 8
-MAV_TYPE_GCS = 6
-MAV_TYPE_ONBOARD_CONTROLLER = 18
-MAV_COMP_ID_ONBOARD_COMPUTER = 191
+STREAMED = ("GLOBAL_POSITION_INT", "DISTANCE_SENSOR", "ALTITUDE", "ATTITUDE")
 
 PIP_HINT = "pip install 'geoloc-edge[mavlink]'"
 
 
-def _mavutil():
+def _dialect():
     try:
-        from pymavlink import mavutil
+        return mavlink_dialect()
     except ImportError as e:
         raise ImportError(f"reading the altitude or heading from the autopilot needs pymavlink: `{PIP_HINT}`") from e
-    return mavutil
 
 
 @dataclass(frozen=True)
@@ -131,7 +124,7 @@ def readings_from_message(msg) -> dict[str, float]:
     """The altitude values (metres, keyed by source) that one MAVLink message carries; {} if none is valid."""
     kind = msg.get_type()
     if kind == "DISTANCE_SENSOR":
-        if msg.orientation != MAV_SENSOR_ROTATION_PITCH_270:
+        if msg.orientation != _dialect().MAV_SENSOR_ROTATION_PITCH_270:
             return {}
         if getattr(msg, "signal_quality", 0) == 1:  # 1: invalid (0: unknown, 100: best)
             return {}
@@ -161,34 +154,28 @@ class AutopilotReader:
     """
 
     def __init__(self, url: str | None = None, *, baud: int = 57600, stale_s: float = 2.0,
-                 request_hz: float = 5.0, system_id: int | None = None, conn=None, send_lock=None,
-                 source_system: int = 1, source_component: int = MAV_COMP_ID_ONBOARD_COMPUTER,
+                 request_hz: float = 5.0, system_id: int | None = None, link: MavlinkLink | None = None,
+                 conn=None, send_lock=None, source_system: int = 1, source_component: int | None = None,
                  heartbeat_s: float = 1.0):
         if not stale_s > 0:
             raise ValueError(f"stale_s must be > 0 seconds, got {stale_s}")
         if request_hz < 0:
             raise ValueError(f"request_hz must be >= 0 (0: do not ask the autopilot), got {request_hz}")
-        if conn is None and not url:
+        if link is None and conn is None and not url:
             raise ValueError("give the autopilot's MAVLink address (e.g. udpin:0.0.0.0:14551 or /dev/ttyTHS1)")
-        self.url = url or getattr(conn, "address", "shared connection")
+        _dialect()  # pymavlink present (an error naming the install otherwise)
+        if link is None and conn is not None:
+            link = MavlinkLink.adopt(conn, send_lock, url or getattr(conn, "address", "shared connection"))
+        elif link is None:
+            link = shared_link(url, baud=baud, source_system=source_system, source_component=source_component,
+                               heartbeat_s=heartbeat_s)
+        self.link = link
+        self.url = url or link.url
         self.stale_s = float(stale_s)
         self.request_hz = float(request_hz)
         self.system_id = system_id
-        self.heartbeat_s = heartbeat_s
-        self._own_conn = conn is None
-        if conn is None:
-            mavutil = _mavutil()
-            try:
-                conn = mavutil.mavlink_connection(url, baud=baud, source_system=source_system,
-                                                  source_component=source_component)
-            except Exception as e:  # serial.SerialException, OSError (port in use), ...
-                raise ValueError(
-                    f"cannot open the autopilot link {url!r}: {e}; give udpin:0.0.0.0:PORT, udpout:HOST:PORT, "
-                    "tcp:HOST:PORT or an existing serial device (a port already used by --mavlink: pass the "
-                    "same address to both to share it)"
-                ) from e
-        self.conn = conn
-        self.send_lock = send_lock or threading.Lock()
+        self.conn = link.conn
+        self.send_lock = link.send_lock
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[float, float, int]] = {}  # source -> (metres, monotonic time, sysid)
         self._headings: dict[str, tuple[float, float, int]] = {}  # source -> (degrees, monotonic time, sysid)
@@ -196,7 +183,6 @@ class AutopilotReader:
         self._last_boot_ms: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_hb = 0.0
         self.messages = 0
         self.requests_sent = 0
 
@@ -263,13 +249,10 @@ class AutopilotReader:
                 "messages": self.messages, "stale_s": self.stale_s}
 
     # ---- the link -----------------------------------------------------------------------------
-    def _send(self, fn, *args) -> None:
-        with self.send_lock:
-            fn(*args)
-
     def _on_heartbeat(self, msg) -> None:
         """Ask an autopilot that appears (or reboots) to stream the altitude and attitude messages."""
-        if msg.autopilot == MAV_AUTOPILOT_INVALID or msg.type == MAV_TYPE_GCS or not self.request_hz:
+        M = _dialect()
+        if msg.autopilot == M.MAV_AUTOPILOT_INVALID or msg.type == M.MAV_TYPE_GCS or not self.request_hz:
             return
         key = (msg.get_srcSystem(), msg.get_srcComponent())
         if self.system_id is not None and key[0] != self.system_id:
@@ -278,9 +261,9 @@ class AutopilotReader:
             return
         self._requested.add(key)
         interval_us = int(round(1e6 / self.request_hz))
-        for msg_id in STREAMED:
-            self._send(self.conn.mav.command_long_send, key[0], key[1], MAV_CMD_SET_MESSAGE_INTERVAL, 0,
-                       msg_id, interval_us, 0, 0, 0, 0, 0)
+        for name in STREAMED:
+            self.link.send("command_long", key[0], key[1], M.MAV_CMD_SET_MESSAGE_INTERVAL, 0,
+                           getattr(M, f"MAVLINK_MSG_ID_{name}"), interval_us, 0, 0, 0, 0, 0)
             self.requests_sent += 1
         logger.info("asked autopilot %d/%d for GLOBAL_POSITION_INT, DISTANCE_SENSOR, ALTITUDE, ATTITUDE at %g Hz",
                     key[0], key[1], self.request_hz)
@@ -295,19 +278,11 @@ class AutopilotReader:
             self._requested = {k for k in self._requested if k[0] != sysid}
         self._last_boot_ms[sysid] = boot_ms
 
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if self.heartbeat_s and now - self._last_hb >= self.heartbeat_s:
-            self._last_hb = now
-            self._send(self.conn.mav.heartbeat_send, MAV_TYPE_ONBOARD_CONTROLLER, MAV_AUTOPILOT_INVALID,
-                       0, 0, 0)
-
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                if self._own_conn:  # a shared connection's owner sends its own heartbeat
-                    self._heartbeat()
-                msg = self.conn.recv_match(blocking=True, timeout=0.2)
+                self.link.heartbeat()  # rate-limited by the link, whoever else sends it
+                msg = self.link.recv(timeout=0.2)
             except Exception as e:  # a link error must not end the reader: log and retry
                 if self._stop.is_set():
                     return
@@ -331,8 +306,7 @@ class AutopilotReader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-        if self._own_conn:
-            self.conn.close()
+        self.link.close()
 
 
 AutopilotAltitude = AutopilotReader  # its first name (altitude only); same class

@@ -53,6 +53,13 @@ class ServiceConfig(LocalizerConfig):
     mavlink: str | None = _opt(None, "GPS_INPUT to udpout:HOST:PORT, udpin:HOST:PORT or a serial device")
     mavlink_baud: int = _opt(57600, "serial baud for --mavlink")
     satellites_visible: int = _opt(10, "satellites_visible sent in GPS_INPUT")
+    mavlink_mode: str = _opt("gps_input", "gps_input: a GPS (ArduPilot GPS1_TYPE=14); external_position: "
+                                          "MAV_CMD_EXTERNAL_POSITION_ESTIMATE (ArduPilot 4.5+, sparse resets)",
+                             choices=("gps_input", "external_position"))
+    gnss_serial: str | None = _opt(None, "emulated GNSS receiver (UBX/NMEA) on this serial port or pseudo-terminal "
+                                         "(PX4, or any autopilot's GPS port)", metavar="PORT")
+    gnss_baud: int = _opt(115200, "serial baud for --gnss-serial")
+    gnss_protocols: str = _opt("ubx,nmea", "what --gnss-serial speaks: ubx, nmea or ubx,nmea")
     health_port: int | None = _opt(None, "serve health on 127.0.0.1:PORT/health")
     health_log_s: float = _opt(10.0, "seconds between health log lines")
     loop: bool = _opt(False, "restart a video file or folder at its end")

@@ -31,7 +31,7 @@ from .config import ServiceConfig
 from .engine import check_engine_database, load_engine
 from .health import Health, HealthServer
 from .localizer import Localization, Localizer
-from .outputs import JsonLinesOutput, MavlinkGpsOutput, UdpJsonOutput, fix_record
+from .outputs import fix_record, open_outputs
 from .sources import SourceStats, open_source
 from .telemetry import TelemetryPolicy
 
@@ -97,7 +97,7 @@ class Service:
         self.source = self._open_source(source)
         self.drop_frames = bool(getattr(self.source, "live", False)) if cfg.drop_frames is None else cfg.drop_frames
         self.outputs = self._open_outputs()
-        self.telemetry = TelemetryPolicy(cfg, link_for=self._mavlink_output_for)
+        self.telemetry = TelemetryPolicy(cfg)
         self.health_server = self._open_health_server()
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
         self.last: Localization | None = None
@@ -130,20 +130,10 @@ class Service:
         return source
 
     def _open_outputs(self) -> list:
-        cfg, outs = self.cfg, []
-        if cfg.jsonl:
-            if cfg.jsonl != "-":
-                Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
-            outs.append(JsonLinesOutput(cfg.jsonl))
-        if cfg.udp_json:
-            outs.append(UdpJsonOutput(cfg.udp_json))
-        if cfg.mavlink:
-            outs.append(MavlinkGpsOutput(cfg.mavlink, baud=cfg.mavlink_baud, satellites_visible=cfg.satellites_visible))
-        return outs
-
-    def _mavlink_output_for(self, url: str):
-        """The GPS output's open link when it talks to ``url`` (one serial port cannot be opened twice)."""
-        return next((o for o in self.outputs if isinstance(o, MavlinkGpsOutput) and o.url == url), None)
+        cfg = self.cfg
+        if cfg.jsonl and cfg.jsonl != "-":
+            Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
+        return open_outputs(cfg)
 
     def _open_health_server(self):
         if self.cfg.health_port is None:
@@ -233,12 +223,7 @@ class Service:
             t0 = time.perf_counter()
             for out in self.outputs:
                 try:
-                    if isinstance(out, MavlinkGpsOutput):
-                        if fix is None:  # the summary record is not a fix
-                            continue
-                        out.send_fix(fix, unix_time=record["time_utc"])
-                    else:
-                        out.write(record)
+                    out.emit(record, fix)
                 except Exception as e:  # an output failing must not stop positioning
                     self.health.count("output_errors")
                     logger.warning("output %s failed: %s", out.describe(), e)

@@ -20,12 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 class TelemetryPolicy:
-    """Altitude and heading for each frame. ``cfg`` is a :class:`runtime.config.ServiceConfig`;
-    ``link_for(url)`` returns an open shared MAVLink connection for ``url`` (the GPS output's) or None."""
+    """Altitude and heading for each frame. ``cfg`` is a :class:`runtime.config.ServiceConfig`. A reader
+    on the same address as the GPS output shares its link (:func:`runtime.mavlink_link.shared_link`)."""
 
-    def __init__(self, cfg, link_for=None):
+    def __init__(self, cfg):
         self.cfg = cfg
-        self._link_for = link_for or (lambda url: None)
         self.altitude_reader = self._open_reader(cfg.altitude_from) if cfg.altitude_from else None
         self.heading_reader = self._open_heading_reader()
         self.frames_no_heading = 0
@@ -37,10 +36,8 @@ class TelemetryPolicy:
         from .autopilot import AutopilotReader
 
         cfg = self.cfg
-        shared = self._link_for(url)
         return AutopilotReader(url, baud=cfg.altitude_from_baud or cfg.mavlink_baud,
-                               stale_s=cfg.altitude_stale_s, request_hz=cfg.altitude_request_hz,
-                               conn=shared.conn if shared else None, send_lock=shared.lock if shared else None)
+                               stale_s=cfg.altitude_stale_s, request_hz=cfg.altitude_request_hz)
 
     def _open_heading_reader(self):
         cfg = self.cfg

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -20,6 +19,7 @@ import pytest
 from runtime.autopilot import AutopilotAltitude, readings_from_message
 from runtime.config import ServiceConfig
 from tests.bundles import flight_crops, tiny_assets, write_flight_video
+from tests.fakes.mavlink_peer import FakeAutopilot
 from tests.loopback import free_port as _free_port
 from tests.loopback import wait_for as _wait_for
 
@@ -30,42 +30,6 @@ DOWN, FORWARD = MAV.MAV_SENSOR_ROTATION_PITCH_270, MAV.MAV_SENSOR_ROTATION_NONE
 
 def _gpi(conn, relative_alt_mm: int) -> None:
     conn.mav.global_position_int_send(1000, 470000000, -991000000, 600000, relative_alt_mm, 0, 0, 0, 0)
-
-
-class FakeAutopilot:
-    """A pymavlink peer that streams GLOBAL_POSITION_INT at 20 Hz with the altitude set in ``alt_mm``
-    (None: silent) and a 1 Hz autopilot heartbeat, and keeps what it receives."""
-
-    def __init__(self, port: int):
-        self.conn = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
-        self.alt_mm: int | None = None
-        self.received: list = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        last_hb = 0.0
-        while not self._stop.is_set():
-            if time.monotonic() - last_hb > 1.0:
-                self.conn.mav.heartbeat_send(MAV.MAV_TYPE_QUADROTOR, MAV.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0, 0)
-                last_hb = time.monotonic()
-            if self.alt_mm is not None:
-                _gpi(self.conn, self.alt_mm)
-            while (m := self.conn.recv_match(blocking=False)) is not None:
-                self.received.append(m)
-            self._stop.wait(0.05)
-
-    def types(self, name):
-        return [m for m in list(self.received) if m.get_type() == name]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join(2)
-        self.conn.close()
 
 
 def test_messages_to_metres_and_validity():

@@ -9,7 +9,6 @@ import logging
 import math
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from runtime.autopilot import AutopilotReader, headings_from_message
 from runtime.config import ServiceConfig
 from runtime.preprocess import north_up
 from tests.bundles import tiny_assets
+from tests.fakes.mavlink_peer import FakeAutopilot
 from tests.loopback import free_port as _free_port
 from tests.loopback import wait_for as _wait_for
 
@@ -62,33 +62,6 @@ def _inner_error(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference over the centre of the image, where a rotation keeps every pixel."""
     m = VIEW_PX // 5
     return float(np.abs(a.astype(float) - b.astype(float))[m:-m, m:-m].mean())
-
-
-class Sender:
-    """Streams ATTITUDE with ``yaw_rad`` at 20 Hz (None: silent) from system 1."""
-
-    def __init__(self, port: int):
-        self.conn = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
-        self.yaw_rad: float | None = None
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._boot = time.monotonic()
-
-    def _run(self):
-        while not self._stop.is_set():
-            if self.yaw_rad is not None:
-                ms = int((time.monotonic() - self._boot) * 1000)
-                self.conn.mav.attitude_send(ms, 0.0, 0.0, self.yaw_rad, 0.0, 0.0, 0.0)
-            self._stop.wait(0.05)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join(2)
-        self.conn.close()
 
 
 def test_headings_from_messages_units():
@@ -199,7 +172,7 @@ def test_service_turns_frames_north_up_with_the_autopilot_heading(tmp_path):
         return e
 
     engine.prepare, engine.embed_prepared = spy_prepare, spy_embed
-    with Sender(port) as tx:
+    with FakeAutopilot(port) as tx:
         tx.yaw_rad = math.radians(60.0)
         svc.autopilot.start()
         assert _wait_for(svc.autopilot.heading)
@@ -240,7 +213,7 @@ def test_service_falls_back_to_the_fixed_heading_then_none_warns_once_and_counts
     assert svc.autopilot is None and svc.heading_reader is not None  # heading only: altitude stays given
     inputs = _spy_inputs(svc.engine)
     try:
-        with Sender(port) as tx:
+        with FakeAutopilot(port) as tx:
             svc.heading_reader.start()
             rec, _ = svc.process((0.0, view, {"index": 0}))  # nothing heard yet: the fixed heading
             assert (rec["heading_deg"], rec["heading_source"], rec["heading_age_s"]) == (45.0, "given", None)
