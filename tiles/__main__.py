@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate
 from .grid import footprint_m, grid_counts, tile_grid
+from .mapcheck import coarse_map_warning
 from .raster import RasterError, open_raster, square_corners
+from .validate import arg
 from .views import CameraPose, render_view
 
 
@@ -44,7 +47,9 @@ def _preview(args) -> int:
     fp = footprint_m(args.altitude, args.hfov)
     stride = fp * args.stride_frac
     with open_raster(args.raster) as r:
-        tiles = tile_grid(r, fp, stride, args.min_valid)
+        if warning := coarse_map_warning(r, fp, args.altitude):
+            logging.getLogger("tiles").warning("%s", warning)
+        tiles = tile_grid(r, fp, stride, args.min_valid, progress=True)
         ncols, nrows = grid_counts(*r.extent_m, fp, stride)
         rgb, valid, factor = r.overview(args.max_side)
         img = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -73,8 +78,9 @@ def _preview(args) -> int:
 
 
 def _view(args) -> int:
+    lat, lon = validate.lat_lon(args.lat, args.lon)
     with open_raster(args.raster) as r:
-        x, y = r.from_wgs84(args.lat, args.lon)
+        x, y = _inside(r, lat, lon)
         pose = CameraPose(x, y, args.altitude, args.heading, args.tilt, args.hfov)
         v = render_view(r, pose, (args.size, args.size))
     out = Path(args.out or "view.png")
@@ -82,6 +88,22 @@ def _view(args) -> int:
     print(f"view at lat {args.lat}, lon {args.lon} ({x:.1f}, {y:.1f} m), {args.altitude:g} m: "
           f"{100 * v.valid_fraction:.0f}% on the map; written to {out}")
     return 0
+
+
+def _inside(r, lat: float, lon: float) -> tuple[float, float]:
+    """Metric (x, y) of (lat, lon), which must lie on the raster (a swapped pair is named as such)."""
+    def on_map(la, lo):
+        x, y = r.from_wgs84(la, lo)
+        xmin, ymin, xmax, ymax = r.bounds_m
+        return (x, y) if np.isfinite([x, y]).all() and xmin <= x <= xmax and ymin <= y <= ymax else None
+
+    if (xy := on_map(lat, lon)) is not None:
+        return xy
+    la0, lo0, la1, lo1 = r.describe()["bounds_wgs84"]
+    swapped = abs(lon) <= 90 and on_map(lon, lat) is not None
+    hint = ("; --lat and --lon look swapped" if swapped
+            else "; give a position on the map (see `python -m tiles describe`)")
+    raise ValueError(f"lat {lat}, lon {lon} is outside {r.path.name} (lat {la0}..{la1}, lon {lo0}..{lo1}){hint}")
 
 
 def _write_png(path: Path, bgr: np.ndarray) -> None:
@@ -104,24 +126,28 @@ def main(argv=None) -> int:
     d.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="draw the tile grid for an altitude over the map (PNG)")
     p.add_argument("raster")
-    p.add_argument("--altitude", type=float, required=True, help="flight height above ground, metres")
-    p.add_argument("--hfov", type=float, required=True, help="camera horizontal field of view, degrees")
-    p.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
-    p.add_argument("--min-valid", type=float, default=0.9)
+    p.add_argument("--altitude", type=arg(validate.altitude_m), required=True,
+                   help="flight height above ground, metres")
+    p.add_argument("--hfov", type=arg(validate.hfov_deg), required=True,
+                   help="camera horizontal field of view, degrees")
+    p.add_argument("--stride-frac", type=arg(lambda v: validate.fraction("stride_frac", v)), default=0.5,
+                   help="tile stride as a fraction of the footprint")
+    p.add_argument("--min-valid", type=arg(lambda v: validate.fraction("min_valid", v, zero_ok=True)), default=0.9)
     p.add_argument("--max-side", type=int, default=1400, help="preview size in pixels")
     p.add_argument("--out")
     v = sub.add_parser("view", help="render the drone camera view at a position (PNG)")
     v.add_argument("raster")
-    v.add_argument("--lat", type=float, required=True)
-    v.add_argument("--lon", type=float, required=True)
-    v.add_argument("--altitude", type=float, required=True)
-    v.add_argument("--hfov", type=float, default=70.0)
-    v.add_argument("--heading", type=float, default=0.0)
-    v.add_argument("--tilt", type=float, default=0.0)
+    v.add_argument("--lat", type=arg(lambda v: validate.finite("lat", v)), required=True, help="WGS84 latitude")
+    v.add_argument("--lon", type=arg(lambda v: validate.finite("lon", v)), required=True, help="WGS84 longitude")
+    v.add_argument("--altitude", type=arg(validate.altitude_m), required=True)
+    v.add_argument("--hfov", type=arg(validate.hfov_deg), default=70.0)
+    v.add_argument("--heading", type=arg(validate.heading_deg), default=0.0)
+    v.add_argument("--tilt", type=arg(validate.tilt_deg), default=0.0)
     v.add_argument("--size", type=int, default=512)
     v.add_argument("--out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL chatter; errors are explained below
     try:
         return {"describe": _describe, "preview": _preview, "view": _view}[args.cmd](args)
     except (RasterError, ValueError) as e:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import default_mode
+
 FORMAT = "geoloc-tiledb"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -153,6 +155,7 @@ def write_database(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's 0700 would lock out the service's user
         np.save(tmp / EMBEDDINGS, emb)
         np.save(tmp / ENTRIES, entries)
         files = {}
@@ -193,6 +196,42 @@ def write_database(
     return path
 
 
+def verify_files(path: Path, manifest: dict, *, hashes: bool = True) -> None:
+    """Every file the manifest lists exists with its size and (``hashes``) its sha256.
+
+    Hashing reads each file once, at about 1 GB/s (sha256 on one core); a database already verified
+    may be reopened with ``TileDatabase.open(path, verify=False)``, which checks sizes only."""
+    for name, info in manifest.get("files", {}).items():
+        fpath = path / name
+        if not fpath.is_file():
+            raise DatabaseError(f"{path}: {name} is missing; rebuild the database")
+        size = fpath.stat().st_size
+        if size != info["bytes"]:
+            raise DatabaseError(
+                f"{fpath} has {size} bytes, the manifest says {info['bytes']}: the file is truncated "
+                "or was replaced; rebuild the database"
+            )
+        if hashes and info.get("sha256") and _sha256(fpath) != info["sha256"]:
+            raise DatabaseError(
+                f"{fpath}: sha256 differs from the manifest: the file is corrupted (a bad copy or a failing "
+                "disk); copy the database again or rebuild it"
+            )
+
+
+def check_finite(embeddings: np.ndarray, path: Path | str = "embeddings", chunk_rows: int = 1 << 16) -> None:
+    """Refuse NaN/inf embeddings (read in chunks of rows, so a memory map is not loaded whole)."""
+    bad = 0
+    first = -1
+    for s in range(0, len(embeddings), chunk_rows):
+        rows = ~np.isfinite(np.asarray(embeddings[s:s + chunk_rows])).all(axis=1)
+        if rows.any():
+            first = s + int(np.argmax(rows)) if first < 0 else first
+            bad += int(rows.sum())
+    if bad:
+        raise DatabaseError(f"{path}: {bad} embeddings hold NaN or inf (first at row {first}); every score "
+                            "against them would be NaN: rebuild the database")
+
+
 @dataclass
 class TileDatabase:
     """A database opened read-only; ``embeddings`` and ``entries`` are memory-mapped."""
@@ -203,7 +242,14 @@ class TileDatabase:
     entries: np.ndarray
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify_hashes: bool = False, mmap: bool = True) -> TileDatabase:
+    def open(cls, path: str | os.PathLike, *, verify: bool = True, verify_hashes: bool | None = None,
+             mmap: bool = True) -> TileDatabase:
+        """Open a database read-only. ``verify`` (default) checks every file's sha256 against the manifest
+        and that every embedding is finite, which reads the files once (see :func:`verify_files`);
+        ``verify=False`` checks sizes only, for a fast restart of a database already verified.
+        ``verify_hashes`` is the former name of ``verify``."""
+        if verify_hashes is not None:
+            verify = verify_hashes
         path = Path(path)
         if not path.is_dir():
             raise DatabaseError(
@@ -225,18 +271,7 @@ class TileDatabase:
                 f"{path}: database format version {version!r}, this reader understands {FORMAT_VERSION}; "
                 "rebuild the database with this version of `python -m export`"
             )
-        for name, info in manifest.get("files", {}).items():
-            fpath = path / name
-            if not fpath.is_file():
-                raise DatabaseError(f"{path}: {name} is missing; rebuild the database")
-            size = fpath.stat().st_size
-            if size != info["bytes"]:
-                raise DatabaseError(
-                    f"{fpath} has {size} bytes, the manifest says {info['bytes']}: the file is truncated "
-                    "or was replaced; rebuild the database"
-                )
-            if verify_hashes and _sha256(fpath) != info["sha256"]:
-                raise DatabaseError(f"{fpath}: sha256 differs from the manifest; the file is corrupted")
+        verify_files(path, manifest, hashes=verify)
         mode = "r" if mmap else None
         try:
             emb = np.load(path / EMBEDDINGS, mmap_mode=mode, allow_pickle=False)
@@ -248,6 +283,8 @@ class TileDatabase:
             raise DatabaseError(f"{path}: embeddings are {emb.dtype}{emb.shape}, manifest says float16({n}, {d})")
         if ent.shape != (n,) or ent.dtype != ENTRY_DTYPE:
             raise DatabaseError(f"{path}: entries do not match the manifest ({ent.shape}, {ent.dtype})")
+        if verify:
+            check_finite(emb, path)
         return cls(path, manifest, emb, ent)
 
     # ---- properties ---------------------------------------------------------------------------
