@@ -28,6 +28,9 @@ import os
 import sys
 from pathlib import Path
 
+from tiles import validate
+from tiles.validate import arg
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m export", description=__doc__,
@@ -54,9 +57,11 @@ def parse_args(argv=None):
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
     ap.add_argument("--workspace-mib", type=int, default=1024)
     ap.add_argument("--tiles", type=Path, nargs="+", default=[], help="GeoTIFF(s) for the tile database")
-    ap.add_argument("--altitudes", type=float, nargs="+", default=[150, 200, 250, 300])
-    ap.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view, degrees")
-    ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
+    ap.add_argument("--altitudes", type=arg(validate.altitude_m), nargs="+", default=[150, 200, 250, 300])
+    ap.add_argument("--hfov", type=arg(validate.hfov_deg), default=60.0,
+                    help="camera horizontal field of view, degrees")
+    ap.add_argument("--stride-frac", type=arg(lambda v: validate.fraction("stride_frac", v)), default=0.5,
+                    help="tile stride as a fraction of the footprint")
     ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "

@@ -52,6 +52,15 @@ def calibration_images(calib_dir=None, calib_tifs=(), n: int = 128, hfov_deg: fl
     raise ValueError("INT8 needs calibration images: --calib DIR (real drone frames) or --calib-tif MAP.tif")
 
 
+def check_map_pair(query_tif, gallery_tif) -> dict:
+    """Refuse two rasters that share no ground (compared in one CRS), before anything is exported."""
+    from tiles.mapcheck import check_overlap
+    from tiles.raster import open_raster
+
+    with open_raster(query_tif) as a, open_raster(gallery_tif) as b:
+        return check_overlap(a, b)
+
+
 def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str = "float32",
                   fp16: bool = False, int8: bool = False, calib_dir=None, calib_tifs=(), calib_n: int = 128,
                   calib_method: str = "minmax", hfov_deg: float = 60.0, eval_tifs=None, eval_crop_px: int = 128,
@@ -77,6 +86,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         raise FileExistsError(f"{out} already holds a bundle; pass overwrite=True (CLI: --overwrite) to replace it")
     if max_r1_drop is not None and not eval_tifs:
         raise ValueError("--max-r1-drop needs held-out images for the accuracy gate: --eval-tifs QUERY.tif GALLERY.tif")
+    if eval_tifs:
+        check_map_pair(*eval_tifs)  # before any work: two maps of one area
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         (out / MANIFEST).unlink()  # the old bundle stops being one until the new manifest is written

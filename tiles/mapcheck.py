@@ -19,9 +19,11 @@ import numpy as np
 
 from .raster import GeoRaster, RasterError
 
-# Below this many native map pixels across a tile, the model sees an upsampled blur: the tile is scaled
-# up more than 2x to its input (128-384 px) and the texture retrieval relies on is not in the map.
-MIN_TILE_PX = 64
+# Below this many native map pixels across a tile the model sees an upsampled blur (scaled up 8x or
+# more to a 128 px input): the texture retrieval relies on is not in the map. The floor is half of what
+# the bundled demo works with (NAIP 5 m/px at 150 m, hfov 60: 35 px per tile); a 90 m/px map at 150 m
+# gives 2 px.
+MIN_TILE_PX = 16
 
 
 def _outline_in(r: GeoRaster, crs, n: int = 16) -> np.ndarray:
