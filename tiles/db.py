@@ -199,8 +199,9 @@ def write_database(
 def verify_files(path: Path, manifest: dict, *, hashes: bool = True) -> None:
     """Every file the manifest lists exists with its size and (``hashes``) its sha256.
 
-    Hashing reads each file once, at about 1 GB/s (sha256 on one core); a database already verified
-    may be reopened with ``TileDatabase.open(path, verify=False)``, which checks sizes only."""
+    Hashing reads each file once: about 0.2 s per 100 MB measured on a shared 2-core machine (sha256
+    runs at 0.6 GB/s in memory there); a database already verified may be reopened with
+    ``TileDatabase.open(path, verify=False)``, which checks sizes only."""
     for name, info in manifest.get("files", {}).items():
         fpath = path / name
         if not fpath.is_file():
@@ -223,7 +224,11 @@ def check_finite(embeddings: np.ndarray, path: Path | str = "embeddings", chunk_
     bad = 0
     first = -1
     for s in range(0, len(embeddings), chunk_rows):
-        rows = ~np.isfinite(np.asarray(embeddings[s:s + chunk_rows])).all(axis=1)
+        block = np.asarray(embeddings[s:s + chunk_rows])
+        if block.dtype == np.float16:  # exponent bits all set = inf or NaN: 4x faster than np.isfinite
+            rows = ((block.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+        else:
+            rows = ~np.isfinite(block).all(axis=1)
         if rows.any():
             first = s + int(np.argmax(rows)) if first < 0 else first
             bad += int(rows.sum())
