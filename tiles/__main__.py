@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL chatter; errors are explained below
     try:
         return {"describe": _describe, "preview": _preview, "view": _view}[args.cmd](args)
-    except (RasterError, ValueError) as e:
+    except (RasterError, ValueError, OSError) as e:  # OSError: the PNG cannot be written (folder, disk)
         print(f"error: {e}", file=sys.stderr)
         return 2
 
