@@ -151,11 +151,39 @@ def test_database_corrupted_in_place_or_nan_refused_at_open(tmp_path):
     arr[7, 2] = np.float16("nan")  # a database written by a broken builder: hashes match, values do not
     np.save(f, arr)
     m = json.loads((p / tdb.MANIFEST).read_text())
-    m["files"][tdb.EMBEDDINGS]["sha256"] = tdb._sha256(f)
+    m["files"][tdb.EMBEDDINGS]["sha256"] = tdb.sha256_file(f)
     (p / tdb.MANIFEST).write_text(json.dumps(m))
     with pytest.raises(DatabaseError, match=r"1 embeddings hold NaN or inf \(first at row 7\)"):
         TileDatabase.open(p)
     assert np.isnan(TileDatabase.open(p, verify=False).embeddings[7, 2])  # the fast restart trusts the files
+
+
+def test_altitude_without_a_layer_is_no_fix_not_a_rescaled_match(tmp_path):
+    from tests.test_tiles_db import MODEL, PRE, _make
+    from tiles.db import ALTITUDE_TOLERANCE_FRAC, NoLayerError, TileDatabase, write_database
+
+    emb, e, lays = _make()  # layers 150 and 300 m
+    db = TileDatabase.open(write_database(tmp_path / "db", emb, e, layers=lays, model=MODEL, preprocess=PRE))
+    tol = ALTITUDE_TOLERANCE_FRAC
+    assert db.layer_for_altitude(170, tol) == 0 and db.layer_for_altitude(230, tol) == 1
+    assert db.layer_for_altitude(1000) == 1  # without a tolerance: the nearest layer, as before
+    with pytest.raises(NoLayerError, match=r"no fix: altitude 1000 m has no layer \(layers: 150, 300 m, each used "
+                                           r"within \+-25 %\)"):
+        db.layer_for_altitude(1000, tol)
+    with pytest.raises(NoLayerError, match="no fix: altitude 10 m has no layer"):
+        db.layer_for_altitude(10, tol)
+    with pytest.raises(NoLayerError, match="not a number"):
+        db.layer_for_altitude(float("nan"))  # NaN used to pick layer 0 silently
+    one = write_database(tmp_path / "one", emb[:5], _one_layer(e[:5]), layers=lays[:1],
+                         model=MODEL, preprocess=PRE)
+    with pytest.raises(NoLayerError, match="altitude 300 m"):
+        TileDatabase.open(one).layer_for_altitude(300, tol)
+
+
+def _one_layer(entries):
+    entries = entries.copy()
+    entries["layer"] = 0
+    return entries
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

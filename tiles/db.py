@@ -17,8 +17,8 @@ interrupted write never leaves a folder under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -28,6 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .dbcheck import (  # noqa: F401 (re-exported: the errors are part of this module's API)
+    ALTITUDE_TOLERANCE_FRAC,
+    DatabaseError,
+    DatabaseMismatchError,
+    NoLayerError,
+    check_finite,
+    check_layer_altitude,
+    sha256_file,
+    verify_files,
+)
 from .io import default_mode
 
 FORMAT = "geoloc-tiledb"
@@ -56,14 +66,6 @@ ENTRY_DTYPE = np.dtype(
 )
 
 
-class DatabaseError(ValueError):
-    """A tile database that cannot be read: missing, truncated, wrong version, inconsistent."""
-
-
-class DatabaseMismatchError(DatabaseError):
-    """A readable database built for another model or preprocessing than the engine in use."""
-
-
 def empty_entries(n: int) -> np.ndarray:
     """``n`` entries with no geometry (NaN coordinates, -1 windows and source)."""
     e = np.zeros(n, ENTRY_DTYPE)
@@ -72,14 +74,6 @@ def empty_entries(n: int) -> np.ndarray:
     for f in ("col_off", "row_off", "width", "height", "source"):
         e[f] = -1
     return e
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -162,7 +156,7 @@ def write_database(
         for name in (EMBEDDINGS, ENTRIES):
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -194,47 +188,6 @@ def write_database(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def verify_files(path: Path, manifest: dict, *, hashes: bool = True) -> None:
-    """Every file the manifest lists exists with its size and (``hashes``) its sha256.
-
-    Hashing reads each file once: about 0.2 s per 100 MB measured on a shared 2-core machine (sha256
-    runs at 0.6 GB/s in memory there); a database already verified may be reopened with
-    ``TileDatabase.open(path, verify=False)``, which checks sizes only."""
-    for name, info in manifest.get("files", {}).items():
-        fpath = path / name
-        if not fpath.is_file():
-            raise DatabaseError(f"{path}: {name} is missing; rebuild the database")
-        size = fpath.stat().st_size
-        if size != info["bytes"]:
-            raise DatabaseError(
-                f"{fpath} has {size} bytes, the manifest says {info['bytes']}: the file is truncated "
-                "or was replaced; rebuild the database"
-            )
-        if hashes and info.get("sha256") and _sha256(fpath) != info["sha256"]:
-            raise DatabaseError(
-                f"{fpath}: sha256 differs from the manifest: the file is corrupted (a bad copy or a failing "
-                "disk); copy the database again or rebuild it"
-            )
-
-
-def check_finite(embeddings: np.ndarray, path: Path | str = "embeddings", chunk_rows: int = 1 << 16) -> None:
-    """Refuse NaN/inf embeddings (read in chunks of rows, so a memory map is not loaded whole)."""
-    bad = 0
-    first = -1
-    for s in range(0, len(embeddings), chunk_rows):
-        block = np.asarray(embeddings[s:s + chunk_rows])
-        if block.dtype == np.float16:  # exponent bits all set = inf or NaN: 4x faster than np.isfinite
-            rows = ((block.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
-        else:
-            rows = ~np.isfinite(block).all(axis=1)
-        if rows.any():
-            first = s + int(np.argmax(rows)) if first < 0 else first
-            bad += int(rows.sum())
-    if bad:
-        raise DatabaseError(f"{path}: {bad} embeddings hold NaN or inf (first at row {first}); every score "
-                            "against them would be NaN: rebuild the database")
 
 
 @dataclass
@@ -326,19 +279,29 @@ class TileDatabase:
         lay = self.layers[layer]
         return slice(lay["start"], lay["stop"])
 
-    def layer_for_altitude(self, altitude_m: float | None) -> int:
-        """Index of the layer cut for the altitude closest to ``altitude_m`` (the only one if just one)."""
+    def layer_for_altitude(self, altitude_m: float | None, tolerance_frac: float | None = None) -> int:
+        """Index of the layer cut for the altitude closest to ``altitude_m`` (the only one if just one).
+
+        A NaN/inf altitude is a :class:`NoLayerError`. With ``tolerance_frac`` (e.g.
+        :data:`ALTITUDE_TOLERANCE_FRAC`) an altitude further than that fraction from the chosen layer's is
+        a :class:`NoLayerError` too ("no fix: altitude N m has no layer ..."), never a rescaled match."""
+        if altitude_m is not None and not math.isfinite(altitude_m):
+            raise NoLayerError(f"no fix: altitude {altitude_m} is not a number (check the altitude source)")
         alts = [lay.get("altitude_m") for lay in self.layers]
         if len(alts) == 1 or altitude_m is None:
             if altitude_m is None and len(alts) > 1:
                 raise ValueError(
                     f"the database has {len(alts)} altitude layers {alts}; give the current altitude"
                 )
-            return 0
-        known = [(abs(a - altitude_m), i) for i, a in enumerate(alts) if a is not None]
-        if not known:
-            raise ValueError("no layer of this database records an altitude")
-        return min(known)[1]
+            index = 0
+        else:
+            known = [(abs(a - altitude_m), i) for i, a in enumerate(alts) if a is not None]
+            if not known:
+                raise ValueError("no layer of this database records an altitude")
+            index = min(known)[1]
+        if tolerance_frac is not None and altitude_m is not None:
+            check_layer_altitude(self.layers, index, altitude_m, tolerance_frac)
+        return index
 
     # ---- compatibility ------------------------------------------------------------------------
     def check_compatible(
