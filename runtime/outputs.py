@@ -99,7 +99,6 @@ class JsonLinesOutput:
             self._fd, self._own = -1, False
             return
         self._fd, self._own = _open_append(self.path), True
-        self._end = os.lseek(self._fd, 0, os.SEEK_END)  # the end of the last complete line
 
     def describe(self) -> str:
         return "JSON lines to stdout" if self.path == "-" else f"JSON lines to {self.path}"
@@ -107,6 +106,7 @@ class JsonLinesOutput:
     def write(self, record: dict) -> None:
         line = json_line(record)
         data = line.encode("utf-8")
+        done = 0
         with self.lock:
             try:
                 if not self._own:
@@ -114,17 +114,14 @@ class JsonLinesOutput:
                     sys.stdout.flush()
                     self.lines += 1
                     return
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view):]
+                while done < len(data):
+                    done += os.write(self._fd, data[done:])
             except OSError as e:
-                if self._own:
-                    with contextlib.suppress(OSError):  # drop the partial line, keep every complete one
-                        os.ftruncate(self._fd, self._end)
+                if self._own and done:  # drop the partial line (measured from the end: rotation-safe)
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, max(0, os.fstat(self._fd).st_size - done))
                 raise OutputError(e.errno, f"cannot write a JSON line to {self.path}: {e.strerror} "
                                   f"({self.lines} lines written so far; free space or choose another path)") from e
-            if self._own:
-                self._end += len(data)
             self.lines += 1
 
     def close(self) -> None:
