@@ -214,3 +214,20 @@ def test_json_safe_is_exact_for_finite_records():
     rec = {"a": 1.25, "b": [1, 2.5e-7], "c": "x", "d": None, "e": True}
     assert json_safe(rec) == rec and all(math.isfinite(x) for x in json_safe(rec)["b"])
     assert os.path.sep not in json.dumps(json_safe(rec))
+
+
+def test_health_endpoint_serves_strict_json_when_the_last_fix_has_nan():
+    import urllib.request
+
+    from runtime.health import Health, HealthServer
+
+    h = Health()
+    h.fix({"x": float("nan"), "lat": float("nan"), "trusted": False})
+    h.observe("total", float("inf"))
+    srv = HealthServer(h, port=0).start()
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/health", timeout=5).read().decode()
+    finally:
+        srv.close()
+    snap = json.loads(body, parse_constant=lambda c: pytest.fail(f"{c} in the health JSON"))
+    assert snap["last_fix"]["x"] is None and snap["latency_ms"]["total"]["p50"] is None
