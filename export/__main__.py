@@ -57,8 +57,9 @@ def parse_args(argv=None):
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
     ap.add_argument("--workspace-mib", type=int, default=1024)
     ap.add_argument("--tiles", type=Path, nargs="+", default=[], help="GeoTIFF(s) for the tile database")
-    ap.add_argument("--altitudes", type=arg(validate.altitude_m), nargs="+", default=[150, 200, 250, 300])
-    ap.add_argument("--hfov", type=arg(validate.hfov_deg), default=60.0,
+    ap.add_argument("--altitudes-m", "--altitudes", dest="altitudes", type=arg(validate.altitude_m), nargs="+",
+                    default=[150, 200, 250, 300], help="flight heights of the tile database's layers, metres")
+    ap.add_argument("--hfov-deg", "--hfov", dest="hfov", type=arg(validate.hfov_deg), default=60.0,
                     help="camera horizontal field of view, degrees")
     ap.add_argument("--stride-frac", type=arg(lambda v: validate.fraction("stride_frac", v)), default=0.5,
                     help="tile stride as a fraction of the footprint")

@@ -126,9 +126,9 @@ def main(argv=None) -> int:
     d.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="draw the tile grid for an altitude over the map (PNG)")
     p.add_argument("raster")
-    p.add_argument("--altitude", type=arg(validate.altitude_m), required=True,
+    p.add_argument("--altitude-m", "--altitude", dest="altitude", type=arg(validate.altitude_m), required=True,
                    help="flight height above ground, metres")
-    p.add_argument("--hfov", type=arg(validate.hfov_deg), required=True,
+    p.add_argument("--hfov-deg", "--hfov", dest="hfov", type=arg(validate.hfov_deg), required=True,
                    help="camera horizontal field of view, degrees")
     p.add_argument("--stride-frac", type=arg(lambda v: validate.fraction("stride_frac", v)), default=0.5,
                    help="tile stride as a fraction of the footprint")
@@ -139,10 +139,10 @@ def main(argv=None) -> int:
     v.add_argument("raster")
     v.add_argument("--lat", type=arg(lambda v: validate.finite("lat", v)), required=True, help="WGS84 latitude")
     v.add_argument("--lon", type=arg(lambda v: validate.finite("lon", v)), required=True, help="WGS84 longitude")
-    v.add_argument("--altitude", type=arg(validate.altitude_m), required=True)
-    v.add_argument("--hfov", type=arg(validate.hfov_deg), default=70.0)
-    v.add_argument("--heading", type=arg(validate.heading_deg), default=0.0)
-    v.add_argument("--tilt", type=arg(validate.tilt_deg), default=0.0)
+    v.add_argument("--altitude-m", "--altitude", dest="altitude", type=arg(validate.altitude_m), required=True)
+    v.add_argument("--hfov-deg", "--hfov", dest="hfov", type=arg(validate.hfov_deg), default=70.0)
+    v.add_argument("--heading-deg", "--heading", dest="heading", type=arg(validate.heading_deg), default=0.0)
+    v.add_argument("--tilt-deg", "--tilt", dest="tilt", type=arg(validate.tilt_deg), default=0.0)
     v.add_argument("--size", type=int, default=512)
     v.add_argument("--out")
     args = ap.parse_args(argv)
