@@ -151,7 +151,7 @@ def test_database_corrupted_in_place_or_nan_refused_at_open(tmp_path):
     arr[7, 2] = np.float16("nan")  # a database written by a broken builder: hashes match, values do not
     np.save(f, arr)
     m = json.loads((p / tdb.MANIFEST).read_text())
-    m["files"][tdb.EMBEDDINGS]["sha256"] = tdb.sha256_file(f)
+    m["files"][tdb.EMBEDDINGS]["sha256"] = tdb._sha256(f)
     (p / tdb.MANIFEST).write_text(json.dumps(m))
     with pytest.raises(DatabaseError, match=r"1 embeddings hold NaN or inf \(first at row 7\)"):
         TileDatabase.open(p)

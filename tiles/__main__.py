@@ -77,19 +77,6 @@ def _preview(args) -> int:
     return 0
 
 
-def _view(args) -> int:
-    lat, lon = validate.lat_lon(args.lat, args.lon)
-    with open_raster(args.raster) as r:
-        x, y = _inside(r, lat, lon)
-        pose = CameraPose(x, y, args.altitude, args.heading, args.tilt, args.hfov)
-        v = render_view(r, pose, (args.size, args.size))
-    out = Path(args.out or "view.png")
-    _write_png(out, v.image[:, :, ::-1])
-    print(f"view at lat {args.lat}, lon {args.lon} ({x:.1f}, {y:.1f} m), {args.altitude:g} m: "
-          f"{100 * v.valid_fraction:.0f}% on the map; written to {out}")
-    return 0
-
-
 def _inside(r, lat: float, lon: float) -> tuple[float, float]:
     """Metric (x, y) of (lat, lon), which must lie on the raster (a swapped pair is named as such)."""
     def on_map(la, lo):
@@ -106,6 +93,19 @@ def _inside(r, lat: float, lon: float) -> tuple[float, float]:
     raise ValueError(f"lat {lat}, lon {lon} is outside {r.path.name} (lat {la0}..{la1}, lon {lo0}..{lo1}){hint}")
 
 
+def _view(args) -> int:
+    lat, lon = validate.lat_lon(args.lat, args.lon)
+    with open_raster(args.raster) as r:
+        x, y = _inside(r, lat, lon)
+        pose = CameraPose(x, y, args.altitude, args.heading, args.tilt, args.hfov)
+        v = render_view(r, pose, (args.size, args.size))
+    out = Path(args.out or "view.png")
+    _write_png(out, v.image[:, :, ::-1])
+    print(f"view at lat {args.lat}, lon {args.lon} ({x:.1f}, {y:.1f} m), {args.altitude:g} m: "
+          f"{100 * v.valid_fraction:.0f}% on the map; written to {out}")
+    return 0
+
+
 def _write_png(path: Path, bgr: np.ndarray) -> None:
     import cv2
 
@@ -114,10 +114,14 @@ def _write_png(path: Path, bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    atomic_write_bytes(path, buf.tobytes())
+    try:
+        atomic_write_bytes(path, buf.tobytes())
+    except OSError as e:  # a one-line error, not a traceback: the folder or the disk is the user's to fix
+        raise ValueError(f"cannot write {path}: {e.strerror}; choose another --out") from e
 
 
 def main(argv=None) -> int:
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL chatter; its errors are explained as ours
     ap = argparse.ArgumentParser(prog="python -m tiles", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -147,10 +151,9 @@ def main(argv=None) -> int:
     v.add_argument("--out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL chatter; errors are explained below
     try:
         return {"describe": _describe, "preview": _preview, "view": _view}[args.cmd](args)
-    except (RasterError, ValueError, OSError) as e:  # OSError: the PNG cannot be written (folder, disk)
+    except (RasterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -17,6 +17,7 @@ interrupted write never leaves a folder under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,7 +36,6 @@ from .dbcheck import (  # noqa: F401 (re-exported: the errors are part of this m
     NoLayerError,
     check_finite,
     check_layer_altitude,
-    sha256_file,
     verify_files,
 )
 from .io import default_mode
@@ -74,6 +74,14 @@ def empty_entries(n: int) -> np.ndarray:
     for f in ("col_off", "row_off", "width", "height", "source"):
         e[f] = -1
     return e
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -156,7 +164,7 @@ def write_database(
         for name in (EMBEDDINGS, ENTRIES):
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
