@@ -53,7 +53,8 @@ def calibration_images(calib_dir=None, calib_tifs=(), n: int = 128, hfov_deg: fl
 
 
 def check_map_pair(query_tif, gallery_tif) -> dict:
-    """Refuse two rasters that share no ground (compared in one CRS), before anything is exported."""
+    """Refuse two rasters that share no ground (compared in one CRS, the first one's), before anything is
+    exported; return their overlap (:func:`tiles.mapcheck.check_overlap`)."""
     from tiles.mapcheck import check_overlap
     from tiles.raster import open_raster
 
@@ -78,6 +79,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     from .quantize import convert_fp16, quantize_int8
 
     ckpt, out = Path(ckpt), Path(out)
+    for query_tif in (eval_tifs or [])[:-1]:  # before any work: the held-out maps show the reference's area
+        check_map_pair(query_tif, eval_tifs[-1])
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"input_format {input_format!r} is not one of {INPUT_FORMATS}")
     if not ckpt.is_file():
@@ -86,8 +89,6 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         raise FileExistsError(f"{out} already holds a bundle; pass overwrite=True (CLI: --overwrite) to replace it")
     if max_r1_drop is not None and not eval_tifs:
         raise ValueError("--max-r1-drop needs held-out images for the accuracy gate: --eval-tifs QUERY.tif GALLERY.tif")
-    if eval_tifs:
-        check_map_pair(*eval_tifs)  # before any work: two maps of one area
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         (out / MANIFEST).unlink()  # the old bundle stops being one until the new manifest is written
