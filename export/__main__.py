@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 from tiles import validate
-from tiles.validate import arg
 
 
 def parse_args(argv=None):
@@ -57,12 +56,11 @@ def parse_args(argv=None):
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
     ap.add_argument("--workspace-mib", type=int, default=1024)
     ap.add_argument("--tiles", type=Path, nargs="+", default=[], help="GeoTIFF(s) for the tile database")
-    ap.add_argument("--altitudes-m", "--altitudes", dest="altitudes", type=arg(validate.altitude_m), nargs="+",
+    ap.add_argument("--altitudes-m", "--altitudes", dest="altitudes", type=float, nargs="+",
                     default=[150, 200, 250, 300], help="flight heights of the tile database's layers, metres")
-    ap.add_argument("--hfov-deg", "--hfov", dest="hfov", type=arg(validate.hfov_deg), default=60.0,
+    ap.add_argument("--hfov-deg", "--hfov", dest="hfov", type=float, default=60.0,
                     help="camera horizontal field of view, degrees")
-    ap.add_argument("--stride-frac", type=arg(lambda v: validate.fraction("stride_frac", v)), default=0.5,
-                    help="tile stride as a fraction of the footprint")
+    ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
     ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
@@ -72,6 +70,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    validate.check_args(ap, args, {"altitudes": ("--altitudes-m", validate.altitude_m),
+                                   "hfov": ("--hfov-deg", validate.hfov_deg),
+                                   "stride_frac": ("--stride-frac", lambda v: validate.fraction("stride_frac", v))})
     if args.ckpt is None and args.bundle is None:
         ap.error("give a checkpoint (python -m export CKPT --out BUNDLE) or an existing bundle (--bundle BUNDLE)")
     if args.ckpt is not None and args.out is None:

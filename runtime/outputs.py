@@ -57,35 +57,6 @@ def gps_week_ms(unix_time: float) -> tuple[int, int]:
     return week, int(round((gps - week * 604800) * 1000)) % (604800 * 1000)
 
 
-class OutputError(OSError):
-    """An output that cannot be opened or written (missing folder that cannot be made, disk full)."""
-
-
-def json_safe(obj):
-    """``obj`` with every NaN/inf float replaced by None and numpy scalars/arrays made plain, so that
-    ``json.dumps(..., allow_nan=False)`` cannot refuse a record (JSON has no NaN; a reader treats null as
-    "no value"). Other unknown objects become their ``str``."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy scalar or array
-        return json_safe(obj.tolist())
-    return str(obj)
-
-
-def json_line(record: dict) -> str:
-    """One compact JSON line; the fast path when the record is already plain and finite."""
-    try:
-        return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
-    except (ValueError, TypeError):
-        return json.dumps(json_safe(record), separators=(",", ":"), allow_nan=False) + "\n"
-
-
 class JsonLinesOutput:
     """JSON lines to a file path or '-' (stdout); each line is written whole with one system call, so a
     consumer tailing the file sees complete lines. The parent folder is created. A write that fails
@@ -102,6 +73,9 @@ class JsonLinesOutput:
 
     def describe(self) -> str:
         return "JSON lines to stdout" if self.path == "-" else f"JSON lines to {self.path}"
+
+    def emit(self, record: dict, fix=None) -> None:
+        self.write(record)
 
     def write(self, record: dict) -> None:
         line = json_line(record)
@@ -133,6 +107,35 @@ class JsonLinesOutput:
                 self._fd = -1
 
 
+class OutputError(OSError):
+    """An output that cannot be opened or written (missing folder that cannot be made, disk full)."""
+
+
+def json_safe(obj):
+    """``obj`` with every NaN/inf float replaced by None and numpy scalars/arrays made plain, so that
+    ``json.dumps(..., allow_nan=False)`` cannot refuse a record (JSON has no NaN; a reader treats null as
+    "no value"). Other unknown objects become their ``str``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return json_safe(obj.tolist())
+    return str(obj)
+
+
+def json_line(record: dict) -> str:
+    """One compact JSON line; the fast path when the record is already plain and finite."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+    except (ValueError, TypeError):
+        return json.dumps(json_safe(record), separators=(",", ":"), allow_nan=False) + "\n"
+
+
 def _open_append(path: str) -> int:
     """An O_APPEND descriptor on ``path``, its folder created; a one-line error when impossible."""
     parent = os.path.dirname(os.path.abspath(path))
@@ -156,6 +159,9 @@ class UdpJsonOutput:
 
     def describe(self) -> str:
         return f"JSON datagrams to udp {self.addr[0]}:{self.addr[1]}"
+
+    def emit(self, record: dict, fix=None) -> None:
+        self.write(record)
 
     def write(self, record: dict) -> None:
         data = json_line(record).encode()

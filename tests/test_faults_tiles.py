@@ -74,10 +74,10 @@ def test_one_hfov_rule_for_view_preview_and_export(naip_paths):
         _run("tiles", "preview", tif, "--altitude", 200, "--hfov", 179),
         _run("export", "--bundle", "nowhere", "--tiles", tif, "--hfov", 179),
     ]
-    messages = {_last_line(e.stderr).split("--hfov: ", 1)[-1] for e in errors}  # "argument --hfov-deg/--hfov: "
+    messages = {_last_line(e.stderr).split("error: ", 1)[-1] for e in errors}
     assert all(e.returncode == 2 for e in errors)
-    assert messages == {"hfov_deg must be in (0, 150] degrees, got '179'; give the camera's horizontal field of "
-                        "view (undistort a fisheye to a pinhole first)"}
+    assert messages == {"argument --hfov-deg: hfov_deg must be in (0, 150] degrees, got 179.0; give the camera's "
+                        "horizontal field of view (undistort a fisheye to a pinhole first)"}
 
 
 def test_view_outside_the_map_and_swapped_lat_lon_are_errors(naip_paths, tmp_path):

@@ -61,6 +61,21 @@ def test_argparse_type_gives_a_one_line_usage_error(capsys):
     assert err.startswith("x: error: argument --altitude: altitude_m must be a finite number, got 'nan'")
 
 
+def test_check_args_after_parsing_lists_and_absent_options(capsys):
+    ap = argparse.ArgumentParser(prog="x")
+    ap.add_argument("--altitudes-m", dest="altitudes", type=float, nargs="+")
+    ap.add_argument("--hfov-deg", dest="hfov", type=float)
+    checks = {"altitudes": ("--altitudes-m", v.altitude_m), "hfov": ("--hfov-deg", v.hfov_deg)}
+    args = ap.parse_args(["--altitudes-m", "150", "300"])
+    v.check_args(ap, args, checks)
+    assert args.altitudes == [150.0, 300.0] and args.hfov is None
+    with pytest.raises(SystemExit) as e:
+        v.check_args(ap, ap.parse_args(["--altitudes-m", "150", "-3"]), checks)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("argument --altitudes-m: altitude_m must be in (0, 10000] m, "
+                                                    "got -3.0; give the flight height above ground in metres")
+
+
 def test_library_entry_points_share_the_rule():
     from tiles.grid import footprint_m
     from tiles.views import CameraPose

@@ -19,8 +19,19 @@ from . import validate
 from .grid import footprint_m, grid_counts, tile_grid
 from .mapcheck import coarse_map_warning
 from .raster import RasterError, open_raster, square_corners
-from .validate import arg
 from .views import CameraPose, render_view
+
+# the project's one rule per number (tiles.validate), applied after parsing: dest -> (option, check)
+CHECKS = {
+    "altitude": ("--altitude-m", validate.altitude_m),
+    "hfov": ("--hfov-deg", validate.hfov_deg),
+    "heading": ("--heading-deg", validate.heading_deg),
+    "tilt": ("--tilt-deg", validate.tilt_deg),
+    "lat": ("--lat", lambda v: validate.finite("lat", v)),
+    "lon": ("--lon", lambda v: validate.finite("lon", v)),
+    "stride_frac": ("--stride-frac", lambda v: validate.fraction("stride_frac", v)),
+    "min_valid": ("--min-valid", lambda v: validate.fraction("min_valid", v, zero_ok=True)),
+}
 
 
 def _describe(args) -> int:
@@ -130,26 +141,24 @@ def main(argv=None) -> int:
     d.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="draw the tile grid for an altitude over the map (PNG)")
     p.add_argument("raster")
-    p.add_argument("--altitude-m", "--altitude", dest="altitude", type=arg(validate.altitude_m), required=True,
-                   help="flight height above ground, metres")
-    p.add_argument("--hfov-deg", "--hfov", dest="hfov", type=arg(validate.hfov_deg), required=True,
-                   help="camera horizontal field of view, degrees")
-    p.add_argument("--stride-frac", type=arg(lambda v: validate.fraction("stride_frac", v)), default=0.5,
-                   help="tile stride as a fraction of the footprint")
-    p.add_argument("--min-valid", type=arg(lambda v: validate.fraction("min_valid", v, zero_ok=True)), default=0.9)
+    p.add_argument("--altitude-m", "--altitude", dest="altitude", type=float, required=True, help="flight height above ground, metres")
+    p.add_argument("--hfov-deg", "--hfov", dest="hfov", type=float, required=True, help="camera horizontal field of view, degrees")
+    p.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
+    p.add_argument("--min-valid", type=float, default=0.9)
     p.add_argument("--max-side", type=int, default=1400, help="preview size in pixels")
     p.add_argument("--out")
     v = sub.add_parser("view", help="render the drone camera view at a position (PNG)")
     v.add_argument("raster")
-    v.add_argument("--lat", type=arg(lambda v: validate.finite("lat", v)), required=True, help="WGS84 latitude")
-    v.add_argument("--lon", type=arg(lambda v: validate.finite("lon", v)), required=True, help="WGS84 longitude")
-    v.add_argument("--altitude-m", "--altitude", dest="altitude", type=arg(validate.altitude_m), required=True)
-    v.add_argument("--hfov-deg", "--hfov", dest="hfov", type=arg(validate.hfov_deg), default=70.0)
-    v.add_argument("--heading-deg", "--heading", dest="heading", type=arg(validate.heading_deg), default=0.0)
-    v.add_argument("--tilt-deg", "--tilt", dest="tilt", type=arg(validate.tilt_deg), default=0.0)
+    v.add_argument("--lat", type=float, required=True)
+    v.add_argument("--lon", type=float, required=True)
+    v.add_argument("--altitude-m", "--altitude", dest="altitude", type=float, required=True)
+    v.add_argument("--hfov-deg", "--hfov", dest="hfov", type=float, default=70.0)
+    v.add_argument("--heading-deg", "--heading", dest="heading", type=float, default=0.0)
+    v.add_argument("--tilt-deg", "--tilt", dest="tilt", type=float, default=0.0)
     v.add_argument("--size", type=int, default=512)
     v.add_argument("--out")
     args = ap.parse_args(argv)
+    validate.check_args(ap, args, CHECKS)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"describe": _describe, "preview": _preview, "view": _view}[args.cmd](args)

@@ -8,7 +8,8 @@ so ``runtime`` may import it and ``tiles`` itself can).
 Each check returns the value as a ``float`` (normalised where said) or raises :class:`InputError`, a
 ``ValueError`` whose one-line message names the quantity, the value, the accepted range and the fix.
 ``arg(check)`` turns a check into an ``argparse`` ``type=`` so a bad option is reported by argparse as
-``argument --altitude: ...`` with exit status 2.
+``argument --altitude: ...`` with exit status 2; ``check_args(parser, args, {dest: (flag, check)})`` does
+the same after parsing (for options declared elsewhere, lists from ``nargs``, values from config files).
 
 Ranges and why:
 
@@ -143,3 +144,18 @@ def arg(check):
 
     parse.__name__ = getattr(check, "__name__", "number")  # argparse names the type in some messages
     return parse
+
+
+def check_args(parser, args, checks: dict) -> None:
+    """Validate parsed options in place: ``checks`` maps ``dest`` to ``(flag, check)``; a list value
+    (``nargs``) is checked item by item; None (option absent) is left alone. A bad value ends the program
+    through ``parser.error`` ("argument --flag: ...", exit status 2), as a bad ``type=`` would."""
+    for dest, (flag, check) in checks.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        try:
+            checked = [check(v) for v in value] if isinstance(value, (list, tuple)) else check(value)
+        except InputError as e:
+            parser.error(f"argument {flag}: {e}")
+        setattr(args, dest, checked)
