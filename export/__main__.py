@@ -28,6 +28,8 @@ import os
 import sys
 from pathlib import Path
 
+from tiles import validate
+
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m export", description=__doc__,
@@ -68,6 +70,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    validate.check_args(ap, args, {"altitudes": ("--altitudes-m", validate.altitude_m),
+                                   "hfov": ("--hfov-deg", validate.hfov_deg),
+                                   "stride_frac": ("--stride-frac", lambda v: validate.fraction("stride_frac", v))})
     if args.ckpt is None and args.bundle is None:
         ap.error("give a checkpoint (python -m export CKPT --out BUNDLE) or an existing bundle (--bundle BUNDLE)")
     if args.ckpt is not None and args.out is None:

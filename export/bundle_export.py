@@ -52,6 +52,16 @@ def calibration_images(calib_dir=None, calib_tifs=(), n: int = 128, hfov_deg: fl
     raise ValueError("INT8 needs calibration images: --calib DIR (real drone frames) or --calib-tif MAP.tif")
 
 
+def check_map_pair(query_tif, gallery_tif) -> dict:
+    """Refuse two rasters that share no ground (compared in one CRS, the first one's), before anything is
+    exported; return their overlap (:func:`tiles.mapcheck.check_overlap`)."""
+    from tiles.mapcheck import check_overlap
+    from tiles.raster import open_raster
+
+    with open_raster(query_tif) as a, open_raster(gallery_tif) as b:
+        return check_overlap(a, b)
+
+
 def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str = "float32",
                   fp16: bool = False, int8: bool = False, calib_dir=None, calib_tifs=(), calib_n: int = 128,
                   calib_method: str = "minmax", hfov_deg: float = 60.0, eval_tifs=None, eval_crop_px: int = 128,
@@ -69,6 +79,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     from .quantize import convert_fp16, quantize_int8
 
     ckpt, out = Path(ckpt), Path(out)
+    for query_tif in (eval_tifs or [])[:-1]:  # before any work: the held-out maps show the reference's area
+        check_map_pair(query_tif, eval_tifs[-1])
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"input_format {input_format!r} is not one of {INPUT_FORMATS}")
     if not ckpt.is_file():

@@ -81,9 +81,10 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr)
 
 
-def _plan(rasters, altitudes_m, hfov_deg, stride_frac, min_valid):
+def _plan(rasters, altitudes_m, hfov_deg, stride_frac, min_valid, progress: bool = True):
     """Layers, sources and the (source, layer, tiles) jobs of a build."""
     from tiles.grid import footprint_m, tile_grid
+    from tiles.mapcheck import coarse_map_warning
 
     layers, sources, jobs, crs = [], [], [], None
     for s, raster in enumerate(rasters):
@@ -99,7 +100,9 @@ def _plan(rasters, altitudes_m, hfov_deg, stride_frac, min_valid):
             if s == 0:
                 layers.append({"name": f"{alt:g}m", "altitude_m": float(alt), "hfov_deg": float(hfov_deg),
                                "footprint_m": fp, "stride_m": stride})
-            tiles = tile_grid(raster, fp, stride, min_valid=min_valid)
+            if warning := coarse_map_warning(raster, fp, alt):
+                _log.warning("%s", warning)
+            tiles = tile_grid(raster, fp, stride, min_valid=min_valid, progress=progress)
             jobs.append((s, layer_idx, float(alt), tiles))
     return layers, sources, jobs, crs
 
@@ -132,7 +135,8 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     p = bundle.preprocess
     tile_px = int(tile_px or max(p.input_size))
     rasters = [open_raster(r) for r in ([rasters] if isinstance(rasters, (str, os.PathLike)) else rasters)]
-    layers, sources, jobs, crs = _plan(rasters, [float(a) for a in altitudes_m], hfov_deg, stride_frac, min_valid)
+    layers, sources, jobs, crs = _plan(rasters, [float(a) for a in altitudes_m], hfov_deg, stride_frac, min_valid,
+                                       progress)
     for layer in layers:
         layer["tile_px"] = tile_px
 

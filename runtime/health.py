@@ -7,7 +7,6 @@ periodically and served on ``http://127.0.0.1:PORT/health`` by :class:`HealthSer
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,6 +14,8 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+
+from .outputs import json_line
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class HealthServer:
                 if self.path.split("?")[0] not in ("/", "/health"):
                     self.send_error(404, "try /health")
                     return
-                body = json.dumps(h.snapshot()).encode()
+                body = json_line(h.snapshot()).encode()  # strict JSON: a NaN in the last fix is null
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -20,9 +20,11 @@ NMEA); what they send for a fix is decided once in :mod:`runtime.gnss_solution`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import socket
 import sys
 import threading
@@ -34,17 +36,18 @@ from .mavlink_gps import MavlinkGpsOutput, gps_input_fields  # noqa: F401  (re-e
 logger = logging.getLogger(__name__)
 
 class JsonLinesOutput:
-    """JSON lines to a file path or '-' (stdout); each line flushed (a consumer may tail it)."""
+    """JSON lines to a file path or '-' (stdout); each line is written whole with one system call, so a
+    consumer tailing the file sees complete lines. The parent folder is created. A write that fails
+    (disk full, file too large) leaves no partial line behind and raises :class:`OutputError`."""
 
     def __init__(self, path):
         self.path = str(path)
-        if self.path == "-":
-            self._f = sys.stdout
-            self._own = False
-        else:
-            self._f = open(self.path, "a", buffering=1 << 16, encoding="utf-8")
-            self._own = True
+        self.lines = 0
         self.lock = threading.Lock()
+        if self.path == "-":
+            self._fd, self._own = -1, False
+            return
+        self._fd, self._own = _open_append(self.path), True
 
     def describe(self) -> str:
         return "JSON lines to stdout" if self.path == "-" else f"JSON lines to {self.path}"
@@ -53,16 +56,73 @@ class JsonLinesOutput:
         self.write(record)
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        line = json_line(record)
+        data = line.encode("utf-8")
+        done = 0
         with self.lock:
-            self._f.write(line)
-            self._f.flush()
+            try:
+                if not self._own:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                    self.lines += 1
+                    return
+                while done < len(data):
+                    done += os.write(self._fd, data[done:])
+            except OSError as e:
+                if self._own and done:  # drop the partial line (measured from the end: rotation-safe)
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fd, max(0, os.fstat(self._fd).st_size - done))
+                raise OutputError(e.errno, f"cannot write a JSON line to {self.path}: {e.strerror} "
+                                  f"({self.lines} lines written so far; free space or choose another path)") from e
+            self.lines += 1
 
     def close(self) -> None:
         with self.lock:
-            self._f.flush()
-            if self._own:
-                self._f.close()
+            if self._own and self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+
+
+class OutputError(OSError):
+    """An output that cannot be opened or written (missing folder that cannot be made, disk full)."""
+
+
+def json_safe(obj):
+    """``obj`` with every NaN/inf float replaced by None and numpy scalars/arrays made plain, so that
+    ``json.dumps(..., allow_nan=False)`` cannot refuse a record (JSON has no NaN; a reader treats null as
+    "no value"). Other unknown objects become their ``str``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalar or array
+        return json_safe(obj.tolist())
+    return str(obj)
+
+
+def json_line(record: dict) -> str:
+    """One compact JSON line; the fast path when the record is already plain and finite."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+    except (ValueError, TypeError):
+        return json.dumps(json_safe(record), separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def _open_append(path: str) -> int:
+    """An O_APPEND descriptor on ``path``, its folder created; a one-line error when impossible."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot open {path} for JSON lines: {e.strerror} ({e.filename}); "
+                          "give a path in a folder this user can write") from None
 
 
 class UdpJsonOutput:
@@ -82,7 +142,7 @@ class UdpJsonOutput:
         self.write(record)
 
     def write(self, record: dict) -> None:
-        data = json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+        data = json_line(record).encode()
         try:
             self.sock.sendto(data, self.addr)
         except OSError as e:  # nobody listening is not fatal for a broadcast-like output

@@ -15,8 +15,10 @@ keeps running; empty or malformed frames are counted in :class:`SourceStats` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +33,7 @@ from .preprocess import bgr_to_rgb
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MAX_FILE_READ_ERRORS = 20  # reads in a row that raise before a file source gives up
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "udp://", "tcp://", "http://", "https://", "srt://")
 
 
@@ -47,9 +50,10 @@ class SourceError(ValueError):
 @dataclass
 class SourceStats:
     frames_in: int = 0
-    corrupt: int = 0  # frames that arrived but were empty or malformed (skipped)
-    read_failures: int = 0  # reads that returned nothing (stream stalled or dropped)
+    corrupt: int = 0  # frames that arrived but were empty or malformed (skipped); by reason in `skipped`
+    read_failures: int = 0  # reads that returned nothing or raised (stream stalled or dropped)
     reopens: int = 0
+    skipped: dict = field(default_factory=dict)  # reason -> frames skipped for it
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts) -> None:
@@ -57,15 +61,75 @@ class SourceStats:
             for k, v in counts.items():
                 setattr(self, k, getattr(self, k) + v)
 
+    def skip(self, reason: str, what: str = "") -> None:
+        """Count a bad frame; the first of each reason is logged (a broken camera would flood the log)."""
+        with self.lock:
+            self.corrupt += 1
+            first = reason not in self.skipped
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if first:
+            logger.warning("skipping a frame%s: %s (further frames like it are only counted)",
+                           f" of {what}" if what else "", reason)
+
     def as_dict(self) -> dict:
         return {"frames_in": self.frames_in, "corrupt": self.corrupt, "read_failures": self.read_failures,
-                "reopens": self.reopens}
+                "reopens": self.reopens, "skipped": dict(self.skipped)}
+
+
+MIN_SIDE_PX = 8  # smaller is not a camera frame
+MAX_PIXELS = 64_000_000  # 64 Mpx (an 8K frame is 33 Mpx): beyond is a corrupt header, not a camera
+
+
+def check_frame(img) -> tuple[np.ndarray | None, str | None]:
+    """A usable 8-bit 3-channel frame from a decoded image, or ``(None, reason)``.
+
+    Grey ``(H, W)`` / ``(H, W, 1)`` frames (mono cameras) are repeated to 3 channels and a 4th channel
+    (alpha) is dropped, keeping the channel order; refused: nothing, empty, odd shapes, other than
+    8-bit pixels (floats with NaN/inf said as such), fewer than :data:`MIN_SIDE_PX` or more than
+    :data:`MAX_PIXELS` pixels."""
+    if not isinstance(img, np.ndarray) or img.size == 0:
+        return None, "empty frame (the decoder returned no pixels)"
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        return None, f"malformed frame of shape {img.shape} (expected H x W x 3)"
+    if img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+            return None, f"{img.dtype} frame with NaN/inf pixels"
+        return None, f"{img.dtype} frame (expected 8-bit pixels)"
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_SIDE_PX:
+        return None, f"frame of {w}x{h} px is too small (at least {MIN_SIDE_PX} px a side)"
+    if h * w > MAX_PIXELS:
+        return None, f"frame of {w}x{h} px is too large (more than {MAX_PIXELS // 1_000_000} Mpx)"
+    if img.ndim == 2 or img.shape[2] == 1:
+        return np.repeat(img.reshape(h, w, 1), 3, axis=2), None
+    return (img[:, :, :3] if img.shape[2] == 4 else img), None
 
 
 def valid_frame(img) -> bool:
-    """A decoded frame that can be used: uint8, (H, W, 3|4), at least 8 px a side."""
-    return (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4)
-            and img.shape[0] >= 8 and img.shape[1] >= 8)
+    """A decoded frame that :func:`check_frame` accepts."""
+    return check_frame(img)[0] is not None
+
+
+def gstreamer_available() -> bool:
+    """Whether this OpenCV can open GStreamer pipelines (JetPack's can; the PyPI wheels cannot)."""
+    import cv2
+
+    registry = getattr(cv2, "videoio_registry", None)
+    if registry is not None and hasattr(registry, "hasBackend"):
+        return bool(registry.hasBackend(cv2.CAP_GSTREAMER))
+    m = re.search(r"GStreamer:\s*(\S+)", cv2.getBuildInformation())
+    return bool(m and m.group(1).upper() not in ("NO", "NONE"))
+
+
+def is_pipeline(spec) -> bool:
+    """A GStreamer pipeline description (``... ! ... ! appsink``)."""
+    return isinstance(spec, str) and "!" in spec
+
+
+def _cv2_version() -> str:
+    import cv2
+
+    return f"OpenCV {cv2.__version__}"
 
 
 def is_live_spec(spec) -> bool:
@@ -103,17 +167,33 @@ class VideoSource:
         self.max_reopens = max_reopens
         self._cap = None
         self.fps: float | None = None
+        if opener is None and is_pipeline(self.spec) and not gstreamer_available():
+            raise SourceError(
+                f"this OpenCV ({_cv2_version()}) was built without GStreamer, so it cannot open the pipeline "
+                f"{self.spec!r} (cv2.getBuildInformation() says 'GStreamer: NO'); use JetPack's OpenCV (pip "
+                "uninstall opencv-python-headless) or an OpenCV built with -DWITH_GSTREAMER=ON"
+            )
+        if not self.live:
+            self._ensure_open()  # a file that cannot be opened is refused here, not in the capture thread
 
     def describe(self) -> str:
         kind = "live" if self.live else "file"
         return f"cv2.VideoCapture({self.spec!r}) [{kind}{', loop' if self.loop else ''}]"
 
     def _open(self):
+        """A capture, or None when opening raised (counted as a failed open, never a crash)."""
+        try:
+            return self._open_capture()
+        except Exception as e:  # OpenCV raises cv2.error on some backends; a fake opener may raise anything
+            logger.warning("opening source %r failed: %s", self.spec, e)
+            return None
+
+    def _open_capture(self):
         if self.opener is not None:
             return self.opener(self.spec)
         import cv2
 
-        if isinstance(self.spec, str) and "!" in self.spec:
+        if is_pipeline(self.spec):
             return cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
         if isinstance(self.spec, str) and self.spec.startswith(URL_SCHEMES):
             ms = int(self.read_timeout_s * 1000)
@@ -146,9 +226,11 @@ class VideoSource:
                     self.fps = None
                 return True
             if cap is not None:
-                cap.release()
+                with contextlib.suppress(Exception):
+                    cap.release()
             if not self.live:
-                raise SourceError(f"cv2.VideoCapture cannot open {self.spec!r} (unsupported codec or not a video)")
+                raise SourceError(f"cv2.VideoCapture cannot open {self.spec!r}: not a video, or a codec this "
+                                  "OpenCV lacks (check it with `ffprobe`)")
             attempts += 1
             if self.max_reopens is not None and attempts > self.max_reopens:
                 return False
@@ -159,7 +241,8 @@ class VideoSource:
 
     def __iter__(self) -> Iterator[Frame]:
         index = 0
-        opened_once = False
+        failures = 0  # reads in a row that raised
+        opened_once = self._cap is not None  # a file is opened by the constructor
         try:
             while not self.stop.is_set():
                 if self._cap is None:
@@ -170,7 +253,20 @@ class VideoSource:
                     if opened_once:
                         logger.info("source %r reopened", self.spec)
                     opened_once = True
-                ok, img = self._cap.read()
+                try:
+                    ok, img = self._cap.read()
+                except Exception as e:  # a decoder error must not end the capture thread
+                    self.stats.add(read_failures=1)
+                    failures += 1
+                    if not self.live and failures >= MAX_FILE_READ_ERRORS:
+                        raise SourceError(f"{self.spec!r}: {failures} reads in a row failed ({e}); the file is "
+                                          "damaged") from e
+                    logger.warning("reading source %r failed: %s", self.spec, e)
+                    if self.live:
+                        self._release()
+                        self.stop.wait(self.backoff_s[0])
+                    continue
+                failures = 0
                 if not ok:
                     if not self.live:
                         if self.loop and index > 0:
@@ -182,8 +278,9 @@ class VideoSource:
                     self._release()
                     self.stop.wait(self.backoff_s[0])
                     continue
-                if not valid_frame(img):
-                    self.stats.add(corrupt=1)
+                img, reason = check_frame(img)
+                if img is None:
+                    self.stats.skip(reason, repr(self.spec))
                     continue
                 if self.live:
                     t = time.time()
@@ -226,10 +323,16 @@ class FolderSource:
             for p in self.paths:
                 if self.stop.is_set():
                     return
-                img = cv2.imread(os.fspath(p), cv2.IMREAD_COLOR)
-                if not valid_frame(img):
-                    self.stats.add(corrupt=1)
-                    logger.warning("skipping unreadable image %s", p)
+                try:
+                    img = cv2.imread(os.fspath(p), cv2.IMREAD_COLOR)
+                except Exception as e:  # cv2.error on some damaged files
+                    img = None
+                    logger.debug("imread %s: %s", p, e)
+                img, reason = check_frame(img) if img is not None else (None, "unreadable image (damaged or "
+                                                                            "not an image)")
+                if img is None:
+                    self.stats.skip(reason, str(p))
+                    logger.debug("skipped %s: %s", p, reason)
                     continue
                 self.stats.add(frames_in=1)
                 yield Frame(index * self.interval_s, bgr_to_rgb(img),
@@ -262,14 +365,15 @@ class IterSource:
                 t, img, meta = item
             else:
                 t, img, meta = i / self.fps, item, {}
-            if not valid_frame(img):
-                self.stats.add(corrupt=1)
+            img, reason = check_frame(img)
+            if img is None:
+                self.stats.skip(reason, self.name)
                 continue
             meta = dict(meta)
             meta.setdefault("index", i)
             meta.setdefault("capture_time", time.time())
             self.stats.add(frames_in=1)
-            yield Frame(float(t), np.ascontiguousarray(img[:, :, :3]), meta)
+            yield Frame(float(t), np.ascontiguousarray(img), meta)
 
 
 def open_source(spec, *, stop: threading.Event | None = None, stats: SourceStats | None = None,

@@ -15,9 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate
 from .grid import footprint_m, grid_counts, tile_grid
+from .mapcheck import coarse_map_warning
 from .raster import RasterError, open_raster, square_corners
 from .views import CameraPose, render_view
+
+# the project's one rule per number (tiles.validate), applied after parsing: dest -> (option, check)
+CHECKS = {
+    "altitude": ("--altitude-m", validate.altitude_m),
+    "hfov": ("--hfov-deg", validate.hfov_deg),
+    "heading": ("--heading-deg", validate.heading_deg),
+    "tilt": ("--tilt-deg", validate.tilt_deg),
+    "lat": ("--lat", lambda v: validate.finite("lat", v)),
+    "lon": ("--lon", lambda v: validate.finite("lon", v)),
+    "stride_frac": ("--stride-frac", lambda v: validate.fraction("stride_frac", v)),
+    "min_valid": ("--min-valid", lambda v: validate.fraction("min_valid", v, zero_ok=True)),
+}
 
 
 def _describe(args) -> int:
@@ -44,7 +58,9 @@ def _preview(args) -> int:
     fp = footprint_m(args.altitude, args.hfov)
     stride = fp * args.stride_frac
     with open_raster(args.raster) as r:
-        tiles = tile_grid(r, fp, stride, args.min_valid)
+        if warning := coarse_map_warning(r, fp, args.altitude):
+            logging.getLogger("tiles").warning("%s", warning)
+        tiles = tile_grid(r, fp, stride, args.min_valid, progress=True)
         ncols, nrows = grid_counts(*r.extent_m, fp, stride)
         rgb, valid, factor = r.overview(args.max_side)
         img = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -72,9 +88,26 @@ def _preview(args) -> int:
     return 0
 
 
+def _inside(r, lat: float, lon: float) -> tuple[float, float]:
+    """Metric (x, y) of (lat, lon), which must lie on the raster (a swapped pair is named as such)."""
+    def on_map(la, lo):
+        x, y = r.from_wgs84(la, lo)
+        xmin, ymin, xmax, ymax = r.bounds_m
+        return (x, y) if np.isfinite([x, y]).all() and xmin <= x <= xmax and ymin <= y <= ymax else None
+
+    if (xy := on_map(lat, lon)) is not None:
+        return xy
+    la0, lo0, la1, lo1 = r.describe()["bounds_wgs84"]
+    swapped = abs(lon) <= 90 and on_map(lon, lat) is not None
+    hint = ("; --lat and --lon look swapped" if swapped
+            else "; give a position on the map (see `python -m tiles describe`)")
+    raise ValueError(f"lat {lat}, lon {lon} is outside {r.path.name} (lat {la0}..{la1}, lon {lo0}..{lo1}){hint}")
+
+
 def _view(args) -> int:
+    lat, lon = validate.lat_lon(args.lat, args.lon)
     with open_raster(args.raster) as r:
-        x, y = r.from_wgs84(args.lat, args.lon)
+        x, y = _inside(r, lat, lon)
         pose = CameraPose(x, y, args.altitude, args.heading, args.tilt, args.hfov)
         v = render_view(r, pose, (args.size, args.size))
     out = Path(args.out or "view.png")
@@ -92,10 +125,14 @@ def _write_png(path: Path, bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    atomic_write_bytes(path, buf.tobytes())
+    try:
+        atomic_write_bytes(path, buf.tobytes())
+    except OSError as e:  # a one-line error, not a traceback: the folder or the disk is the user's to fix
+        raise ValueError(f"cannot write {path}: {e.strerror}; choose another --out") from e
 
 
 def main(argv=None) -> int:
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL chatter; its errors are explained as ours
     ap = argparse.ArgumentParser(prog="python -m tiles", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -121,6 +158,7 @@ def main(argv=None) -> int:
     v.add_argument("--size", type=int, default=512)
     v.add_argument("--out")
     args = ap.parse_args(argv)
+    validate.check_args(ap, args, CHECKS)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"describe": _describe, "preview": _preview, "view": _view}[args.cmd](args)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,6 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .dbcheck import (  # noqa: F401 (re-exported: the errors are part of this module's API)
+    ALTITUDE_TOLERANCE_FRAC,
+    DatabaseError,
+    DatabaseMismatchError,
+    NoLayerError,
+    check_finite,
+    check_layer_altitude,
+    verify_files,
+)
+from .io import default_mode
 
 FORMAT = "geoloc-tiledb"
 FORMAT_VERSION = 1
@@ -52,14 +64,6 @@ ENTRY_DTYPE = np.dtype(
         ("source", "<i2"),  # index into manifest["sources"], -1 when none
     ]
 )
-
-
-class DatabaseError(ValueError):
-    """A tile database that cannot be read: missing, truncated, wrong version, inconsistent."""
-
-
-class DatabaseMismatchError(DatabaseError):
-    """A readable database built for another model or preprocessing than the engine in use."""
 
 
 def empty_entries(n: int) -> np.ndarray:
@@ -153,6 +157,7 @@ def write_database(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's 0700 would lock out the service's user
         np.save(tmp / EMBEDDINGS, emb)
         np.save(tmp / ENTRIES, entries)
         files = {}
@@ -203,7 +208,14 @@ class TileDatabase:
     entries: np.ndarray
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, verify_hashes: bool = False, mmap: bool = True) -> TileDatabase:
+    def open(cls, path: str | os.PathLike, *, verify: bool = True, verify_hashes: bool | None = None,
+             mmap: bool = True) -> TileDatabase:
+        """Open a database read-only. ``verify`` (default) checks every file's sha256 against the manifest
+        and that every embedding is finite, which reads the files once (see :func:`verify_files`);
+        ``verify=False`` checks sizes only, for a fast restart of a database already verified.
+        ``verify_hashes`` is the former name of ``verify``."""
+        if verify_hashes is not None:
+            verify = verify_hashes
         path = Path(path)
         if not path.is_dir():
             raise DatabaseError(
@@ -225,18 +237,7 @@ class TileDatabase:
                 f"{path}: database format version {version!r}, this reader understands {FORMAT_VERSION}; "
                 "rebuild the database with this version of `python -m export`"
             )
-        for name, info in manifest.get("files", {}).items():
-            fpath = path / name
-            if not fpath.is_file():
-                raise DatabaseError(f"{path}: {name} is missing; rebuild the database")
-            size = fpath.stat().st_size
-            if size != info["bytes"]:
-                raise DatabaseError(
-                    f"{fpath} has {size} bytes, the manifest says {info['bytes']}: the file is truncated "
-                    "or was replaced; rebuild the database"
-                )
-            if verify_hashes and _sha256(fpath) != info["sha256"]:
-                raise DatabaseError(f"{fpath}: sha256 differs from the manifest; the file is corrupted")
+        verify_files(path, manifest, hashes=verify)
         mode = "r" if mmap else None
         try:
             emb = np.load(path / EMBEDDINGS, mmap_mode=mode, allow_pickle=False)
@@ -248,6 +249,8 @@ class TileDatabase:
             raise DatabaseError(f"{path}: embeddings are {emb.dtype}{emb.shape}, manifest says float16({n}, {d})")
         if ent.shape != (n,) or ent.dtype != ENTRY_DTYPE:
             raise DatabaseError(f"{path}: entries do not match the manifest ({ent.shape}, {ent.dtype})")
+        if verify:
+            check_finite(emb, path)
         return cls(path, manifest, emb, ent)
 
     # ---- properties ---------------------------------------------------------------------------
@@ -284,19 +287,29 @@ class TileDatabase:
         lay = self.layers[layer]
         return slice(lay["start"], lay["stop"])
 
-    def layer_for_altitude(self, altitude_m: float | None) -> int:
-        """Index of the layer cut for the altitude closest to ``altitude_m`` (the only one if just one)."""
+    def layer_for_altitude(self, altitude_m: float | None, tolerance_frac: float | None = None) -> int:
+        """Index of the layer cut for the altitude closest to ``altitude_m`` (the only one if just one).
+
+        A NaN/inf altitude is a :class:`NoLayerError`. With ``tolerance_frac`` (e.g.
+        :data:`ALTITUDE_TOLERANCE_FRAC`) an altitude further than that fraction from the chosen layer's is
+        a :class:`NoLayerError` too ("no fix: altitude N m has no layer ..."), never a rescaled match."""
+        if altitude_m is not None and not math.isfinite(altitude_m):
+            raise NoLayerError(f"no fix: altitude {altitude_m} is not a number (check the altitude source)")
         alts = [lay.get("altitude_m") for lay in self.layers]
         if len(alts) == 1 or altitude_m is None:
             if altitude_m is None and len(alts) > 1:
                 raise ValueError(
                     f"the database has {len(alts)} altitude layers {alts}; give the current altitude"
                 )
-            return 0
-        known = [(abs(a - altitude_m), i) for i, a in enumerate(alts) if a is not None]
-        if not known:
-            raise ValueError("no layer of this database records an altitude")
-        return min(known)[1]
+            index = 0
+        else:
+            known = [(abs(a - altitude_m), i) for i, a in enumerate(alts) if a is not None]
+            if not known:
+                raise ValueError("no layer of this database records an altitude")
+            index = min(known)[1]
+        if tolerance_frac is not None and altitude_m is not None:
+            check_layer_altitude(self.layers, index, altitude_m, tolerance_frac)
+        return index
 
     # ---- compatibility ------------------------------------------------------------------------
     def check_compatible(

@@ -22,16 +22,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import validate
 from .db import empty_entries
 from .raster import GeoRaster, RasterError, square_corners
+
+PROGRESS_MIN_TILES = 20000  # about 10 s of grid work: below it a bar is noise
 
 
 def footprint_m(altitude_m: float, hfov_deg: float) -> float:
     """Ground width seen by a nadir camera: ``2 * altitude_m * tan(hfov_deg / 2)``."""
-    if altitude_m <= 0:
-        raise ValueError(f"altitude_m must be > 0 (height above ground), got {altitude_m}")
-    if not 0 < hfov_deg < 180:
-        raise ValueError(f"hfov_deg must be in (0, 180), got {hfov_deg}")
+    altitude_m, hfov_deg = validate.altitude_m(altitude_m), validate.hfov_deg(hfov_deg)
     return 2.0 * altitude_m * math.tan(math.radians(hfov_deg) / 2.0)
 
 
@@ -74,8 +74,10 @@ def tile_grid(
     footprint: float,
     stride_m: float | None = None,
     min_valid: float = 0.9,
+    progress: bool = False,
 ) -> list[Tile]:
-    """Tiles of ``footprint`` metres every ``stride_m`` (default: half the footprint) over the raster."""
+    """Tiles of ``footprint`` metres every ``stride_m`` (default: half the footprint) over the raster;
+    ``progress`` shows a bar (tqdm) on grids of more than :data:`PROGRESS_MIN_TILES` tiles."""
     stride_m = footprint / 2.0 if stride_m is None else float(stride_m)
     ex, ey = raster.extent_m
     ncols, nrows = grid_counts(ex, ey, footprint, stride_m)
@@ -99,7 +101,10 @@ def tile_grid(
     rxs, rys = raster.metric_to_raster(xs, ys)
     lats, lons = raster.to_wgs84(xs, ys)
     tiles = []
-    for i, (r, c, x, y) in enumerate(zip(rows.ravel(), cols.ravel(), xs, ys)):
+    cells = zip(rows.ravel(), cols.ravel(), xs, ys)
+    if progress and len(xs) > PROGRESS_MIN_TILES:
+        cells = _bar(cells, len(xs), f"tile grid {raster.path.name} ({footprint:.0f} m)")
+    for i, (r, c, x, y) in enumerate(cells):
         corners = square_corners(x, y, footprint)
         pc, pr = raster.metric_to_pixel(corners[:, 0], corners[:, 1])
         c0, c1 = math.floor(pc.min()), math.ceil(pc.max())
@@ -114,6 +119,14 @@ def tile_grid(
             window=(c0, r0, c1 - c0, r1 - r0), valid_fraction=round(valid, 4),
         ))
     return tiles
+
+
+def _bar(iterable, total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress is a nicety: without tqdm the work runs silently
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="tile", mininterval=1.0)
 
 
 def _fraction_valid(valid_img: np.ndarray, cols: np.ndarray, rows: np.ndarray) -> float:

@@ -19,6 +19,29 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-and-restore (not atomic across threads)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file or folder under the user's umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask, so an artifact written through
+    a temporary file would be unreadable by another user (the service's account on the drone) unless
+    its mode is set back to this one before the rename."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is synced and renamed onto ``path``.
@@ -38,6 +61,7 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

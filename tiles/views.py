@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import validate
 from .raster import GeoRaster
 
 
@@ -34,12 +35,13 @@ class CameraPose:
     hfov_deg: float = 60.0
 
     def __post_init__(self):
-        if self.altitude_m <= 0:
-            raise ValueError(f"altitude_m must be > 0 above ground, got {self.altitude_m}")
-        if not 0 < self.hfov_deg < 170:
-            raise ValueError(f"hfov_deg must be in (0, 170), got {self.hfov_deg}")
-        if not 0 <= self.tilt_deg < 80:
-            raise ValueError(f"tilt_deg must be in [0, 80) (0 = nadir), got {self.tilt_deg}")
+        # the project's one rule for each number (tiles.validate); raises InputError (a ValueError)
+        validate.finite("x", self.x)
+        validate.finite("y", self.y)
+        validate.altitude_m(self.altitude_m)
+        validate.hfov_deg(self.hfov_deg)
+        validate.tilt_deg(self.tilt_deg)
+        validate.heading_deg(self.heading_deg)
 
 
 def _axes(pose: CameraPose):

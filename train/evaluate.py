@@ -191,6 +191,11 @@ def evaluate_config(cfg, model, device="cpu") -> dict:
     return evaluate_university1652(model, d.root, batch_size=e.batch_size, device=device)
 
 
+def _is_training_config(cfg) -> bool:
+    """A resolved training config names its data (a frozen baseline's {"note": ...} does not)."""
+    return isinstance(cfg, dict) and isinstance(cfg.get("data"), dict) and "kind" in cfg["data"]
+
+
 def main(argv=None) -> int:
     import argparse
     import json
@@ -214,10 +219,13 @@ def main(argv=None) -> int:
     model.to(args.device)
     if args.preset:
         cfg = preset(args.preset)
-    elif info.get("config"):
+    elif _is_training_config(info.get("config")):
         cfg = from_dict(info["config"])
     else:
-        ap.error("an official state dict carries no config: pass --preset and --set data.root=...")
+        what = "carries no training config" if not info.get("config") else \
+            f"carries no training config (its config is {sorted(info['config'])})"
+        ap.error(f"{args.checkpoint} {what}, so it does not say which data to evaluate on: pass --preset "
+                 "(e.g. --preset demo) and, if needed, --set data.root=...")
     cfg = apply_overrides(cfg, args.overrides)
     results = evaluate_config(cfg, model, args.device)
     text = json.dumps(results, indent=2, default=float)
