@@ -67,24 +67,24 @@ class ServiceConfig(LocalizerConfig):
     max_frames: int | None = _opt(None, "stop after N processed frames")
     backoff_max_s: float = _opt(8.0, "longest wait between attempts to reopen a dropped camera")
     read_timeout_s: float = _opt(3.0, "a camera silent this long is reopened")
+    verify_db: bool = _opt(True, "check the tile database's file hashes and embeddings at start (--no-verify-db "
+                                 "for a fast restart of a database already checked)")
 
     def __post_init__(self):
         super().__post_init__()
-        import math
+        from tiles import validate
 
-        def bad(name, why):
-            raise ConfigError(f"{name.replace('_', '-')}={getattr(self, name)!r}: {why}")
-
-        for name in ("altitude_m", "heading_deg", "camera_yaw_offset_deg", "altitude_stale_s", "health_log_s"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
-                bad(name, "must be a finite number")
-        if self.altitude_m is not None and self.altitude_m <= 0:
-            bad("altitude_m", "the height above ground must be > 0 metres")
+        if self.altitude_m is not None:
+            self.altitude_m = validate.altitude_m(self.altitude_m, "--altitude-m")
+        if self.heading_deg is not None:
+            self.heading_deg = validate.heading_deg(self.heading_deg, "--heading-deg")
+        validate.finite("--camera-yaw-offset-deg", self.camera_yaw_offset_deg)
+        validate.positive("--altitude-stale-s", self.altitude_stale_s, "s")
+        validate.positive("--health-log-s", self.health_log_s, "s")
         if self.max_frames is not None and self.max_frames < 1:
-            bad("max_frames", "must be >= 1")
+            raise ConfigError(f"--max-frames {self.max_frames}: must be >= 1")
         if self.health_port is not None and not 0 <= self.health_port <= 65535:
-            bad("health_port", "must be a TCP port (0-65535; 0 picks a free one)")
+            raise ConfigError(f"--health-port {self.health_port}: a TCP port is 0-65535 (0 picks a free one)")
 
     def localizer_config(self) -> LocalizerConfig:
         names = {f.name for f in fields(LocalizerConfig)}

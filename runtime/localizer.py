@@ -57,6 +57,11 @@ class LocalizerConfig:
         "help": "an altitude farther than this fraction from every layer's altitude gets no fix"})
 
     def __post_init__(self):
+        from tiles import validate
+
+        validate.speed_mps(self.max_speed_mps, "--max-speed-mps")
+        if self.search_radius_m is not None:
+            validate.radius_m(self.search_radius_m, "--search-radius-m")
         checks = {"top_k": self.top_k >= 1, "max_speed_mps": self.max_speed_mps > 0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "acquire_frames": self.acquire_frames >= 1,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,

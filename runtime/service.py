@@ -88,7 +88,7 @@ class Service:
         self._stop = threading.Event()
         self.engine = engine or load_engine(cfg.bundle, precision=cfg.precision, backend=cfg.backend,
                                             providers=cfg.providers, threads=cfg.threads, spin=cfg.spin)
-        self.db = db or TileDatabase.open(cfg.db)
+        self.db = db or TileDatabase.open(cfg.db, verify=cfg.verify_db)
         check_engine_database(self.engine, self.db)  # DatabaseMismatchError names the differing fields
         self._check_layers()
         self.localizer = Localizer(self.engine, self.db, cfg.localizer_config())
@@ -133,7 +133,10 @@ class Service:
         cfg = self.cfg
         if cfg.jsonl and cfg.jsonl != "-":
             Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
-        return open_outputs(cfg)
+        try:
+            return open_outputs(cfg)
+        except OSError as e:
+            raise ValueError(f"cannot open an output: {e}") from e
 
     def _open_health_server(self):
         if self.cfg.health_port is None:

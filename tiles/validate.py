@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import math
 
+from .cli import UserError
+
 ALTITUDE_MAX_M = 10000.0
 HFOV_MAX_DEG = 150.0
 TILT_MAX_DEG = 80.0
 SPEED_MAX_MPS = 150.0
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A number from outside (command line, config, caller) that cannot be right."""
 
 

@@ -179,6 +179,7 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
     altitudes, hfov_deg = database_flight_defaults(tdb, altitudes, hfov_deg)
     _check_map_database(tdb, altitudes, hfov_deg, map_path)
     flight_raster = flight_raster or map_path
+    to_db = _check_flight_raster(map_path, flight_raster, tdb)
     searcher = Searcher(tdb)
     results: dict = {"map": str(map_path), "flight_raster": str(flight_raster), "engine": engine.name,
                      "database": str(tdb.path), "settings": {"hfov_deg": hfov_deg, **asdict(spec)},
@@ -186,7 +187,7 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
     all_records, files = [], {}
     out = Path(out_dir) if out_dir is not None else None
     for alt in altitudes:
-        frames = _flight(flight_raster, alt, hfov_deg, spec)
+        frames = _truth_in_db_crs(_flight(flight_raster, alt, hfov_deg, spec), to_db)
         t0 = time.perf_counter()
         records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher), frames, altitude_m=alt)
         summary = summarize_flight(records, time.perf_counter() - t0)
@@ -216,6 +217,32 @@ def database_flight_defaults(tdb, altitudes, hfov_deg):
         if hfov_deg is None:
             raise ValueError(f"{tdb.path} does not record the field of view it was cut for: give --hfov-deg")
     return [float(a) for a in altitudes], float(hfov_deg)
+
+
+def _check_flight_raster(map_path, flight_raster, tdb):
+    """Refuse a flight raster that shares no ground with the map (compared in one CRS); returns a function
+    taking the flight's ground truth (x, y in the flight raster's CRS) into the database's CRS, or None."""
+    from pyproj import CRS, Transformer
+
+    from tiles.mapcheck import check_overlap
+    from tiles.raster import open_raster
+
+    with open_raster(map_path) as m, open_raster(flight_raster) as f:
+        if str(flight_raster) != str(map_path):
+            check_overlap(m, f)
+        flight_crs = f.metric_crs
+    if CRS.from_user_input(flight_crs) == CRS.from_user_input(tdb.crs):
+        return None
+    return Transformer.from_crs(flight_crs, tdb.crs, always_xy=True).transform
+
+
+def _truth_in_db_crs(frames, to_db):
+    """The frames with ``meta["x"], meta["y"]`` in the database's CRS (every distance in one CRS)."""
+    for t, image, meta in frames:
+        if to_db is not None and "x" in meta:
+            meta = {**meta}
+            meta["x"], meta["y"] = to_db(meta["x"], meta["y"])
+        yield t, image, meta
 
 
 def _flight(raster, alt: float, hfov_deg: float, spec: FlightSpec):
