@@ -78,11 +78,14 @@ def array_sha256(x: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def calibration_key(onnx_path: str | os.PathLike, calib: np.ndarray, method: str, reduce_range: bool = True) -> dict:
+def calibration_key(onnx_path: str | os.PathLike, calib: np.ndarray, method: str, reduce_range: bool = True,
+                    per_channel: bool = True) -> dict:
     """What a calibration depends on: model bytes, calibration tensor bytes, method, quantiser version."""
     import onnxruntime
 
     settings = f"{method}|ops={','.join(QUANT_OPS)}|sym|clip-ranges|rr={int(reduce_range)}|ort={onnxruntime.__version__}"
+    if not per_channel:  # appended only when set, so caches of the per-channel default keep their names
+        settings += "|per-tensor"
     return {"model_sha256": file_sha256(onnx_path), "data_sha256": array_sha256(calib),
             "settings_sha256": hashlib.sha256(settings.encode()).hexdigest(), "settings": settings}
 
@@ -151,7 +154,7 @@ class _Reader:
 
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray, *,
                   method: str = "minmax", cache_dir: str | os.PathLike | None = None,
-                  batch_size: int = 16, reduce_range: bool = True) -> dict:
+                  batch_size: int = 16, reduce_range: bool = True, per_channel: bool = True) -> dict:
     """Q/DQ INT8 ONNX from the FP32 ONNX, calibrated on ``calib`` (the graph's input array, N >= 1).
 
     ``reduce_range`` quantises weights to 7 bits. Measured here (x86 with AVX2, no VNNI): with 8-bit
@@ -160,6 +163,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     evaluated without kernel fusion (what TensorRT computes) gives 0.96; with 7-bit weights the kernels
     are exact again (0.91 both ways). Default True: the INT8 model is then right on every CPU and on
     TensorRT; pass False (CLI ``--int8-full-range``) for a TensorRT- or VNNI-only target.
+    ``per_channel`` False gives one weight scale per tensor (measured for the gate's advice).
 
     Returns ``{"path", "cache", "cache_hit", "calibration": {...}}`` for the manifest.
     """
@@ -175,7 +179,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     model = onnx.load(str(onnx_path))
     exclude = [n.name for n in model.graph.node if "/head" in n.name and n.op_type in QUANT_OPS]
     overrides = clip_range_overrides(model)
-    key = calibration_key(onnx_path, calib, method, reduce_range)
+    key = calibration_key(onnx_path, calib, method, reduce_range, per_channel)
     cache = cache_hit = None
     if cache_dir is not None:
         cache = calibration_cache_path(cache_dir, key)
@@ -195,7 +199,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
         with atomic_path(out_path) as tmp:
             quantize_static(
                 str(onnx_path), str(tmp), calibration_data_reader=None if cache_hit else reader,
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=per_channel,
                 reduce_range=reduce_range,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                 calibrate_method=cal_method,
@@ -219,4 +223,4 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
             "calibration": {"n_images": int(len(calib)), "method": method, "data_sha256": key["data_sha256"],
                             "batches_run": reader.batches_read, "quantize_linear_nodes": n_q, "opset": opset,
                             "excluded_nodes": exclude, "clip_range_overrides": len(overrides),
-                            "reduce_range": bool(reduce_range)}}
+                            "reduce_range": bool(reduce_range), "per_channel": bool(per_channel)}}
