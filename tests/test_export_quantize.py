@@ -153,3 +153,34 @@ def test_calibration_from_a_folder_of_frames(tmp_path, naip_paths):
     assert any(np.array_equal(got[0], c) for c in crops)  # real pixels, RGB order preserved
     with pytest.raises(ValueError, match="--calib DIR"):
         calibration_images()
+
+
+def test_entropy_and_per_tensor_change_the_model(work, tmp_path):
+    """The gate's advice options are real: Entropy ranges are not MinMax's (ORT's own 128-bin entropy
+    calibrator wrote the very same file), and per-tensor weights have one scale per tensor. A three-conv
+    network keeps the KL search (Python, per tensor) short."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, 2),
+                              torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, 2), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten()).eval()
+    export_onnx(net, P, tmp_path / "small.onnx")
+    small, calib = tmp_path / "small.onnx", work["calib"]
+    mm = quantize_int8(small, tmp_path / "mm.onnx", calib, cache_dir=tmp_path / "c")
+    en = quantize_int8(small, tmp_path / "en.onnx", calib, method="entropy", cache_dir=tmp_path / "c")
+    assert not en["cache_hit"] and en["cache"] != mm["cache"]
+    assert (tmp_path / "mm.onnx").read_bytes() != (tmp_path / "en.onnx").read_bytes()
+    again = quantize_int8(small, tmp_path / "en2.onnx", calib, method="entropy", cache_dir=tmp_path / "c")
+    assert again["cache_hit"] and (tmp_path / "en2.onnx").read_bytes() == (tmp_path / "en.onnx").read_bytes()
+    quantize_int8(small, tmp_path / "en3.onnx", calib, method="entropy")  # no cache folder: the same ranges
+    assert (tmp_path / "en3.onnx").read_bytes() == (tmp_path / "en.onnx").read_bytes()
+    pt = quantize_int8(small, tmp_path / "pt.onnx", calib, per_channel=False)
+    assert pt["calibration"]["per_channel"] is False
+    m = onnx.load(str(tmp_path / "pt.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    weight_scales = [inits[n.input[1]] for n in m.graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert len(weight_scales) == 3 and all(s.size == 1 for s in weight_scales)
