@@ -142,7 +142,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     write_manifest(out, manifest)
     _log.info("bundle %s: %s", out, ", ".join(f"{f['path']} ({f['precision']})" for f in files))
     if rejected:
-        raise AccuracyGateError(gate_message(accuracy, rejected), bundle=out, rejected=rejected, report=accuracy)
+        raise AccuracyGateError(gate_message(accuracy, rejected, int8_reduce_range), bundle=out, rejected=rejected,
+                                report=accuracy)
     return out
 
 

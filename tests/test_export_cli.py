@@ -113,6 +113,7 @@ def test_failing_gate_removes_the_variant_and_still_builds_the_tile_database(ckp
     assert r.returncode == 3, r.stderr[-3000:]
     assert "accuracy gate failed: int8 R@1" in r.stderr and "95% interval" in r.stderr
     assert "holds fp32, fp16 only" in r.stderr
+    assert "--int8-full-range" in r.stderr  # the measured advice for 7-bit INT8 weights (the default)
     b = read_bundle(out)
     assert {f["precision"] for f in b.files} == {"fp32", "fp16"} and not (out / "model.int8.onnx").exists()
     rejected = b.manifest["export"]["gate_rejected"]["int8"]

@@ -113,6 +113,15 @@ def test_accuracy_gate_rejects_a_worse_model_and_refuses_too_few_queries(work, t
                       max_r1_drop=2.0)
 
 
+def test_gate_advice_follows_what_was_measured():
+    from export.accuracy import gate_advice
+
+    assert "--int8-full-range" in gate_advice(["int8"], int8_7bit_weights=True)
+    assert "--int8-full-range" not in gate_advice(["int8"], int8_7bit_weights=False)
+    assert "fly FP32 (CPU) or FP16 (GPU)" in gate_advice(["int8"], int8_7bit_weights=False)
+    assert gate_advice(["fp16"], int8_7bit_weights=True).startswith("fly FP32")
+
+
 def test_held_out_sets_are_the_same_ground_every_half_footprint(naip_paths):
     sets = held_out_sets([naip_paths[2018], naip_paths[2018]], naip_paths[2018], {"300 m": 70}, n_max=1000)
     s = sets[0]

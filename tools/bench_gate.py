@@ -4,12 +4,12 @@
 
 1. Exports CHECKPOINT (FP32 ONNX) and INT8 models with the demo's calibration (views rendered from NAIP
    2010/2012/2014, 96 images, MinMax, per-channel 7-bit weights) and with each change the gate's advice
-   could suggest: Entropy calibration, 4x more images, per-tensor weights.
+   could suggest: Entropy calibration, 4x more images, per-tensor weights, 8-bit weights.
 2. Runs the export's accuracy gate once over all of them: queries are the held-out years 2016 and 2020,
    the gallery the 2018 map, at the footprints of 150/200/250/300 m (hfov 60), tiles every half
    footprint (``eval_n`` queries per altitude); the R@1 drop of each against FP32 with its 95 % interval.
-3. Times one frame (256x256 RGB, batch 1) through ``runtime.engine`` (what flies) for FP32 and INT8,
-   interleaved so both see the same machine load.
+3. Times one frame (256x256 RGB, batch 1) through ``runtime.engine`` (what flies) for FP32 and both INT8
+   weight widths, interleaved so all see the same machine load.
 
 Writes ``results.json`` and prints the Markdown recorded in docs/results/export.md.
 """
@@ -50,7 +50,8 @@ def int8_variants(bundle: Path, out: Path, p, calib_n: int) -> dict:
     settings = {"int8": (base, {"method": "minmax"}),
                 "int8 entropy": (base, {"method": "entropy"}),
                 f"int8 {4 * calib_n} images": (more, {"method": "minmax"}),
-                "int8 per-tensor": (base, {"method": "minmax", "per_channel": False})}
+                "int8 per-tensor": (base, {"method": "minmax", "per_channel": False}),
+                "int8 8-bit weights": (base, {"method": "minmax", "reduce_range": False})}
     out_models = {}
     for name, (calib, kw) in settings.items():
         path = out / f"model.{name.replace(' ', '-')}.onnx"
@@ -60,14 +61,14 @@ def int8_variants(bundle: Path, out: Path, p, calib_n: int) -> dict:
     return out_models
 
 
-def latency(bundle: Path, runs: int, threads: int) -> dict:
-    """Median ms per frame (batch 1) through runtime.engine, FP32 and INT8 alternating."""
+def latency(bundles: dict, runs: int, threads: int) -> dict:
+    """Median ms per frame (batch 1) through runtime.engine, {name: (bundle, precision)} in turn."""
     from export.images import rendered_views
     from runtime.engine import load_engine
 
     frame = rendered_views(naip(2016), 1, size_px=256, seed=7)[0]
-    engines = {prec: load_engine(bundle, precision=prec, backend="onnxruntime", threads=threads)
-               for prec in ("fp32", "int8")}
+    engines = {name: load_engine(b, precision=prec, backend="onnxruntime", threads=threads)
+               for name, (b, prec) in bundles.items()}
     times = {prec: [] for prec in engines}
     for eng in engines.values():
         for _ in range(5):
@@ -78,7 +79,7 @@ def latency(bundle: Path, runs: int, threads: int) -> dict:
             eng.embed([frame])
             times[prec].append(time.perf_counter() - t)
     return {prec: {"median_ms": 1e3 * statistics.median(v), "p90_ms": 1e3 * float(np.percentile(v, 90)),
-                   "engine": engines[prec].name} for prec, v in times.items()}
+                   "engine": f"{engines[prec].name} ({prec})"} for prec, v in times.items()}
 
 
 def main() -> int:
@@ -113,7 +114,13 @@ def main() -> int:
     res["gate_s"] = time.perf_counter() - t
     res["gate"] = report
     res["settings"] = {k: v[1] for k, v in variants.items()}
-    res["latency"] = latency(bundle, args.runs, args.threads)
+    full = export_bundle(args.ckpt, args.out / "bundle-int8-8bit", int8=True, int8_reduce_range=False,
+                         calib_tifs=[naip(y) for y in (2010, 2012, 2014)], calib_n=args.calib_n,
+                         cache_dir=args.out / "calib-cache", overwrite=True)
+    res["latency"] = latency({"fp32": (bundle, "fp32"), "int8 7-bit weights": (bundle, "int8"),
+                              "int8 8-bit weights": (full, "int8")}, args.runs, args.threads)
+    res["machine"]["cpu_flags"] = sorted(set(open("/proc/cpuinfo").read().split()) & {"avx2", "avx512f",
+                                         "avx512_vnni", "avx_vnni", "amx_int8"})
     res["machine"]["load_avg_end"] = os.getloadavg()[0]
     (args.out / "results.json").write_text(json.dumps(res, indent=1, default=str))
     print(table(res))
@@ -144,7 +151,7 @@ def table(res: dict) -> str:
         lines.append(f"| {v['engine']} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} |")
     m = res["machine"]
     lines.append(f"\nload average {m['load_avg_start']:.1f} at start, {m['load_avg_end']:.1f} at end "
-                 f"({m['cores']} cores, shared)")
+                 f"({m['cores']} cores, shared); CPU flags {', '.join(m['cpu_flags'])}")
     return "\n".join(lines)
 
 
