@@ -3,7 +3,7 @@
 Desktop::
 
     python -m export runs/x/checkpoint.pt --out bundle --fp16 --int8 --calib-tif map.tif \\
-        --eval-tifs data/naip/..._2016.tif data/naip/..._2018.tif --max-r1-drop 2 \\
+        --eval-tifs data/naip/..._2016.tif data/naip/..._2020.tif data/naip/..._2018.tif --max-r1-drop 2 \\
         --tiles map.tif --altitudes 150 200 250 300 --hfov 60
 
 Jetson (no torch needed)::

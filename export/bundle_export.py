@@ -86,6 +86,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         (out / MANIFEST).unlink()  # the old bundle stops being one until the new manifest is written
+    for stale in ("model.fp16.onnx", "model.int8.onnx"):  # an older export's variant is no part of this one
+        (out / stale).unlink(missing_ok=True)
 
     model, info = load_checkpoint(ckpt, model_name=model_name)
     model.eval()
