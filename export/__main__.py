@@ -3,7 +3,7 @@
 Desktop::
 
     python -m export runs/x/checkpoint.pt --out bundle --fp16 --int8 --calib-tif map.tif \\
-        --eval-tifs data/naip/..._2016.tif data/naip/..._2018.tif --max-r1-drop 2 \\
+        --eval-tifs data/naip/..._2016.tif data/naip/..._2020.tif data/naip/..._2018.tif --max-r1-drop 2 \\
         --tiles map.tif --altitudes 150 200 250 300 --hfov 60
 
 Jetson (no torch needed)::
@@ -13,6 +13,9 @@ Jetson (no torch needed)::
 Large areas, several GPUs/processes (rank sharding; rank 0 writes the database)::
 
     torchrun --nproc-per-node 4 -m export --bundle bundle --tiles big.tif --hfov 60
+
+Exit codes: 0 done; 2 usage or build error (nothing after it ran); 3 the accuracy gate rejected a variant
+(it is deleted from the bundle; the bundle and the tile database are still built without it).
 
 These are the only builders of databases: ``python -m runtime replay geotiff ... --db bundle/tiledb`` and
 ``python -m runtime serve --db`` read the tile database, ``python -m runtime replay sues200 --db`` the
@@ -48,9 +51,15 @@ def parse_args(argv=None):
     ap.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
     ap.add_argument("--int8-full-range", action="store_true",
                     help="8-bit weights (TensorRT or VNNI CPUs only; default 7-bit, exact on every ORT CPU)")
-    ap.add_argument("--eval-tifs", type=Path, nargs=2, metavar=("QUERY_TIF", "GALLERY_TIF"),
-                    help="two held-out years of one area: parity check and FP16/INT8 accuracy gate")
-    ap.add_argument("--max-r1-drop", type=float, help="fail when a variant's R@1 drops more (points) than this")
+    ap.add_argument("--eval-tifs", type=Path, nargs="+", metavar="TIF",
+                    help="held-out years of one area, the reference map last (QUERY.tif [QUERY2.tif ...] MAP.tif): "
+                         "parity check and FP16/INT8 accuracy gate, at the footprints of --altitudes/--hfov")
+    ap.add_argument("--eval-n", type=int, default=256, help="gate queries per altitude (default 256)")
+    ap.add_argument("--max-r1-drop", type=float,
+                    help="reject a variant unless its R@1 drop (points) is shown, at 95%% confidence, to be at most "
+                         "this; a rejected variant is deleted, the rest is still built, and the exit code is 3")
+    ap.add_argument("--int8-per-tensor", action="store_true", help="one INT8 weight scale per tensor (default "
+                    "per channel)")
     ap.add_argument("--trt", action="store_true", help="build a TensorRT engine (run on the Jetson/GPU)")
     ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="TensorRT precision")
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
@@ -90,17 +99,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("export")
+    gate_error = None
     try:
         bundle = args.bundle
         if args.ckpt is not None:
             from .bundle_export import export_bundle
 
-            bundle = export_bundle(
+            bundle, gate_error = _gated(export_bundle)(
                 args.ckpt, args.out, model_name=args.model_name, input_format=args.input_format, fp16=args.fp16,
                 int8=args.int8, calib_dir=args.calib, calib_tifs=args.calib_tif, calib_n=args.calib_n,
                 calib_method=args.calib_method, hfov_deg=args.hfov, eval_tifs=args.eval_tifs,
                 max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, **_gate_options(args))
         if args.trt:
             from .trt_build import build_bundle_engine
 
@@ -125,8 +135,41 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         log.error("%s", e)
         return 2
+    if gate_error is not None:
+        log.error("done, but the accuracy gate failed (exit 3): %s holds %s only", bundle,
+                  ", ".join(f["precision"] for f in _bundle_files(bundle)))
+        return EXIT_GATE_FAILED
     log.info("done: %s", bundle)
     return 0
+
+
+EXIT_GATE_FAILED = 3
+
+
+def _gate_options(args) -> dict:
+    return {"eval_altitudes_m": args.altitudes, "eval_n": args.eval_n, "int8_per_channel": not args.int8_per_tensor}
+
+
+def _gated(export_bundle):
+    """``export_bundle`` returning (bundle, None), or (bundle, error) when the accuracy gate rejected a
+    variant: the bundle is written without it, and the steps after (tile database...) still run."""
+    from .accuracy import AccuracyGateError
+
+    def run(*a, **kw):
+        try:
+            return export_bundle(*a, **kw), None
+        except AccuracyGateError as e:
+            if e.bundle is None:
+                raise
+            logging.getLogger("export").error("%s", e)
+            return e.bundle, e
+    return run
+
+
+def _bundle_files(bundle) -> list:
+    from runtime.bundle import read_bundle
+
+    return read_bundle(bundle).files
 
 
 if __name__ == "__main__":

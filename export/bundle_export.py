@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from runtime.bundle import MANIFEST, new_manifest, write_manifest
-from tiles.io import atomic_write_json, file_sha256
+from tiles.io import file_sha256
 
 from .onnx_export import (
     INPUT_FORMATS,
@@ -65,17 +65,21 @@ def check_map_pair(query_tif, gallery_tif) -> dict:
 def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str = "float32",
                   fp16: bool = False, int8: bool = False, calib_dir=None, calib_tifs=(), calib_n: int = 128,
                   calib_method: str = "minmax", hfov_deg: float = 60.0, eval_tifs=None, eval_crop_px: int = 128,
-                  eval_n: int = 64, max_r1_drop: float | None = None, parity_tolerance: float = PARITY_TOLERANCE,
-                  cache_dir=None, int8_reduce_range: bool = True, overwrite: bool = False) -> Path:
+                  eval_n: int = 256, max_r1_drop: float | None = None, parity_tolerance: float = PARITY_TOLERANCE,
+                  cache_dir=None, int8_reduce_range: bool = True, overwrite: bool = False,
+                  eval_altitudes_m=None, int8_per_channel: bool = True) -> Path:
     """Write the bundle for checkpoint ``ckpt`` into folder ``out``; return ``out``.
 
-    ``eval_tifs`` = (query GeoTIFF, gallery GeoTIFF): two years of one area, held out from training;
-    they drive the parity check (real crops) and the accuracy gate of FP16/INT8 (``max_r1_drop`` in
-    percentage points of R@1). Without them the parity check uses the calibration images.
+    ``eval_tifs`` = (query GeoTIFF, ..., gallery GeoTIFF): years of one area held out from training, the
+    last one the reference map; they drive the parity check (real crops) and the accuracy gate of
+    FP16/INT8 (``max_r1_drop`` in percentage points of R@1; ``eval_n`` queries per altitude of
+    ``eval_altitudes_m``, else per ``eval_crop_px`` crops). Without them the parity check uses the
+    calibration images. A variant the gate rejects is deleted and left out of the manifest; the bundle is
+    written with the rest and then :class:`export.accuracy.AccuracyGateError` is raised (its ``bundle``).
     """
     from train.model import load_checkpoint
 
-    from .accuracy import accuracy_gate, held_out_pairs
+    from .accuracy import AccuracyGateError, gate_message
     from .quantize import convert_fp16, quantize_int8
 
     ckpt, out = Path(ckpt), Path(out)
@@ -89,9 +93,13 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         raise FileExistsError(f"{out} already holds a bundle; pass overwrite=True (CLI: --overwrite) to replace it")
     if max_r1_drop is not None and not eval_tifs:
         raise ValueError("--max-r1-drop needs held-out images for the accuracy gate: --eval-tifs QUERY.tif GALLERY.tif")
+    sets = _held_out(eval_tifs, eval_altitudes_m, hfov_deg, eval_crop_px, eval_n,
+                     max_r1_drop if (fp16 or int8) else None)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         (out / MANIFEST).unlink()  # the old bundle stops being one until the new manifest is written
+    for stale in ("model.fp16.onnx", "model.int8.onnx"):  # an older export's variant is no part of this one
+        (out / stale).unlink(missing_ok=True)
 
     model, info = load_checkpoint(ckpt, model_name=model_name)
     model.eval()
@@ -99,10 +107,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     fingerprint = file_sha256(ckpt)[:16]
 
     fp32 = export_onnx(model, p, out / "model.onnx", input_format=input_format)
-    queries = gallery = None
-    if eval_tifs:
-        queries, gallery = held_out_pairs(eval_tifs[0], eval_tifs[1], eval_crop_px, n_max=eval_n)
-        parity_images = queries[:16]
+    if sets:
+        parity_images = [im for s in sets for im in s.queries][:16]
     elif calib_dir or calib_tifs:
         parity_images = calibration_images(calib_dir, calib_tifs, n=16, hfov_deg=hfov_deg, seed=123)
     else:
@@ -119,24 +125,12 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         images = calibration_images(calib_dir, calib_tifs, n=calib_n, hfov_deg=hfov_deg)
         q = quantize_int8(fp32, out / "model.int8.onnx", prepare(images, p, input_format), method=calib_method,
                           cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir,
-                          reduce_range=int8_reduce_range)
+                          reduce_range=int8_reduce_range, per_channel=int8_per_channel)
         variants["int8"] = q["path"]
         calib_info = {**q["calibration"], "source": str(calib_dir or [str(t) for t in calib_tifs]),
                       "cache_hit": q["cache_hit"]}
 
-    accuracy = None
-    if variants and queries is not None:
-        try:
-            accuracy = accuracy_gate(fp32, variants, p, input_format, queries, gallery, max_r1_drop=max_r1_drop)
-        except Exception:
-            atomic_write_json(out / "accuracy_failed.json", {"max_r1_drop": max_r1_drop,
-                                                             "eval_tifs": [str(t) for t in eval_tifs]})
-            raise
-        for rec in accuracy.values():
-            rec["eval"] = {"query": Path(eval_tifs[0]).name, "gallery": Path(eval_tifs[1]).name,
-                           "crop_px": eval_crop_px}
-    elif variants:
-        _log.warning("FP16/INT8 written without an accuracy check: give --eval-tifs QUERY.tif GALLERY.tif")
+    accuracy, rejected = _gate_variants(fp32, variants, p, input_format, sets, max_r1_drop, eval_tifs)
     for precision, path in variants.items():
         extra = {"accuracy": accuracy.get(precision) if accuracy else None}
         if precision == "int8":
@@ -157,9 +151,50 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         export={"opset": OPSET, "exporter": f"torch.onnx (TorchScript, dynamo=False), torch {torch.__version__}",
                 "eval": eval_report},
     )
+    if rejected:
+        manifest["export"]["gate_rejected"] = {r: accuracy[r] for r in rejected}
     write_manifest(out, manifest)
-    stale = out / "accuracy_failed.json"
-    if stale.exists():
-        stale.unlink()
     _log.info("bundle %s: %s", out, ", ".join(f"{f['path']} ({f['precision']})" for f in files))
+    if rejected:
+        raise AccuracyGateError(gate_message(accuracy, rejected, int8_reduce_range), bundle=out, rejected=rejected,
+                                report=accuracy)
     return out
+
+
+def _held_out(eval_tifs, altitudes_m, hfov_deg: float, crop_px: int, n_max: int, max_r1_drop):
+    """The gate's held-out sets (None without ``eval_tifs``); refuses up front a limit they cannot show."""
+    from .accuracy import check_enough_queries, footprint_crops, held_out_sets
+
+    if not eval_tifs:
+        return None
+    if len(eval_tifs) < 2:
+        raise ValueError(f"--eval-tifs needs query GeoTIFF(s) and the gallery GeoTIFF last, got {len(eval_tifs)} file")
+    *query_tifs, gallery_tif = eval_tifs
+    crops = footprint_crops(gallery_tif, altitudes_m, hfov_deg) if altitudes_m else {f"{crop_px} px": crop_px}
+    sets = held_out_sets(query_tifs, gallery_tif, crops, n_max=n_max)
+    check_enough_queries(sum(len(s.queries) for s in sets), max_r1_drop)
+    return sets
+
+
+def _gate_variants(fp32: Path, variants: dict, p, input_format: str, sets, max_r1_drop, eval_tifs):
+    """Run the accuracy gate; delete each rejected variant's file and drop it from ``variants``.
+
+    Returns (report or None, rejected precisions)."""
+    from .accuracy import accuracy_gate, rejected_variants
+
+    if not variants:
+        return None, []
+    if sets is None:
+        _log.warning("FP16/INT8 written without an accuracy check: give --eval-tifs QUERY.tif GALLERY.tif")
+        return None, []
+    accuracy = accuracy_gate(fp32, variants, p, input_format, sets, max_r1_drop=max_r1_drop)
+    meta = {"queries": [Path(t).name for t in eval_tifs[:-1]], "gallery": Path(eval_tifs[-1]).name,
+            "sets": {s.name: {"n_queries": len(s.queries), "n_gallery": len(s.gallery)} for s in sets}}
+    for rec in accuracy.values():
+        rec["eval"] = meta
+    rejected = rejected_variants(accuracy)
+    for precision in rejected:
+        path = Path(variants.pop(precision))
+        path.unlink(missing_ok=True)  # a rejected model never ships: `serve` cannot pick what is not there
+        _log.warning("%s rejected by the accuracy gate: %s deleted", precision, path.name)
+    return accuracy, rejected

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from .onnx_export import INPUT_NAME
 _log = logging.getLogger(__name__)
 
 QUANT_OPS = ("Conv", "MatMul", "Gemm")
+ENTROPY_BINS = 2048
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 #: ops the FP16 conversion keeps in FP32 (numerically sensitive reductions and normalisations)
 FP16_KEEP_FLOAT = ["LayerNormalization", "ReduceL2", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Softmax",
@@ -78,11 +80,16 @@ def array_sha256(x: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def calibration_key(onnx_path: str | os.PathLike, calib: np.ndarray, method: str, reduce_range: bool = True) -> dict:
+def calibration_key(onnx_path: str | os.PathLike, calib: np.ndarray, method: str, reduce_range: bool = True,
+                    per_channel: bool = True, entropy_bins: int = ENTROPY_BINS) -> dict:
     """What a calibration depends on: model bytes, calibration tensor bytes, method, quantiser version."""
     import onnxruntime
 
     settings = f"{method}|ops={','.join(QUANT_OPS)}|sym|clip-ranges|rr={int(reduce_range)}|ort={onnxruntime.__version__}"
+    if not per_channel:  # appended only when set, so caches of the per-channel default keep their names
+        settings += "|per-tensor"
+    if method == "entropy":
+        settings += f"|bins={entropy_bins}"
     return {"model_sha256": file_sha256(onnx_path), "data_sha256": array_sha256(calib),
             "settings_sha256": hashlib.sha256(settings.encode()).hexdigest(), "settings": settings}
 
@@ -149,9 +156,24 @@ class _Reader:
         self.pos = 0
 
 
+def _entropy_ranges(onnx_path, reader: _Reader, path: Path, work: Path, bins: int) -> None:
+    """Entropy (KL) ranges as TensorRT computes them, 2048-bin histograms folded into 128 levels, saved as
+    an ORT calibration cache at ``path``. ORT's ``quantize_static`` builds its entropy calibrator with 128
+    bins for 128 levels, which leaves a single candidate threshold, the min/max range: measured on the
+    demo model, ``method="entropy"`` through it wrote the very same file as MinMax."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    cal = create_calibrator(Path(onnx_path), list(QUANT_OPS), augmented_model_path=str(work / "augmented.onnx"),
+                            calibrate_method=CalibrationMethod.Entropy,
+                            extra_options={"num_bins": bins, "num_quantized_bins": 128})
+    cal.collect_data(reader)
+    save_tensors_data(cal.compute_data(), path)
+
+
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray, *,
                   method: str = "minmax", cache_dir: str | os.PathLike | None = None,
-                  batch_size: int = 16, reduce_range: bool = True) -> dict:
+                  batch_size: int = 16, reduce_range: bool = True, per_channel: bool = True,
+                  entropy_bins: int = ENTROPY_BINS) -> dict:
     """Q/DQ INT8 ONNX from the FP32 ONNX, calibrated on ``calib`` (the graph's input array, N >= 1).
 
     ``reduce_range`` quantises weights to 7 bits. Measured here (x86 with AVX2, no VNNI): with 8-bit
@@ -160,6 +182,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     evaluated without kernel fusion (what TensorRT computes) gives 0.96; with 7-bit weights the kernels
     are exact again (0.91 both ways). Default True: the INT8 model is then right on every CPU and on
     TensorRT; pass False (CLI ``--int8-full-range``) for a TensorRT- or VNNI-only target.
+    ``per_channel`` False gives one weight scale per tensor (measured for the gate's advice);
+    ``entropy_bins`` the histogram of ``method="entropy"`` (TensorRT's 2048; the KL search is slow in Python).
 
     Returns ``{"path", "cache", "cache_hit", "calibration": {...}}`` for the manifest.
     """
@@ -175,7 +199,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     model = onnx.load(str(onnx_path))
     exclude = [n.name for n in model.graph.node if "/head" in n.name and n.op_type in QUANT_OPS]
     overrides = clip_range_overrides(model)
-    key = calibration_key(onnx_path, calib, method, reduce_range)
+    key = calibration_key(onnx_path, calib, method, reduce_range, per_channel, entropy_bins)
     cache = cache_hit = None
     if cache_dir is not None:
         cache = calibration_cache_path(cache_dir, key)
@@ -192,10 +216,14 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     root = logging.getLogger()
     root.addFilter(_quiet_ort_advice)
     try:
-        with atomic_path(out_path) as tmp:
+        with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(prefix="geoloc-calib.") as work:
+            if method == "entropy" and not cache_hit:  # ranges computed here, handed to ORT as its cache
+                cache = cache or Path(work) / "ranges.json"
+                _entropy_ranges(onnx_path, reader, cache, Path(work), entropy_bins)
+                cache_hit = None  # not a hit: computed now
             quantize_static(
-                str(onnx_path), str(tmp), calibration_data_reader=None if cache_hit else reader,
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=True,
+                str(onnx_path), str(tmp), calibration_data_reader=None if cache_hit or method == "entropy" else reader,
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS), per_channel=per_channel,
                 reduce_range=reduce_range,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                 calibrate_method=cal_method,
@@ -203,6 +231,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
                                "TensorQuantOverrides": overrides},
                 calibration_cache_path=str(cache) if cache is not None else None,
             )
+            if cache is not None and cache.parent == Path(work):
+                cache = None  # a temporary ranges file, gone with the folder
             q = onnx.load(str(tmp))
             onnx.checker.check_model(q)
     finally:
@@ -219,4 +249,4 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
             "calibration": {"n_images": int(len(calib)), "method": method, "data_sha256": key["data_sha256"],
                             "batches_run": reader.batches_read, "quantize_linear_nodes": n_q, "opset": opset,
                             "excluded_nodes": exclude, "clip_range_overrides": len(overrides),
-                            "reduce_range": bool(reduce_range)}}
+                            "reduce_range": bool(reduce_range), "per_channel": bool(per_channel)}}

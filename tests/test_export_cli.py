@@ -82,13 +82,51 @@ def test_cli_end_to_end(ckpt, naip_paths, tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
 
-def test_gate_failure_exits_with_the_numbers(ckpt, naip_paths, tmp_path, caplog):
+def test_a_limit_the_queries_cannot_show_is_refused_before_any_work(ckpt, naip_paths, tmp_path, caplog):
     from export.__main__ import main
 
     code = main([str(ckpt), "--out", str(tmp_path / "b"), "--fp16", "--eval-tifs", str(naip_paths[2016]),
-                 str(naip_paths[2018]), "--max-r1-drop", "-100"])
-    assert code == 2 and "accuracy gate failed: fp16 R@1" in caplog.text
-    assert not (tmp_path / "b" / "manifest.json").exists()  # a failed bundle is not a bundle
+                 str(naip_paths[2018]), "--altitudes", "300", "--eval-n", "30", "--max-r1-drop", "2"])
+    assert code == 2 and "--max-r1-drop 2 cannot be shown with 30 held-out queries" in caplog.text
+    assert "smallest detectable drop for n=30" in caplog.text and ">= 96 queries" in caplog.text
+    assert not (tmp_path / "b").exists()
+
+
+def test_failing_gate_removes_the_variant_and_still_builds_the_tile_database(ckpt, naip_paths, tmp_path):
+    """INT8 calibrated on flat grey frames (a real user mistake) loses far more than 5 points: it is deleted,
+    the bundle holds what passed, the tile database is built, and the exit code says the gate failed."""
+    import cv2
+
+    from runtime.bundle import read_bundle
+    from runtime.engine import BundleError, _pick_entry, load_engine
+    from tiles.db import TileDatabase
+
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(grey / f"{i}.png"), np.full((64, 64, 3), 128, np.uint8))
+    out = tmp_path / "bundle"
+    r = run(ckpt, "--out", out, "--fp16", "--int8", "--calib", grey, "--eval-tifs", naip_paths[2016],
+            naip_paths[2018], "--eval-n", 64, "--max-r1-drop", 5, "--tiles", naip_paths[2018], "--altitudes", 250,
+            300, "--hfov", 60, "--stride-frac", 1.0, "--no-progress", check=False,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "accuracy gate failed: int8 R@1" in r.stderr and "95% interval" in r.stderr
+    assert "holds fp32, fp16 only" in r.stderr
+    assert "--int8-full-range" in r.stderr  # the measured advice for 7-bit INT8 weights (the default)
+    b = read_bundle(out)
+    assert {f["precision"] for f in b.files} == {"fp32", "fp16"} and not (out / "model.int8.onnx").exists()
+    rejected = b.manifest["export"]["gate_rejected"]["int8"]
+    assert rejected["passed"] is False and rejected["r1_drop_ci"][1] > 5 and rejected["n_queries"] == 128
+    assert b.find("onnx", "fp16")["accuracy"]["passed"] is True
+    db = TileDatabase.open(out / "tiledb")
+    db.check_compatible(model_fingerprint=b.model_fingerprint, preprocess=b.manifest["preprocess"],
+                        embedding_dim=b.embedding_dim)
+    # the runtime never picks the rejected variant: not on a GPU, not on the CPU, not when asked for it
+    assert _pick_entry(b, "onnx", "auto", gpu=True)["precision"] == "fp16"
+    assert _pick_entry(b, "onnx", "auto", gpu=False)["precision"] == "fp32"
+    with pytest.raises(BundleError, match="no onnx model at precision 'int8'"):
+        load_engine(out, precision="int8", backend="onnxruntime")
 
 
 def test_trt_on_a_machine_without_tensorrt_or_torch(bundle):
