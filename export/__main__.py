@@ -58,6 +58,10 @@ def parse_args(argv=None):
     ap.add_argument("--hfov", type=float, default=60.0, help="camera horizontal field of view, degrees")
     ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
     ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
+    ap.add_argument("--ann", choices=("auto", "ivfpq", "none"), default="auto",
+                    help="approximate index for global search: auto = FAISS IVF-PQ on layers of >= --ann-min-rows "
+                         "rows when faiss-cpu is installed (default), ivfpq = always (needs FAISS), none = exact only")
+    ap.add_argument("--ann-min-rows", type=int, default=50_000, help="smallest layer given an ANN index")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
                                                     "gallery_satellite, or class folders")
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
 
             db = build_tile_database(bundle, args.tiles, args.db_out or Path(bundle) / "tiledb",
                                      altitudes_m=args.altitudes, hfov_deg=args.hfov, stride_frac=args.stride_frac,
-                                     chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress)
+                                     chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress,
+                                     ann=args.ann, ann_min_rows=args.ann_min_rows)
             if db is not None:
                 log.info("tile database %s", db)
         if args.gallery:

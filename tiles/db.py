@@ -17,6 +17,7 @@ interrupted write never leaves a folder under the final name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -105,6 +106,7 @@ def write_database(
     sources: list[dict] | None = None,
     extra: dict | None = None,
     overwrite: bool = False,
+    indexes: tuple = (),
 ) -> Path:
     """Write a database atomically and return its path.
 
@@ -113,7 +115,8 @@ def write_database(
     list of dicts, each at least ``{"name": str}`` and usually ``altitude_m``, ``hfov_deg``,
     ``footprint_m``, ``stride_m``, ``tile_px``; ``start``/``stop``/``count`` are filled in here.
     ``model`` must hold ``fingerprint`` (and usually ``name``, ``embedding_dim``); ``preprocess`` is
-    :meth:`runtime.preprocess.Preprocess.to_dict`.
+    :meth:`runtime.preprocess.Preprocess.to_dict`. The spatial index over the centres is always written
+    (:mod:`tiles.spatial`); ``indexes`` are optional builders of further indexes (see :func:`_write_indexes`).
     """
     path = Path(path)
     emb = np.asarray(embeddings, dtype=np.float32)
@@ -155,8 +158,9 @@ def write_database(
     try:
         np.save(tmp / EMBEDDINGS, emb)
         np.save(tmp / ENTRIES, entries)
+        index_fields, index_files = _write_indexes(tmp, emb, entries, layers, indexes)
         files = {}
-        for name in (EMBEDDINGS, ENTRIES):
+        for name in (EMBEDDINGS, ENTRIES, *index_files):
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
@@ -173,6 +177,7 @@ def write_database(
             "files": files,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "extra": dict(extra or {}),
+            **index_fields,
         }
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)
@@ -191,6 +196,26 @@ def write_database(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _write_indexes(tmp: Path, emb: np.ndarray, entries: np.ndarray, layers: list[dict],
+                   builders) -> tuple[dict, list[str]]:
+    """Write the spatial index, then each optional index, into the database folder being written.
+
+    A builder is ``f(folder, embeddings, layers) -> (manifest_key, record, [file names])`` (e.g. the ANN
+    index of ``export.ann_build``); its files are hashed and listed in the manifest like the arrays.
+    """
+    from .spatial import build_spatial_index
+
+    arrays, record = build_spatial_index(entries, layers)
+    for name, arr in arrays.items():
+        np.save(tmp / name, arr)
+    fields, names = {"spatial_index": record}, list(arrays)
+    for build in builders:
+        key, rec, written = build(tmp, emb, layers)
+        fields[key] = rec
+        names += list(written)
+    return fields, names
 
 
 @dataclass
@@ -273,6 +298,16 @@ class TileDatabase:
     @property
     def crs(self) -> str | None:
         return self.manifest.get("crs")
+
+    # ---- indexes ------------------------------------------------------------------------------
+    @functools.cached_property
+    def spatial_index(self):
+        """The grid over the tile centres (:class:`tiles.spatial.SpatialIndex`, memory-mapped), or None for
+        a database written before it existed (the search then scans the layer's centres)."""
+        from .spatial import SpatialIndex
+
+        record = self.manifest.get("spatial_index")
+        return None if record is None else SpatialIndex.load(self.path, record)
 
     # ---- layers -------------------------------------------------------------------------------
     def layer_slice(self, layer: int | str) -> slice:
