@@ -49,6 +49,13 @@ def parse_args(argv=None):
     ap.add_argument("--eval-tifs", type=Path, nargs=2, metavar=("QUERY_TIF", "GALLERY_TIF"),
                     help="two held-out years of one area: parity check and FP16/INT8 accuracy gate")
     ap.add_argument("--max-r1-drop", type=float, help="fail when a variant's R@1 drops more (points) than this")
+    ap.add_argument("--descriptor-dim", type=int, default=None,
+                    help="compact descriptor size: a PCA-whitening projection appended to the graph (default 256 "
+                         "when fitting images are given; 0 = the network's full embedding)")
+    ap.add_argument("--projection-tifs", type=Path, nargs="+", default=[],
+                    help="GeoTIFFs of the TRAINING years to fit the projection on (drone views rendered from them; "
+                         "with the map tiles of --tiles); never the held-out years")
+    ap.add_argument("--projection-n", type=int, default=2000, help="images to fit the projection on (default 2000)")
     ap.add_argument("--trt", action="store_true", help="build a TensorRT engine (run on the Jetson/GPU)")
     ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="TensorRT precision")
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
@@ -77,6 +84,17 @@ def parse_args(argv=None):
     if args.ckpt is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         ap.error("under torchrun only the tile database runs in parallel: export once with "
                  "`python -m export CKPT --out BUNDLE`, then `torchrun ... -m export --bundle BUNDLE --tiles ...`")
+    if args.ckpt is not None:
+        fit = bool(args.projection_tifs or args.tiles)
+        if args.descriptor_dim is None:
+            args.descriptor_dim = 256 if fit else 0
+            if not fit:
+                logging.getLogger("export").warning(
+                    "no --projection-tifs/--tiles: the bundle emits the full embedding, not the compact 256-d "
+                    "descriptor (give --projection-tifs TRAIN_YEARS.tif to get it)")
+        elif args.descriptor_dim and not fit:
+            ap.error(f"--descriptor-dim {args.descriptor_dim} needs images to fit the projection on: "
+                     "--projection-tifs TRAIN_YEAR.tif ... (and/or --tiles MAP.tif); or --descriptor-dim 0")
     if args.int8 and not (args.calib or args.calib_tif):
         ap.error("--int8 needs calibration images: --calib DIR or --calib-tif MAP.tif")
     return args
@@ -97,7 +115,8 @@ def main(argv=None) -> int:
                 int8=args.int8, calib_dir=args.calib, calib_tifs=args.calib_tif, calib_n=args.calib_n,
                 calib_method=args.calib_method, hfov_deg=args.hfov, eval_tifs=args.eval_tifs,
                 max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, descriptor_dim=args.descriptor_dim or None,
+                projection_tifs=args.projection_tifs, projection_map_tifs=args.tiles, projection_n=args.projection_n)
         if args.trt:
             from .trt_build import build_bundle_engine
 

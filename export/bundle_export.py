@@ -56,12 +56,16 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
                   fp16: bool = False, int8: bool = False, calib_dir=None, calib_tifs=(), calib_n: int = 128,
                   calib_method: str = "minmax", hfov_deg: float = 60.0, eval_tifs=None, eval_crop_px: int = 128,
                   eval_n: int = 64, max_r1_drop: float | None = None, parity_tolerance: float = PARITY_TOLERANCE,
-                  cache_dir=None, int8_reduce_range: bool = True, overwrite: bool = False) -> Path:
+                  cache_dir=None, int8_reduce_range: bool = True, overwrite: bool = False,
+                  descriptor_dim: int | None = None, projection_tifs=(), projection_map_tifs=(),
+                  projection_n: int = 2000) -> Path:
     """Write the bundle for checkpoint ``ckpt`` into folder ``out``; return ``out``.
 
     ``eval_tifs`` = (query GeoTIFF, gallery GeoTIFF): two years of one area, held out from training;
     they drive the parity check (real crops) and the accuracy gate of FP16/INT8 (``max_r1_drop`` in
     percentage points of R@1). Without them the parity check uses the calibration images.
+    ``descriptor_dim``: append a PCA-whitening projection to that size (``export.projection``), fitted on
+    views of ``projection_tifs`` (training years) and tiles of ``projection_map_tifs`` (the map).
     """
     from train.model import load_checkpoint
 
@@ -97,6 +101,18 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         raise ValueError("the parity check needs real images: give --eval-tifs QUERY.tif GALLERY.tif, "
                          "--calib DIR or --calib-tif MAP.tif")
     parity = check_parity(model, p, fp32, parity_images, input_format=input_format, tolerance=parity_tolerance)
+    projection = None
+    if descriptor_dim and int(descriptor_dim) >= int(model.embedding_dim):
+        _log.warning("descriptor dim %d >= the network's embedding size %d: no projection, the bundle emits the "
+                     "full embedding", descriptor_dim, model.embedding_dim)
+        descriptor_dim = None
+    if descriptor_dim:
+        from .projection import fit_and_append, projected_fingerprint
+
+        projection = fit_and_append(fp32, p, input_format, int(descriptor_dim), view_tifs=projection_tifs,
+                                    map_tifs=projection_map_tifs, n=projection_n, hfov_deg=hfov_deg, out_dir=out)
+        projection["checkpoint_fingerprint"] = fingerprint
+        fingerprint = projected_fingerprint(fingerprint, projection)
     files = [_onnx_entry(fp32, "fp32", parity=parity)]
 
     variants = {}
@@ -138,7 +154,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     import torch
 
     manifest = new_manifest(
-        model_name=info["model_name"], embedding_dim=int(model.embedding_dim), model_fingerprint=fingerprint,
+        model_name=info["model_name"], model_fingerprint=fingerprint,
+        embedding_dim=int(projection["dim"] if projection else model.embedding_dim), projection=projection,
         preprocess=p.to_dict(), input=input_spec(input_format), output={"name": "embedding", "l2_normalised": True},
         source_checkpoint={"path": str(ckpt), "sha256": file_sha256(ckpt), "format": info.get("format")},
         files=files,
