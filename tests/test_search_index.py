@@ -126,3 +126,21 @@ def test_approximate_global_search_against_exact(tmp_path):
     q2 = rng.normal(size=(2, 8)).astype(np.float32)
     np.testing.assert_array_equal(Searcher(small).search_global(q2, 3, 0).indices,
                                   Searcher(small).search(q2, 3, 0).indices)
+
+
+def test_describe_db_states_the_footprint(tmp_path, capsys):
+    from tiles.__main__ import main
+
+    db = _db(tmp_path / "db", n=2000, d=16)
+    assert main(["describe-db", str(db.path), "--json", "--measure"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"] == 2000 and out["bytes_per_row"] == 32
+    assert out["disk_bytes"] == sum(p.stat().st_size for p in db.path.iterdir() if p.name != "manifest.json")
+    grid = sum((db.path / n).stat().st_size for n in db.manifest["spatial_index"]["files"])
+    assert out["resident_bytes"]["local"] == grid
+    assert out["resident_bytes"]["exact"] == grid + (db.path / "embeddings.npy").stat().st_size
+    assert out["measured"]["global_search"] == "exact" and out["measured"]["rss_mb_after_global"] > 0
+    assert main(["describe-db", str(db.path)]) == 0
+    assert "spatial grid   yes" in capsys.readouterr().out
+    assert main(["describe-db", str(tmp_path / "nope")]) == 2
+    assert "no tile database" in capsys.readouterr().err
