@@ -172,10 +172,20 @@ def measure(path, n_queries: int = 200, n_exact: int = 20, seed: int = 1, nprobe
     res["exact"] = _pct(t_exact)
     res["rss_after_exact_mb"] = _rss_mb() - rss0
     res["exact_top1_is_truth"] = float(np.mean(ref.indices[:, 0] == truth))
+    res["query_cosine_to_tile"] = float(np.mean(np.sum(q * e, axis=1)))
     if ann is not None:
         got = np.concatenate([m.indices for m in approx])
         res["recall_at_5"] = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, ref.indices)]))
         res["top1_agrees"] = float(np.mean(got[:, 0] == ref.indices[:, 0]))
+        # harder queries (cosine ~0.55 to their tile: a poor frame), same index and settings
+        qh = e + 1.5 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+        qh /= np.linalg.norm(qh, axis=1, keepdims=True)
+        hard, t_hard = _timed(lambda qi: s.search_global(qi, 5, 0), [(qi,) for qi in qh])
+        ref_h = s.search(qh, 5, 0)
+        got_h = np.concatenate([m.indices for m in hard])
+        res["hard"] = {"query_cosine_to_tile": float(np.mean(np.sum(qh * e, axis=1))), "approx": _pct(t_hard),
+                       "recall_at_5": float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got_h, ref_h.indices)])),
+                       "exact_top1_is_truth": float(np.mean(ref_h.indices[:, 0] == truth))}
     files = db.manifest["files"]
     res["disk_mb"] = {k: v["bytes"] / 2**20 for k, v in files.items()}
     return res
