@@ -150,6 +150,12 @@ class Searcher:
         sims = q @ np.asarray(self.db.embeddings[rows], np.float32).T
         return sims[0] if one else sims
 
+    def centres(self, rows) -> np.ndarray:
+        """(R, 2) float64 tile centres (the database's metric CRS) of ``rows``; reads only those entries."""
+        rows = np.asarray(rows, np.int64)
+        e = self.db.entries
+        return np.stack([np.asarray(e["x"][rows], np.float64), np.asarray(e["y"][rows], np.float64)], 1)
+
     def _check_queries(self, q: np.ndarray) -> np.ndarray:
         if q.ndim == 1:
             q = q[None, :]

@@ -81,6 +81,8 @@ def test_search_with_radius_unchanged_and_score_rows(tmp_path):
     np.testing.assert_array_equal(m.indices, want)
     np.testing.assert_allclose(s.score_rows(q, rows), sims, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s.score_rows(q[0], rows), sims[0], rtol=1e-5, atol=1e-6)
+    xy = s.centres(rows)
+    assert np.all(np.hypot(xy[:, 0] - c[0], xy[:, 1] - c[1]) <= r) and xy.shape == (len(rows), 2)
     with pytest.raises(ValueError, match="rows must be in"):
         s.score_rows(q[0], [len(db)])
 
