@@ -117,6 +117,17 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _rss_parts_mb() -> dict:
+    """VmRSS split: anonymous memory (the process's own) and file pages mapped from the database and index
+    files (clean page cache, including the kernel's fault-around neighbours; reclaimable under pressure)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024
+    return out
+
+
 def _pct(times: list[float]) -> dict:
     a = np.asarray(times) * 1000
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)), "n": len(a)}
@@ -131,13 +142,14 @@ def _timed(fn, args_list) -> tuple[list, list[float]]:
     return out, times
 
 
-def measure(path, n_queries: int = 200, n_exact: int = 20, seed: int = 1, nprobe: int | None = None,
+def measure(path, n_queries: int = 200, n_exact: int = 10, seed: int = 1, nprobe: int | None = None,
             rerank: int | None = None) -> dict:
     """Open the database in this (fresh) process and measure the three searches."""
     from runtime.search import Searcher
     from tiles.db import TileDatabase
 
     rss0 = _rss_mb()
+    res0 = _rss_parts_mb()
     t0 = time.perf_counter()
     db = TileDatabase.open(path)
     s = Searcher(db)
@@ -153,7 +165,7 @@ def measure(path, n_queries: int = 200, n_exact: int = 20, seed: int = 1, nprobe
     xy += rng.uniform(-100, 100, xy.shape)
     radius = 3 * FOOTPRINT_M
     ann = s.ann(nprobe=nprobe, rerank=rerank)
-    res: dict = {"rows": n, "dim": db.embedding_dim, "open_s": open_s, "radius_m": radius}
+    res: dict = {"rows": n, "dim": db.embedding_dim, "open_s": open_s, "radius_m": radius, "rss_parts_start_mb": res0}
     # local: rows around the point, scored (what the map filter calls), and search() with a radius
     _, t_rows = _timed(lambda c: s.rows_within(c, radius, 0), [(c,) for c in xy])
     loc, t_local = _timed(lambda qi, c: s.score_rows(qi, s.rows_within(c, radius, 0)), zip(q, xy))
@@ -165,12 +177,14 @@ def measure(path, n_queries: int = 200, n_exact: int = 20, seed: int = 1, nprobe
         res["approx"] = _pct(t_ann)
         res["ann"] = {"nprobe": ann.nprobe, "rerank": ann.rerank, **db.manifest["ann"]["layers"][0]}
     res["rss_local_approx_mb"] = _rss_mb() - rss0
+    res["rss_parts_local_approx_mb"] = _rss_parts_mb()
     t0 = time.perf_counter()
     ref = s.search(q, 5, 0)  # exact, batched: the reference
     res["exact_batch_s"] = time.perf_counter() - t0
     _, t_exact = _timed(lambda qi: s.search(qi, 5, 0), [(qi,) for qi in q[:n_exact]])
     res["exact"] = _pct(t_exact)
     res["rss_after_exact_mb"] = _rss_mb() - rss0
+    res["rss_parts_after_exact_mb"] = _rss_parts_mb()
     res["exact_top1_is_truth"] = float(np.mean(ref.indices[:, 0] == truth))
     res["query_cosine_to_tile"] = float(np.mean(np.sum(q * e, axis=1)))
     if ann is not None:
