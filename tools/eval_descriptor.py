@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shrink", type=float, nargs="+", default=[0.1])
     ap.add_argument("--fit-n", type=int, default=2000)
     ap.add_argument("--max-queries", type=int, default=100, help="per altitude and held-out year")
+    ap.add_argument("--cache", type=Path, help="npz of the embeddings: written on the first run, read after")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -111,12 +112,23 @@ def main(argv=None) -> int:
     model.eval()
     size = model.preprocess.input_size[0]
     train_years, map_year, held_out = (2010, 2012, 2014), 2018, (2016, 2020)
-    fit = embed_images(model, fit_images([naip(y) for y in train_years], [naip(map_year)], n=args.fit_n,
-                                         size_px=size))
-    _log.info("fit set: %d embeddings (%.0f s)", len(fit), time.perf_counter() - t0)
-    sets = held_out_sets(model, naip(map_year), [naip(y) for y in held_out], (150, 200, 250, 300),
-                         max_queries=args.max_queries)
-    _log.info("held-out sets embedded (%.0f s)", time.perf_counter() - t0)
+    if args.cache and args.cache.is_file():
+        z = np.load(args.cache, allow_pickle=False)
+        fit = z["fit"]
+        sets = [{"alt": int(a), "year": str(y), "q": z[f"q{i}"], "g": z[f"g{i}"], "labels": z[f"l{i}"]}
+                for i, (a, y) in enumerate(zip(z["alts"], z["years"]))]
+    else:
+        fit = embed_images(model, fit_images([naip(y) for y in train_years], [naip(map_year)], n=args.fit_n,
+                                             size_px=size))
+        _log.info("fit set: %d embeddings (%.0f s)", len(fit), time.perf_counter() - t0)
+        sets = held_out_sets(model, naip(map_year), [naip(y) for y in held_out], (150, 200, 250, 300),
+                             max_queries=args.max_queries)
+        _log.info("held-out sets embedded (%.0f s)", time.perf_counter() - t0)
+        if args.cache:
+            arrays = {"fit": fit, "alts": np.array([s["alt"] for s in sets]), "years": np.array([s["year"] for s in sets])}
+            for i, s in enumerate(sets):
+                arrays.update({f"q{i}": s["q"], f"g{i}": s["g"], f"l{i}": s["labels"]})
+            np.savez(args.cache, **arrays)
     rows = []
     variants = [("full", fit.shape[1], None, None)]
     variants += [("pca-whitening", d, True, s) for d in args.dims for s in args.shrink]
