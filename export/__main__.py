@@ -4,7 +4,13 @@ Desktop::
 
     python -m export runs/x/checkpoint.pt --out bundle --fp16 --int8 --calib-tif map.tif \\
         --eval-tifs data/naip/..._2016.tif data/naip/..._2018.tif --max-r1-drop 2 \\
-        --tiles map.tif --altitudes 150 200 250 300 --hfov 60
+        --tiles map.tif --altitudes 150 200 250 300 --hfov 60 \\
+        --projection-tifs train_2010.tif train_2012.tif --descriptor-dim 256 --ann auto
+
+``--descriptor-dim`` appends a PCA-whitening projection fitted on views of ``--projection-tifs`` (training
+years only) and tiles of ``--tiles`` (default 256 when those are given: docs/results/search.md); ``--ann``
+adds a FAISS IVF-PQ index to layers of >= ``--ann-min-rows`` tiles for global search (auto: when
+faiss-cpu is installed).
 
 Jetson (no torch needed)::
 
