@@ -7,7 +7,8 @@ held-out years), the projection maps the network's ``D``-d embedding ``e`` to
 
 (``U``, ``lambda``: eigenvectors/values of the embeddings' covariance; ``shrink`` regularises the weakest
 kept directions; ``whiten=False`` keeps plain PCA). The graph gains ``MatMul -> Add -> ReduceL2 -> Max ->
-Div`` after the old output, so every engine built from the bundle (ONNX Runtime, FP16, INT8, TensorRT)
+Div`` after the old output (nodes named ``/head/projection/*``: the INT8 quantiser leaves the head in float),
+so every engine built from the bundle (ONNX Runtime, FP16, INT8, TensorRT)
 emits the compact, L2-normalised descriptor; the manifest records the projection (its sha256 enters the
 model fingerprint, so a database of another projection is refused). docs/results/search.md has the
 measurement that chose the default size.
@@ -89,11 +90,11 @@ def append_projection(onnx_path: str | os.PathLike, proj: dict, output_name: str
                           numpy_helper.from_array(-(mean @ mat).astype(np.float32), "proj_bias"),
                           numpy_helper.from_array(np.array(1e-12, np.float32), "proj_eps")])
     g.node.extend([
-        helper.make_node("MatMul", [full, "proj_matrix"], ["proj_mm"], name="proj_matmul"),
-        helper.make_node("Add", ["proj_mm", "proj_bias"], ["proj_c"], name="proj_add"),
-        helper.make_node("ReduceL2", ["proj_c"], ["proj_norm"], axes=[1], keepdims=1, name="proj_norm"),
-        helper.make_node("Max", ["proj_norm", "proj_eps"], ["proj_safe"], name="proj_max"),
-        helper.make_node("Div", ["proj_c", "proj_safe"], [output_name], name="proj_div"),
+        helper.make_node("MatMul", [full, "proj_matrix"], ["proj_mm"], name="/head/projection/MatMul"),
+        helper.make_node("Add", ["proj_mm", "proj_bias"], ["proj_c"], name="/head/projection/Add"),
+        helper.make_node("ReduceL2", ["proj_c"], ["proj_norm"], axes=[1], keepdims=1, name="/head/projection/ReduceL2"),
+        helper.make_node("Max", ["proj_norm", "proj_eps"], ["proj_safe"], name="/head/projection/Max"),
+        helper.make_node("Div", ["proj_c", "proj_safe"], [output_name], name="/head/projection/Div"),
     ])
     batch = outs[0].type.tensor_type.shape.dim[0]
     new_out = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch.dim_param or "batch", d])
