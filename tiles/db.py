@@ -5,6 +5,8 @@ On disk a database is a folder::
     <name>/manifest.json    format, model fingerprint, preprocessing, CRS, sources, layers, file sizes
     <name>/embeddings.npy   float16 (N, D), L2-normalised rows
     <name>/entries.npy      structured array (N,) of :data:`ENTRY_DTYPE`: label, layer, geometry
+    <name>/grid_*.npy       the spatial grid over the tile centres (:mod:`tiles.spatial`)
+    <name>/ann-<layer>.faiss  optional approximate index of a big layer (``export.ann_build``)
 
 Entries are stored grouped by layer (one layer per flight altitude), so a layer is a contiguous slice
 of rows and the runtime searches a view, not a copy. Entries without geometry (``has_geo`` false: the
