@@ -4,7 +4,13 @@ Desktop::
 
     python -m export runs/x/checkpoint.pt --out bundle --fp16 --int8 --calib-tif map.tif \\
         --eval-tifs data/naip/..._2016.tif data/naip/..._2020.tif data/naip/..._2018.tif --max-r1-drop 2 \\
-        --tiles map.tif --altitudes 150 200 250 300 --hfov 60
+        --tiles map.tif --altitudes 150 200 250 300 --hfov 60 \\
+        --projection-tifs train_2010.tif train_2012.tif --descriptor-dim 256 --ann auto
+
+``--descriptor-dim`` appends a PCA-whitening projection fitted on views of ``--projection-tifs`` (training
+years only) and tiles of ``--tiles`` (default 256 when those are given: docs/results/search.md); ``--ann``
+adds a FAISS IVF-PQ index to layers of >= ``--ann-min-rows`` tiles for global search (auto: when
+faiss-cpu is installed).
 
 Jetson (no torch needed)::
 
@@ -60,6 +66,13 @@ def parse_args(argv=None):
                          "this; a rejected variant is deleted, the rest is still built, and the exit code is 3")
     ap.add_argument("--int8-per-tensor", action="store_true", help="one INT8 weight scale per tensor (default "
                     "per channel)")
+    ap.add_argument("--descriptor-dim", type=int, default=None,
+                    help="compact descriptor size: a PCA-whitening projection appended to the graph (default 256 "
+                         "when fitting images are given; 0 = the network's full embedding)")
+    ap.add_argument("--projection-tifs", type=Path, nargs="+", default=[],
+                    help="GeoTIFFs of the TRAINING years to fit the projection on (drone views rendered from them; "
+                         "with the map tiles of --tiles); never the held-out years")
+    ap.add_argument("--projection-n", type=int, default=2000, help="images to fit the projection on (default 2000)")
     ap.add_argument("--trt", action="store_true", help="build a TensorRT engine (run on the Jetson/GPU)")
     ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="TensorRT precision")
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
@@ -71,6 +84,10 @@ def parse_args(argv=None):
                     help="camera horizontal field of view, degrees")
     ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
     ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
+    ap.add_argument("--ann", choices=("auto", "ivfpq", "none"), default="auto",
+                    help="approximate index for global search: auto = FAISS IVF-PQ on layers of >= --ann-min-rows "
+                         "rows when faiss-cpu is installed (default), ivfpq = always (needs FAISS), none = exact only")
+    ap.add_argument("--ann-min-rows", type=int, default=50_000, help="smallest layer given an ANN index")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
                                                     "gallery_satellite, or class folders")
@@ -89,6 +106,17 @@ def parse_args(argv=None):
     if args.ckpt is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         ap.error("under torchrun only the tile database runs in parallel: export once with "
                  "`python -m export CKPT --out BUNDLE`, then `torchrun ... -m export --bundle BUNDLE --tiles ...`")
+    if args.ckpt is not None:
+        fit = bool(args.projection_tifs or args.tiles)
+        if args.descriptor_dim is None:
+            args.descriptor_dim = 256 if fit else 0
+            if not fit:
+                logging.getLogger("export").warning(
+                    "no --projection-tifs/--tiles: the bundle emits the full embedding, not the compact 256-d "
+                    "descriptor (give --projection-tifs TRAIN_YEARS.tif to get it)")
+        elif args.descriptor_dim and not fit:
+            ap.error(f"--descriptor-dim {args.descriptor_dim} needs images to fit the projection on: "
+                     "--projection-tifs TRAIN_YEAR.tif ... (and/or --tiles MAP.tif); or --descriptor-dim 0")
     if args.int8 and not (args.calib or args.calib_tif):
         ap.error("--int8 needs calibration images: --calib DIR or --calib-tif MAP.tif")
     return args
@@ -110,7 +138,9 @@ def main(argv=None) -> int:
                 int8=args.int8, calib_dir=args.calib, calib_tifs=args.calib_tif, calib_n=args.calib_n,
                 calib_method=args.calib_method, hfov_deg=args.hfov, eval_tifs=args.eval_tifs,
                 max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
-                overwrite=args.overwrite, **_gate_options(args))
+                overwrite=args.overwrite, **_gate_options(args),
+                descriptor_dim=args.descriptor_dim or None, projection_tifs=args.projection_tifs,
+                projection_map_tifs=args.tiles, projection_n=args.projection_n)
         if args.trt:
             from .trt_build import build_bundle_engine
 
@@ -123,7 +153,8 @@ def main(argv=None) -> int:
 
             db = build_tile_database(bundle, args.tiles, args.db_out or Path(bundle) / "tiledb",
                                      altitudes_m=args.altitudes, hfov_deg=args.hfov, stride_frac=args.stride_frac,
-                                     chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress)
+                                     chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress,
+                                     ann=args.ann, ann_min_rows=args.ann_min_rows)
             if db is not None:
                 log.info("tile database %s", db)
         if args.gallery:

@@ -67,7 +67,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
                   calib_method: str = "minmax", hfov_deg: float = 60.0, eval_tifs=None, eval_crop_px: int = 128,
                   eval_n: int = 256, max_r1_drop: float | None = None, parity_tolerance: float = PARITY_TOLERANCE,
                   cache_dir=None, int8_reduce_range: bool = True, overwrite: bool = False,
-                  eval_altitudes_m=None, int8_per_channel: bool = True) -> Path:
+                  eval_altitudes_m=None, int8_per_channel: bool = True, descriptor_dim: int | None = None,
+                  projection_tifs=(), projection_map_tifs=(), projection_n: int = 2000) -> Path:
     """Write the bundle for checkpoint ``ckpt`` into folder ``out``; return ``out``.
 
     ``eval_tifs`` = (query GeoTIFF, ..., gallery GeoTIFF): years of one area held out from training, the
@@ -76,6 +77,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     ``eval_altitudes_m``, else per ``eval_crop_px`` crops). Without them the parity check uses the
     calibration images. A variant the gate rejects is deleted and left out of the manifest; the bundle is
     written with the rest and then :class:`export.accuracy.AccuracyGateError` is raised (its ``bundle``).
+    ``descriptor_dim``: append a PCA-whitening projection to that size (``export.projection``), fitted on
+    views of ``projection_tifs`` (training years) and tiles of ``projection_map_tifs`` (the map).
     """
     from train.model import load_checkpoint
 
@@ -115,6 +118,18 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         raise ValueError("the parity check needs real images: give --eval-tifs QUERY.tif GALLERY.tif, "
                          "--calib DIR or --calib-tif MAP.tif")
     parity = check_parity(model, p, fp32, parity_images, input_format=input_format, tolerance=parity_tolerance)
+    projection = None
+    if descriptor_dim and int(descriptor_dim) >= int(model.embedding_dim):
+        _log.warning("descriptor dim %d >= the network's embedding size %d: no projection, the bundle emits the "
+                     "full embedding", descriptor_dim, model.embedding_dim)
+        descriptor_dim = None
+    if descriptor_dim:
+        from .projection import fit_and_append, projected_fingerprint
+
+        projection = fit_and_append(fp32, p, input_format, int(descriptor_dim), view_tifs=projection_tifs,
+                                    map_tifs=projection_map_tifs, n=projection_n, hfov_deg=hfov_deg, out_dir=out)
+        projection["checkpoint_fingerprint"] = fingerprint
+        fingerprint = projected_fingerprint(fingerprint, projection)
     files = [_onnx_entry(fp32, "fp32", parity=parity)]
 
     variants = {}
@@ -144,7 +159,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     import torch
 
     manifest = new_manifest(
-        model_name=info["model_name"], embedding_dim=int(model.embedding_dim), model_fingerprint=fingerprint,
+        model_name=info["model_name"], model_fingerprint=fingerprint,
+        embedding_dim=int(projection["dim"] if projection else model.embedding_dim), projection=projection,
         preprocess=p.to_dict(), input=input_spec(input_format), output={"name": "embedding", "l2_normalised": True},
         source_checkpoint={"path": str(ckpt), "sha256": file_sha256(ckpt), "format": info.get("format")},
         files=files,

@@ -112,8 +112,13 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
                         chunk_tiles: int = 256, batch_size: int = 32, work_dir=None, overwrite: bool = False,
                         embedder: Callable[[list], np.ndarray] | None = None, rank: int | None = None,
                         world_size: int | None = None, wait_timeout_s: float = 24 * 3600,
-                        progress: bool = True, keep_work: bool = False) -> Path | None:
-    """Build (or resume) the database for GeoTIFF(s) ``rasters``; return its path (None on ranks > 0)."""
+                        progress: bool = True, keep_work: bool = False, ann: str = "auto",
+                        ann_min_rows: int | None = None) -> Path | None:
+    """Build (or resume) the database for GeoTIFF(s) ``rasters``; return its path (None on ranks > 0).
+
+    ``ann``: ``"auto"`` adds a FAISS IVF-PQ index (``export.ann_build``) to layers of at least
+    ``ann_min_rows`` rows when FAISS is installed, ``"ivfpq"`` insists on it, ``"none"`` never builds one.
+    """
     from tqdm import tqdm
 
     from runtime.bundle import read_bundle
@@ -181,8 +186,12 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     embeddings = np.concatenate([np.load(chunk_path(i)) for i in range(len(chunks))])
     entries = np.concatenate([tiles_to_entries(tiles, layer=l_idx, altitude_m=alt, source=s)
                               for s, l_idx, alt, tiles in jobs if tiles])
+    from .ann_build import DEFAULT_MIN_ROWS, ann_indexes
+
+    per_layer = np.bincount(entries["layer"], minlength=len(layers))
+    indexes = ann_indexes(ann, int(per_layer.max()), ann_min_rows or DEFAULT_MIN_ROWS)
     path = write_database(
-        out, embeddings, entries, layers=layers,
+        out, embeddings, entries, layers=layers, indexes=indexes,
         model={"fingerprint": bundle.model_fingerprint, "name": bundle.manifest["model_name"],
                "embedding_dim": bundle.embedding_dim},
         preprocess=p.to_dict(), crs=crs, sources=sources,

@@ -12,16 +12,22 @@ A bundle is a folder::
 
     {"format": "geoloc-bundle", "format_version": 1,
      "model_name": "tf_efficientnet_lite0", "embedding_dim": 1280,
-     "model_fingerprint": "<16 hex: sha256 of the source checkpoint file>",
+     "model_fingerprint": "<16 hex: sha256 of the source checkpoint file; with a projection, sha256 of
+                           '<checkpoint fingerprint>:<projection sha256>'>",
      "preprocess": {...Preprocess.to_dict()...},
      "input": {"name": "image", "dtype": "float32", "layout": "NCHW"},   # or uint8 / NHWC, see below
      "output": {"name": "embedding"},
+     "projection": {"dim": 256, "input_dim": 1280, "kind": "pca-whitening", "sha256": "...", "file":
+                    "projection.npz", "fit": {...}, "checkpoint_fingerprint": "..."} or null,
      "source_checkpoint": {"path": "...", "sha256": "..."},
      "files": [{"path": "model.onnx", "kind": "onnx", "precision": "fp32", "sha256": "...", ...},
                {"path": "model.int8.onnx", "kind": "onnx", "precision": "int8", "accuracy": {...}, ...},
                {"path": "model.orin.plan", "kind": "tensorrt", "precision": "fp16",
                 "trt_version": "10.3.0", "gpu": "Orin", ...}],
      "created_utc": "..."}
+
+``embedding_dim`` is what the graph emits: the compact descriptor's size when ``projection`` is set (a
+PCA-whitening appended to the graph by ``export.projection``, so every engine emits it).
 
 ``input.dtype`` "float32" with layout "NCHW" means the engine takes :meth:`Preprocess.batch` output;
 "uint8" with layout "NHWC" means it takes :meth:`Preprocess.resize` output stacked, and scaling and
@@ -67,6 +73,11 @@ class Bundle:
     @property
     def embedding_dim(self) -> int:
         return int(self.manifest["embedding_dim"])
+
+    @property
+    def projection(self) -> dict | None:
+        """The compact-descriptor projection baked into the graph (None: the full embedding)."""
+        return self.manifest.get("projection")
 
     @property
     def input(self) -> dict:

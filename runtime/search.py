@@ -60,9 +60,8 @@ class Searcher:
                     "use_faiss=True needs FAISS: `pip install faiss-cpu` (or faiss-gpu); exact numpy search "
                     "works without it"
                 ) from e
-        entries = db.entries
-        self._xy = np.stack([np.asarray(entries["x"], np.float64), np.asarray(entries["y"], np.float64)], 1)
-        self._has_geo = np.asarray(entries["has_geo"], bool)
+        self._scan_xy: tuple[np.ndarray, np.ndarray] | None = None  # only for databases without a grid
+        self._ann = None
 
     # ---- helpers ------------------------------------------------------------------------------
     def _rows(self, layer) -> slice:
@@ -92,25 +91,81 @@ class Searcher:
             self._faiss[key] = index
         return self._faiss[key]
 
+    def _layer_index(self, layer) -> int | None:
+        if layer is None:
+            return None
+        if isinstance(layer, str):
+            names = [lay["name"] for lay in self.db.layers]
+            if layer not in names:
+                raise KeyError(f"no layer named {layer!r}; layers are {names}")
+            return names.index(layer)
+        return int(layer)
+
+    def _scan_within(self, sl: slice, centre_xy, radius_m: float) -> np.ndarray:
+        """Linear scan of the centres (a database written before the spatial index existed)."""
+        if self._scan_xy is None:
+            e = self.db.entries
+            self._scan_xy = (np.stack([np.asarray(e["x"], np.float64), np.asarray(e["y"], np.float64)], 1),
+                             np.asarray(e["has_geo"], bool))
+        xy, has_geo = self._scan_xy
+        d2 = np.sum((xy[sl] - np.asarray(centre_xy, np.float64)[None, :]) ** 2, axis=1)
+        return np.flatnonzero(has_geo[sl] & (d2 <= float(radius_m) ** 2)) + sl.start
+
+    def rows_within(self, centre_xy, radius_m: float, layer=None) -> np.ndarray:
+        """Database rows (ascending int64) of ``layer`` (None: every layer) whose tile centre lies within
+        ``radius_m`` metres of ``centre_xy`` (the database's metric CRS). With the database's spatial grid
+        (:mod:`tiles.spatial`) the cost is proportional to the rows returned, not to the layer's size."""
+        if radius_m is None or not radius_m > 0:
+            raise ValueError(f"radius_m must be > 0, got {radius_m}")
+        if not np.all(np.isfinite(np.asarray(centre_xy, np.float64))):
+            raise ValueError(f"centre_xy must be two finite metric coordinates, got {centre_xy!r}")
+        index = self.db.spatial_index
+        li = self._layer_index(layer)
+        if index is None:
+            return self._scan_within(self._rows(li), centre_xy, radius_m)
+        if li is None:
+            parts = [index.within(i, centre_xy, radius_m) for i in range(len(self.db.layers))]
+            return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        return index.within(li, centre_xy, radius_m)
+
     def candidates(self, layer=None, centre_xy=None, radius_m=None) -> np.ndarray | slice:
         """The rows searched: the layer's slice, or the rows of it within ``radius_m`` of ``centre_xy``."""
         sl = self._rows(layer)
         if radius_m is None or centre_xy is None:
             return sl
-        if radius_m <= 0:
-            raise ValueError(f"radius_m must be > 0, got {radius_m}")
-        xy = self._xy[sl]
-        d2 = np.sum((xy - np.asarray(centre_xy, np.float64)[None, :]) ** 2, axis=1)
-        inside = self._has_geo[sl] & (d2 <= float(radius_m) ** 2)
-        return np.flatnonzero(inside) + sl.start
+        return self.rows_within(centre_xy, radius_m, layer)
 
-    # ---- the search ---------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 5, layer=None, centre_xy=None, radius_m=None) -> Matches:
+    def score_rows(self, queries: np.ndarray, rows) -> np.ndarray:
+        """Cosine similarity of query embedding(s) to the given database rows: ``(D,) -> (R,)`` or
+        ``(N, D) -> (N, R)`` float32, in the order of ``rows`` (e.g. :meth:`rows_within` around the
+        posterior, for the map filter's local likelihood)."""
         q = np.asarray(queries, np.float32)
+        one = q.ndim == 1
+        q = self._check_queries(q)
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1:
+            raise ValueError(f"rows must be a 1-d array of database rows, got shape {rows.shape}")
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.db)):
+            raise ValueError(f"rows must be in 0..{len(self.db) - 1}, got {rows.min()}..{rows.max()}")
+        sims = q @ np.asarray(self.db.embeddings[rows], np.float32).T
+        return sims[0] if one else sims
+
+    def centres(self, rows) -> np.ndarray:
+        """(R, 2) float64 tile centres (the database's metric CRS) of ``rows``; reads only those entries."""
+        rows = np.asarray(rows, np.int64)
+        e = self.db.entries
+        return np.stack([np.asarray(e["x"][rows], np.float64), np.asarray(e["y"][rows], np.float64)], 1)
+
+    def _check_queries(self, q: np.ndarray) -> np.ndarray:
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.shape[1] != self.db.embedding_dim:
             raise ValueError(f"queries must be (N, {self.db.embedding_dim}), got {q.shape}")
+        return q
+
+    # ---- the search ---------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int = 5, layer=None, centre_xy=None, radius_m=None) -> Matches:
+        q = self._check_queries(np.asarray(queries, np.float32))
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         rows = self.candidates(layer, centre_xy, radius_m)
@@ -151,3 +206,31 @@ class Searcher:
         out_i[:, :kk] = best_i
         out_s[:, :kk] = best_s
         return Matches(out_i, out_s)
+
+    # ---- global search (relocalisation) -------------------------------------------------------
+    def ann(self, nprobe: int | None = None, rerank: int | None = None):
+        """The database's approximate index (:class:`runtime.ann.AnnIndex`), or None when the database has
+        none or FAISS is not installed (then :meth:`search_global` is exact)."""
+        from .ann import AnnIndex, faiss_available
+
+        if self._ann is None and self.db.manifest.get("ann") is not None:
+            if not faiss_available():
+                logger.warning("%s carries an ANN index but FAISS is not installed (`pip install faiss-cpu`): "
+                               "global search is exact", self.db.path)
+                self._ann = False
+            else:
+                self._ann = AnnIndex(self.db, nprobe=nprobe, rerank=rerank)
+        return self._ann or None
+
+    def search_global(self, queries: np.ndarray, k: int = 5, layer=None, exact: bool = False) -> Matches:
+        """Top-k over a whole layer: approximate (IVF-PQ proposals, exact re-ranking) when the database
+        carries an ANN index for the layer and FAISS is installed, exact otherwise or with ``exact=True``.
+        Same result type as :meth:`search`; scores are exact cosines either way."""
+        q = self._check_queries(np.asarray(queries, np.float32))
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        li = self._layer_index(layer)
+        ann = None if exact or li is None else self.ann()
+        if ann is None or not ann.has_layer(li):
+            return self.search(q, k=k, layer=li)
+        return Matches(*ann.search(q, k, li))

@@ -1,6 +1,7 @@
 """`python -m tiles`: look at a map before spending GPU time on it.
 
     python -m tiles describe MAP.tif
+    python -m tiles describe-db DB [--measure] [--json]     (a tile database: size, layers, memory footprint)
     python -m tiles preview MAP.tif --altitude 150 --hfov 70 [--stride-frac 0.5] [--out grid.png]
     python -m tiles view MAP.tif --lat 47.02 --lon -99.15 --altitude 150 --hfov 70 [--heading 30] [--out view.png]
 """
@@ -117,6 +118,70 @@ def _view(args) -> int:
     return 0
 
 
+def _rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _measure_db(db) -> dict:
+    """VmRSS of this process after opening, after a local and a global query per layer (random query)."""
+    from runtime.search import Searcher
+
+    before = _rss_mb()
+    s = Searcher(db)
+    q = np.random.default_rng(0).standard_normal(db.embedding_dim).astype(np.float32)
+    for i, lay in enumerate(db.layers):
+        if lay["count"] and db.spatial_index is not None:
+            row = lay["start"] + lay["count"] // 2
+            xy = (float(db.entries["x"][row]), float(db.entries["y"][row]))
+            if np.all(np.isfinite(xy)):
+                s.score_rows(q, s.rows_within(xy, 3 * float(lay.get("footprint_m") or 200.0), i))
+    local = _rss_mb()
+    for i, lay in enumerate(db.layers):
+        if lay["count"]:
+            s.search_global(q, 5, i)
+    return {"rss_mb_before": before, "rss_mb_after_local": local, "rss_mb_after_global": _rss_mb(),
+            "global_search": "approximate" if s.ann() is not None else "exact"}
+
+
+def _describe_db(args) -> int:
+    from .db import TileDatabase, memory_footprint
+
+    db = TileDatabase.open(args.db)
+    fp = memory_footprint(db)
+    if args.measure:
+        fp["measured"] = _measure_db(db)
+    if args.json:
+        print(json.dumps(fp, indent=2))
+        return 0
+    mb = 2**20
+    ann = db.manifest.get("ann")
+    print(f"{db.path}")
+    print(f"  rows           {fp['rows']} in {len(db.layers)} layers, {fp['embedding_dim']}-d {fp['dtype']} "
+          f"({fp['bytes_per_row']} B a row), CRS {db.crs}")
+    for lay in db.layers:
+        print(f"  layer {lay['name']:<8} {lay['count']} rows" + (f", footprint {lay['footprint_m']:.0f} m"
+                                                               if lay.get("footprint_m") else ""))
+    print(f"  spatial grid   {'yes' if db.spatial_index is not None else 'no (radius search scans the layer)'}")
+    print("  ANN index      " + (f"{ann['kind']} on {sum(1 for x in ann['layers'] if x)} layer(s), nprobe "
+                                 f"{ann['nprobe']}, re-rank {ann['rerank']}" if ann else "none (global search is exact)"))
+    print(f"  on disk        {fp['disk_bytes'] / mb:.1f} MB: " +
+          ", ".join(f"{k} {v / mb:.1f}" for k, v in fp["files"].items()))
+    r = fp["resident_bytes"]
+    print(f"  resident       local search {r['local'] / mb:.1f} MB, + approximate global {r['approximate'] / mb:.1f}"
+          f" MB, exact global {r['exact'] / mb:.1f} MB (memory-mapped: pages touched; see tiles.db.memory_footprint)")
+    if args.measure:
+        m = fp["measured"]
+        print(f"  measured RSS   {m['rss_mb_before']:.0f} MB before, {m['rss_mb_after_local']:.0f} MB after local "
+              f"queries, {m['rss_mb_after_global']:.0f} MB after {m['global_search']} global queries")
+    return 0
+
+
 def _write_png(path: Path, bgr: np.ndarray) -> None:
     import cv2
 
@@ -139,6 +204,10 @@ def main(argv=None) -> int:
     d = sub.add_parser("describe", help="CRS, resolution, size on the ground, valid fraction")
     d.add_argument("raster")
     d.add_argument("--json", action="store_true")
+    dd = sub.add_parser("describe-db", help="a tile database: rows, layers, indexes, memory footprint")
+    dd.add_argument("db")
+    dd.add_argument("--measure", action="store_true", help="also open it, query it, and report this process's RSS")
+    dd.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="draw the tile grid for an altitude over the map (PNG)")
     p.add_argument("raster")
     p.add_argument("--altitude-m", "--altitude", dest="altitude", type=float, required=True, help="flight height above ground, metres")
@@ -161,7 +230,7 @@ def main(argv=None) -> int:
     validate.check_args(ap, args, CHECKS)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"describe": _describe, "preview": _preview, "view": _view}[args.cmd](args)
+        return {"describe": _describe, "describe-db": _describe_db, "preview": _preview, "view": _view}[args.cmd](args)
     except (RasterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

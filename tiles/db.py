@@ -5,6 +5,8 @@ On disk a database is a folder::
     <name>/manifest.json    format, model fingerprint, preprocessing, CRS, sources, layers, file sizes
     <name>/embeddings.npy   float16 (N, D), L2-normalised rows
     <name>/entries.npy      structured array (N,) of :data:`ENTRY_DTYPE`: label, layer, geometry
+    <name>/grid_*.npy       the spatial grid over the tile centres (:mod:`tiles.spatial`)
+    <name>/ann-<layer>.faiss  optional approximate index of a big layer (``export.ann_build``)
 
 Entries are stored grouped by layer (one layer per flight altitude), so a layer is a contiguous slice
 of rows and the runtime searches a view, not a copy. Entries without geometry (``has_geo`` false: the
@@ -17,6 +19,7 @@ interrupted write never leaves a folder under the final name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -109,6 +112,7 @@ def write_database(
     sources: list[dict] | None = None,
     extra: dict | None = None,
     overwrite: bool = False,
+    indexes: tuple = (),
 ) -> Path:
     """Write a database atomically and return its path.
 
@@ -117,7 +121,8 @@ def write_database(
     list of dicts, each at least ``{"name": str}`` and usually ``altitude_m``, ``hfov_deg``,
     ``footprint_m``, ``stride_m``, ``tile_px``; ``start``/``stop``/``count`` are filled in here.
     ``model`` must hold ``fingerprint`` (and usually ``name``, ``embedding_dim``); ``preprocess`` is
-    :meth:`runtime.preprocess.Preprocess.to_dict`.
+    :meth:`runtime.preprocess.Preprocess.to_dict`. The spatial index over the centres is always written
+    (:mod:`tiles.spatial`); ``indexes`` are optional builders of further indexes (see :func:`_write_indexes`).
     """
     path = Path(path)
     emb = np.asarray(embeddings, dtype=np.float32)
@@ -160,8 +165,9 @@ def write_database(
         os.chmod(tmp, default_mode(directory=True))  # mkdtemp's 0700 would lock out the service's user
         np.save(tmp / EMBEDDINGS, emb)
         np.save(tmp / ENTRIES, entries)
+        index_fields, index_files = _write_indexes(tmp, emb, entries, layers, indexes)
         files = {}
-        for name in (EMBEDDINGS, ENTRIES):
+        for name in (EMBEDDINGS, ENTRIES, *index_files):
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
@@ -178,6 +184,7 @@ def write_database(
             "files": files,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "extra": dict(extra or {}),
+            **index_fields,
         }
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)
@@ -196,6 +203,26 @@ def write_database(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _write_indexes(tmp: Path, emb: np.ndarray, entries: np.ndarray, layers: list[dict],
+                   builders) -> tuple[dict, list[str]]:
+    """Write the spatial index, then each optional index, into the database folder being written.
+
+    A builder is ``f(folder, embeddings, layers) -> (manifest_key, record, [file names])`` (e.g. the ANN
+    index of ``export.ann_build``); its files are hashed and listed in the manifest like the arrays.
+    """
+    from .spatial import build_spatial_index
+
+    arrays, record = build_spatial_index(entries, layers)
+    for name, arr in arrays.items():
+        np.save(tmp / name, arr)
+    fields, names = {"spatial_index": record}, list(arrays)
+    for build in builders:
+        key, rec, written = build(tmp, emb, layers)
+        fields[key] = rec
+        names += list(written)
+    return fields, names
 
 
 @dataclass
@@ -277,6 +304,16 @@ class TileDatabase:
     def crs(self) -> str | None:
         return self.manifest.get("crs")
 
+    # ---- indexes ------------------------------------------------------------------------------
+    @functools.cached_property
+    def spatial_index(self):
+        """The grid over the tile centres (:class:`tiles.spatial.SpatialIndex`, memory-mapped), or None for
+        a database written before it existed (the search then scans the layer's centres)."""
+        from .spatial import SpatialIndex
+
+        record = self.manifest.get("spatial_index")
+        return None if record is None else SpatialIndex.load(self.path, record)
+
     # ---- layers -------------------------------------------------------------------------------
     def layer_slice(self, layer: int | str) -> slice:
         if isinstance(layer, str):
@@ -341,3 +378,23 @@ class TileDatabase:
                 f"tile database {self.path} was not built for this model: " + "; ".join(problems)
                 + ". Rebuild it with `python -m export` from the same checkpoint as the engine."
             )
+
+
+# ---- memory footprint (python -m tiles describe-db) -----------------------------------------------------
+def memory_footprint(db: TileDatabase) -> dict:
+    """Bytes on disk per file, and what each way of searching keeps resident (the arrays are memory-mapped:
+    only the pages a search touches are in memory, shared with the page cache).
+
+    ``local``: the spatial grid (upper bound: all of it) plus the rows scored around the posterior;
+    ``approximate``: the ANN index files, read into memory whole, plus the re-ranked rows; ``exact``: the
+    whole descriptor file, paged in by a full scan. The entries are read a few rows per fix.
+    """
+    files = {name: int(info["bytes"]) for name, info in db.manifest.get("files", {}).items()}
+    grid = sum(files.get(n, 0) for n in (db.manifest.get("spatial_index") or {}).get("files", []))
+    ann = sum(files.get(lay["file"], 0) for lay in (db.manifest.get("ann") or {}).get("layers", []) if lay)
+    emb = files.get(EMBEDDINGS, int(db.embeddings.nbytes))
+    return {"rows": len(db), "embedding_dim": db.embedding_dim, "dtype": str(db.embeddings.dtype),
+            "bytes_per_row": int(db.embeddings.dtype.itemsize * db.embedding_dim), "files": files,
+            "disk_bytes": sum(files.values()),
+            "resident_bytes": {"local": grid, "approximate": grid + ann, "exact": grid + emb,
+                               "approximate_and_exact": grid + ann + emb}}
