@@ -50,15 +50,20 @@ class RegistrationConfig:
     max_scale_error: float = 0.25
     upsample: float = 2.0  # correlation: working pixel = map pixel / upsample
     blur_px: float = 1.0
+    signal: str = "both"  # correlation on: gradient magnitude | grey | both (two channels)
     heading_step_deg: float = 10.0  # correlation without a compass: coarse search step, then refined
     compass_tol_deg: float = 10.0  # correlation with a compass: searched +- this around it
     min_peak: float = 0.3  # correlation: NCC of the best placement
     min_distinct: float = 0.0  # correlation: best minus the best placement elsewhere
-    min_votes: int = 3  # correlation: frame quadrants (of 4) that peak alone where the whole frame does
+    vote_grid: int = 2  # correlation: the frame split into vote_grid x vote_grid parts (half its side each)
+    vote_tol: float = 0.03  # correlation: a part agrees within this fraction of the frame's side (>= 2 px)
+    min_votes: int = 3  # correlation: parts that peak alone where the whole frame does
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"registration method {self.method!r} is not one of {METHODS}")
+        if self.signal not in ("gradient", "grey", "both"):
+            raise ValueError(f"registration signal {self.signal!r} is not 'gradient', 'grey' or 'both'")
         if self.window_footprints < 1.05:
             raise ValueError(f"window_footprints must be > 1 (the window must hold the frame), got "
                              f"{self.window_footprints}")
@@ -88,6 +93,28 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+
+
+def _blurred(grey: np.ndarray, blur_px: float) -> np.ndarray:
+    import cv2
+
+    g = grey.astype(np.float32)
+    return cv2.GaussianBlur(g, (0, 0), blur_px) if blur_px > 0 else g
+
+
+def _grey_and_gradient(grey: np.ndarray, blur_px: float) -> np.ndarray:
+    from .registration_methods import gradient_image
+
+    a, b = _blurred(grey, blur_px), gradient_image(grey, blur_px)
+    return np.dstack([(a - a.mean()) / (a.std() + 1e-6), (b - b.mean()) / (b.std() + 1e-6)])
+
+
+def _half(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    interp = cv2.INTER_NEAREST if img.dtype == np.uint8 else cv2.INTER_AREA
+    return cv2.resize(img, (max(1, w // 2), max(1, h // 2)), interpolation=interp)
 
 
 def prepare_frame(frame_rgb, frame_gsd_m: float, work_gsd_m: float, heading_deg: float | None):
@@ -178,26 +205,30 @@ class Registrar:
         hh, ww = img.shape
         d = self._disc_side(mask)
         y0, x0 = (hh - d) // 2, (ww - d) // 2
-        tmpl = gradient_image(img, cfg.blur_px)[y0:y0 + d, x0:x0 + d]
+        signal = {"gradient": gradient_image, "grey": _blurred, "both": _grey_and_gradient}[cfg.signal]
+        tmpl = signal(img, cfg.blur_px)[y0:y0 + d, x0:x0 + d]
         disc = np.zeros((d, d), np.uint8)
         cv2.circle(disc, (d // 2, d // 2), max(1, d // 2 - 1), 1, -1)
-        wgrad = gradient_image(_grey(win.rgb), cfg.blur_px)
+        wgrad = signal(_grey(win.rgb), cfg.blur_px)
         excl = max(2, int(d * 0.25))
         if have_heading:
             step = max(1.0, cfg.compass_tol_deg / 4)
             angles = np.arange(-cfg.compass_tol_deg, cfg.compass_tol_deg + 1e-6, step)
         else:
             angles = np.arange(0.0, 360.0, cfg.heading_step_deg)
-        est = match_correlation(tmpl, disc, wgrad, win.valid, angles, exclusion_px=excl)
+        kw = {"exclusion_px": excl, "vote_grid": cfg.vote_grid, "vote_tol_px": max(2, round(cfg.vote_tol * d))}
+        step = angles[1] - angles[0] if len(angles) > 1 else 0.0
+        if step <= 1.0:
+            est = match_correlation(tmpl, disc, wgrad, win.valid, angles, **kw)
+        else:  # coarse heading search at half resolution, then refined around the winner at full
+            half = _half(tmpl), _half(disc), _half(wgrad), _half(win.valid)
+            coarse = match_correlation(*half, angles, exclusion_px=max(2, excl // 2), vote_grid=0)
+            if coarse is None:
+                return None
+            fine = coarse.angle_deg + np.arange(-step / 2, step / 2 + 1e-6, max(0.5, step / 4))
+            est = match_correlation(tmpl, disc, wgrad, win.valid, fine, **kw)
         if est is None:
             return None
-        step = angles[1] - angles[0] if len(angles) > 1 else 1.0
-        if step > 1.0:  # refine the heading around the coarse winner
-            fine = est.angle_deg + np.arange(-step, step + 1e-6, max(0.5, step / 8))
-            est2 = match_correlation(tmpl, disc, wgrad, win.valid, fine, exclusion_px=excl)
-            if est2 is not None and est2.score >= est.score:
-                est2.distinct = max(est2.distinct, est.distinct)
-                est = est2
         shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], float)  # canvas px -> template px
         est.A = (np.vstack([est.A, [0, 0, 1]]) @ shift)[:2]
         return est
@@ -244,7 +275,7 @@ class Registrar:
         elif method == "correlation" and est.score < cfg.min_peak:
             r.reason = f"correlation peak {est.score:.2f} < {cfg.min_peak}"
         elif method == "correlation" and n < cfg.min_votes:
-            r.reason = f"inconsistent geometry: {n} of 4 frame quadrants agree (< {cfg.min_votes})"
+            r.reason = f"inconsistent geometry: {n} of {cfg.vote_grid ** 2} frame parts agree (< {cfg.min_votes})"
         elif method == "correlation" and est.distinct < cfg.min_distinct:
             r.reason = f"correlation peak not distinct ({est.distinct:.2f} < {cfg.min_distinct})"
         else:

@@ -114,7 +114,8 @@ def _second_peak(r: np.ndarray, y: int, x: int, radius: int) -> float:
     return float(r2.max()) if r2.size else -1.0
 
 
-def match_correlation(template, disc, window, window_mask, angles_deg, *, exclusion_px: int) -> Estimate | None:
+def match_correlation(template, disc, window, window_mask, angles_deg, *, exclusion_px: int, vote_grid: int = 2,
+                      vote_tol_px: int = 2) -> Estimate | None:
     """Best NCC placement of ``template`` (square, valid on the ``disc`` mask) turned by each of
     ``angles_deg`` (clockwise) over ``window``; the winner's surface gives a sub-pixel peak and the
     distinctiveness (best minus the best peak farther than ``exclusion_px``)."""
@@ -144,7 +145,7 @@ def match_correlation(template, disc, window, window_mask, angles_deg, *, exclus
     side[max(0, y - exclusion_px):y + exclusion_px + 1, max(0, x - exclusion_px):x + exclusion_px + 1] = np.nan
     side = side[np.isfinite(side) & (side > -1.0)]
     psr = (peak - float(side.mean())) / (float(side.std()) + 1e-6) if side.size > 10 else 0.0
-    votes = _quadrant_votes(win, t, mask, x, y, tol_px=max(2, exclusion_px // 6))
+    votes = _quadrant_votes(win, t, mask, x, y, vote_tol_px, vote_grid)
     # prepared-frame px -> window px: turn by a about the template centre, then shift to the peak
     A = np.vstack([R, [0, 0, 1]])
     A = np.array([[1, 0, sx], [0, 1, sy], [0, 0, 1]]) @ A
@@ -158,20 +159,23 @@ def _invalid_placements(window_mask: np.ndarray, d: int, disc: np.ndarray) -> np
     return cv2.matchTemplate(bad, disc, cv2.TM_CCORR)
 
 
-def _quadrant_votes(win, t, mask, x: int, y: int, tol_px: int) -> int:
-    """How many of the template's four quadrants, each correlated alone over the whole window, peak
-    within ``tol_px`` of the whole template's peak. A true match is consistent geometry (its parts agree);
-    a chance peak of the whole in a wrong window rarely gets three (measured: docs/results/registration.md)."""
+def _quadrant_votes(win, t, mask, x: int, y: int, tol_px: int, grid: int = 2) -> int:
+    """How many parts of the template (a ``grid`` x ``grid`` split into cells half its side, overlapping
+    when ``grid`` > 2), each correlated alone over the whole window, peak within ``tol_px`` of the whole
+    template's peak. A true match is consistent geometry (its parts agree); a chance peak of the whole in
+    a wrong window rarely gets the parts to agree (measured: docs/results/registration.md)."""
     d = t.shape[0]
     h = d // 2
+    starts = np.linspace(0, d - h, grid).round().astype(int)
     votes = 0
-    for qy, qx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        m = np.zeros_like(mask)
-        m[qy * h:(qy + 1) * h + qy * (d % 2), qx * h:(qx + 1) * h + qx * (d % 2)] = 1
-        m *= mask
-        if m.sum() < 16:
-            continue
-        r = np.nan_to_num(cv2.matchTemplate(win, t, cv2.TM_CCOEFF_NORMED, mask=m), nan=-1.0)
-        qy_, qx_ = np.unravel_index(int(np.argmax(r)), r.shape)
-        votes += int(abs(qx_ - x) <= tol_px and abs(qy_ - y) <= tol_px)
+    for r0 in starts:
+        for c0 in starts:
+            m = np.zeros_like(mask)
+            m[r0:r0 + h, c0:c0 + h] = 1
+            m *= mask
+            if m.sum() < 16:
+                continue
+            r = np.nan_to_num(cv2.matchTemplate(win, t, cv2.TM_CCOEFF_NORMED, mask=m), nan=-1.0)
+            qy, qx = np.unravel_index(int(np.argmax(r)), r.shape)
+            votes += int(abs(qx - x) <= tol_px and abs(qy - y) <= tol_px)
     return votes
