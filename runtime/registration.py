@@ -159,6 +159,21 @@ class Registrar:
         self.imagery = imagery
         self.cfg = cfg or RegistrationConfig()
 
+    @classmethod
+    def from_database(cls, db, cfg: RegistrationConfig | None = None) -> Registrar | None:
+        """A registrar on a tile database's imagery (a ``TileDatabase`` or its folder); None when the
+        database has none (built with ``--no-imagery`` or before imagery existed: retrieval only)."""
+        from tiles.map_imagery import open_database_imagery
+
+        imagery = open_database_imagery(db)
+        if imagery is None:
+            return None
+        db_crs = (getattr(db, "manifest", None) or {}).get("crs")
+        if db_crs and imagery.crs and db_crs != imagery.crs:
+            raise ValueError(f"the map imagery is in {imagery.crs}, the tile database in {db_crs}: rebuild the "
+                             "database with `python -m export` so both share one metric CRS")
+        return cls(imagery, cfg)
+
     def method_for(self, footprint_m: float) -> str:
         if self.cfg.method != "auto":
             return self.cfg.method

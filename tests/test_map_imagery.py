@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from export.map_imagery import attach_imagery, imagery_gsd_m, write_map_imagery
+from runtime.registration import Registrar
 from tiles.db import TileDatabase, empty_entries, write_database
 from tiles.map_imagery import ImageryError, MapImagery, open_database_imagery
 
@@ -76,11 +77,13 @@ def _database(path):
 def test_database_records_imagery_and_one_without_still_opens(naip2018, tmp_path):
     db_path = _database(tmp_path / "db")
     assert open_database_imagery(TileDatabase.open(db_path)) is None  # retrieval only
+    assert Registrar.from_database(TileDatabase.open(db_path)) is None
     attach_imagery(db_path, [naip2018], gsd_m=10.0)
     db = TileDatabase.open(db_path, verify_hashes=True)
     assert db.manifest["imagery"]["gsd_m"] == 10.0 and db.manifest["imagery"]["kind"] == "array"
     im = open_database_imagery(db)
     assert im.gsd_m == 10.0 and im.crs == "EPSG:26914"
+    assert Registrar.from_database(db).imagery.gsd_m == 10.0
     (db_path / "imagery" / "rgb.npy").write_bytes(b"x")  # truncated: refused with the fix
     with pytest.raises(ImageryError, match="truncated.*rebuild"):
         open_database_imagery(db_path)
