@@ -39,6 +39,9 @@ def _detector(kind: str, n_features: int):
     if kind == "orb":
         return cv2.ORB_create(nfeatures=n_features, fastThreshold=5), cv2.NORM_HAMMING
     if kind == "akaze":
+        if not hasattr(cv2, "AKAZE_create"):
+            raise ValueError(f"AKAZE is not in this OpenCV ({cv2.__version__}: OpenCV 5 moved it to "
+                             "opencv-contrib-python); use features 'sift', 'rootsift' or 'orb'")
         return cv2.AKAZE_create(threshold=1e-4), cv2.NORM_HAMMING
     raise ValueError(f"unknown feature kind {kind!r}: use 'sift', 'rootsift', 'orb' or 'akaze'")
 
