@@ -49,6 +49,7 @@ class RegistrationConfig:
     min_inlier_ratio: float = 0.2
     max_scale_error: float = 0.25
     upsample: float = 2.0  # correlation: working pixel = map pixel / upsample
+    corr_max_px: int = 160  # correlation: the footprint spans at most this many working pixels (cost)
     blur_px: float = 1.0
     signal: str = "both"  # correlation on: gradient magnitude | grey | both (two channels)
     heading_step_deg: float = 10.0  # correlation without a compass: coarse search step, then refined
@@ -193,7 +194,10 @@ class Registrar:
         frame_gsd = footprint / w
         method = self.method_for(footprint)
         cfg, g = self.cfg, self.imagery.gsd_m
-        work_gsd = max(g, footprint / cfg.work_px) if method == "features" else max(g / cfg.upsample, frame_gsd)
+        if method == "features":
+            work_gsd = max(g, footprint / cfg.work_px)
+        else:
+            work_gsd = max(g / cfg.upsample, frame_gsd, footprint / cfg.corr_max_px)
         win = self.imagery.window(float(around_xy[0]), float(around_xy[1]),
                                   cfg.window_footprints * footprint, work_gsd)
         if win.valid.mean() < 0.5:

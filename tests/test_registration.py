@@ -33,7 +33,8 @@ def naip(naip_paths, tmp_path_factory):
 def _frame(raster, x, y, alt, heading, px=320, photometric=None, seed=0):
     from tiles.views import CameraPose, render_view
 
-    return render_view(raster, CameraPose(x, y, alt, heading, 0.0, HFOV), (px, px), photometric=photometric,
+    size = (px, px) if np.isscalar(px) else px
+    return render_view(raster, CameraPose(x, y, alt, heading, 0.0, HFOV), size, photometric=photometric,
                        rng=np.random.default_rng(seed)).image
 
 
@@ -49,7 +50,7 @@ def test_known_offset_and_heading_recovered_same_year(naip):
     imagery, rasters = naip
     reg = Registrar(imagery)
     x, y, heading = 488200.0, 5207300.0, 137.0
-    frame = _frame(rasters[2018], x, y, 300.0, heading)
+    frame = _frame(rasters[2018], x, y, 300.0, heading, px=(480, 360))  # a 4:3 camera
     for compass in (heading + 4.0, None):  # a compass 4 degrees off, and none at all
         r = reg.register(frame, 300.0, HFOV, (x + 60.0, y - 45.0), compass)
         assert r.ok, r.reason
