@@ -215,6 +215,29 @@ class Registrar:
             return Registration(False, method=method, reason="no geometry could be estimated")
         return self._result(est, P, (w, h), win, frame_gsd, method, footprint)
 
+    def register_candidates(self, frame_rgb: np.ndarray, altitude_m: float, hfov_deg: float, candidates_xy,
+                            heading_deg: float | None = None, max_tries: int = 3) -> Registration:
+        """Try candidates in order (the filter's mode first, then the top retrieved tiles), skipping one
+        within half a footprint of a tried one (its window was already searched); return the first
+        verified registration, else the last failure (``reason`` names how many were tried)."""
+        footprint = 2.0 * altitude_m * math.tan(math.radians(hfov_deg) / 2.0)
+        tried: list[tuple[float, float]] = []
+        last = Registration(False, reason="no candidate position")
+        for c in candidates_xy:
+            c = (float(c[0]), float(c[1]))
+            if len(tried) >= max_tries:
+                break
+            if any(math.hypot(c[0] - t[0], c[1] - t[1]) < footprint / 2 for t in tried):
+                continue
+            tried.append(c)
+            r = self.register(frame_rgb, altitude_m, hfov_deg, c, heading_deg)
+            if r.ok:
+                return r
+            last = r
+        if tried:
+            last.reason = f"{last.reason} ({len(tried)} candidate windows tried)"
+        return last
+
     def _correlate(self, img, mask, win, have_heading: bool):
         import cv2
 

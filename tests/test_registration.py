@@ -60,6 +60,18 @@ def test_known_offset_and_heading_recovered_same_year(naip):
         assert 0 < r.sigma_m < 20
 
 
+def test_candidates_tried_in_order_until_one_verifies(naip):
+    imagery, rasters = naip
+    reg = Registrar(imagery)
+    x, y = 488200.0, 5207300.0
+    frame = _frame(rasters[2018], x, y, 300.0, 30.0)
+    wrong1, wrong1_again, right = (x + 1500, y), (x + 1520, y + 10), (x - 50, y + 40)
+    r = reg.register_candidates(frame, 300.0, HFOV, [wrong1, wrong1_again, right], 30.0)
+    assert r.ok and math.hypot(r.x - x, r.y - y) < 5.0
+    miss = reg.register_candidates(frame, 300.0, HFOV, [wrong1, wrong1_again, (x - 1500, y)], 30.0)
+    assert not miss.ok and "2 candidate windows tried" in miss.reason  # the near-duplicate was skipped
+
+
 def test_wrong_window_rejected(naip):
     imagery, rasters = naip
     reg = Registrar(imagery)
