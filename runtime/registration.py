@@ -63,8 +63,8 @@ class RegistrationConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"registration method {self.method!r} is not one of {METHODS}")
-        if self.signal not in ("gradient", "grey", "both"):
-            raise ValueError(f"registration signal {self.signal!r} is not 'gradient', 'grey' or 'both'")
+        if self.signal not in ("gradient", "grey", "both", "local"):
+            raise ValueError(f"registration signal {self.signal!r} is not 'gradient', 'grey', 'both' or 'local'")
         if self.window_footprints < 1.05:
             raise ValueError(f"window_footprints must be > 1 (the window must hold the frame), got "
                              f"{self.window_footprints}")
@@ -108,6 +108,20 @@ def _grey_and_gradient(grey: np.ndarray, blur_px: float) -> np.ndarray:
 
     a, b = _blurred(grey, blur_px), gradient_image(grey, blur_px)
     return np.dstack([(a - a.mean()) / (a.std() + 1e-6), (b - b.mean()) / (b.std() + 1e-6)])
+
+
+def _local_and_gradient(grey: np.ndarray, blur_px: float) -> np.ndarray:
+    """Grey normalised by its local mean and spread (8 px), and the gradient magnitude."""
+    import cv2
+
+    from .registration_methods import gradient_image
+
+    a = _blurred(grey, blur_px)
+    mu = cv2.GaussianBlur(a, (0, 0), 8.0)
+    sd = np.sqrt(np.maximum(cv2.GaussianBlur((a - mu) ** 2, (0, 0), 8.0), 1.0))
+    a = (a - mu) / sd
+    b = gradient_image(grey, blur_px)
+    return np.dstack([a, (b - b.mean()) / (b.std() + 1e-6)])
 
 
 def _half(img: np.ndarray) -> np.ndarray:
@@ -247,7 +261,8 @@ class Registrar:
         hh, ww = img.shape
         d = self._disc_side(mask)
         y0, x0 = (hh - d) // 2, (ww - d) // 2
-        signal = {"gradient": gradient_image, "grey": _blurred, "both": _grey_and_gradient}[cfg.signal]
+        signal = {"gradient": gradient_image, "grey": _blurred, "both": _grey_and_gradient,
+                  "local": _local_and_gradient}[cfg.signal]
         tmpl = signal(img, cfg.blur_px)[y0:y0 + d, x0:x0 + d]
         disc = np.zeros((d, d), np.uint8)
         cv2.circle(disc, (d // 2, d // 2), max(1, d // 2 - 1), 1, -1)
