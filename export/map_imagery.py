@@ -149,3 +149,47 @@ def attach_imagery(db_path, rasters, *, gsd_m: float, **kw) -> Path:
                            "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
     atomic_write_json(mpath, manifest)
     return out
+
+
+def attach_to_database(db_path, rasters, *, imagery_px: int = 512, gsd_m: float | None = None, **kw) -> Path:
+    """Give an existing tile database its imagery, at ``gsd_m`` or the resolution its lowest layer needs
+    (``imagery_gsd_m`` from the manifest's altitudes and hfov)."""
+    from tiles.raster import open_raster
+
+    mpath = Path(db_path) / "manifest.json"
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{db_path} is not a tile database (no manifest.json); build it with "
+                                "`python -m export ... --tiles MAP.tif`")
+    manifest = json.loads(mpath.read_text())
+    rasters = [open_raster(r) for r in rasters]
+    if gsd_m is None:
+        alts = [lay["altitude_m"] for lay in manifest["layers"] if lay.get("altitude_m")]
+        hfov = manifest.get("extra", {}).get("hfov_deg") or manifest["layers"][0].get("hfov_deg")
+        if not alts or not hfov:
+            raise ValueError(f"{db_path} records no altitude/hfov (a gallery database?): give gsd_m (--gsd)")
+        gsd_m = imagery_gsd_m(min(r.gsd_m for r in rasters), min(alts), hfov, imagery_px)
+    return attach_imagery(db_path, rasters, gsd_m=gsd_m, **kw)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m export.map_imagery",
+                                 description="Add the map imagery registration needs to an existing tile database.")
+    ap.add_argument("db", type=Path, help="tile database folder (built by python -m export)")
+    ap.add_argument("tiles", type=Path, nargs="+", help="the GeoTIFF(s) the database was cut from")
+    ap.add_argument("--imagery-px", type=int, default=512, help="frame width in pixels at the lowest altitude")
+    ap.add_argument("--gsd", type=float, help="metres per pixel (overrides --imagery-px)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        out = attach_to_database(args.db, args.tiles, imagery_px=args.imagery_px, gsd_m=args.gsd)
+    except (ValueError, FileNotFoundError) as e:
+        _log.error("%s", e)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -112,3 +112,17 @@ def test_reader_runs_with_rasterio_blocked(naip2018, tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["array"][1] == 1.0 and abs(out["array"][0] - out["blocks"][0]) < 2
+
+
+def test_cli_adds_imagery_to_an_existing_database(naip_paths, tmp_path):
+    db_path = _database(tmp_path / "db")  # one 300 m layer; hfov from the layer
+    manifest = json.loads((db_path / "manifest.json").read_text())
+    manifest["layers"][0]["hfov_deg"] = 60.0
+    (db_path / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([sys.executable, "-m", "export.map_imagery", str(db_path), str(naip_paths[2018])],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert open_database_imagery(db_path).gsd_m == 5.0  # the map's own: coarser than a 300 m frame needs
+    bad = subprocess.run([sys.executable, "-m", "export.map_imagery", str(tmp_path / "nothing"),
+                          str(naip_paths[2018])], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not a tile database" in bad.stderr
