@@ -62,13 +62,13 @@ def summarise(rows) -> dict:
     ok = [r for r in rows if r["right"]["ok"]]
     err = np.array([r["right"]["err_m"] for r in ok])
     herr = np.array([r["right"]["heading_err_deg"] for r in ok])
-    good = err <= 3 * rows[0]["map_gsd"] * 5 if len(err) else err
+    good = err <= 3 * rows[0]["map_gsd"] if len(err) else err  # within 3 map pixels
     wrong_rej = np.mean([not r["wrong"]["ok"] for r in rows])
     return {
         "frames": len(rows), "verified": len(ok) / len(rows),
         "median_err_m": float(np.median(err)) if len(err) else None,
         "p95_err_m": float(np.percentile(err, 95)) if len(err) else None,
-        "bad_trusted_gt_15px": int(np.sum(~good)) if len(err) else 0,
+        "trusted_off_gt_3px": int(np.sum(~good)) if len(err) else 0,
         "heading_median_deg": float(np.median(herr)) if len(herr) else None,
         "wrong_rejected": float(wrong_rej),
         "ms_median": float(np.median([r["right"]["ms"] for r in rows])),
