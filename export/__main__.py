@@ -88,6 +88,10 @@ def parse_args(argv=None):
                     help="approximate index for global search: auto = FAISS IVF-PQ on layers of >= --ann-min-rows "
                          "rows when faiss-cpu is installed (default), ivfpq = always (needs FAISS), none = exact only")
     ap.add_argument("--ann-min-rows", type=int, default=50_000, help="smallest layer given an ANN index")
+    ap.add_argument("--imagery-px", type=int, default=512,
+                    help="map imagery for registration at the resolution of a frame this many pixels wide at the "
+                         "lowest altitude (never finer than the map; default 512)")
+    ap.add_argument("--no-imagery", action="store_true", help="no map imagery in the database (retrieval only)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
                                                     "gallery_satellite, or class folders")
@@ -154,7 +158,8 @@ def main(argv=None) -> int:
             db = build_tile_database(bundle, args.tiles, args.db_out or Path(bundle) / "tiledb",
                                      altitudes_m=args.altitudes, hfov_deg=args.hfov, stride_frac=args.stride_frac,
                                      chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress,
-                                     ann=args.ann, ann_min_rows=args.ann_min_rows)
+                                     ann=args.ann, ann_min_rows=args.ann_min_rows,
+                                     imagery_px=None if args.no_imagery else args.imagery_px)
             if db is not None:
                 log.info("tile database %s", db)
         if args.gallery:

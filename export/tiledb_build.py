@@ -113,11 +113,14 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
                         embedder: Callable[[list], np.ndarray] | None = None, rank: int | None = None,
                         world_size: int | None = None, wait_timeout_s: float = 24 * 3600,
                         progress: bool = True, keep_work: bool = False, ann: str = "auto",
-                        ann_min_rows: int | None = None) -> Path | None:
+                        ann_min_rows: int | None = None, imagery_px: int | None = 512) -> Path | None:
     """Build (or resume) the database for GeoTIFF(s) ``rasters``; return its path (None on ranks > 0).
 
     ``ann``: ``"auto"`` adds a FAISS IVF-PQ index (``export.ann_build``) to layers of at least
     ``ann_min_rows`` rows when FAISS is installed, ``"ivfpq"`` insists on it, ``"none"`` never builds one.
+    ``imagery_px``: also write the map imagery registration reads (``export.map_imagery``), at the
+    resolution of a frame ``imagery_px`` pixels wide at the lowest altitude (never finer than the map);
+    None writes none (retrieval only).
     """
     from tqdm import tqdm
 
@@ -200,12 +203,22 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
                else "custom embedder"},
         overwrite=overwrite,
     )
+    if imagery_px:
+        _attach_imagery(path, rasters, min(float(a) for a in altitudes_m), hfov_deg, int(imagery_px))
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):
             work.parent.rmdir()  # only when no other build's work is in it
     _log.info("tile database %s: %d tiles in %d layers", path, len(embeddings), len(layers))
     return path
+
+
+def _attach_imagery(db_path: Path, rasters, min_altitude_m: float, hfov_deg: float, imagery_px: int) -> None:
+    from .map_imagery import attach_imagery, imagery_gsd_m
+
+    gsd = imagery_gsd_m(min(r.gsd_m for r in rasters), min_altitude_m, hfov_deg, imagery_px)
+    out = attach_imagery(db_path, rasters, gsd_m=gsd)
+    _log.info("map imagery for registration: %s at %.3g m/px", out, gsd)
 
 
 def gallery_classes(folder) -> list[tuple[str, list[Path]]]:

@@ -9,6 +9,7 @@ import pytest
 from export import tiledb_build
 from export.tiledb_build import build_gallery_database, build_tile_database, onnx_embedder, shard
 from tiles.db import TileDatabase
+from tiles.map_imagery import open_database_imagery
 
 ALTITUDES = (250.0, 300.0)
 HFOV = 60.0
@@ -76,6 +77,8 @@ def test_interrupted_build_resumes_and_equals_direct(bundle, naip_paths, direct,
     db = TileDatabase.open(out, verify_hashes=True)
     np.testing.assert_allclose(db.embeddings.astype(np.float32), direct, atol=2e-3)
     assert [lay["altitude_m"] for lay in db.layers] == list(ALTITUDES)
+    imagery = open_database_imagery(db)  # the map's pixels for registration, at the map's 5 m/px
+    assert imagery.gsd_m == 5.0 and imagery.crs == db.crs and db.manifest["imagery"]["kind"] == "array"
     assert db.layers[0]["footprint_m"] == pytest.approx(2 * 250 * np.tan(np.radians(30)))
     lay = db.layer_slice(1)
     assert np.all(db.entries["altitude_m"][lay] == 300) and np.all(db.entries["has_geo"])

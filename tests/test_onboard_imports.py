@@ -22,7 +22,7 @@ BLOCKER = textwrap.dedent(
 
     sys.meta_path.insert(0, Block())
     import importlib, pkgutil
-    import runtime, tiles.db, tiles.io
+    import runtime, tiles.db, tiles.io, tiles.map_imagery
     names = sorted(m.name for m in pkgutil.iter_modules(runtime.__path__))
     for n in names:
         importlib.import_module(f"runtime.{n}")
