@@ -1,0 +1,172 @@
+"""Calibrate the map filter's likelihood for one model, on held-out flights, and store it in the bundle.
+
+The map filter (runtime.map_filter) turns a frame's cosine similarities into likelihood ratios
+``exp((s - median - offset) / temperature)`` (runtime.map_grid.Likelihood). How similarities of true and
+false matches are distributed is a property of the model, so both numbers are fitted per model:
+
+1. Flights are rendered from the calibration raster(s) (another year of the map: never the years used to
+   measure) at every altitude layer of the tile database, and recorded once (frames north-up, embedded by
+   the engine that flies, odometry): :func:`runtime.replay.filter_replay.record_flight`.
+2. ``offset`` and a first temperature ``T0``: a logistic regression, classes weighted equally, of "true
+   tile" (the frame's centred similarity at its true position) against "another place" (tiles more than
+   one footprint away). Its logit is then ``log f_true(s) / f_other(s)``, the per-frame likelihood ratio.
+3. Consecutive frames overlap and one year's look differs from the map's in the same way frame after
+   frame, so their evidence is not independent: the filter is run on the calibration flights with
+   ``T = k * T0`` for growing ``k`` and the smallest ``k`` with no wrong trusted fix and at least
+   ``min_coverage`` of trusted fixes inside their 95 % radius is kept, times ``safety``.
+4. ``r95_scale``: the factor that puts the truth inside ``r95_m`` for 95 % of the trusted fixes.
+
+The result goes to the bundle manifest as ``"likelihood"`` (written atomically; other fields untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from tiles.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+TEMPER_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+
+
+def fit_logistic(pos: np.ndarray, neg: np.ndarray, iters: int = 50) -> tuple[float, float]:
+    """(a, b) of ``logit = a * s + b`` fitted by Newton's method, both classes of equal total weight."""
+    s = np.concatenate([pos, neg]).astype(np.float64)
+    yv = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    w = np.concatenate([np.full(len(pos), 0.5 / len(pos)), np.full(len(neg), 0.5 / len(neg))])
+    x = np.stack([s, np.ones_like(s)], 1)
+    beta = np.zeros(2)
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -30, 30)))
+        g = x.T @ (w * (p - yv))
+        h = (x * (w * p * (1 - p))[:, None]).T @ x + 1e-9 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(beta[0]), float(beta[1])
+
+
+def score_samples(db, records) -> tuple[np.ndarray, np.ndarray]:
+    """Centred similarities of frames at their true position (bilinear between tiles) and of far tiles."""
+    import cv2
+
+    from runtime.map_grid import LayerGrid
+
+    pos, neg = [], []
+    grids: dict[int, LayerGrid] = {}
+    for rec in records:
+        g = grids.setdefault(rec.layer, LayerGrid(db, rec.layer))
+        emb = np.asarray(db.embeddings[g.rows[0]: g.rows[-1] + 1], np.float32)
+        for q, (tx, ty) in zip(rec.emb, rec.truth):
+            if not (rec.in_map and math.isfinite(tx)):
+                continue
+            s = emb @ q
+            ref = float(np.median(s))
+            img = g.score_image(None, s, fill=ref)
+            u = np.array([[(tx - g.x0) / g.stride_m]], np.float32)
+            v = np.array([[(g.y1 - ty) / g.stride_m]], np.float32)
+            pos.append(float(cv2.remap(img, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0, 0]) - ref)
+            far = np.hypot(g.x - tx, g.y - ty) > g.footprint_m
+            neg.append(s[far] - ref)
+    if not pos:
+        raise ValueError("no calibration frame over the map: check the calibration rasters cover the database")
+    return np.array(pos), np.concatenate(neg)
+
+
+def _evaluate(db, records, cfg, lik) -> dict:
+    from runtime.replay.filter_replay import run_filter
+
+    frames = [f for rec in records for f in run_filter(db, rec, cfg, lik)]
+    trusted = [f for f in frames if f["trusted"]]
+    wrong = sum(f["error_m"] > f["footprint_m"] for f in trusted)
+    ratio = [f["error_m"] / f["r95_m"] for f in trusted]
+    return {"frames": len(frames), "trusted": len(trusted), "wrong": int(wrong),
+            "coverage": float(np.mean([r <= 1.0 for r in ratio])) if ratio else None,
+            "ratio_q95": float(np.quantile(ratio, 0.95)) if ratio else None}
+
+
+def fit_likelihood(db, records, cfg=None, *, min_coverage: float = 0.9, safety: float = 1.25,
+                   clip: float = 6.0) -> tuple[dict, dict]:
+    """(likelihood dict for the manifest, report) from recorded calibration flights."""
+    from runtime.map_filter import MapFilterConfig
+    from runtime.map_grid import Likelihood
+
+    cfg = cfg or MapFilterConfig()
+    pos, neg = score_samples(db, records)
+    a, b = fit_logistic(pos, neg)
+    if a <= 0:
+        raise ValueError(f"the model's similarities do not separate true from false places (slope {a:.3g}): "
+                         "nothing to calibrate; is the database built with this bundle?")
+    t0, offset = 1.0 / a, -b / a
+    tried, chosen = [], None
+    for k in TEMPER_STEPS:
+        lik = Likelihood(temperature=t0 * k, offset=offset, centre="median", clip=clip)
+        ev = _evaluate(db, records, cfg, lik)
+        tried.append({"k": k, **ev})
+        log.info("likelihood k=%g: %d trusted of %d, %d wrong, coverage %s", k, ev["trusted"], ev["frames"],
+                 ev["wrong"], ev["coverage"])
+        if ev["wrong"] == 0 and ev["trusted"] and ev["coverage"] >= min_coverage:
+            chosen = k
+            break
+    if chosen is None:
+        chosen = TEMPER_STEPS[-1]
+        log.warning("no temperature gave zero wrong trusted fixes on the calibration flights; using k=%g", chosen)
+    lik = Likelihood(temperature=t0 * chosen * safety, offset=offset, centre="median", clip=clip)
+    ev = _evaluate(db, records, cfg, lik)
+    scale = float(np.clip(ev["ratio_q95"] or 1.0, 0.5, 4.0))
+    out = Likelihood(temperature=lik.temperature, offset=offset, centre="median", clip=clip, r95_scale=scale)
+    report = {"t0": t0, "offset": offset, "n_pos": len(pos), "n_neg": len(neg), "pos_median": float(np.median(pos)),
+              "neg_p99": float(np.quantile(neg, 0.99)), "tried": tried, "chosen_k": chosen, "safety": safety,
+              "final": _evaluate(db, records, cfg, out)}
+    return out.to_dict(), report
+
+
+def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
+                        photometric: float = 0.3, flights_per_raster: int = 1, seed: int = 1000) -> list:
+    """Flights rendered from ``rasters`` at each layer's altitude, recorded (runtime.replay.filter_replay)."""
+    from runtime.odometry import VisualOdometry
+    from runtime.replay.filter_replay import record_flight
+    from runtime.replay.flights import GeoTiffFlight
+
+    vo, records = VisualOdometry(), []
+    for ri, raster in enumerate(rasters):
+        for layer in db.layers:
+            for k in range(flights_per_raster):
+                s = seed + 100 * ri + 10 * k + int(layer["altitude_m"])
+                fl = GeoTiffFlight(raster, float(layer["altitude_m"]), pattern="curve", hfov_deg=hfov_deg,
+                                   speed_mps=speed_mps, fps=1.0, photometric=photometric, max_frames=frames, seed=s)
+                records.append(record_flight(engine, vo, db, fl, hfov_deg=hfov_deg, name=f"{Path(raster).name}@{fl.altitude_m:g}"))
+    return records
+
+
+def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, precision: str = "auto",
+                     threads: int | None = None, frames: int = 40, report_path=None) -> dict:
+    """Fit the likelihood for ``bundle_dir`` on flights from ``rasters`` over the database ``db_path`` (built
+    by this bundle) and write it into the bundle manifest; returns the stored dict."""
+    from runtime.bundle import MANIFEST, read_bundle
+    from runtime.engine import check_engine_database, load_engine
+    from tiles.db import TileDatabase
+
+    bundle = read_bundle(bundle_dir)
+    db = TileDatabase.open(db_path)
+    engine = load_engine(bundle_dir, precision=precision, threads=threads)
+    check_engine_database(engine, db)
+    records = calibration_records(engine, db, [Path(r) for r in rasters], hfov_deg=hfov_deg, frames=frames)
+    lik, report = fit_likelihood(db, records)
+    lik["fitted_on"] = {"rasters": [Path(r).name for r in rasters], "database": Path(db_path).name,
+                        "engine": engine.name, "frames": int(sum(len(r.t) for r in records)),
+                        "chosen_k": report["chosen_k"], "final": report["final"]}
+    manifest = dict(bundle.manifest)
+    manifest["likelihood"] = lik
+    atomic_write_json(Path(bundle_dir) / MANIFEST, manifest)
+    if report_path is not None:
+        atomic_write_json(Path(report_path), report)
+    log.info("likelihood calibrated: %s", json.dumps(lik))
+    return lik
