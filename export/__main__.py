@@ -4,7 +4,7 @@ Desktop::
 
     python -m export runs/x/checkpoint.pt --out bundle --fp16 --int8 --calib-tif map.tif \\
         --eval-tifs data/naip/..._2016.tif data/naip/..._2018.tif --max-r1-drop 2 \\
-        --tiles map.tif --altitudes 150 200 250 300 --hfov 60
+        --tiles map.tif --altitudes 150 200 250 300 --hfov 60 --likelihood-tif other_year.tif
 
 Jetson (no torch needed)::
 
@@ -59,6 +59,9 @@ def parse_args(argv=None):
     ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
     ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
+    ap.add_argument("--likelihood-tif", type=Path, nargs="+", default=[],
+                    help="GeoTIFF(s) of the database's area from other dates than those you evaluate on: fit the map "
+                         "filter's likelihood on flights rendered from them (stored in the bundle manifest)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
                                                     "gallery_satellite, or class folders")
     ap.add_argument("--gallery-out", type=Path, help="gallery database folder (default BUNDLE/gallerydb)")
@@ -109,6 +112,13 @@ def main(argv=None) -> int:
                                      chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress)
             if db is not None:
                 log.info("tile database %s", db)
+        if args.likelihood_tif:
+            from .calibrate_likelihood import calibrate_bundle
+
+            db = args.db_out or Path(bundle) / "tiledb"
+            lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov)
+            log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f", lik["temperature"], lik["offset"],
+                     lik["r95_scale"])
         if args.gallery:
             from .tiledb_build import build_gallery_database
 

@@ -120,3 +120,27 @@ def summarize(frames: list[dict]) -> dict:
         "rows_scored_mean": float(np.mean([f["rows_scored"] for f in frames])) if n else None,
         "footprint_m": fp, "stride_m": frames[0]["stride_m"] if frames else None,
     }
+
+
+_MOTION_FIELDS = ("ok", "dx_e_m", "dy_n_m", "dyaw_deg", "dt_s", "inliers", "matches", "sigma_m", "scale")
+
+
+def save_record(path, rec: FlightRecord) -> None:
+    """A recorded flight to ``path`` (.npz, written atomically), so a replay need not embed it again."""
+    from tiles.io import atomic_path
+
+    mot = {f"m_{k}": np.array([getattr(m, k) for m in rec.motions]) for k in _MOTION_FIELDS}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, name=rec.name, layer=rec.layer, t=rec.t, truth=rec.truth, emb=rec.emb, in_map=rec.in_map,
+                 reasons=np.array([m.reason for m in rec.motions]), **mot)
+
+
+def load_record(path) -> FlightRecord:
+    from ..odometry import Motion
+
+    z = np.load(path)
+    n = len(z["t"])
+    motions = [Motion(bool(z["m_ok"][i]), *(float(z[f"m_{k}"][i]) for k in _MOTION_FIELDS[1:5]),
+                      int(z["m_inliers"][i]), int(z["m_matches"][i]), float(z["m_sigma_m"][i]),
+                      float(z["m_scale"][i]), str(z["reasons"][i])) for i in range(n)]
+    return FlightRecord(str(z["name"]), int(z["layer"]), z["t"], z["truth"], z["emb"], motions, bool(z["in_map"]))
