@@ -11,10 +11,12 @@ false matches are distributed is a property of the model, so both numbers are fi
    tile" (the frame's centred similarity at its true position) against "another place" (tiles more than
    one footprint away). Its logit is then ``log f_true(s) / f_other(s)``, the per-frame likelihood ratio.
 3. Consecutive frames overlap and one year's look differs from the map's in the same way frame after
-   frame, so their evidence is not independent: the filter is run on the calibration flights with
-   ``T = k * T0`` for growing ``k`` and the smallest ``k`` with no wrong trusted fix and at least
-   ``min_coverage`` of trusted fixes inside their 95 % radius is kept, times ``safety``.
-4. ``r95_scale``: the factor that puts the truth inside ``r95_m`` for 95 % of the trusted fixes.
+   frame, so their evidence is not independent, and the linear logit overrates the rare very similar
+   wrong tile: the filter is run on the calibration flights with ``T = k * T0`` and a bound ``clip`` on
+   the evidence of one frame, over a grid of both; ``r95_scale`` (>= 1) is set for each so that the truth
+   lies inside ``r95_m`` for 95 % of its trusted fixes. Kept: the setting with the most trusted fixes among
+   those with no wrong trusted fix and at least ``min_coverage`` inside their 95 % radius (measured:
+   bounding one frame's evidence is what removes wrong locks; a higher temperature only delays them).
 
 The result goes to the bundle manifest as ``"likelihood"`` (written atomically; other fields untouched).
 """
@@ -32,7 +34,8 @@ from tiles.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-TEMPER_STEPS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
+TEMPER_STEPS = (0.75, 1.0, 1.5)
+CLIP_STEPS = (2.0, 3.0, 4.0)
 
 
 def fit_logistic(pos: np.ndarray, neg: np.ndarray, iters: int = 50) -> tuple[float, float]:
@@ -92,8 +95,8 @@ def _evaluate(db, records, cfg, lik) -> dict:
             "ratio_q95": float(np.quantile(ratio, 0.95)) if ratio else None}
 
 
-def fit_likelihood(db, records, cfg=None, *, min_coverage: float = 0.9, safety: float = 1.25,
-                   clip: float = 6.0) -> tuple[dict, dict]:
+def fit_likelihood(db, records, cfg=None, *, min_coverage: float = 0.9, temper=TEMPER_STEPS,
+                   clips=CLIP_STEPS) -> tuple[dict, dict]:
     """(likelihood dict for the manifest, report) from recorded calibration flights."""
     from runtime.map_filter import MapFilterConfig
     from runtime.map_grid import Likelihood
@@ -105,34 +108,36 @@ def fit_likelihood(db, records, cfg=None, *, min_coverage: float = 0.9, safety: 
         raise ValueError(f"the model's similarities do not separate true from false places (slope {a:.3g}): "
                          "nothing to calibrate; is the database built with this bundle?")
     t0, offset = 1.0 / a, -b / a
-    tried, chosen = [], None
-    for k in TEMPER_STEPS:
-        lik = Likelihood(temperature=t0 * k, offset=offset, centre="median", clip=clip)
-        ev = _evaluate(db, records, cfg, lik)
-        tried.append({"k": k, **ev})
-        log.info("likelihood k=%g: %d trusted of %d, %d wrong, coverage %s", k, ev["trusted"], ev["frames"],
-                 ev["wrong"], ev["coverage"])
-        if ev["wrong"] == 0 and ev["trusted"] and ev["coverage"] >= min_coverage:
-            chosen = k
-            break
-    if chosen is None:
-        chosen = TEMPER_STEPS[-1]
-        log.warning("no temperature gave zero wrong trusted fixes on the calibration flights; using k=%g", chosen)
-    lik = Likelihood(temperature=t0 * chosen * safety, offset=offset, centre="median", clip=clip)
-    ev = _evaluate(db, records, cfg, lik)
-    scale = float(np.clip(ev["ratio_q95"] or 1.0, 0.5, 4.0))
-    out = Likelihood(temperature=lik.temperature, offset=offset, centre="median", clip=clip, r95_scale=scale)
+    tried, best = [], None
+    for clip in clips:
+        for k in temper:
+            lik = Likelihood(temperature=t0 * k, offset=offset, centre="median", clip=clip)
+            ev = _evaluate(db, records, cfg, lik)
+            scale = float(np.clip(ev["ratio_q95"] or 1.0, 1.0, 4.0))  # never narrower than the posterior says
+            lik = Likelihood(temperature=t0 * k, offset=offset, centre="median", clip=clip, r95_scale=scale)
+            ev = _evaluate(db, records, cfg, lik) if scale > 1.0 else ev
+            tried.append({"k": k, "clip": clip, "r95_scale": scale, **ev})
+            log.info("likelihood k=%g clip=%g: %d trusted of %d, %d wrong, coverage %s", k, clip, ev["trusted"],
+                     ev["frames"], ev["wrong"], ev["coverage"])
+            ok = ev["wrong"] == 0 and ev["trusted"] and (ev["coverage"] or 0) >= min_coverage
+            if ok and (best is None or ev["trusted"] > best[1]["trusted"]):
+                best = (lik, ev)
+    if best is None:
+        lik = Likelihood(temperature=t0 * max(temper), offset=offset, centre="median", clip=min(clips), r95_scale=4.0)
+        log.warning("no setting gave zero wrong trusted fixes on the calibration flights; using the most cautious")
+        best = (lik, _evaluate(db, records, cfg, lik))
     report = {"t0": t0, "offset": offset, "n_pos": len(pos), "n_neg": len(neg), "pos_median": float(np.median(pos)),
-              "neg_p99": float(np.quantile(neg, 0.99)), "tried": tried, "chosen_k": chosen, "safety": safety,
-              "final": _evaluate(db, records, cfg, out)}
-    return out.to_dict(), report
+              "neg_p99": float(np.quantile(neg, 0.99)), "tried": tried, "final": best[1]}
+    return best[0].to_dict(), report
 
 
 def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
-                        photometric: float = 0.3, flights_per_raster: int = 1, seed: int = 1000) -> list:
-    """Flights rendered from ``rasters`` at each layer's altitude, recorded (runtime.replay.filter_replay)."""
+                        photometric: float = 0.3, flights_per_raster: int = 1, seed: int = 1000,
+                        cache_dir=None) -> list:
+    """Flights rendered from ``rasters`` at each layer's altitude, recorded (runtime.replay.filter_replay);
+    with ``cache_dir``, each recorded flight is kept there and read back on the next call."""
     from runtime.odometry import VisualOdometry
-    from runtime.replay.filter_replay import record_flight
+    from runtime.replay.filter_replay import load_record, record_flight, save_record
     from runtime.replay.flights import GeoTiffFlight
 
     vo, records = VisualOdometry(), []
@@ -142,12 +147,20 @@ def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 4
                 s = seed + 100 * ri + 10 * k + int(layer["altitude_m"])
                 fl = GeoTiffFlight(raster, float(layer["altitude_m"]), pattern="curve", hfov_deg=hfov_deg,
                                    speed_mps=speed_mps, fps=1.0, photometric=photometric, max_frames=frames, seed=s)
-                records.append(record_flight(engine, vo, db, fl, hfov_deg=hfov_deg, name=f"{Path(raster).name}@{fl.altitude_m:g}"))
+                name = f"{Path(raster).stem}@{fl.altitude_m:g}-{k}"
+                cached = Path(cache_dir) / f"{name}.npz" if cache_dir else None
+                if cached is not None and cached.is_file():
+                    records.append(load_record(cached))
+                    continue
+                records.append(record_flight(engine, vo, db, fl, hfov_deg=hfov_deg, name=name))
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    save_record(cached, records[-1])
     return records
 
 
 def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, precision: str = "auto",
-                     threads: int | None = None, frames: int = 40, report_path=None) -> dict:
+                     threads: int | None = None, frames: int = 40, report_path=None, cache_dir=None) -> dict:
     """Fit the likelihood for ``bundle_dir`` on flights from ``rasters`` over the database ``db_path`` (built
     by this bundle) and write it into the bundle manifest; returns the stored dict."""
     from runtime.bundle import MANIFEST, read_bundle
@@ -158,11 +171,12 @@ def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, pr
     db = TileDatabase.open(db_path)
     engine = load_engine(bundle_dir, precision=precision, threads=threads)
     check_engine_database(engine, db)
-    records = calibration_records(engine, db, [Path(r) for r in rasters], hfov_deg=hfov_deg, frames=frames)
+    records = calibration_records(engine, db, [Path(r) for r in rasters], hfov_deg=hfov_deg, frames=frames,
+                                  cache_dir=cache_dir)
     lik, report = fit_likelihood(db, records)
     lik["fitted_on"] = {"rasters": [Path(r).name for r in rasters], "database": Path(db_path).name,
                         "engine": engine.name, "frames": int(sum(len(r.t) for r in records)),
-                        "chosen_k": report["chosen_k"], "final": report["final"]}
+                        "final": report["final"]}
     manifest = dict(bundle.manifest)
     manifest["likelihood"] = lik
     atomic_write_json(Path(bundle_dir) / MANIFEST, manifest)

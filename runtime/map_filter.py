@@ -55,6 +55,9 @@ class MapFilterConfig:
     local_mass: float = 0.9  # score only tiles near the posterior when its cluster holds this share
     global_every: int = 10  # ... but the whole layer every this many frames
     prior_out: float = 0.05  # with a prior position: the probability it is wrong (off the map)
+    max_blind_frames: int = 3  # untrusted after this many frames in a row without odometry: frames that
+    # do not move with the ground (noise, a frozen or uniform picture) can match one map tile every time
+    min_texture: float = 4.0  # frames whose grey level varies less (std) carry no position: no update
 
     def __post_init__(self):
         if not 0 < self.cell_frac <= 1:
@@ -106,7 +109,7 @@ class MapFilter:
         self.t: float | None = None
         self.v, self.pv = np.zeros(2), np.eye(2) * (self.cfg.max_speed_mps / 2.0) ** 2
         self.vel_known = False
-        self.n_updates, self.since_global = 0, 10**9
+        self.n_updates, self.since_global, self.blind = 0, 10**9, 0
         n = self.shape[0] * self.shape[1]
         if prior is None:
             self.p = np.full(self.shape, self.cfg.in_map_prior / n)
@@ -137,7 +140,9 @@ class MapFilter:
             return
         cfg = self.cfg
         self.pv = self.pv + np.eye(2) * (cfg.accel_mps2 * dt) ** 2
-        if motion is not None and getattr(motion, "ok", False):
+        moved = motion is not None and getattr(motion, "ok", False)
+        self.blind = 0 if moved else self.blind + 1
+        if moved:
             d = np.array([motion.dx_e_m, motion.dy_n_m], float)
             ms = motion.sigma_m if math.isfinite(motion.sigma_m) else 0.0
             sigma = math.sqrt(cfg.odo_abs_sigma_m**2 + (cfg.odo_rel_sigma * float(np.hypot(*d))) ** 2 + ms**2)
@@ -265,6 +270,8 @@ class MapFilter:
         max_r95 = cfg.trust_r95_frac * self.grid.footprint_m
         if self.n_updates < cfg.min_updates:
             reason = f"acquiring ({self.n_updates} of {cfg.min_updates} frames)"
+        elif self.blind >= cfg.max_blind_frames:
+            reason = f"no ground motion seen for {self.blind} frames (odometry failed)"
         elif self.p_out > 1.0 - cfg.trust_mass:
             reason = f"possibly off the map (p={self.p_out:.2f})"
         elif mass < cfg.trust_mass:

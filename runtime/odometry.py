@@ -185,6 +185,19 @@ class VisualOdometry:
         return Motion(True, east, north, -math.degrees(theta), dt, n_in, len(good), sigma, scale, "ok")
 
 
+def frame_texture(image_rgb: np.ndarray, max_side_px: int = 160) -> float:
+    """Standard deviation of the grey level over the seen (non-black) pixels of a downscaled frame: below a
+    few grey levels a frame shows nothing to localise by (fog, a lens cap, a uniform roof)."""
+    import cv2
+
+    h, w = image_rgb.shape[:2]
+    f = min(1.0, max_side_px / max(h, w))
+    small = cv2.resize(image_rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    seen = small.max(axis=2) > 0
+    return float(grey[seen].std()) if seen.sum() > 16 else 0.0
+
+
 def _to_east_north(right_m: float, up_m: float, heading_deg: float | None) -> tuple[float, float]:
     """A displacement along a frame's right/up axes to east/north, the frame top facing ``heading_deg``."""
     if heading_deg is None:

@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         if "likelihood" not in read_bundle(bundle).manifest:
             calibrate_bundle(bundle, args.db, [naip(y) for y in args.calibrate], hfov_deg=args.hfov,
                              precision=args.precision, threads=args.threads,
-                             report_path=args.out / "calibration_report.json")
+                             report_path=args.out / "calibration_report.json", cache_dir=args.out / "calib_records")
     lik = Likelihood.from_manifest(read_bundle(bundle).manifest)
     db = TileDatabase.open(args.db)
     west = TileDatabase.open(west_half_database(db, args.out / "west_db"))

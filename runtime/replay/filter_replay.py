@@ -29,25 +29,29 @@ class FlightRecord:
     emb: np.ndarray  # (n, D) float32 L2-normalised
     motions: list = field(default_factory=list)  # runtime.odometry.Motion per frame
     in_map: bool = True  # False: frames of a place the database does not hold (never to be trusted)
+    texture: np.ndarray | None = None  # (n,) runtime.odometry.frame_texture of each north-up frame
 
 
 def record_flight(engine, vo, db, frames, *, hfov_deg: float, name: str, in_map: bool = True,
                   batch_size: int = 16) -> FlightRecord:
     """Embed and odometrise ``frames`` (runtime.sources Frame tuples, ground truth in meta)."""
+    from ..odometry import frame_texture
     from ..preprocess import north_up
 
-    images, ts, truth, motions, alt = [], [], [], [], None
+    images, ts, truth, motions, tex, alt = [], [], [], [], [], None
     vo.reset()
     for t, image, meta in frames:
         alt = float(meta["altitude_m"])
         up = north_up(image, meta.get("heading_deg"))
         motions.append(vo.update(up, float(t), alt, hfov_deg, None))
         images.append(up)
+        tex.append(frame_texture(up))
         ts.append(float(t))
         truth.append((meta.get("x", math.nan), meta.get("y", math.nan)))
     emb = np.concatenate(list(engine.embed_batches(images, batch_size)))
     layer = db.layer_for_altitude(alt) if len(db.layers) > 1 else 0
-    return FlightRecord(name, layer, np.array(ts), np.array(truth, float), emb.astype(np.float32), motions, in_map)
+    return FlightRecord(name, layer, np.array(ts), np.array(truth, float), emb.astype(np.float32), motions, in_map,
+                        np.array(tex))
 
 
 def _tile_hit(grid, rows_local, x: float, y: float) -> bool:
@@ -64,14 +68,16 @@ def run_filter(db, rec: FlightRecord, cfg, likelihood, prior=None, use_odometry:
         mf.reset(prior)
     grid = mf.grid
     layer_emb = np.asarray(db.embeddings[grid.rows[0]: grid.rows[-1] + 1], np.float32)
+    sims = rec.emb @ layer_emb.T  # every frame against the whole layer, one product
     out = []
     for i in range(len(rec.t)):
         m = rec.motions[i] if use_odometry else None
         mf.predict(rec.t[i], m)
         rows = mf.rows_to_score()
-        all_scores = layer_emb @ rec.emb[i]
+        all_scores = sims[i]
         scores = all_scores if rows is None else all_scores[grid.local(rows)]
-        mf.update(rows, scores)
+        if rec.texture is None or rec.texture[i] >= mf.cfg.min_texture:
+            mf.update(rows, scores)
         e = mf.estimate()
         tx, ty = rec.truth[i]
         has_truth = bool(np.isfinite(tx) and np.isfinite(ty))
@@ -131,7 +137,8 @@ def save_record(path, rec: FlightRecord) -> None:
 
     mot = {f"m_{k}": np.array([getattr(m, k) for m in rec.motions]) for k in _MOTION_FIELDS}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, name=rec.name, layer=rec.layer, t=rec.t, truth=rec.truth, emb=rec.emb, in_map=rec.in_map,
+        tex = rec.texture if rec.texture is not None else np.full(len(rec.t), np.inf)
+        np.savez(f, name=rec.name, layer=rec.layer, t=rec.t, truth=rec.truth, emb=rec.emb, in_map=rec.in_map, texture=tex,
                  reasons=np.array([m.reason for m in rec.motions]), **mot)
 
 
@@ -143,4 +150,5 @@ def load_record(path) -> FlightRecord:
     motions = [Motion(bool(z["m_ok"][i]), *(float(z[f"m_{k}"][i]) for k in _MOTION_FIELDS[1:5]),
                       int(z["m_inliers"][i]), int(z["m_matches"][i]), float(z["m_sigma_m"][i]),
                       float(z["m_scale"][i]), str(z["reasons"][i])) for i in range(n)]
-    return FlightRecord(str(z["name"]), int(z["layer"]), z["t"], z["truth"], z["emb"], motions, bool(z["in_map"]))
+    tex = z["texture"] if "texture" in z.files else None
+    return FlightRecord(str(z["name"]), int(z["layer"]), z["t"], z["truth"], z["emb"], motions, bool(z["in_map"]), tex)
