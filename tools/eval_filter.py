@@ -133,6 +133,74 @@ def evaluate(args, recs: dict, dbs: dict, cfg, lik) -> dict:
     return res
 
 
+def latency(args, engine, db, n: int = 20) -> dict:
+    """Median per-frame milliseconds of the engine alone, the odometry and the filter step (batch 1, on
+    the first ``n`` frames of the first year's flight at the lowest altitude: the largest layer)."""
+    from runtime.map_filter import MapFilter, MapFilterConfig
+    from runtime.map_grid import Likelihood
+    from runtime.odometry import VisualOdometry
+    from runtime.preprocess import north_up
+    from runtime.replay.flights import GeoTiffFlight
+
+    alt = min(args.altitudes)
+    fl = GeoTiffFlight(naip(args.years[0]), alt, pattern="curve", seed=args.years[0], hfov_deg=args.hfov,
+                       speed_mps=40.0, fps=1.0, photometric=0.3, max_frames=n)
+    layer = db.layer_for_altitude(alt)
+    mf, vo = MapFilter(db, layer, MapFilterConfig(), Likelihood.from_manifest(None)), VisualOdometry()
+    sl = db.layer_slice(layer)
+    emb_layer = np.asarray(db.embeddings[sl], np.float32)
+    ms = {"engine": [], "odometry": [], "filter": []}
+    for t, image, meta in fl:
+        up = north_up(image, meta["heading_deg"])
+        t0 = time.perf_counter()
+        q = engine.embed([up])[0]
+        t1 = time.perf_counter()
+        m = vo.update(up, t, alt, args.hfov, None)
+        t2 = time.perf_counter()
+        mf.predict(t, m)
+        rows = mf.rows_to_score()
+        scores = emb_layer @ q if rows is None else np.asarray(db.embeddings[rows], np.float32) @ q
+        mf.update(rows, scores)
+        mf.estimate()
+        t3 = time.perf_counter()
+        for k, v in zip(ms, (t1 - t0, t2 - t1, t3 - t2)):
+            ms[k].append(1e3 * v)
+    med = {k: float(np.median(v)) for k, v in ms.items()}
+    med["fps_ratio"] = med["engine"] / (med["engine"] + med["odometry"] + med["filter"])
+    return med
+
+
+def pooled(res: dict, altitudes, years, suffix: str = "") -> dict:
+    """Per altitude, the flights of every year together: frames pooled for errors, R@k and calibration;
+    availability over the frames after each flight's own first fix; the slowest time to first fix."""
+    out = {}
+    for alt in altitudes:
+        fl = [res[k] for k in (f"{y}_{alt}{suffix}" for y in years) if k in res]
+        if not fl:
+            continue
+        frames = [f for r in fl for f in r["frames"]]
+        trusted = [f for f in frames if f["trusted"]]
+        errs = [f["error_m"] for f in trusted]
+        after = [f for r in fl if r["summary"]["ttff_frames"] is not None
+                 for f in r["frames"] if f["index"] > r["summary"]["ttff_frames"]]
+        ttff = [r["summary"]["ttff_frames"] for r in fl]
+        out[f"{alt:g}{suffix}"] = {
+            "R@1": 100.0 * float(np.mean([f["top1_hit"] for f in frames])),
+            "R@5": 100.0 * float(np.mean([f["top5_hit"] for f in frames])),
+            "ttff_frames": None if None in ttff else max(ttff),
+            "availability_pct": 100.0 * float(np.mean([f["trusted"] for f in after])) if after else None,
+            "error_median_m": float(np.median(errs)) if errs else None,
+            "error_p95_m": float(np.percentile(errs, 95)) if errs else None,
+            "error_max_m": float(max(errs)) if errs else None,
+            "wrong_trusted": int(sum(r["summary"]["wrong_trusted"] for r in fl)),
+            "calibration_pct": 100.0 * float(np.mean([f["error_m"] <= f["r95_m"] for f in trusted])) if trusted else None,
+            "trusted": len(trusted), "frames": len(frames),
+            "odometry_ok_pct": 100.0 * float(np.mean([f["odometry_ok"] for f in frames])),
+            "rows_scored_mean": float(np.mean([f["rows_scored"] for f in frames])),
+            "half_stride_m": fl[0]["summary"]["stride_m"] / 2.0}
+    return out
+
+
 def table(res: dict) -> str:
     cols = ("R@1", "R@5", "ttff_frames", "availability_pct", "error_median_m", "error_p95_m", "error_max_m",
             "wrong_trusted", "calibration_pct", "trusted", "frames", "odometry_ok_pct", "rows_scored_mean")
@@ -187,13 +255,17 @@ def main(argv=None) -> int:
     dbs = {key: d for key, d, _, _ in todo}
     cfg = MapFilterConfig()
     res = evaluate(args, recs, dbs, cfg, lik)
+    lat = latency(args, engine, db)
+    per_alt = {**pooled(res, args.altitudes, args.years), **pooled(res, args.altitudes, args.years, "_kidnap")}
     from runtime.replay.common import jsonable
 
     atomic_write_json(args.out / "filter_eval.json", jsonable({
-        "engine": engine.name, "likelihood": {**lik.to_dict(), "source": lik.source},
+        "engine": engine.name, "likelihood": {**lik.to_dict(), "source": lik.source}, "latency_ms": lat, "per_altitude": per_alt,
         "config": cfg.__dict__, "summaries": {k: r["summary"] for k, r in res.items()},
         "frames": {k: r["frames"] for k, r in res.items()}}))
+    print(table({k: {"summary": v} for k, v in per_alt.items()}))
     print(table(res))
+    print("latency (median ms per frame):", {k: round(v, 2) for k, v in lat.items()})
     return 0
 
 
