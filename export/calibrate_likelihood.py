@@ -34,8 +34,9 @@ from tiles.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-TEMPER_STEPS = (0.75, 1.0, 1.5)
+TEMPER_STEPS = (1.0, 1.5)
 CLIP_STEPS = (2.0, 3.0, 4.0)
+SHIFT_STEPS = (0.0, 1.0, 2.0)  # offset raised by this many T0: more evidence needed to be on the map
 
 
 def fit_logistic(pos: np.ndarray, neg: np.ndarray, iters: int = 50) -> tuple[float, float]:
@@ -83,21 +84,25 @@ def score_samples(db, records) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pos), np.concatenate(neg)
 
 
-def _evaluate(db, records, cfg, lik) -> dict:
+def _evaluate(cases, cfg, lik) -> dict:
+    """Replay every (database, records) case; off-map records count each trusted fix as wrong."""
     from runtime.replay.filter_replay import run_filter
 
-    frames = [f for rec in records for f in run_filter(db, rec, cfg, lik)]
-    trusted = [f for f in frames if f["trusted"]]
+    frames = [f for db, records in cases for rec in records for f in run_filter(db, rec, cfg, lik)]
+    trusted = [f for f in frames if f["trusted"] and f["in_map"]]
     wrong = sum(f["error_m"] > f["footprint_m"] for f in trusted)
+    off = sum(f["trusted"] for f in frames if not f["in_map"])
     ratio = [f["error_m"] / f["r95_m"] for f in trusted]
-    return {"frames": len(frames), "trusted": len(trusted), "wrong": int(wrong),
+    return {"frames": sum(f["in_map"] for f in frames), "trusted": len(trusted), "wrong": int(wrong),
+            "offmap_frames": len(frames) - sum(f["in_map"] for f in frames), "offmap_trusted": int(off),
             "coverage": float(np.mean([r <= 1.0 for r in ratio])) if ratio else None,
             "ratio_q95": float(np.quantile(ratio, 0.95)) if ratio else None}
 
 
-def fit_likelihood(db, records, cfg=None, *, min_coverage: float = 0.9, temper=TEMPER_STEPS,
-                   clips=CLIP_STEPS) -> tuple[dict, dict]:
-    """(likelihood dict for the manifest, report) from recorded calibration flights."""
+def fit_likelihood(db, records, cfg=None, *, offmap=None, min_coverage: float = 0.9, temper=TEMPER_STEPS,
+                   clips=CLIP_STEPS, shifts=SHIFT_STEPS) -> tuple[dict, dict]:
+    """(likelihood dict for the manifest, report) from recorded calibration flights over ``db``, and
+    ``offmap`` = (database, records) of flights over ground that database does not hold."""
     from runtime.map_filter import MapFilterConfig
     from runtime.map_grid import Likelihood
 
@@ -108,51 +113,83 @@ def fit_likelihood(db, records, cfg=None, *, min_coverage: float = 0.9, temper=T
         raise ValueError(f"the model's similarities do not separate true from false places (slope {a:.3g}): "
                          "nothing to calibrate; is the database built with this bundle?")
     t0, offset = 1.0 / a, -b / a
+    cases = [(db, records)] + ([offmap] if offmap else [])
     tried, best = [], None
-    for clip in clips:
-        for k in temper:
-            lik = Likelihood(temperature=t0 * k, offset=offset, centre="median", clip=clip)
-            ev = _evaluate(db, records, cfg, lik)
-            scale = float(np.clip(ev["ratio_q95"] or 1.0, 1.0, 4.0))  # never narrower than the posterior says
-            lik = Likelihood(temperature=t0 * k, offset=offset, centre="median", clip=clip, r95_scale=scale)
-            ev = _evaluate(db, records, cfg, lik) if scale > 1.0 else ev
-            tried.append({"k": k, "clip": clip, "r95_scale": scale, **ev})
-            log.info("likelihood k=%g clip=%g: %d trusted of %d, %d wrong, coverage %s", k, clip, ev["trusted"],
-                     ev["frames"], ev["wrong"], ev["coverage"])
-            ok = ev["wrong"] == 0 and ev["trusted"] and (ev["coverage"] or 0) >= min_coverage
-            if ok and (best is None or ev["trusted"] > best[1]["trusted"]):
-                best = (lik, ev)
+    for shift in shifts:
+        for clip in clips:
+            for k in temper:
+                kw = dict(temperature=t0 * k, offset=offset + shift * t0, centre="median", clip=clip)
+                ev = _evaluate(cases, cfg, Likelihood(**kw))
+                scale = float(np.clip(ev["ratio_q95"] or 1.0, 1.0, 4.0))  # never narrower than the posterior
+                lik = Likelihood(**kw, r95_scale=scale)
+                ev = _evaluate(cases, cfg, lik) if scale > 1.0 else ev
+                tried.append({"k": k, "clip": clip, "shift": shift, "r95_scale": scale, **ev})
+                log.info("likelihood %s", tried[-1])
+                ok = ev["wrong"] == 0 and ev["offmap_trusted"] == 0 and (ev["coverage"] or 0) >= min_coverage
+                if ok and ev["trusted"] and (best is None or ev["trusted"] > best[1]["trusted"]):
+                    best = (lik, ev)
     if best is None:
-        lik = Likelihood(temperature=t0 * max(temper), offset=offset, centre="median", clip=min(clips), r95_scale=4.0)
+        lik = Likelihood(temperature=t0 * max(temper), offset=offset + max(shifts) * t0, centre="median",
+                         clip=min(clips), r95_scale=4.0)
         log.warning("no setting gave zero wrong trusted fixes on the calibration flights; using the most cautious")
-        best = (lik, _evaluate(db, records, cfg, lik))
+        best = (lik, _evaluate(cases, cfg, lik))
     report = {"t0": t0, "offset": offset, "n_pos": len(pos), "n_neg": len(neg), "pos_median": float(np.median(pos)),
               "neg_p99": float(np.quantile(neg, 0.99)), "tried": tried, "final": best[1]}
     return best[0].to_dict(), report
 
 
+def half_database(db, out, side: str = "west") -> Path:
+    """The tiles of ``db`` whose centre lies in the western (or eastern) half of its area, same embeddings:
+    a map that does not hold the other half (out-of-map flights for calibration and evaluation)."""
+    from tiles.db import write_database
+
+    out = Path(out)
+    if (out / "manifest.json").is_file():
+        return out
+    x = np.asarray(db.entries["x"])
+    xmid = 0.5 * (float(x.min()) + float(x.max()))
+    keep = x < xmid if side == "west" else x >= xmid
+    m = db.manifest
+    extra = dict(m.get("extra", {}), note=f"{side}ern half of {db.path.name}: tiles with x {'<' if side == 'west' else '>='} {xmid:.0f}")
+    write_database(out, np.asarray(db.embeddings, np.float32)[keep], db.entries[keep], layers=m["layers"],
+                   model=m["model"], preprocess=m["preprocess"], crs=m["crs"], sources=m["sources"], extra=extra)
+    return out
+
+
 def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
                         photometric: float = 0.3, flights_per_raster: int = 1, seed: int = 1000,
-                        cache_dir=None) -> list:
+                        cache_dir=None, outside_x: float | None = None, tag: str = "") -> list:
     """Flights rendered from ``rasters`` at each layer's altitude, recorded (runtime.replay.filter_replay);
-    with ``cache_dir``, each recorded flight is kept there and read back on the next call."""
+    with ``cache_dir``, each recorded flight is kept there and read back on the next call. ``outside_x``:
+    fly west of this x (with a footprint of margin) and mark the flights off the map (``db`` holds only
+    the ground east of it)."""
     from runtime.odometry import VisualOdometry
     from runtime.replay.filter_replay import load_record, record_flight, save_record
-    from runtime.replay.flights import GeoTiffFlight
+    from runtime.replay.flights import GeoTiffFlight, curve_waypoints
 
     vo, records = VisualOdometry(), []
     for ri, raster in enumerate(rasters):
         for layer in db.layers:
             for k in range(flights_per_raster):
                 s = seed + 100 * ri + 10 * k + int(layer["altitude_m"])
-                fl = GeoTiffFlight(raster, float(layer["altitude_m"]), pattern="curve", hfov_deg=hfov_deg,
-                                   speed_mps=speed_mps, fps=1.0, photometric=photometric, max_frames=frames, seed=s)
-                name = f"{Path(raster).stem}@{fl.altitude_m:g}-{k}"
+                wp = None
+                if outside_x is not None:
+                    from tiles.raster import open_raster
+
+                    fp = float(layer["footprint_m"])
+                    with open_raster(raster) as r:
+                        b = r.bounds_m
+                    wp = curve_waypoints((b[0], b[1], outside_x - fp, b[3]), margin_m=0.75 * fp, seed=s)
+                fl = GeoTiffFlight(raster, float(layer["altitude_m"]), pattern="curve", waypoints=wp,
+                                   hfov_deg=hfov_deg, speed_mps=speed_mps, fps=1.0, photometric=photometric,
+                                   max_frames=frames, seed=s)
+                name = f"{tag}{Path(raster).stem}@{fl.altitude_m:g}-{k}"
                 cached = Path(cache_dir) / f"{name}.npz" if cache_dir else None
                 if cached is not None and cached.is_file():
                     records.append(load_record(cached))
                     continue
-                records.append(record_flight(engine, vo, db, fl, hfov_deg=hfov_deg, name=name))
+                records.append(record_flight(engine, vo, db, fl, hfov_deg=hfov_deg, name=name,
+                                             in_map=outside_x is None))
                 if cached is not None:
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     save_record(cached, records[-1])
@@ -173,7 +210,13 @@ def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, pr
     check_engine_database(engine, db)
     records = calibration_records(engine, db, [Path(r) for r in rasters], hfov_deg=hfov_deg, frames=frames,
                                   cache_dir=cache_dir)
-    lik, report = fit_likelihood(db, records)
+    import tempfile
+
+    work = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="geoloc-calib-"))
+    east = TileDatabase.open(half_database(db, work / "east_db", "east"))
+    off = calibration_records(engine, east, [Path(r) for r in rasters], hfov_deg=hfov_deg, frames=frames,
+                              cache_dir=cache_dir, outside_x=float(np.asarray(east.entries["x"]).min()), tag="off-")
+    lik, report = fit_likelihood(db, records, offmap=(east, off))
     lik["fitted_on"] = {"rasters": [Path(r).name for r in rasters], "database": Path(db_path).name,
                         "engine": engine.name, "frames": int(sum(len(r.t) for r in records)),
                         "final": report["final"]}

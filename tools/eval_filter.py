@@ -29,22 +29,6 @@ from tools.demo import naip
 log = logging.getLogger("eval_filter")
 
 
-def west_half_database(db, out: Path) -> Path:
-    """The tiles of ``db`` whose centre lies in the western half of the map (the same embeddings)."""
-    from tiles.db import write_database
-
-    if (out / "manifest.json").is_file():
-        return out
-    x = np.asarray(db.entries["x"])
-    xmid = 0.5 * (float(x.min()) + float(x.max()))
-    keep = x < xmid
-    m = db.manifest
-    extra = dict(m.get("extra", {}), note=f"western half of {db.path.name}: tiles with x < {xmid:.0f}")
-    write_database(out, np.asarray(db.embeddings, np.float32)[keep], db.entries[keep], layers=m["layers"],
-                   model=m["model"], preprocess=m["preprocess"], crs=m["crs"], sources=m["sources"], extra=extra)
-    return out
-
-
 class _Chain:
     """Frames of two flights: the first ``cut`` of ``a``, then ``b`` from ``cut`` on (a kidnapping)."""
 
@@ -227,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from export.calibrate_likelihood import half_database
     from runtime.bundle import read_bundle
     from runtime.engine import load_engine
     from runtime.map_filter import MapFilterConfig
@@ -248,7 +233,7 @@ def main(argv=None) -> int:
                              report_path=args.out / "calibration_report.json", cache_dir=args.out / "calib_records")
     lik = Likelihood.from_manifest(read_bundle(bundle).manifest)
     db = TileDatabase.open(args.db)
-    west = TileDatabase.open(west_half_database(db, args.out / "west_db"))
+    west = TileDatabase.open(half_database(db, args.out / "west_db", "west"))
     engine = load_engine(bundle, precision=args.precision, threads=args.threads)
     todo = flights(args, db, west)
     recs = record_all(args, engine, todo)
