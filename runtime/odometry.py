@@ -194,7 +194,8 @@ def frame_texture(image_rgb: np.ndarray, max_side_px: int = 160) -> float:
     f = min(1.0, max_side_px / max(h, w))
     small = cv2.resize(image_rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
     grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    seen = small.max(axis=2) > 0
+    seen = cv2.erode((small.max(axis=2) > 0).astype(np.uint8), np.ones((5, 5), np.uint8),
+                     borderType=cv2.BORDER_CONSTANT, borderValue=1) > 0  # not the blended rim of the black
     return float(grey[seen].std()) if seen.sum() > 16 else 0.0
 
 
