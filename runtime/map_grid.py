@@ -8,7 +8,7 @@ interpolation, and tiles near a point can be listed without a search.
 :class:`Likelihood` turns a similarity into a log likelihood ratio "this frame was taken here" against
 "this frame is of somewhere else"::
 
-    log LR(s) = clip((s - offset) / temperature, -clip, +clip)
+    log LR(s) = clip((s - offset) / temperature, -clip_low, +clip)
 
 ``offset`` is the similarity at which both are equally likely and ``temperature`` how fast the evidence
 grows with the similarity. Both depend on the model (how its similarities of true and false matches are
@@ -37,7 +37,8 @@ class Likelihood:
     temperature: float
     offset: float
     centre: str = "median"  # none | median: subtract the frame's median similarity first
-    clip: float = 6.0  # bound on |log LR| per frame (one odd frame cannot decide alone)
+    clip: float = 6.0  # bound on a frame's log LR for a place (one odd frame cannot lock the filter)
+    clip_low: float = 6.0  # bound on its evidence against a place (a kidnapping must show at once)
     r95_scale: float = 1.0  # the filter's 95 % radius is multiplied by this (calibrated)
     source: str = "fallback"  # "bundle" when read from a manifest
 
@@ -46,7 +47,7 @@ class Likelihood:
             raise ValueError(f"likelihood temperature must be > 0, got {self.temperature}; re-run the calibration")
         if self.centre not in CENTRES:
             raise ValueError(f"likelihood centre {self.centre!r} is not one of {CENTRES}")
-        if not (self.clip > 0 and self.r95_scale > 0 and math.isfinite(self.offset)):
+        if not (self.clip > 0 and self.clip_low > 0 and self.r95_scale > 0 and math.isfinite(self.offset)):
             raise ValueError(f"likelihood clip, r95_scale must be > 0 and offset finite: {self}")
 
     def log_lr(self, scores: np.ndarray, reference: float) -> np.ndarray:
@@ -54,7 +55,7 @@ class Likelihood:
         s = np.asarray(scores, np.float32)
         if self.centre == "median":
             s = s - np.float32(reference)
-        return np.clip((s - np.float32(self.offset)) / np.float32(self.temperature), -self.clip, self.clip)
+        return np.clip((s - np.float32(self.offset)) / np.float32(self.temperature), -self.clip_low, self.clip)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -122,7 +122,7 @@ def latency(args, engine, db, n: int = 20) -> dict:
     the first ``n`` frames of the first year's flight at the lowest altitude: the largest layer)."""
     from runtime.map_filter import MapFilter, MapFilterConfig
     from runtime.map_grid import Likelihood
-    from runtime.odometry import VisualOdometry
+    from runtime.odometry import OdometryConfig, VisualOdometry
     from runtime.preprocess import north_up
     from runtime.replay.flights import GeoTiffFlight
 
@@ -131,9 +131,10 @@ def latency(args, engine, db, n: int = 20) -> dict:
                        speed_mps=40.0, fps=1.0, photometric=0.3, max_frames=n)
     layer = db.layer_for_altitude(alt)
     mf, vo = MapFilter(db, layer, MapFilterConfig(), Likelihood.from_manifest(None)), VisualOdometry()
+    orb = VisualOdometry(OdometryConfig(detector="orb", max_side_px=256))
     sl = db.layer_slice(layer)
-    emb_layer = np.asarray(db.embeddings[sl], np.float32)
-    ms = {"engine": [], "odometry": [], "filter": []}
+    emb_layer = np.asarray(db.embeddings[sl], np.float32)  # converted once, as runtime.search.Searcher does
+    ms = {"engine": [], "odometry": [], "filter": [], "odometry_orb": []}
     for t, image, meta in fl:
         up = north_up(image, meta["heading_deg"])
         t0 = time.perf_counter()
@@ -143,11 +144,13 @@ def latency(args, engine, db, n: int = 20) -> dict:
         t2 = time.perf_counter()
         mf.predict(t, m)
         rows = mf.rows_to_score()
-        scores = emb_layer @ q if rows is None else np.asarray(db.embeddings[rows], np.float32) @ q
+        scores = emb_layer @ q if rows is None else emb_layer[rows - sl.start] @ q
         mf.update(rows, scores)
         mf.estimate()
         t3 = time.perf_counter()
-        for k, v in zip(ms, (t1 - t0, t2 - t1, t3 - t2)):
+        orb.update(up, t, alt, args.hfov, None)
+        t4 = time.perf_counter()
+        for k, v in zip(ms, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             ms[k].append(1e3 * v)
     med = {k: float(np.median(v)) for k, v in ms.items()}
     med["fps_ratio"] = med["engine"] / (med["engine"] + med["odometry"] + med["filter"])
