@@ -55,8 +55,9 @@ class MapFilterConfig:
     local_mass: float = 0.9  # score only tiles near the posterior when its cluster holds this share
     global_every: int = 10  # ... but the whole layer every this many frames
     prior_out: float = 0.05  # with a prior position: the probability it is wrong (off the map)
-    max_blind_frames: int = 3  # untrusted after this many frames in a row without odometry: frames that
-    # do not move with the ground (noise, a frozen or uniform picture) can match one map tile every time
+    max_blind_frames: int = 1  # untrusted after this many frames in a row without odometry: frames that
+    # do not move with the ground (noise, a frozen or uniform picture) can match one map tile every time,
+    # and a picture that jumped (a kidnapping, a dropped stretch) must not be trusted at the old place
     min_texture: float = 4.0  # frames whose grey level varies less (std) carry no position: no update
 
     def __post_init__(self):
