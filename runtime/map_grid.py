@@ -81,9 +81,9 @@ class Likelihood:
         return cls.from_dict(d)
 
 
-# Used only when a bundle carries no calibration: fitted on the demo's trained lite0 model (export-time
-# calibration on its training years' views); see docs/results/filter.md.
-FALLBACK = Likelihood(temperature=0.05, offset=0.15, centre="median", clip=6.0, r95_scale=1.0)
+# Used only when a bundle carries no calibration: what the export-time calibration fitted for the demo's
+# trained lite0 model (flights from NAIP 2010/2012/2014 over the 2018 map); see docs/results/filter.md.
+FALLBACK = Likelihood(temperature=0.068, offset=0.129, centre="median", clip=2.0, clip_low=6.0, r95_scale=1.13)
 
 
 class LayerGrid:
