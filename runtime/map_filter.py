@@ -47,8 +47,8 @@ class MapFilterConfig:
     odo_rel_sigma: float = 0.1  # odometry noise: share of the distance (1 sigma per axis)
     odo_abs_sigma_m: float = 3.0  # plus this (metres, 1 sigma per axis)
     accel_mps2: float = 2.0  # velocity random walk (1 sigma per second)
-    kidnap_rate: float = 0.02  # share of the probability spread anywhere, per second
-    in_map_prior: float = 0.5  # at start and for "anywhere": the share on the map (the rest: off the map)
+    kidnap_rate: float = 0.005  # share of the probability spread anywhere, per second
+    in_map_prior: float = 0.1  # at start and for "anywhere": the share on the map (the rest: off the map)
     trust_mass: float = 0.95  # trusted only when the mode's cluster holds this share of all probability
     trust_r95_frac: float = 0.5  # ... and its 95 % radius is at most this many footprints
     min_updates: int = 2  # frames measured before anything is trusted

