@@ -58,6 +58,7 @@ class MapFilterConfig:
     max_blind_frames: int = 1  # untrusted after this many frames in a row without odometry: frames that
     # do not move with the ground (noise, a frozen or uniform picture) can match one map tile every time,
     # and a picture that jumped (a kidnapping, a dropped stretch) must not be trusted at the old place
+    jump_spread: float = 0.3  # share spread anywhere when the odometry says the picture jumped
     min_texture: float = 4.0  # frames whose grey level varies less (std) carry no position: no update
 
     def __post_init__(self):
@@ -156,7 +157,8 @@ class MapFilter:
             d, sigma = np.zeros(2), cfg.max_speed_mps * dt / 2.0
         self._translate(d)
         self._blur(sigma)
-        self._spread(min(1.0, cfg.kidnap_rate * dt))
+        jumped = bool(getattr(motion, "jump", False))  # textured frames that do not match: a kidnapping?
+        self._spread(max(min(1.0, cfg.kidnap_rate * dt), cfg.jump_spread if jumped else 0.0))
 
     def _velocity_update(self, z: np.ndarray, sigma: float) -> None:
         k = self.pv @ np.linalg.inv(self.pv + np.eye(2) * sigma**2)

@@ -70,6 +70,7 @@ class Motion:
     sigma_m: float = math.nan  # 1-sigma of each displacement component from the fit's residuals
     scale: float = math.nan  # > 1: the ground looks bigger (the drone descended)
     reason: str = ""
+    jump: bool = False  # both frames textured, yet they do not match: the picture jumped (or a blur)
 
     @property
     def distance_m(self) -> float:
@@ -157,7 +158,7 @@ class VisualOdometry:
         pairs = self._matcher.knnMatch(prev.desc, cur.desc, k=2)
         good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < cfg.ratio * p[1].distance]
         if len(good) < need:
-            return Motion(False, dt_s=dt, matches=len(good), reason=f"too few matches ({len(good)})")
+            return Motion(False, dt_s=dt, matches=len(good), reason=f"too few matches ({len(good)})", jump=True)
         src = prev.kps[[m.queryIdx for m in good]]
         dst = cur.kps[[m.trainIdx for m in good]]
         method = cv2.LMEDS if cfg.estimator == "lmeds" else cv2.RANSAC
@@ -166,7 +167,7 @@ class VisualOdometry:
         n_in = int(inl.sum()) if inl is not None else 0
         if a is None or n_in < need or n_in < cfg.min_inlier_ratio * len(good):
             return Motion(False, dt_s=dt, inliers=n_in, matches=len(good),
-                          reason=f"no consistent motion ({n_in} inliers of {len(good)} matches)")
+                          reason=f"no consistent motion ({n_in} inliers of {len(good)} matches)", jump=True)
         scale = float(math.hypot(a[0, 0], a[1, 0]))
         if abs(scale - 1.0) > cfg.max_scale_change:
             return Motion(False, dt_s=dt, inliers=n_in, matches=len(good), scale=scale,

@@ -128,7 +128,7 @@ def summarize(frames: list[dict]) -> dict:
     }
 
 
-_MOTION_FIELDS = ("ok", "dx_e_m", "dy_n_m", "dyaw_deg", "dt_s", "inliers", "matches", "sigma_m", "scale")
+_MOTION_FIELDS = ("ok", "dx_e_m", "dy_n_m", "dyaw_deg", "dt_s", "inliers", "matches", "sigma_m", "scale", "jump")
 
 
 def save_record(path, rec: FlightRecord) -> None:
@@ -142,6 +142,11 @@ def save_record(path, rec: FlightRecord) -> None:
                  reasons=np.array([m.reason for m in rec.motions]), **mot)
 
 
+def _jumped(reason: str) -> bool:
+    """For records saved before Motion.jump existed: the reasons that mean textured frames did not match."""
+    return reason.startswith(("too few matches", "no consistent motion"))
+
+
 def load_record(path) -> FlightRecord:
     from ..odometry import Motion
 
@@ -149,6 +154,8 @@ def load_record(path) -> FlightRecord:
     n = len(z["t"])
     motions = [Motion(bool(z["m_ok"][i]), *(float(z[f"m_{k}"][i]) for k in _MOTION_FIELDS[1:5]),
                       int(z["m_inliers"][i]), int(z["m_matches"][i]), float(z["m_sigma_m"][i]),
-                      float(z["m_scale"][i]), str(z["reasons"][i])) for i in range(n)]
+                      float(z["m_scale"][i]), str(z["reasons"][i]),
+                      bool(z["m_jump"][i]) if "m_jump" in z.files else _jumped(str(z["reasons"][i])))
+               for i in range(n)]
     tex = z["texture"] if "texture" in z.files else None
     return FlightRecord(str(z["name"]), int(z["layer"]), z["t"], z["truth"], z["emb"], motions, bool(z["in_map"]), tex)
