@@ -11,7 +11,8 @@ approximates), plus one number, ``p_out``: the probability that the drone is not
   plus ``odo_abs_sigma_m``); without odometry it moves with the velocity estimate, its noise growing with
   the velocity's uncertainty, never faster than ``max_speed_mps``. Then a share ``kidnap_rate`` per second
   of the probability is spread anywhere (over the map with ``in_map_prior``, else off it): that is what
-  lets the filter notice a kidnapping and start again.
+  lets the filter notice a kidnapping and start again; ``jump_spread`` of it when the odometry reports
+  that two textured frames do not match (``Motion.jump``: the picture jumped).
 - update (per frame): every grid cell is weighted by the likelihood ratio of the similarity of the tile
   there (bilinear between tile centres; :class:`runtime.map_grid.Likelihood`, calibrated per model), the
   off-map hypothesis by 1 (its ratio by definition). Tiles not scored this frame count as the frame's
@@ -19,7 +20,8 @@ approximates), plus one number, ``p_out``: the probability that the drone is not
 - the estimate: the mode's cluster (cells within one footprint of the most probable cell); its mean,
   covariance, the radius around the mean holding 95 % of its probability (``r95_m``, times the calibrated
   ``r95_scale``), and its share of all probability. ``trusted`` only when that share is at least
-  ``trust_mass`` (one mode, on the map) and ``r95_m`` at most ``trust_r95_frac`` footprints.
+  ``trust_mass`` (one mode, on the map), ``r95_m`` at most ``trust_r95_frac`` footprints, and the
+  odometry saw the ground move on this frame (``max_blind_frames``).
 - search cost: :meth:`MapFilter.rows_to_score` asks for the tiles near the posterior when it is
   concentrated (``local_mass`` of it within the cluster), for the whole layer otherwise and every
   ``global_every`` frames (so a kidnapping is seen).
