@@ -5,12 +5,15 @@ Desktop::
     python -m export runs/x/checkpoint.pt --out bundle --fp16 --int8 --calib-tif map.tif \\
         --eval-tifs data/naip/..._2016.tif data/naip/..._2020.tif data/naip/..._2018.tif --max-r1-drop 2 \\
         --tiles map.tif --altitudes 150 200 250 300 --hfov 60 \\
-        --projection-tifs train_2010.tif train_2012.tif --descriptor-dim 256 --ann auto
+        --projection-tifs train_2010.tif train_2012.tif --descriptor-dim 256 --ann auto \\
+        --likelihood-tif train_2014.tif
 
 ``--descriptor-dim`` appends a PCA-whitening projection fitted on views of ``--projection-tifs`` (training
 years only) and tiles of ``--tiles`` (default 256 when those are given: docs/results/search.md); ``--ann``
 adds a FAISS IVF-PQ index to layers of >= ``--ann-min-rows`` tiles for global search (auto: when
 faiss-cpu is installed).
+``--likelihood-tif`` calibrates the map filter's likelihood on flights rendered from training-year rasters
+(never the held-out years) over the tile database just built, and stores it in the bundle's manifest.
 
 Jetson (no torch needed)::
 
@@ -93,6 +96,9 @@ def parse_args(argv=None):
                          "lowest altitude (never finer than the map; default 512)")
     ap.add_argument("--no-imagery", action="store_true", help="no map imagery in the database (retrieval only)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
+    ap.add_argument("--likelihood-tif", type=Path, nargs="+", default=[],
+                    help="GeoTIFF(s) of the database's area from other dates than those you evaluate on: fit the map "
+                         "filter's likelihood on flights rendered from them (stored in the bundle manifest)")
     ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
                                                     "gallery_satellite, or class folders")
     ap.add_argument("--gallery-out", type=Path, help="gallery database folder (default BUNDLE/gallerydb)")
@@ -162,6 +168,13 @@ def main(argv=None) -> int:
                                      imagery_px=None if args.no_imagery else args.imagery_px)
             if db is not None:
                 log.info("tile database %s", db)
+        if args.likelihood_tif:
+            from .calibrate_likelihood import calibrate_bundle
+
+            db = args.db_out or Path(bundle) / "tiledb"
+            lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov)
+            log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f", lik["temperature"], lik["offset"],
+                     lik["r95_scale"])
         if args.gallery:
             from .tiledb_build import build_gallery_database
 

@@ -1,0 +1,304 @@
+"""A Bayesian filter over one altitude layer of the map: where the drone is, given every frame so far.
+
+One frame's retrieval is ambiguous (fields look alike); a flight is not: the drone moves continuously and
+the odometry says how. The posterior is held on a regular grid of cells ``cell_frac * stride`` wide over
+the layer's tiles (a histogram filter: exact, multimodal, no sampling noise; what a particle filter
+approximates), plus one number, ``p_out``: the probability that the drone is not over this map at all
+(off its edge, over another place, or the frames show nothing of the ground).
+
+- predict (per frame): the grid moves with the odometry's displacement (carried as a sub-cell offset, so
+  moving it adds no numerical blur) and is blurred by the motion noise (``odo_rel_sigma`` of the distance,
+  plus ``odo_abs_sigma_m``); without odometry it moves with the velocity estimate, its noise growing with
+  the velocity's uncertainty, never faster than ``max_speed_mps``. Then a share ``kidnap_rate`` per second
+  of the probability is spread anywhere (over the map with ``in_map_prior``, else off it): that is what
+  lets the filter notice a kidnapping and start again; ``jump_spread`` of it when the odometry reports
+  that two textured frames do not match (``Motion.jump``: the picture jumped).
+- update (per frame): every grid cell is weighted by the likelihood ratio of the similarity of the tile
+  there (bilinear between tile centres; :class:`runtime.map_grid.Likelihood`, calibrated per model), the
+  off-map hypothesis by 1 (its ratio by definition). Tiles not scored this frame count as the frame's
+  median similarity.
+- the estimate: the mode's cluster (cells within one footprint of the most probable cell); its mean,
+  covariance, the radius around the mean holding 95 % of its probability (``r95_m``, times the calibrated
+  ``r95_scale``), and its share of all probability. ``trusted`` only when that share is at least
+  ``trust_mass`` (one mode, on the map), ``r95_m`` at most ``trust_r95_frac`` footprints, and the
+  odometry saw the ground move on this frame (``max_blind_frames``).
+- search cost: :meth:`MapFilter.rows_to_score` asks for the tiles near the posterior when it is
+  concentrated (``local_mass`` of it within the cluster), for the whole layer otherwise and every
+  ``global_every`` frames (so a kidnapping is seen).
+
+The velocity (east, north) is a Kalman state of its own, measured by the odometry (displacement / dt),
+with a random-walk acceleration ``accel_mps2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .map_grid import LayerGrid, Likelihood
+
+CHI2_2D_95 = 5.991  # 95 % quantile of chi-square with 2 degrees of freedom
+
+
+@dataclass
+class MapFilterConfig:
+    cell_frac: float = 0.25  # grid cell, fraction of the tile stride
+    max_speed_mps: float = 50.0  # bound of the random walk without odometry
+    odo_rel_sigma: float = 0.1  # odometry noise: share of the distance (1 sigma per axis)
+    odo_abs_sigma_m: float = 3.0  # plus this (metres, 1 sigma per axis)
+    accel_mps2: float = 2.0  # velocity random walk (1 sigma per second)
+    kidnap_rate: float = 0.005  # share of the probability spread anywhere, per second
+    in_map_prior: float = 0.1  # at start and for "anywhere": the share on the map (the rest: off the map)
+    trust_mass: float = 0.95  # trusted only when the mode's cluster holds this share of all probability
+    trust_r95_frac: float = 0.5  # ... and its 95 % radius is at most this many footprints
+    min_updates: int = 2  # frames measured before anything is trusted
+    local_mass: float = 0.9  # score only tiles near the posterior when its cluster holds this share
+    global_every: int = 10  # ... but the whole layer every this many frames
+    prior_out: float = 0.05  # with a prior position: the probability it is wrong (off the map)
+    max_blind_frames: int = 1  # untrusted after this many frames in a row without odometry: frames that
+    # do not move with the ground (noise, a frozen or uniform picture) can match one map tile every time,
+    # and a picture that jumped (a kidnapping, a dropped stretch) must not be trusted at the old place
+    jump_spread: float = 0.3  # share spread anywhere when the odometry says the picture jumped
+    min_texture: float = 4.0  # frames whose grey level varies less (std) carry no position: no update
+
+    def __post_init__(self):
+        if not 0 < self.cell_frac <= 1:
+            raise ValueError(f"cell_frac must be in (0, 1], got {self.cell_frac}")
+        if not 0 < self.in_map_prior < 1 or not 0 < self.trust_mass < 1:
+            raise ValueError(f"in_map_prior and trust_mass must be in (0, 1): {self.in_map_prior}, {self.trust_mass}")
+        if self.max_speed_mps <= 0 or self.kidnap_rate < 0:
+            raise ValueError(f"max_speed_mps must be > 0 and kidnap_rate >= 0: {self.max_speed_mps}, {self.kidnap_rate}")
+
+
+@dataclass
+class Estimate:
+    x: float  # metres, database CRS (east)
+    y: float  # (north)
+    cov_xy: tuple[float, float, float]  # var_x, var_y, cov (m^2)
+    r95_m: float
+    mass: float  # probability share of the mode's cluster (of everything, off-map included)
+    p_out: float  # probability of not being over this map
+    vel_e_mps: float
+    vel_n_mps: float
+    speed_accuracy_mps: float  # 1 sigma
+    trusted: bool
+    reason: str
+
+
+class MapFilter:
+    """Posterior over one layer (module docstring). Per frame: predict, rows_to_score, update, estimate."""
+
+    def __init__(self, db, layer: int | str, cfg: MapFilterConfig | None = None,
+                 likelihood: Likelihood | None = None, seed: int = 0):
+        self.cfg = cfg or MapFilterConfig()
+        self.lik = likelihood or Likelihood.from_manifest(None)
+        self.grid = LayerGrid(db, layer)
+        self.seed = seed  # the filter is deterministic; kept for the API's sake
+        g = self.grid
+        self.cell_m = g.stride_m * self.cfg.cell_frac
+        pad = g.stride_m / 2.0  # the drone may be half a stride beyond the outer tile centres
+        self.gx0, self.gy1 = g.x0 - pad, g.y1 + pad  # centre of cell (0, 0)
+        self.shape = (int(math.ceil((g.y1 - g.y0 + 2 * pad) / self.cell_m)) + 1,
+                      int(math.ceil((g.x1 - g.x0 + 2 * pad) / self.cell_m)) + 1)
+        jj, ii = np.meshgrid(np.arange(self.shape[1]), np.arange(self.shape[0]))
+        self._cx, self._cy = jj * self.cell_m, -ii * self.cell_m  # cell offsets from (gx0, gy1)
+        self.reset()
+
+    # ---- state ----------------------------------------------------------------------------------
+    def reset(self, prior: tuple[float, float, float] | None = None) -> None:
+        """Start again: global (no prior) or from a position (x, y, sigma_m) that may be wrong."""
+        self.off = np.zeros(2)  # sub-cell offset of the grid (metres, east/north)
+        self.t: float | None = None
+        self.v, self.pv = np.zeros(2), np.eye(2) * (self.cfg.max_speed_mps / 2.0) ** 2
+        self.vel_known = False
+        self.n_updates, self.since_global, self.blind = 0, 10**9, 0
+        n = self.shape[0] * self.shape[1]
+        if prior is None:
+            self.p = np.full(self.shape, self.cfg.in_map_prior / n)
+            self.p_out = 1.0 - self.cfg.in_map_prior
+        else:
+            x, y, sigma = (float(v) for v in prior)
+            sigma = max(sigma, self.cell_m / 2.0)
+            cx, cy = self.cell_xy()
+            g = np.exp(-((cx - x) ** 2 + (cy - y) ** 2) / (2 * sigma**2))
+            if g.sum() <= 0:
+                raise ValueError(f"the prior ({x:.0f}, {y:.0f}) +- {sigma:.0f} m lies off this map layer")
+            self.p = (1.0 - self.cfg.prior_out) * g / g.sum()
+            self.p_out = self.cfg.prior_out
+
+    def cell_xy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Metric x, y of every grid cell's centre (now: the grid moves with the drone)."""
+        return self.gx0 + self.off[0] + self._cx, self.gy1 + self.off[1] + self._cy
+
+    # ---- predict --------------------------------------------------------------------------------
+    def predict(self, t: float, motion=None) -> None:
+        """Move the posterior to time ``t`` with the odometry ``motion`` (runtime.odometry.Motion) or none."""
+        if self.t is None:
+            self.t = float(t)
+            return
+        dt = float(t) - self.t
+        self.t = float(t)
+        if dt <= 0:
+            return
+        cfg = self.cfg
+        self.pv = self.pv + np.eye(2) * (cfg.accel_mps2 * dt) ** 2
+        moved = motion is not None and getattr(motion, "ok", False)
+        self.blind = 0 if moved else self.blind + 1
+        if moved:
+            d = np.array([motion.dx_e_m, motion.dy_n_m], float)
+            ms = motion.sigma_m if math.isfinite(motion.sigma_m) else 0.0
+            sigma = math.sqrt(cfg.odo_abs_sigma_m**2 + (cfg.odo_rel_sigma * float(np.hypot(*d))) ** 2 + ms**2)
+            self._velocity_update(d / dt, sigma / dt)
+        elif self.vel_known:
+            d = self.v * dt
+            sigma = min(math.sqrt(float(np.trace(self.pv)) / 2.0) * dt + cfg.odo_abs_sigma_m,
+                        cfg.max_speed_mps * dt)
+        else:
+            d, sigma = np.zeros(2), cfg.max_speed_mps * dt / 2.0
+        self._translate(d)
+        self._blur(sigma)
+        jumped = bool(getattr(motion, "jump", False))  # textured frames that do not match: a kidnapping?
+        self._spread(max(min(1.0, cfg.kidnap_rate * dt), cfg.jump_spread if jumped else 0.0))
+
+    def _velocity_update(self, z: np.ndarray, sigma: float) -> None:
+        k = self.pv @ np.linalg.inv(self.pv + np.eye(2) * sigma**2)
+        self.v = self.v + k @ (z - self.v)
+        self.pv = (np.eye(2) - k) @ self.pv
+        self.vel_known = True
+
+    def _translate(self, d: np.ndarray) -> None:
+        self.off += d
+        k = np.rint(self.off / self.cell_m).astype(int)  # whole cells: east = +columns, north = -rows
+        if not k.any():
+            return
+        self.off -= k * self.cell_m
+        before = self.p.sum()
+        self.p = _shift(self.p, -int(k[1]), int(k[0]))
+        self.p_out += before - self.p.sum()  # what moved off the map
+
+    def _blur(self, sigma_m: float) -> None:
+        import cv2
+
+        s = sigma_m / self.cell_m
+        if s < 0.3:
+            return
+        before = self.p.sum()
+        self.p = cv2.GaussianBlur(self.p, (0, 0), s, borderType=cv2.BORDER_CONSTANT)
+        self.p_out += max(0.0, before - self.p.sum())
+
+    def _spread(self, h: float) -> None:
+        if h <= 0:
+            return
+        n = self.p.size
+        self.p = (1.0 - h) * self.p + h * self.cfg.in_map_prior / n
+        self.p_out = (1.0 - h) * self.p_out + h * (1.0 - self.cfg.in_map_prior)
+
+    # ---- measure --------------------------------------------------------------------------------
+    def rows_to_score(self) -> np.ndarray | None:
+        """Database rows to score this frame: near the posterior when concentrated, None = the whole layer."""
+        if self.since_global >= self.cfg.global_every:
+            return None
+        mx, my, mass, r95 = self._cluster()[:4]
+        if mass < self.cfg.local_mass:
+            return None
+        return self.grid.rows_near(mx, my, r95 + 1.5 * self.grid.footprint_m)
+
+    def update(self, rows: np.ndarray | None, scores: np.ndarray) -> None:
+        """Weigh the posterior by the frame's similarities ``scores`` to the tiles ``rows`` (None: all)."""
+        import cv2
+
+        scores = np.asarray(scores, np.float32).ravel()
+        n = len(self.grid) if rows is None else len(rows)
+        if len(scores) != n or n == 0:
+            raise ValueError(f"{len(scores)} scores for {n} rows: pass the scores of the rows rows_to_score gave")
+        ref = float(np.median(scores))
+        img = self.grid.score_image(rows, scores, fill=ref)
+        cx, cy = self.cell_xy()
+        u = ((cx - self.grid.x0) / self.grid.stride_m).astype(np.float32)
+        v = ((self.grid.y1 - cy) / self.grid.stride_m).astype(np.float32)
+        s = cv2.remap(img, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        self.p = self.p * np.exp(self.lik.log_lr(s, ref).astype(np.float64))
+        self._normalise()
+        self.n_updates += 1
+        self.since_global = 0 if rows is None else self.since_global + 1
+
+    def update_position(self, x: float, y: float, sigma_m: float, p_wrong: float = 0.01) -> None:
+        """Weigh by a precise position measurement (registration): Gaussian ``sigma_m``; ``p_wrong``: the
+        chance the measurement is an outlier (keeps the rest of the posterior alive)."""
+        cx, cy = self.cell_xy()
+        s2 = sigma_m**2 + self.cell_m**2 / 12.0
+        like = (1 - p_wrong) * np.exp(-((cx - x) ** 2 + (cy - y) ** 2) / (2 * s2)) + p_wrong
+        self.p = self.p * like
+        self.p_out *= p_wrong
+        self._normalise()
+
+    def _normalise(self) -> None:
+        z = float(self.p.sum()) + self.p_out
+        if not z > 0 or not math.isfinite(z):
+            self.reset()
+            return
+        self.p /= z
+        self.p_out /= z
+
+    # ---- estimate -------------------------------------------------------------------------------
+    def _cluster(self):
+        """(mean x, mean y, mass, r95 (scaled), cov) of the cells within one footprint of the mode."""
+        i, j = np.unravel_index(int(np.argmax(self.p)), self.shape)
+        rad = int(math.ceil(self.grid.footprint_m / self.cell_m))
+        sl = (slice(max(0, i - rad), i + rad + 1), slice(max(0, j - rad), j + rad + 1))
+        p = self.p[sl]
+        cx, cy = self.cell_xy()
+        cx, cy = cx[sl], cy[sl]
+        mode_x, mode_y = self.gx0 + self.off[0] + j * self.cell_m, self.gy1 + self.off[1] - i * self.cell_m
+        inside = (cx - mode_x) ** 2 + (cy - mode_y) ** 2 <= self.grid.footprint_m**2
+        w = np.where(inside, p, 0.0)
+        mass = float(w.sum())
+        if mass <= 0:
+            return mode_x, mode_y, 0.0, math.inf, (math.inf, math.inf, 0.0)
+        mx, my = float((w * cx).sum() / mass), float((w * cy).sum() / mass)
+        q = self.cell_m**2 / 12.0  # a cell's own spread
+        vx = float((w * (cx - mx) ** 2).sum() / mass) + q
+        vy = float((w * (cy - my) ** 2).sum() / mass) + q
+        cxy = float((w * (cx - mx) * (cy - my)).sum() / mass)
+        d = np.hypot(cx - mx, cy - my)[inside]
+        order = np.argsort(d)
+        cum = np.cumsum(w[inside][order]) / mass
+        r_emp = float(d[order][min(int(np.searchsorted(cum, 0.95)), len(d) - 1)])
+        r95 = math.hypot(r_emp, self.cell_m / 2.0) * self.lik.r95_scale
+        return mx, my, mass, r95, (vx, vy, cxy)
+
+    def estimate(self) -> Estimate:
+        cfg = self.cfg
+        mx, my, mass, r95, cov = self._cluster()
+        max_r95 = cfg.trust_r95_frac * self.grid.footprint_m
+        if self.n_updates < cfg.min_updates:
+            reason = f"acquiring ({self.n_updates} of {cfg.min_updates} frames)"
+        elif self.blind >= cfg.max_blind_frames:
+            reason = f"no ground motion seen for {self.blind} frames (odometry failed)"
+        elif self.p_out > 1.0 - cfg.trust_mass:
+            reason = f"possibly off the map (p={self.p_out:.2f})"
+        elif mass < cfg.trust_mass:
+            reason = f"ambiguous: the best mode holds {mass:.0%} (needs {cfg.trust_mass:.0%})"
+        elif r95 > max_r95:
+            reason = f"spread: r95 {r95:.0f} m > {max_r95:.0f} m"
+        else:
+            reason = "ok"
+        sp = math.sqrt(float(np.linalg.eigvalsh(self.pv).max())) if self.vel_known else math.nan
+        ve, vn = (float(self.v[0]), float(self.v[1])) if self.vel_known else (math.nan, math.nan)
+        return Estimate(mx, my, cov, r95, mass, self.p_out, ve, vn, sp, reason == "ok", reason)
+
+
+def _shift(a: np.ndarray, drow: int, dcol: int) -> np.ndarray:
+    """``a`` moved by whole cells (rows down, columns right), zeros coming in."""
+    out = np.zeros_like(a)
+    h, w = a.shape
+    if abs(drow) >= h or abs(dcol) >= w:
+        return out
+    src_r = slice(max(0, -drow), h - max(0, drow))
+    dst_r = slice(max(0, drow), h - max(0, -drow))
+    src_c = slice(max(0, -dcol), w - max(0, dcol))
+    dst_c = slice(max(0, dcol), w - max(0, -dcol))
+    out[dst_r, dst_c] = a[src_r, src_c]
+    return out
