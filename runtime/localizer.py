@@ -26,31 +26,50 @@ The stages:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .map_filter import MapFilterConfig
+from .odometry import OdometryConfig
 from .position import Fix, PositionFilter, estimate_fix
 from .preprocess import north_up
 from .search import Matches, Searcher
+
+logger = logging.getLogger(__name__)
+FUSIONS = ("map_filter", "gate")
 
 
 @dataclass
 class LocalizerConfig:
     """The knobs of the flight chain (command-line options are generated from these fields)."""
 
+    fusion: str = field(default="map_filter", metadata={
+        "help": "map_filter: the sequential filter over the map (odometry, registration); gate: each frame's "
+                "own fix, trusted after consistent frames (the first version)", "choices": FUSIONS})
+    hfov_deg: float | None = field(default=None, metadata={
+        "help": "camera horizontal field of view, degrees (default: the tile database's)"})
+    odometry: bool = field(default=True, metadata={"help": "visual odometry between consecutive frames"})
+    registration: bool = field(default=True, metadata={
+        "help": "register frames to the map imagery (when the database carries it)"})
+    registration_every: int = field(default=1, metadata={"help": "register every N-th frame (cost)"})
+    verify_lock: bool = field(default=True, metadata={
+        "help": "trust a track only once registration verified it (when the database carries imagery)"})
+    map_filter: MapFilterConfig = field(default_factory=MapFilterConfig, metadata={"cli": False})
+    odometry_settings: OdometryConfig = field(default_factory=OdometryConfig, metadata={"cli": False})
     top_k: int = field(default=5, metadata={"help": "tiles kept per frame"})
     search_radius_m: float | None = field(default=None, metadata={
         "help": "search only tiles within this radius of the last trusted fix (default: the whole layer)"})
-    max_speed_mps: float = field(default=30.0, metadata={
-        "help": "fastest ground speed the drone can fly; a fix farther from the track is not trusted"})
-    min_confidence: float = field(default=0.3, metadata={"help": "confidence (0..1) a fix needs to be trusted"})
+    max_speed_mps: float = field(default=50.0, metadata={
+        "help": "fastest ground speed the drone can fly (bounds the motion without odometry)"})
+    min_confidence: float = field(default=0.3, metadata={"help": "gate: confidence (0..1) a fix needs"})
     acquire_frames: int = field(default=3, metadata={
-        "help": "consecutive consistent fixes before a track starts (or restarts after a jump)"})
+        "help": "gate: consecutive consistent fixes before a track starts (or restarts after a jump)"})
     margin_scale: float = field(default=0.05, metadata={
-        "help": "score margin to the best distant tile that gives confidence 1-1/e"})
+        "help": "score margin to the best distant tile that gives confidence 1-1/e (each frame's own fix)"})
     derotate: bool = field(default=True, metadata={
         "help": "turn each frame north-up by the heading before embedding"})
     layer_tolerance_frac: float = field(default=0.25, metadata={
@@ -62,7 +81,15 @@ class LocalizerConfig:
         validate.speed_mps(self.max_speed_mps, "--max-speed-mps")
         if self.search_radius_m is not None:
             validate.radius_m(self.search_radius_m, "--search-radius-m")
-        checks = {"top_k": self.top_k >= 1, "max_speed_mps": self.max_speed_mps > 0,
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion={self.fusion!r} is not one of {FUSIONS}")
+        if self.hfov_deg is not None:
+            validate.hfov_deg(self.hfov_deg, "--hfov-deg")
+        for name in ("map_filter", "odometry_settings"):  # a config file gives them as tables
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                setattr(self, name, (MapFilterConfig if name == "map_filter" else OdometryConfig)(**v))
+        checks = {"registration_every": self.registration_every >= 1, "top_k": self.top_k >= 1, "max_speed_mps": self.max_speed_mps > 0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "acquire_frames": self.acquire_frames >= 1,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
                   "search_radius_m": self.search_radius_m is None or self.search_radius_m > 0}
@@ -94,6 +121,7 @@ class Localization:
     layer: int | None
     timings_ms: dict[str, float]
     telemetry: Telemetry
+    fusion: dict = field(default_factory=dict)  # what the sequential fusion did (odometry, registration...)
 
 
 class Localizer:
@@ -104,11 +132,34 @@ class Localizer:
         self.filter = PositionFilter(max_speed_mps=self.cfg.max_speed_mps, min_confidence=self.cfg.min_confidence,
                                      acquire_frames=self.cfg.acquire_frames,
                                      reacquire_frames=self.cfg.acquire_frames)
+        self.fusion = self._map_fusion() if self.cfg.fusion == "map_filter" else None
+
+    def _map_fusion(self):
+        from .flight_fusion import MapFusion
+        from .map_grid import Likelihood
+
+        cfg = self.cfg
+        bundle = getattr(self.engine, "bundle", None)
+        lik = Likelihood.from_manifest(getattr(bundle, "manifest", None))
+        registrar = None
+        if cfg.registration:
+            from .registration import Registrar
+
+            registrar = Registrar.from_database(self.db)
+            if registrar is None:
+                logger.info("the tile database %s carries no map imagery: retrieval and odometry only, no "
+                            "registration (rebuild it with python -m export --tiles, or add it with "
+                            "python -m export.map_imagery DB MAP.tif)", getattr(self.db, "path", "?"))
+        return MapFusion(self.db, self.searcher, lik, filter_cfg=replace(cfg.map_filter, max_speed_mps=cfg.max_speed_mps),
+                         odometry_cfg=cfg.odometry_settings, hfov_deg=cfg.hfov_deg or database_hfov(self.db),
+                         use_odometry=cfg.odometry, registrar=registrar, registration_every=cfg.registration_every,
+                         verify_lock=cfg.verify_lock)
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""
         self.filter.reset()
-
+        if self.fusion is not None:
+            self.fusion.reset()
     def choose_layer(self, altitude_m: float | None) -> tuple[int | None, str]:
         """(layer, "") or (None, why there is no layer for this altitude)."""
         layers = self.db.layers
@@ -133,10 +184,12 @@ class Localizer:
         already (a replay embedding in batches); then ``image`` is not used."""
         cfg, t = self.cfg, telemetry.t
         t0 = time.perf_counter()
+        up = None
+        if image is not None:
+            up = north_up(image, telemetry.heading_deg) if cfg.derotate and telemetry.heading_deg is not None \
+                else image
         if embedding is None:
-            if cfg.derotate and telemetry.heading_deg is not None:
-                image = north_up(image, telemetry.heading_deg)
-            x = self.engine.prepare([image])
+            x = self.engine.prepare([up])
             t1 = time.perf_counter()
             emb = self.engine.embed_prepared(x)
         else:
@@ -144,6 +197,7 @@ class Localizer:
             emb = np.asarray(embedding, np.float32).reshape(1, -1)
         t2 = time.perf_counter()
         layer, why = self.choose_layer(telemetry.altitude_m)
+        info: dict = {}
         if layer is None:
             k = cfg.top_k
             matches = Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))
@@ -152,16 +206,25 @@ class Localizer:
             matches = self._search(emb, layer)
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
         t3 = time.perf_counter()
-        fused = self.filter.update(raw)
+        if self.fusion is None or layer is None:
+            fused = self.filter.update(raw) if self.fusion is None else replace(raw, trusted=False)
+        else:
+            fused, info = self.fusion.step(t, up, image, emb, layer, telemetry.altitude_m,
+                                           telemetry.heading_deg if cfg.derotate else None, matches.indices[0])
         if telemetry.capture_time_unix is not None:
             fused = replace(fused, capture_time_unix=telemetry.capture_time_unix)
         t4 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "search": (t3 - t2) * 1e3,
                    "fusion": (t4 - t3) * 1e3}
         return Localization(raw=raw, fix=fused, matches=matches, layer=layer, timings_ms=timings,
-                            telemetry=telemetry)
+                            telemetry=telemetry, fusion=info)
 
     def _search(self, emb: np.ndarray, layer: int) -> Matches:
+        if self.fusion is not None:  # the filter does the local search; these are the frame's own best tiles
+            return self.searcher.search_global(emb, k=self.cfg.top_k, layer=layer)
+        return self._search_gate(emb, layer)
+
+    def _search_gate(self, emb: np.ndarray, layer: int) -> Matches:
         """Top-k of the layer, around the last trusted fix when ``search_radius_m`` is set (the whole layer
         when nothing lies within the radius)."""
         k, radius, last = self.cfg.top_k, self.cfg.search_radius_m, self.filter.last
@@ -170,3 +233,18 @@ class Localizer:
             if m.indices[0, 0] >= 0:
                 return m
         return self.searcher.search(emb, k=k, layer=layer)
+
+
+def database_hfov(db) -> float:
+    """The camera field of view a tile database was cut for (its manifest, else a layer's record, else
+    from a layer's footprint and altitude)."""
+    hfov = (getattr(db, "manifest", None) or {}).get("extra", {}).get("hfov_deg")
+    for lay in db.layers:
+        if hfov is None and lay.get("hfov_deg") is not None:
+            hfov = lay["hfov_deg"]
+        if hfov is None and lay.get("footprint_m") and lay.get("altitude_m"):
+            hfov = math.degrees(2 * math.atan(float(lay["footprint_m"]) / 2 / float(lay["altitude_m"])))
+    if hfov is None:
+        raise ValueError(f"{getattr(db, 'path', 'the database')} does not record the camera's field of view: "
+                         "give --hfov-deg")
+    return float(hfov)

@@ -95,7 +95,7 @@ def test_serve_streams_match_the_flight_truth_within_the_reported_accuracy(tmp_p
     t_start = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), "--db", str(db), "--source",
-         str(frames), "--altitude", "150", "--min-confidence", "0", "--acquire-frames", "1",
+         str(frames), "--altitude", "150", "--fusion", "gate", "--min-confidence", "0", "--acquire-frames", "1",
          "--max-speed-mps", "100", "--jsonl", str(out), "--mavlink", f"udpout:127.0.0.1:{port}",
          "--mavlink-mode", "gps_input", "--gnss-serial", pty.path, "--gnss-protocols", "ubx,nmea"],
         stderr=subprocess.PIPE, text=True)

@@ -61,7 +61,7 @@ def test_serve_subprocess_sigterm_flushes_and_mavlink_sees_gps_input(tmp_path):
     mav_port, health_port = _free_port(), _free_port(socket.SOCK_STREAM)
     listener = mavutil.mavlink_connection(f"udpin:127.0.0.1:{mav_port}")
     cfg = tmp_path / "serve.json"
-    cfg.write_text(json.dumps({"min_confidence": 0.0, "acquire_frames": 1, "top_k": 4}))
+    cfg.write_text(json.dumps({"fusion": "gate", "min_confidence": 0.0, "acquire_frames": 1, "top_k": 4}))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--config", str(cfg), "--bundle", str(a["bundle"]),

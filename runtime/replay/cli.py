@@ -45,7 +45,6 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                    help="required: the tile database of --map, built by `python -m export --bundle B --tiles MAP "
                         "--altitudes-m 150 200 250 300 --hfov-deg 60 --db-out DB`")
     g.add_argument("--flight-raster", default=None, help="GeoTIFF the frames are rendered from (default: --map)")
-    g.add_argument("--hfov-deg", type=float, default=None, help="camera field of view (default: the database's)")
     add_dataclass_options(g, FlightSpec, group="the rendered flights")
     add_dataclass_options(g, LocalizerConfig, group="localisation (the same options as serve)")
 

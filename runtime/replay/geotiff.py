@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 FRAME_CSV_FIELDS = ("altitude_m", "index", "t", "true_x", "true_y", "est_x", "est_y", "fix_x", "fix_y",
                     "trusted", "confidence", "accuracy_m", "error_raw_m", "error_m", "top1_hit", "top5_hit",
-                    "top1_score", "reason", "preprocess_ms", "inference_ms", "search_ms", "fusion_ms")
+                    "top1_score", "reason", "r95_m", "vel_e_mps", "vel_n_mps", "yaw_deg", "odometry_ok",
+                    "registered", "rows_scored", "preprocess_ms", "inference_ms", "search_ms", "fusion_ms")
 
 
 
@@ -106,9 +107,39 @@ def frame_record(db, loc, meta: dict, index: int) -> dict:
         "top1_hit": _tile_hit(db, m.indices[0, :1], tx, ty) if has_truth else None,
         "top5_hit": _tile_hit(db, m.indices[0, :5], tx, ty) if has_truth else None,
         "top1_score": rnd(float(m.scores[0, 0]), 4), "reason": fix.reason,
+        "r95_m": rnd(fix.r95_m, 1), "vel_e_mps": rnd(fix.vel_e_mps, 3), "vel_n_mps": rnd(fix.vel_n_mps, 3),
+        "yaw_deg": rnd(fix.yaw_deg, 2), "footprint_m": rnd(_footprint(db, loc.layer), 1),
+        "in_map": bool(meta.get("in_map", True)), **{k: v for k, v in loc.fusion.items() if k != "registration_reason"},
         "preprocess_ms": rnd(ms["preprocess"], 3), "inference_ms": rnd(ms["inference"], 3),
         "search_ms": rnd(ms["search"], 3), "fusion_ms": rnd(ms["fusion"], 3),
     }
+
+
+def _footprint(db, layer) -> float:
+    if layer is None:
+        return math.nan
+    lay = db.layers[layer]
+    return float(lay.get("footprint_m") or np.median(db.entries["footprint_m"][db.layer_slice(layer)]))
+
+
+def flight_figures(records: list[dict]) -> dict:
+    """What decides whether a drone can fly on it: fix availability after the first trusted fix, time to the
+    first fix, wrong trusted fixes (error above one footprint; every trusted fix of a flight over a place
+    the map does not hold), and calibration (share of trusted fixes with the truth inside ``r95_m``)."""
+    trusted = [r for r in records if r["trusted"]]
+    first = next((i for i, r in enumerate(records) if r["trusted"]), None)
+    after = records[first + 1:] if first is not None else []
+    wrong = sum(1 for r in trusted if not r.get("in_map", True)
+                or (r["error_m"] is not None and r["footprint_m"] is not None and r["error_m"] > r["footprint_m"]))
+    inside = [r["error_m"] <= r["r95_m"] for r in trusted
+              if r.get("in_map", True) and r["error_m"] is not None and r.get("r95_m") is not None]
+    reg = [r["registered"] for r in records if r.get("registered") is not None]
+    odo = [r["odometry_ok"] for r in records if r.get("odometry_ok") is not None]
+    return {"trusted": len(trusted), "wrong_trusted": int(wrong), "ttff_frames": first,
+            "availability_pct": rnd(100.0 * sum(r["trusted"] for r in after) / len(after)) if after else None,
+            "calibration_pct": rnd(100.0 * float(np.mean(inside))) if inside else None,
+            "registered_pct": rnd(100.0 * float(np.mean(reg))) if reg else None,
+            "odometry_ok_pct": rnd(100.0 * float(np.mean(odo))) if odo else None}
 
 
 def summarize_flight(records: list[dict], wall_s: float | None = None) -> dict:
@@ -134,6 +165,7 @@ def summarize_flight(records: list[dict], wall_s: float | None = None) -> dict:
         "total_ms_p95": rnd(pct(total, 95), 3),
         "fps_pipeline": rnd(1e3 / pct(total, 50), 2) if total else None,
         "fps_wall": rnd(n / wall_s, 2) if wall_s else None,
+        **flight_figures(records),
     }
 
 
@@ -284,7 +316,8 @@ def _plot_flight(out: Path, alt: float, records: list[dict], summary: dict, map_
     return {f"track_{alt:g}": str(track), f"error_{alt:g}": str(error)}
 
 
-SUMMARY_CSV_FIELDS = ("altitude_m", "n_frames", "fix_rate", "error_m_median", "error_m_p95", "error_m_max",
+SUMMARY_CSV_FIELDS = ("altitude_m", "n_frames", "fix_rate", "availability_pct", "ttff_frames", "wrong_trusted",
+                      "calibration_pct", "registered_pct", "error_m_median", "error_m_p95", "error_m_max",
                       "error_raw_m_median", "error_raw_m_p95", "R@1", "R@5", "total_ms_median", "total_ms_p95",
                       "fps_pipeline", "fps_wall")
 
@@ -309,16 +342,19 @@ def _write_results(out: Path, results: dict, all_records: list[dict], plots: boo
 
 
 def geotiff_table(results: dict) -> str:
-    head = (f"{'alt':>5} | {'frames':>6} | {'fix %':>6} | {'err med':>8} {'err p95':>8} | {'raw med':>8} | "
-            f"{'R@1':>6} {'R@5':>6} | {'ms/frame':>8} {'fps':>6}")
-    lines = [f"GeoTIFF flights over {Path(results['map']).name} ({results['engine']})", head, "-" * len(head)]
+    head = (f"{'alt':>5} | {'frames':>6} | {'fix %':>6} {'avail':>6} {'ttff':>5} {'wrong':>5} {'calib':>6} | "
+            f"{'err med':>8} {'err p95':>8} | {'R@1':>6} {'R@5':>6} | {'reg %':>6} | {'ms/frame':>8}")
+    lines = [f"GeoTIFF flights over {Path(results['map']).name} ({results['engine']}; avail = trusted share after "
+             "the first fix, ttff = frames to it, wrong = trusted fixes off by more than a footprint, calib = "
+             "truth inside the 95 % radius)", head, "-" * len(head)]
 
     def f(v, w, nd=1):
         return f"{v:{w}.{nd}f}" if v is not None else f"{'-':>{w}}"
 
     for alt, s in results["altitudes"].items():
-        lines.append(f"{alt:>5} | {s['n_frames']:>6} | {f(s['fix_rate'], 6)} | {f(s['error_m_median'], 8)} "
-                     f"{f(s['error_m_p95'], 8)} | {f(s['error_raw_m_median'], 8)} | {f(s['R@1'], 6)} "
-                     f"{f(s['R@5'], 6)} | {f(s['total_ms_median'], 8, 2)} {f(s['fps_pipeline'], 6)}")
+        lines.append(f"{alt:>5} | {s['n_frames']:>6} | {f(s['fix_rate'], 6)} {f(s['availability_pct'], 6)} "
+                     f"{f(s['ttff_frames'], 5, 0)} {s['wrong_trusted']:>5} {f(s['calibration_pct'], 6)} | "
+                     f"{f(s['error_m_median'], 8)} {f(s['error_m_p95'], 8)} | {f(s['R@1'], 6)} {f(s['R@5'], 6)} | "
+                     f"{f(s['registered_pct'], 6)} | {f(s['total_ms_median'], 8, 2)}")
     return "\n".join(lines)
 
