@@ -25,8 +25,11 @@ def _check(result: dict, every_altitude: bool) -> None:
     # flights replayed through the runtime: every altitude produced frames and numbers
     s = result["summaries"]
     frozen, trained = s["frozen"], s["trained"]
-    assert set(frozen) == set(trained) == {150, 200, 250, 300}
+    assert set(frozen) == {150, 200, 250, 300} and set(trained) == {150, 200, 250, 300, "kidnap 200"}
     assert all(v["n_frames"] > 0 and v["fps_pipeline"] > 0 for v in [*frozen.values(), *trained.values()])
+    for v in [*frozen.values(), *trained.values()]:  # the flight figures are measured for every row
+        assert v["wrong_trusted"] >= 0 and v["flights"] == 2
+        assert v["availability_pct"] is None or 0 <= v["availability_pct"] <= 100
     if every_altitude:  # the full demo: the trained model localises better at every altitude
         r1_f, r1_t = _pooled(frozen, "R@1"), _pooled(trained, "R@1")
         assert r1_t > r1_f + 5, (r1_t, r1_f)
@@ -35,11 +38,12 @@ def _check(result: dict, every_altitude: bool) -> None:
             assert trained[alt]["R@1"] > frozen[alt]["R@1"], alt
             ev = result["evals"]
             assert ev["trained"]["per_altitude"][str(alt)]["all"]["R@1"] > ev["frozen"]["per_altitude"][str(alt)]["all"]["R@1"]
+        assert all(v["wrong_trusted"] == 0 for v in trained.values())  # kidnapping included
     rep = result["report_dir"]
     for name in ("summary.csv", "summary.json", "report.md", "compare_r1.png", "compare_raw_error_median.png"):
         assert (rep / name).is_file() and (rep / name).stat().st_size > 100, name
     rows = json.loads((rep / "summary.json").read_text())["rows"]
-    assert len(rows) == 8 and "R@1" in format_table(rows)
+    assert len(rows) == 9 and "R@1" in format_table(rows)
     assert list(rep.glob("trained/*/track_*m.png"))  # tracks over the map
 
 

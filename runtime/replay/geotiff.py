@@ -142,6 +142,24 @@ def flight_figures(records: list[dict]) -> dict:
             "odometry_ok_pct": rnd(100.0 * float(np.mean(odo))) if odo else None}
 
 
+def pooled_figures(flights: list[list[dict]]) -> dict:
+    """:func:`flight_figures` of several flights pooled: counts summed, availability and calibration over
+    the pooled frames, the time to first fix the slowest flight's (None when one never got a fix)."""
+    figs = [flight_figures(recs) for recs in flights]
+    after = [(len(recs) - f["ttff_frames"] - 1, f["availability_pct"]) for recs, f in zip(flights, figs)
+             if f["ttff_frames"] is not None and f["availability_pct"] is not None]
+    n_after = sum(n for n, _ in after)
+    trusted_recs = [r for recs in flights for r in recs if r["trusted"]]
+    inside = [r["error_m"] <= r["r95_m"] for r in trusted_recs
+              if r.get("in_map", True) and r["error_m"] is not None and r.get("r95_m") is not None]
+    ttff = [f["ttff_frames"] for f in figs]
+    return {"flights": len(flights), "trusted": sum(f["trusted"] for f in figs),
+            "wrong_trusted": sum(f["wrong_trusted"] for f in figs),
+            "ttff_frames": None if not ttff or None in ttff else max(ttff),
+            "availability_pct": rnd(sum(n * a for n, a in after) / n_after) if n_after else None,
+            "calibration_pct": rnd(100.0 * float(np.mean(inside))) if inside else None}
+
+
 def summarize_flight(records: list[dict], wall_s: float | None = None) -> dict:
     """Error distribution, fix rate, R@1/R@5 and latency of a replayed flight."""
     n = len(records)
