@@ -56,6 +56,8 @@ class LocalizerConfig:
     registration: bool = field(default=True, metadata={
         "help": "register frames to the map imagery (when the database carries it)"})
     registration_every: int = field(default=1, metadata={"help": "register every N-th frame (cost)"})
+    registration_heading_s: float = field(default=10.0, metadata={
+        "help": "without a compass, turn frames north-up by the heading registration measured this recently"})
     verify_lock: bool = field(default=True, metadata={
         "help": "trust a track only once registration verified it (when the database carries imagery)"})
     map_filter: MapFilterConfig = field(default_factory=MapFilterConfig, metadata={"cli": False})
@@ -133,6 +135,7 @@ class Localizer:
                                      acquire_frames=self.cfg.acquire_frames,
                                      reacquire_frames=self.cfg.acquire_frames)
         self.fusion = self._map_fusion() if self.cfg.fusion == "map_filter" else None
+        self._yaw: tuple[float, float] | None = None  # (t, heading) last measured by registration
 
     def _map_fusion(self):
         from .flight_fusion import MapFusion
@@ -160,6 +163,17 @@ class Localizer:
         self.filter.reset()
         if self.fusion is not None:
             self.fusion.reset()
+        self._yaw = None
+
+    def _heading(self, telemetry: Telemetry) -> Telemetry:
+        """Without a compass heading, the heading registration measured recently (source ``registration``)."""
+        if telemetry.heading_deg is not None or self._yaw is None or not self.cfg.derotate:
+            return telemetry
+        t_yaw, yaw = self._yaw
+        age = telemetry.t - t_yaw
+        if not 0 <= age <= self.cfg.registration_heading_s:
+            return telemetry
+        return replace(telemetry, heading_deg=yaw, heading_source="registration", heading_age_s=age)
     def choose_layer(self, altitude_m: float | None) -> tuple[int | None, str]:
         """(layer, "") or (None, why there is no layer for this altitude)."""
         layers = self.db.layers
@@ -183,6 +197,7 @@ class Localizer:
         """One frame through the chain. ``embedding``: the frame's descriptor when the caller computed it
         already (a replay embedding in batches); then ``image`` is not used."""
         cfg, t = self.cfg, telemetry.t
+        telemetry = self._heading(telemetry)
         t0 = time.perf_counter()
         up = None
         if image is not None:
@@ -213,6 +228,8 @@ class Localizer:
                                            telemetry.heading_deg if cfg.derotate else None, matches.indices[0])
         if telemetry.capture_time_unix is not None:
             fused = replace(fused, capture_time_unix=telemetry.capture_time_unix)
+        if math.isfinite(fused.yaw_deg):
+            self._yaw = (t, fused.yaw_deg)
         t4 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "search": (t3 - t2) * 1e3,
                    "fusion": (t4 - t3) * 1e3}

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 FRAME_CSV_FIELDS = ("altitude_m", "index", "t", "true_x", "true_y", "est_x", "est_y", "fix_x", "fix_y",
                     "trusted", "confidence", "accuracy_m", "error_raw_m", "error_m", "top1_hit", "top5_hit",
                     "top1_score", "reason", "r95_m", "vel_e_mps", "vel_n_mps", "yaw_deg", "odometry_ok",
-                    "registered", "rows_scored", "preprocess_ms", "inference_ms", "search_ms", "fusion_ms")
+                    "registered", "rows_scored", "heading_source", "heading_error_deg", "preprocess_ms", "inference_ms", "search_ms", "fusion_ms")
 
 
 
@@ -70,7 +70,7 @@ def _tile_hit(db, rows, x: float, y: float) -> bool:
     return False
 
 
-def replay_flight(localizer, frames, *, altitude_m: float | None = None) -> list[dict]:
+def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass: bool = True) -> list[dict]:
     """Run frames (Frame tuples with ground truth in meta) through ``localizer`` (a
     :class:`runtime.localizer.Localizer`, the service's own chain) and compare with the truth.
 
@@ -82,11 +82,17 @@ def replay_flight(localizer, frames, *, altitude_m: float | None = None) -> list
     records = []
     for t, image, meta in frames:
         alt = meta.get("altitude_m", altitude_m)
+        hdg = meta.get("heading_deg") if compass else None
         tel = Telemetry(t=float(t), altitude_m=alt, altitude_source="flight" if alt is not None else None,
-                        heading_deg=meta.get("heading_deg"),
-                        heading_source="flight" if meta.get("heading_deg") is not None else None)
+                        heading_deg=hdg, heading_source="flight" if hdg is not None else None)
         loc = localizer.locate(image, tel)
-        records.append(frame_record(db, loc, meta, len(records)))
+        rec = frame_record(db, loc, meta, len(records))
+        true_hdg = meta.get("heading_deg")
+        used = loc.telemetry.heading_deg
+        rec["heading_source"] = loc.telemetry.heading_source
+        rec["heading_error_deg"] = (rnd(abs((used - true_hdg + 180.0) % 360.0 - 180.0), 2)
+                                    if used is not None and true_hdg is not None else None)
+        records.append(rec)
     return records
 
 
@@ -139,6 +145,8 @@ def flight_figures(records: list[dict]) -> dict:
             "availability_pct": rnd(100.0 * sum(r["trusted"] for r in after) / len(after)) if after else None,
             "calibration_pct": rnd(100.0 * float(np.mean(inside))) if inside else None,
             "registered_pct": rnd(100.0 * float(np.mean(reg))) if reg else None,
+            "heading_error_deg_median": rnd(pct([r.get("heading_error_deg") for r in records
+                                                 if r.get("heading_source") == "registration"], 50)),
             "odometry_ok_pct": rnd(100.0 * float(np.mean(odo))) if odo else None}
 
 
@@ -201,6 +209,9 @@ class FlightSpec:
     photometric: float | None = field(default=None, metadata={"help": "appearance change strength (e.g. 0.5)"})
     max_frames: int | None = field(default=None, metadata={"help": "frames per flight"})
     seed: int = field(default=0, metadata={"help": "random seed of the path and the appearance changes"})
+    compass: bool = field(default=True, metadata={
+        "help": "frames come with the compass heading (--no-compass: a drone without one; the heading then "
+                "comes from registration)"})
 
 
 def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=None, out_dir=None,
@@ -239,7 +250,8 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
     for alt in altitudes:
         frames = _truth_in_db_crs(_flight(flight_raster, alt, hfov_deg, spec), to_db)
         t0 = time.perf_counter()
-        records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher), frames, altitude_m=alt)
+        records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher), frames, altitude_m=alt,
+                                compass=spec.compass)
         summary = summarize_flight(records, time.perf_counter() - t0)
         results["altitudes"][f"{alt:g}"] = summary
         all_records += records
@@ -298,6 +310,8 @@ def _truth_in_db_crs(frames, to_db):
 def _flight(raster, alt: float, hfov_deg: float, spec: FlightSpec):
     from .flights import GeoTiffFlight
 
+    if spec.compass is not True and spec.compass is not False:
+        raise ValueError(f"compass={spec.compass!r} must be true or false")
     return GeoTiffFlight(raster, alt, waypoints=parse_waypoints(spec.waypoints), pattern=spec.pattern,
                          hfov_deg=hfov_deg, size_px=spec.size_px, speed_mps=spec.speed_mps, fps=spec.fps,
                          tilt_deg=spec.tilt_deg, photometric=spec.photometric, max_frames=spec.max_frames,
