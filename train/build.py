@@ -31,13 +31,14 @@ def build_model(cfg: TrainConfig) -> GeoModel:
     pretrained = _pretrained_arg(m.pretrained)
     try:
         return GeoModel(m.name, pretrained=pretrained, img_size=m.img_size, grad_checkpointing=m.grad_checkpointing)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        raise TrainSetupError(f"{e}") from e
     except Exception as e:  # the hub's many connection errors (requests, huggingface_hub, OSError)
-        if pretrained is not True:
-            raise
-        raise TrainSetupError(f"cannot get the pretrained weights of {m.name!r} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else 'no connection'}); {OFFLINE_HINT}") from e
+        if pretrained is True:
+            first = str(e).splitlines()[0][:160] if str(e) else "no connection"
+            raise TrainSetupError(f"cannot get the pretrained weights of {m.name!r} ({type(e).__name__}: {first}); "
+                                  f"{OFFLINE_HINT}") from e
+        if isinstance(e, (ValueError, FileNotFoundError, ImportError)):
+            raise TrainSetupError(str(e)) from e
+        raise
 
 
 def build_dataset(cfg: TrainConfig, preprocess, augment=None):
