@@ -29,10 +29,11 @@ def _data(naip_paths):
             "data.eval_rasters=[]"]
 
 
-def _wait_for(path, text, proc, timeout=240):
+def _wait_for(path, text, proc, timeout=240, after: int = 0):
+    """Wait until ``text`` appears in the log ``path`` beyond its first ``after`` characters."""
     t0 = time.time()
     while time.time() - t0 < timeout:
-        if path.is_file() and text in path.read_text():
+        if path.is_file() and text in path.read_text()[after:]:
             return
         if proc.poll() is not None:
             raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
@@ -53,8 +54,9 @@ def test_a_killed_run_resumes_from_its_last_step_checkpoint_and_ctrl_c_saves(tmp
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] >= 1 and ckpt["sampler"]["start_batch"] == ckpt["step"] % 4
     resume = [sys.executable, "-m", "train", "--run-dir", str(run), "--resume"]
+    logged = len((run / "train.log").read_text())
     proc = subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "train.log", f"step {ckpt['step'] + 1} loss", proc)
+    _wait_for(run / "train.log", f"step {ckpt['step'] + 1} loss", proc, after=logged)
     proc.send_signal(signal.SIGINT)  # Ctrl-C: finish the step, save, exit 130 with the command to resume
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-2000:]
