@@ -94,3 +94,20 @@ def test_evaluate_geotiff_counts_uniform_queries(naip_paths):
     m = ev["per_altitude"][300]["all"]
     assert ev["all"]["n_queries"] == 12 and 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 100
     assert ev["setup"]["positions"] == "uniform" and ev["setup"]["offset_frac"] is None
+
+
+def test_sues200_protocol_sets_are_defined_once(tmp_path):
+    from runtime.replay.sues200_layout import PROTOCOLS, SUES200
+    from tests.test_sues200 import ALTS, make_raw
+
+    ds = SUES200(make_raw(tmp_path))
+    alt = ALTS[0]
+    test = ds.split(alt)["test"]
+    assert ds.protocol_gallery_ids(alt, "query_only") == test
+    assert set(ds.protocol_gallery_ids(alt, "official")) > set(test)
+    for protocol in PROTOCOLS:  # train.evaluate's sets and the replay's junk masks come from the same place
+        rs = ds.retrieval_set(alt, protocol)
+        assert sorted(set(rs.gallery_labels)) == sorted(ds.protocol_gallery_ids(alt, protocol))
+        junk = ds.protocol_junk(alt, protocol, ds.gallery_ids(alt))
+        kept = [g for g, j in zip(ds.gallery_ids(alt), junk) if not j]
+        assert kept == ds.protocol_gallery_ids(alt, protocol)

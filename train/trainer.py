@@ -130,7 +130,8 @@ def _build_optimisation(run: Run) -> None:
     # the loader draws its worker base seed from its own generator (re-seeded per epoch and rank), never
     # from the global RNG, so a resumed epoch sees the same random stream as an uninterrupted one
     run.loader = torch.utils.data.DataLoader(run.dataset, batch_sampler=run.sampler, num_workers=cfg.data.num_workers,
-                                             pin_memory=run.device.type == "cuda", generator=run.loader_gen)
+                                             pin_memory=run.device.type == "cuda", generator=run.loader_gen,
+                                             worker_init_fn=_worker_ignores_ctrl_c if cfg.data.num_workers else None)
     separate = cfg.model.separate_view_passes
     if separate is None:
         separate = has_training_batchnorm(model, cfg.model.freeze_bn)
@@ -356,6 +357,12 @@ def _loop(run: Run, stop_at_step: int | None) -> None:
                                       f"python -m train --run-dir {run.run_dir} --resume")
     if run.step >= run.total_steps or run.epoch >= run.cfg.optim.epochs:
         finish(run)
+
+
+def _worker_ignores_ctrl_c(_worker_id: int) -> None:
+    """Ctrl-C in a terminal reaches the DataLoader workers too: they leave it to the main process, which
+    finishes its step and saves (a worker that died of it would fail that step instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
