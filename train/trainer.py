@@ -360,9 +360,11 @@ def _loop(run: Run, stop_at_step: int | None) -> None:
 
 
 def _worker_ignores_ctrl_c(_worker_id: int) -> None:
-    """Ctrl-C in a terminal reaches the DataLoader workers too: they leave it to the main process, which
-    finishes its step and saves (a worker that died of it would fail that step instead)."""
+    """Ctrl-C in a terminal (and a job scheduler's SIGTERM to the process group) reach the DataLoader
+    workers too: they leave it to the main process, which finishes its step, saves and ends them (a worker
+    that died of it would fail that step instead)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
