@@ -159,3 +159,29 @@ def test_mining_averages_several_views_per_location(naip_paths):
     emb = embed_images(model, views, 64, "cpu").reshape(5, 3, -1).mean(1)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     assert np.allclose(got, emb, atol=1e-5)
+
+
+def test_an_epoch_with_a_batch_fewer_than_the_first_still_ends(tmp_path, naip_paths):
+    """Distinct-location batching gives epoch 2 of this set-up 7 batches against epoch 1's 8 (seed 1,
+    16 locations x 3 years, batch 6): the run must count epoch 2 as done, not loop on empty epochs."""
+    import threading
+
+    from train.samplers import DistinctLocationBatchSampler
+
+    plan = DistinctLocationBatchSampler(np.repeat(np.arange(16), 3), 6, seed=1)
+    lens = []
+    for epoch in (0, 1):
+        plan.set_epoch(epoch)
+        lens.append(len(plan))
+    assert lens == [8, 7]
+    years = ",".join(f'"{naip_paths[y]}"' for y in (2010, 2012, 2014))
+    cfg = apply_overrides(preset("demo"), TINY + [f"data.reference={naip_paths[2018]}", f"data.train_rasters=[{years}]",
+                                                  "data.eval_rasters=[]", "optim.batch_size=6", "seed=1",
+                                                  "optim.epochs=2", "sampler.kind=random",
+                                                  "sampler.mining_every_epochs=0", f"run_dir={tmp_path / 'run'}"])
+    worker = threading.Thread(target=train, args=(cfg,), kwargs={"command": ["test"]}, daemon=True)
+    worker.start()
+    worker.join(timeout=600)
+    assert not worker.is_alive(), "the run never ended"
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 15
+    assert (tmp_path / "run" / "DONE").is_file()

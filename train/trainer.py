@@ -235,8 +235,11 @@ def _set_train_mode(run: Run) -> None:
                 m.eval()
 
 
-def train_one_epoch(run: Run, stop_at_step: int | None, signals: StopSignals) -> tuple[dict, bool]:
-    """Train from the sampler's position to the epoch's end or a stop; returns (metrics record, stopped)."""
+def train_one_epoch(run: Run, stop_at_step: int | None, signals: StopSignals) -> tuple[dict, bool, bool]:
+    """Train from the sampler's position to the epoch's end or a stop.
+
+    Returns (metrics record, stopped, epoch completed). An epoch's length is the sampler's plan for that
+    epoch (distinct-location batching may give one epoch a batch fewer than another)."""
     from tqdm import tqdm
 
     cfg = run.cfg
@@ -260,19 +263,20 @@ def train_one_epoch(run: Run, stop_at_step: int | None, signals: StopSignals) ->
         if stopped:
             break
         every = cfg.optim.checkpoint_every_steps
-        if every and run.step % every == 0 and run.batch_in_epoch < run.steps_per_epoch:
+        if every and run.step % every == 0 and run.batch_in_epoch < len(run.sampler.global_batches()):
             save(run)
     elapsed = time.perf_counter() - t0
+    completed = not stopped or run.batch_in_epoch >= len(run.sampler.global_batches())
     record = {"epoch": run.epoch, "step": run.step, "loss": sum(losses) / max(1, len(losses)),
               "images_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed, "lr": run.scheduler.get_last_lr()[0],
               "temperature": 1.0 / run.model.logit_scale.exp().item()}
-    return record, stopped
+    return record, stopped, completed
 
 
-def end_of_epoch(run: Run, record: dict) -> None:
+def end_of_epoch(run: Run, record: dict, completed: bool) -> None:
     """After an epoch (or a stop): mining and evaluation when due, then the checkpoint and the metrics line."""
     cfg, s = run.cfg, run.cfg.sampler
-    if run.batch_in_epoch >= run.steps_per_epoch:
+    if completed:
         run.epoch, run.batch_in_epoch = run.epoch + 1, 0
         record["epoch"] = run.epoch
         more = run.epoch < cfg.optim.epochs and run.step < run.total_steps
@@ -350,8 +354,8 @@ def _loop(run: Run, stop_at_step: int | None) -> None:
     with StopSignals() as signals:
         stopped = False
         while run.epoch < run.cfg.optim.epochs and run.step < run.total_steps and not stopped:
-            record, stopped = train_one_epoch(run, stop_at_step, signals)
-            end_of_epoch(run, record)
+            record, stopped, completed = train_one_epoch(run, stop_at_step, signals)
+            end_of_epoch(run, record, completed)
         if signals.requested:
             raise TrainingInterrupted(f"interrupted at step {run.step}; checkpoint written. Continue with: "
                                       f"python -m train --run-dir {run.run_dir} --resume")
