@@ -89,6 +89,16 @@ def test_setup_errors_come_before_the_run_folder_and_name_the_fix(tmp_path, naip
     assert not run.exists()
 
 
+def test_missing_data_is_named_before_any_weights_are_fetched(tmp_path):
+    cfg = apply_overrides(preset("sues200"), [f"run_dir={tmp_path / 'run'}"])  # ConvNeXt-B from the hub
+    with pytest.raises(TrainSetupError, match="data.root must name the SUES-200 folder"):
+        train(cfg, command=["test"])
+    gone = apply_overrides(cfg, [f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(TrainSetupError, match="nowhere does not exist"):
+        train(gone, command=["test"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_command_line_prints_setup_errors_as_one_line(tmp_path, naip_paths):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "train", "--preset", "demo", "--run-dir", str(run), "--batch-size", "64",

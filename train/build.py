@@ -41,6 +41,24 @@ def build_model(cfg: TrainConfig) -> GeoModel:
         raise
 
 
+def check_inputs(cfg: TrainConfig) -> None:
+    """The data the config names exists (cheap: runs before any weights are downloaded)."""
+    from pathlib import Path
+
+    d = cfg.data
+    if d.kind in ("sues200", "university1652"):
+        name = {"sues200": "SUES-200", "university1652": "University-1652"}[d.kind]
+        if not d.root:
+            raise TrainSetupError(f"data.root must name the {name} folder: --set data.root=/path/to/{name}")
+        paths = [d.root]
+    else:
+        paths = [d.reference, *d.train_rasters, *d.eval_rasters] if d.reference else []
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise TrainSetupError(f"{missing[0]} does not exist (named in the config's data section): fix the path "
+                              "with --set data.root=... / data.reference=... / data.train_rasters=...")
+
+
 def build_dataset(cfg: TrainConfig, preprocess, augment=None):
     from .datasets import GeoTiffPairs, SUES200Pairs, University1652Pairs, ViewJitter
 

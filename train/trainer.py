@@ -36,7 +36,15 @@ import torch.distributed as dist
 from tiles.io import atomic_write_json, atomic_write_text
 
 from .augment import PairAugment
-from .build import PairForward, TrainSetupError, build_dataset, build_model, has_training_batchnorm, lr_lambda
+from .build import (
+    PairForward,
+    TrainSetupError,
+    build_dataset,
+    build_model,
+    check_inputs,
+    has_training_batchnorm,
+    lr_lambda,
+)
 from .config import TrainConfig, validate
 from .distributed import amp_settings, any_rank, barrier, loader_seed, seed_process, setup_distributed
 from .loss import InfoNCELoss
@@ -101,6 +109,7 @@ class Run:
 def build_run(cfg: TrainConfig, run_dir: Path | None = None) -> Run:
     """Weights, data, sampler, loader and optimiser; raises :class:`TrainSetupError` before any file exists."""
     validate(cfg)
+    check_inputs(cfg)
     rank, world, device = setup_distributed(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
