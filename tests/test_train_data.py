@@ -74,17 +74,43 @@ def test_augment_flips_both_views_together_and_keeps_uint8():
     drone = np.zeros((16, 16, 3), np.uint8)
     drone[:, :4] = 255  # bright on the left
     sat = drone.copy()
-    aug = PairAugment(AugmentConfig(flip_p=1.0, satellite_rot90=False, color_jitter=0, blur_p=0, erase_p=0))
+    aug = PairAugment(AugmentConfig(flip_p=1.0, satellite_rot90=False, color_jitter=0, blur_p=0, dropout_p=0,
+                                    jpeg_p=0))
     d, s = aug(drone, sat)
     assert d.dtype == np.uint8 and d[:, -4:].min() == 255 and s[:, -4:].min() == 255
-    jitter = PairAugment(AugmentConfig(color_jitter=0.15, erase_p=1.0))
+    jitter = PairAugment(AugmentConfig(color_jitter=0.15, dropout_p=1.0))
     d2, _ = jitter(np.full((32, 32, 3), 128, np.uint8), np.full((32, 32, 3), 128, np.uint8))
-    assert d2.shape == (32, 32, 3) and (d2 == 0).any()  # random erasing blanked a patch
+    assert d2.shape == (32, 32, 3) and (d2 == 0).any()  # a dropout blanked patches
+
+
+def test_official_dropouts_blank_many_holes_and_jpeg_changes_pixels():
+    from train.augment import CoarseDropout, GridDropout, per_view_transforms
+
+    torch.manual_seed(1)
+    img = torch.full((3, 100, 100), 200, dtype=torch.uint8)
+    coarse = CoarseDropout()(img)
+    zero = (coarse[0] == 0).float()
+    # 10-25 holes of 10-20 px: between one and 25 x 400 px blanked, and several separate holes
+    assert 100 <= zero.sum() <= 25 * 400
+    n_blobs = cv2.connectedComponents(zero.numpy().astype(np.uint8))[0] - 1
+    assert n_blobs >= 3
+    grid = GridDropout(ratio=0.4)(img)
+    share = float((grid[0] == 0).float().mean())
+    assert 0.05 < share < 0.3  # about 0.4 x 0.4 of every cell
+    only_jpeg = per_view_transforms(AugmentConfig(jpeg_p=1.0, jpeg_min_quality=90, color_jitter=0, blur_p=0,
+                                                  dropout_p=0))
+    from tests.rasters import texture
+
+    smooth = torch.from_numpy((texture(64, 64, seed=3) * 255).astype(np.uint8))
+    out = only_jpeg(smooth)
+    diff = (out.int() - smooth.int()).abs().float().mean()
+    assert out.dtype == torch.uint8 and out.shape == smooth.shape and 0 < diff < 5  # lossy, but close
 
 
 def test_config_presets_and_overrides():
-    cfg = apply_overrides(preset("sues200"), ["optim.lr=1e-4", "data.altitudes_m=150,200",
-                                              "sampler.kind=similarity", "data.max_locations=null"])
+    cfg = apply_overrides(preset("sues200"), ["optim.lr=1e-4", "data.altitudes_m=150,200", "optim.epochs=3",
+                                              "sampler.kind=similarity", "sampler.mining_every_epochs=1",
+                                              "data.max_locations=null"])
     assert cfg.optim.lr == 1e-4 and cfg.data.altitudes_m == [150, 200]
     assert preset("sues200").optim.lr == 1e-3 and preset("sues200").optim.batch_size == 24
     assert preset("university1652").optim.batch_size == 128
@@ -97,6 +123,26 @@ def test_config_presets_and_overrides():
         apply_overrides(preset("sues200"), ["sampler.kind=gps"])
     with pytest.raises(ValueError, match="is an integer"):
         apply_overrides(cfg, ["optim.epochs=1.5"])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["sampler.kind=similarity"], "never mines"),  # mining_every_epochs stays 0
+    (["sampler.kind=similarity", "sampler.mining_every_epochs=1"], "only between epochs"),  # 1-epoch recipe
+    (["sampler.mining_every_epochs=1", "optim.epochs=3"], "kind='random' never uses mined"),
+    (["sampler.kind=similarity", "sampler.mining_every_epochs=3", "optim.epochs=3"], "only between epochs"),
+])
+def test_validate_refuses_sampler_settings_that_do_nothing(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(preset("sues200"), overrides)
+
+
+def test_recipe_presets_say_what_they_train():
+    sues = preset("sues200")
+    assert sues.data.altitudes_m == [150] and sues.augment.satellite_rot90  # one model per altitude, rotated
+    assert preset("sues200-joint").data.altitudes_m is None  # all altitudes: the labelled option
+    assert not preset("demo").augment.satellite_rot90  # north-up frames against north-up tiles
+    demo = preset("demo")
+    assert demo.eval.query_positions == "uniform" and demo.data.jitter.offset_frac is None
 
 
 def test_evaluate_sues200_labels_both_protocols(tmp_path):

@@ -137,3 +137,53 @@ def test_bad_settings_are_clear_errors():
         build_sampler("gps", [0, 1, 2], 2)
     with pytest.raises(ValueError, match="not one of"):
         build_sampler("hard", [0, 1, 2], 2)
+
+
+def _two_altitude_grid():
+    """Tiles every half footprint over the same ground at two altitudes (footprints 100 m and 200 m)."""
+    xy, fp, alt = [], [], []
+    for a, f in ((150, 100.0), (300, 200.0)):
+        for gx in range(8):
+            for gy in range(8):
+                xy.append((gx * f / 2, gy * f / 2))
+                fp.append(f)
+                alt.append(a)
+    return np.array(xy), np.array(fp), np.array(alt)
+
+
+def test_neighbours_stay_on_the_anchors_altitude_and_never_overlap_it():
+    from train.neighbours import footprint_overlap
+
+    xy, fp, alt = _two_altitude_grid()
+    before = neighbours_by_distance(xy, k=8)
+    assert np.mean([np.mean(alt[n] != alt[i]) for i, n in enumerate(before)]) > 0.2  # the old flaw
+    nb = neighbours_by_distance(xy, k=8, groups=alt, footprint_m=fp, max_overlap=0.2)
+    for i, cand in enumerate(nb):
+        assert len(cand) and np.all(alt[cand] == alt[i]) and i not in cand
+        ov = footprint_overlap(xy[i:i + 1], fp[i:i + 1], xy[cand], fp[cand])[0]
+        assert np.all(ov <= 0.2)
+        # side (50 %) and diagonal (25 %) neighbours are gone: the nearest left is a footprint away
+        assert np.linalg.norm(xy[cand[0]] - xy[i]) == pytest.approx(fp[i])
+    # overlap itself: a half-footprint shift covers half the anchor, a diagonal one a quarter
+    ov = footprint_overlap(np.zeros((1, 2)), [100.0], np.array([[50.0, 0], [50, 50], [100, 0], [0, 0]]), [100.0] * 4)
+    assert np.allclose(ov, [[0.5, 0.25, 0.0, 1.0]])
+
+
+def test_mined_neighbours_obey_the_same_exclusions():
+    xy, fp, alt = _two_altitude_grid()
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(len(xy), 16))
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    # the query of each location looks most like the other altitude's tile over the same ground
+    other = np.concatenate([np.arange(64, 128), np.arange(64)])
+    query = ref[other] + 0.01 * rng.normal(size=ref.shape)
+    plain = mine_similar_neighbours(query, ref, k=5)
+    assert all(other[i] == cand[0] for i, cand in enumerate(plain))  # a near-positive, mined as a negative
+    nb = mine_similar_neighbours(query, ref, k=5, groups=alt, xy_m=xy, footprint_m=fp, max_overlap=0.2)
+    from train.neighbours import footprint_overlap
+
+    for i, cand in enumerate(nb):
+        assert len(cand) == 5 and np.all(alt[cand] == alt[i])
+        assert np.all(footprint_overlap(xy[i:i + 1], fp[i:i + 1], xy[cand], fp[cand]) <= 0.2)
+        sims = query[i] @ ref[cand].T
+        assert np.all(np.diff(sims) <= 1e-9)  # most similar first

@@ -7,6 +7,10 @@ Examples::
         --set data.eval_rasters=c.tif --run-dir runs/myarea
     python -m train --preset demo            # CPU-sized, bundled NAIP imagery
     python -m train --run-dir runs/demo --resume
+
+``--batch-size`` is per process: the global batch (the distinct locations the loss compares per step)
+is it times the number of processes. Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint
+and exits with status 130; ``--resume`` continues exactly there.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, apply_overrides, from_dict, preset
-from .trainer import CHECKPOINT, RunExistsError, train
+from .trainer import CHECKPOINT, RunExistsError, TrainingInterrupted, TrainSetupError, train
 
 
 def main(argv=None) -> int:
@@ -30,7 +34,8 @@ def main(argv=None) -> int:
                     help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
     ap.add_argument("--run-dir", help="run folder (default from the preset)")
     ap.add_argument("--epochs", type=int)
-    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--batch-size", type=int, help="distinct locations per step and process (the global batch "
+                    "is this x the number of processes)")
     ap.add_argument("--lr", type=float)
     ap.add_argument("--model", help="timm model name")
     ap.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
@@ -62,9 +67,12 @@ def main(argv=None) -> int:
         return 0
     try:
         run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, command=["python", "-m", "train", *argv])
-    except RunExistsError as e:
+    except (RunExistsError, TrainSetupError) as e:
         logging.getLogger("train").error("%s", e)
         return 2
+    except TrainingInterrupted as e:
+        logging.getLogger("train").warning("%s", e)
+        return 130
     logging.getLogger("train").info("done: %s", run_dir / CHECKPOINT)
     return 0
 

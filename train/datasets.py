@@ -70,11 +70,38 @@ class PairDataset(Dataset):
                 int(self.locations[i]))
 
     def representatives(self) -> np.ndarray:
-        """One sample index per location (its first), for mining visual hard negatives."""
+        """One sample index per location (its first): the location's reference image for mining."""
         first = np.full(self.n_locations, -1, np.int64)
         for i in range(len(self.locations) - 1, -1, -1):
             first[self.locations[i]] = i
         return first
+
+    #: whether one sample drawn twice gives two different query views (pose jitter): mining may repeat it
+    views_vary = False
+
+    def mining_samples(self, per_location: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Per location, up to ``per_location`` sample indices whose query views mining averages.
+
+        Distinct samples drawn at random; datasets whose views vary per draw (``views_vary``) repeat
+        samples to reach ``per_location`` (each repeat is another random pose)."""
+        order = np.argsort(self.locations, kind="stable")
+        starts = np.searchsorted(self.locations[order], np.arange(self.n_locations + 1))
+        out = []
+        for loc in range(self.n_locations):
+            own = rng.permutation(order[starts[loc]:starts[loc + 1]])
+            n = per_location if self.views_vary else min(per_location, len(own))
+            out.append(np.resize(own, n).astype(np.int64))
+        return out
+
+    def mining_query(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """The query view of sample ``i`` for mining (no augmentation)."""
+        return self.load_pair(int(i))[0]
+
+    def reference_image(self, loc: int) -> np.ndarray:
+        """The reference (satellite) image of location ``loc``."""
+        if getattr(self, "_reps", None) is None:
+            self._reps = self.representatives()
+        return self.load_pair(int(self._reps[loc]))[1]
 
     def _set_pairs(self, names: list[str]) -> None:
         uniq = sorted(set(names))
@@ -170,7 +197,7 @@ def university1652_retrieval(root, direction: str = "drone2sat") -> tuple[list, 
 class ViewJitter:
     """Random pose changes of rendered drone views (ground truth stays the tile centre)."""
 
-    offset_frac: float = 0.1  # centre offset, fraction of the footprint
+    offset_frac: float | None = None  # centre offset, fraction of the footprint (None: the whole stride cell)
     heading_deg: float = 180.0  # camera heading within +- this of north (180: any direction)
     tilt_deg: float = 5.0  # 0..tilt_deg forward pitch
     altitude_frac: float = 0.05  # +- relative altitude error
@@ -217,8 +244,13 @@ class GeoTiffPairs(PairDataset):
 
     Locations are the reference tiles of every altitude (footprint from ``hfov_deg``, centres every
     ``stride_frac`` x footprint); one sample per (location, query raster). Views are rendered on the fly
-    with a random pose jitter (``jitter``; ``None`` renders the exact nadir view, for evaluation).
+    with a random pose jitter (``jitter``; ``None`` renders the exact nadir view, for evaluation). The
+    view's centre lies anywhere in the location's stride cell (``jitter.offset_frac=None``: up to
+    ``stride_frac / 2`` footprints from the tile centre along each axis), the area for which this tile is
+    the nearest: where a drone flying anywhere over the map would see it.
     """
+
+    views_vary = True
 
     def __init__(self, reference, query_rasters, altitudes_m, hfov_deg: float, preprocess: Preprocess,
                  render_px: int | None = None, stride_frac: float = 0.5, jitter: ViewJitter | None = None,
@@ -229,6 +261,8 @@ class GeoTiffPairs(PairDataset):
         self.hfov_deg = float(hfov_deg)
         self.render_px = int(render_px or preprocess.input_size[0])
         self.jitter = jitter
+        self.offset_frac = (stride_frac / 2 if jitter is None or jitter.offset_frac is None
+                            else float(jitter.offset_frac))
         self.seed = seed
         tiles = geotiff_locations(reference, altitudes_m, hfov_deg, stride_frac)
         if max_locations is not None and len(tiles) > max_locations:
@@ -238,6 +272,7 @@ class GeoTiffPairs(PairDataset):
         self.location_names = [t.label(alt) for alt, t in tiles]
         self.xy_m = np.array([[t.x, t.y] for _, t in tiles], np.float64)
         self.altitude_of_location = np.array([alt for alt, _ in tiles], np.float64)
+        self.footprint_of_location = np.array([t.footprint_m for _, t in tiles], np.float64)
         self.rasters = _Rasters([reference, *query_rasters])
         nq = len(query_rasters)
         self.locations = np.repeat(np.arange(len(tiles)), nq)
@@ -263,7 +298,7 @@ class GeoTiffPairs(PairDataset):
         if j is None or rng is None:
             pose = CameraPose(tile.x, tile.y, alt, hfov_deg=self.hfov_deg)
             return render_view(self.rasters[int(self.sources[i])], pose, (self.render_px,) * 2).image
-        off = rng.uniform(-j.offset_frac, j.offset_frac, 2) * tile.footprint_m
+        off = rng.uniform(-self.offset_frac, self.offset_frac, 2) * tile.footprint_m
         heading = float(rng.uniform(-j.heading_deg, j.heading_deg)) % 360.0
         pose = CameraPose(tile.x + off[0], tile.y + off[1], alt * (1 + rng.uniform(-1, 1) * j.altitude_frac),
                           heading_deg=heading, tilt_deg=float(rng.uniform(0, j.tilt_deg)), hfov_deg=self.hfov_deg)
@@ -274,6 +309,12 @@ class GeoTiffPairs(PairDataset):
 
     def load_pair(self, i):
         return self.render(i, None), self.reference_tile(int(self.locations[i]))
+
+    def mining_query(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        return self.render(int(i), rng)
+
+    def reference_image(self, loc: int) -> np.ndarray:
+        return self.reference_tile(int(loc))
 
     def __getitem__(self, i: int):
         # pose jitter from torch's generator (seeded by the trainer, per worker by the DataLoader)

@@ -10,8 +10,8 @@ twice in an epoch, and the same seed gives the same order. ``set_epoch`` changes
 Hard negatives (Sample4Geo): each anchor brings ``neighbour_select // 2`` of its nearest neighbours and
 ``neighbour_select - neighbour_select // 2`` drawn from its neighbours ranked ``neighbour_select // 2 ..
 neighbour_range``; locations already in the batch or used up this epoch are skipped. Neighbour lists
-come from ground distance in metres (:func:`neighbours_by_distance`) and later from the model itself
-(:func:`mine_similar_neighbours`).
+come from ground distance in metres and later from the model itself (:mod:`train.neighbours`: per
+altitude, without tiles that overlap the anchor's footprint).
 """
 
 from __future__ import annotations
@@ -23,74 +23,9 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from .neighbours import haversine_m, mine_similar_neighbours, neighbours_by_distance  # noqa: F401 (re-exported)
+
 _logger = logging.getLogger(__name__)
-
-EARTH_RADIUS_M = 6_371_008.8
-
-
-# ---- neighbour lists ----------------------------------------------------------------------------------
-
-
-def haversine_m(lat1, lon1, lat2, lon2):
-    """Great-circle distance in metres between points given in degrees (converted to radians here)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(np.asarray(lon2) - np.asarray(lon1))
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-
-
-def neighbours_by_distance(xy_m: np.ndarray, k: int, radius_m: float | None = None,
-                           latlon: bool = False, chunk: int = 2048) -> list[np.ndarray]:
-    """For each location, the indices of its ``k`` nearest other locations, nearest first.
-
-    ``xy_m``: (L, 2) coordinates in metres of a metric CRS, or (lat, lon) in degrees with
-    ``latlon=True`` (then distances are great-circle metres). ``radius_m`` keeps only neighbours
-    within that distance, so lists may be shorter than ``k``.
-    """
-    xy = np.asarray(xy_m, np.float64)
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"coordinates must be an (L, 2) array, got shape {xy.shape}")
-    n = len(xy)
-    k = min(int(k), n - 1)
-    out: list[np.ndarray] = []
-    for s in range(0, n, chunk):
-        block = xy[s:s + chunk]
-        if latlon:
-            d = haversine_m(block[:, None, 0], block[:, None, 1], xy[None, :, 0], xy[None, :, 1])
-        else:
-            d = np.sqrt(((block[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
-        d[np.arange(len(block)), np.arange(s, s + len(block))] = np.inf  # never one's own neighbour
-        if k <= 0:
-            out += [np.zeros(0, np.int64) for _ in range(len(block))]
-            continue
-        part = np.argpartition(d, k - 1, axis=1)[:, :k]
-        for row, cand in enumerate(part):
-            cand = cand[np.argsort(d[row, cand], kind="stable")]
-            if radius_m is not None:
-                cand = cand[d[row, cand] <= radius_m]
-            out.append(cand.astype(np.int64))
-    return out
-
-
-def mine_similar_neighbours(query_emb: np.ndarray, reference_emb: np.ndarray, k: int,
-                            chunk: int = 1024) -> list[np.ndarray]:
-    """Visual hard negatives: for location ``i``, the ``k`` references most similar to its query, its own
-    reference excluded (rows are L2-normalised embeddings of each location's query and reference)."""
-    q = np.asarray(query_emb, np.float32)
-    r = np.asarray(reference_emb, np.float32)
-    if q.shape != r.shape:
-        raise ValueError(f"one query and one reference embedding per location, got {q.shape} and {r.shape}")
-    n = len(q)
-    k = min(int(k), n - 1)
-    out: list[np.ndarray] = []
-    for s in range(0, n, chunk):
-        sim = q[s:s + chunk] @ r.T
-        sim[np.arange(len(sim)), np.arange(s, s + len(sim))] = -np.inf
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(sim), 0), int)
-        for row, cand in enumerate(part):
-            out.append(cand[np.argsort(-sim[row, cand], kind="stable")].astype(np.int64))
-    return out
-
 
 # ---- samplers ------------------------------------------------------------------------------------------
 
@@ -126,8 +61,8 @@ class DistinctLocationBatchSampler(Sampler[list[int]]):
         if self.global_batch > self.n_locations:
             raise ValueError(
                 f"a global batch of {self.global_batch} ({self.batch_size} x {self.num_replicas} ranks) needs "
-                f"that many distinct locations, but the data has {self.n_locations}; lower the batch size "
-                "(SUES-200 has 120 training locations)")
+                f"that many distinct locations, but the data has {self.n_locations}; lower the batch size: "
+                f"--batch-size {max(1, self.n_locations // self.num_replicas)} (per process)")
         self.seed = int(seed)
         self.epoch = 0
         self.start_batch = 0
@@ -318,9 +253,11 @@ class NeighbourBatchSampler(DistinctLocationBatchSampler):
 
 def build_sampler(kind: str, locations, batch_size: int, *, xy_m=None, neighbour_select: int = 64,
                   neighbour_range: int = 128, neighbour_radius_m: float | None = None, seed: int = 0,
-                  num_replicas: int | None = None, rank: int | None = None):
+                  num_replicas: int | None = None, rank: int | None = None, groups=None, footprint_m=None,
+                  max_overlap: float | None = None):
     """``kind``: ``"random"`` (distinct locations), ``"gps"`` (GPS neighbours, needs ``xy_m`` per
-    location in sorted location order) or ``"similarity"`` (distinct until neighbours are mined)."""
+    location in sorted location order) or ``"similarity"`` (distinct until neighbours are mined).
+    ``groups``/``footprint_m``/``max_overlap``: see :func:`train.neighbours.neighbours_by_distance`."""
     if kind == "random":
         return DistinctLocationBatchSampler(locations, batch_size, seed=seed, num_replicas=num_replicas,
                                             rank=rank)
@@ -331,7 +268,8 @@ def build_sampler(kind: str, locations, batch_size: int, *, xy_m=None, neighbour
         if xy_m is None:
             raise ValueError("sampler 'gps' needs coordinates per location (a GeoTIFF dataset); SUES-200 and "
                              "University-1652 have none: use 'similarity'")
-        neighbours = neighbours_by_distance(xy_m, neighbour_range, radius_m=neighbour_radius_m)
+        neighbours = neighbours_by_distance(xy_m, neighbour_range, radius_m=neighbour_radius_m, groups=groups,
+                                            footprint_m=footprint_m, max_overlap=max_overlap)
     s = NeighbourBatchSampler(locations, batch_size, neighbours=neighbours, neighbour_select=neighbour_select,
                               neighbour_range=neighbour_range, seed=seed, num_replicas=num_replicas, rank=rank)
     if kind == "gps":

@@ -53,7 +53,7 @@ def replay_sues200(
     Returns ``{"dataset", "engine", "altitudes": {alt: {...}}, "rows": [...]}``; with ``out_dir``
     also writes ``replay_sues200.json``, ``replay_sues200.csv`` and ``sues200_r1.png``.
     """
-    from .sues200_layout import SUES200
+    from .sues200_layout import PROTOCOLS, SUES200
 
     engine = load_engine_or_use(bundle, precision, backend, threads)
     ds = data_root if isinstance(data_root, SUES200) else SUES200(data_root)
@@ -105,7 +105,7 @@ def replay_sues200(
         gallery_ids = ds.gallery_ids(alt)
         g_emb = satellite_embeddings(gallery_ids, alt)
         g_lab = np.asarray(gallery_ids)
-        junk_qo = ~np.isin(g_lab, test)
+        junks = {p: np.asarray(ds.protocol_junk(alt, p, g_lab)) for p in PROTOCOLS}
 
         q_paths, q_lab, flight_of = [], [], []
         for fi, loc in enumerate(test):
@@ -119,19 +119,19 @@ def replay_sues200(
         sim = q_emb @ g_emb.T
         res = {"n_test_locations": len(test), "n_gallery_locations": len(gallery_ids),
                "n_frames": len(q_paths), "frame": {}, "flight_mean": {}, "flight_vote": {}}
-        for protocol, junk in (("official", None), ("query_only", junk_qo)):
+        for protocol, junk in junks.items():
             m = retrieval_metrics(sim, q_lab, g_lab, ks=(1, 5, 10), junk=junk)
             res["frame"][protocol] = m
             rows.append(_row(alt, "frame", "drone2sat", protocol, m))
         # per flight: the mean of the frames' embeddings
         f_emb = _normalize(np.stack([q_emb[flight_of == i].mean(0) for i in range(len(test))]))
         f_sim = f_emb @ g_emb.T
-        for protocol, junk in (("official", None), ("query_only", junk_qo)):
+        for protocol, junk in junks.items():
             m = retrieval_metrics(f_sim, np.asarray(test), g_lab, ks=(1, 5, 10), junk=junk)
             res["flight_mean"][protocol] = m
             rows.append(_row(alt, "flight_mean", "drone2sat", protocol, m))
         # per flight: majority vote of the frames' top-1 location (ties: the best summed similarity)
-        for protocol, junk in (("official", None), ("query_only", junk_qo)):
+        for protocol, junk in junks.items():
             s = sim if junk is None else np.where(junk[None, :], -np.inf, sim)
             top1 = np.argmax(s, axis=1)
             hits = []
@@ -154,7 +154,8 @@ def replay_sues200(
             d_lab = np.asarray(d_lab + extra_lab)
             s_emb = satellite_embeddings(test, alt)
             s2d = s_emb @ d_emb.T
-            for protocol, junk in (("official", None), ("query_only", ~np.isin(d_lab, test))):
+            for protocol in PROTOCOLS:
+                junk = np.asarray(ds.protocol_junk(alt, protocol, d_lab))
                 m = retrieval_metrics(s2d, np.asarray(test), d_lab, ks=(1, 5, 10), junk=junk)
                 res["sat2drone"][protocol] = m
                 rows.append(_row(alt, "frame", "sat2drone", protocol, m))

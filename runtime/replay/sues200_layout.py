@@ -267,7 +267,7 @@ class SUES200:
                 f"{self.root} has no test location at {alt} m (ids present: {self.locations(alt)[:10]}...); "
                 f"the official test ids are {TEST_IDS[:5]}..."
             )
-        gallery_ids = self.gallery_ids(alt) if protocol == "official" else list(test)
+        gallery_ids = self.protocol_gallery_ids(alt, protocol)
         rs = RetrievalSet(alt, protocol, direction)
         if direction == "drone2sat":
             for loc in test:
@@ -286,6 +286,18 @@ class SUES200:
                 rs.gallery_paths += frames
                 rs.gallery_labels += [loc] * len(frames)
         return rs
+
+    def protocol_gallery_ids(self, altitude_m: int, protocol: str) -> list[str]:
+        """The gallery locations of a protocol (the one definition, used by train.evaluate and the replay):
+        ``official``: every location; ``query_only``: the test locations."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+        return self.gallery_ids(altitude_m) if protocol == "official" else list(self.split(altitude_m)["test"])
+
+    def protocol_junk(self, altitude_m: int, protocol: str, gallery_labels) -> list[bool]:
+        """Per item of a gallery holding every location: True where ``protocol`` leaves it out."""
+        keep = set(self.protocol_gallery_ids(altitude_m, protocol))
+        return [str(label) not in keep for label in gallery_labels]
 
     def gallery_ids(self, altitude_m: int) -> list[str]:
         """Locations of the official gallery: every location (train ones as distractors)."""
