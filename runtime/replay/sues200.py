@@ -33,164 +33,158 @@ def _row(alt, level, direction, protocol, m) -> dict:
             "n_gallery": m.get("n_gallery")}
 
 
-def replay_sues200(
-    data_root,
-    bundle,
-    *,
-    altitudes=None,
-    db=None,
-    out_dir=None,
-    batch_size: int = 32,
-    directions=("drone2sat",),
-    latency_frames: int = 20,
-    plots: bool = True,
-    precision: str = "auto",
-    backend: str = "auto",
-    threads: int | None = None,
-) -> dict:
+def replay_sues200(data_root, bundle, *, altitudes=None, db=None, out_dir=None, batch_size: int = 32,
+                   directions=("drone2sat",), latency_frames: int = 20, plots: bool = True, precision: str = "auto",
+                   backend: str = "auto", threads: int | None = None) -> dict:
     """SUES-200 replay (see the module docstring); ``bundle`` is a bundle folder or a loaded engine.
 
     Returns ``{"dataset", "engine", "altitudes": {alt: {...}}, "rows": [...]}``; with ``out_dir``
     also writes ``replay_sues200.json``, ``replay_sues200.csv`` and ``sues200_r1.png``.
     """
-    from .sues200_layout import PROTOCOLS, SUES200
+    from .sues200_layout import SUES200
 
-    engine = load_engine_or_use(bundle, precision, backend, threads)
-    ds = data_root if isinstance(data_root, SUES200) else SUES200(data_root)
-    alts = ds.altitudes if altitudes is None else tuple(int(a) for a in altitudes)
     for d in directions:
         if d not in ("drone2sat", "sat2drone"):
             raise ValueError(f"direction {d!r} is not 'drone2sat' or 'sat2drone'")
-
-    gallery_db = None
-    if db is not None:
-        from tiles.db import TileDatabase
-
-        from ..engine import check_engine_database
-
-        gallery_db = db if isinstance(db, TileDatabase) else TileDatabase.open(db)
-        check_engine_database(engine, gallery_db)
-        db_labels = [str(v) for v in gallery_db.entries["label"]]
-        db_emb = np.asarray(gallery_db.embeddings, np.float32)
-
-    sat_cache: dict[str, np.ndarray] = {}
-
-    def satellite_embeddings(locs: list[str], alt: int) -> np.ndarray:
-        if gallery_db is not None:
-            where = {lab: i for i, lab in enumerate(db_labels)}
-            missing = [c for c in locs if c not in where]
-            if missing:
-                raise ValueError(
-                    f"gallery database {gallery_db.path} has no entry for locations {missing[:5]}; rebuild it "
-                    f"from this dataset: python -m export --bundle {shlex.quote(str(bundle_path(engine)))} "
-                    f"--gallery {shlex.quote(str(ds.given_root))} --gallery-out {shlex.quote(str(gallery_db.path))} "
-                    "--overwrite"
-                )
-            return _normalize(db_emb[[where[c] for c in locs]])
-        todo = [c for c in locs if c not in sat_cache]
-        if todo:
-            emb, _ = embed_images(engine, [ds.satellite_image(c, alt) for c in todo], batch_size)
-            sat_cache.update(zip(todo, emb))
-        return np.stack([sat_cache[c] for c in locs])
-
+    engine = load_engine_or_use(bundle, precision, backend, threads)
+    ds = data_root if isinstance(data_root, SUES200) else SUES200(data_root)
+    gallery = _Gallery(engine, ds, db, batch_size)
     results: dict = {"dataset": {"root": str(ds.root), "layout": ds.layout}, "engine": engine.name,
-                     "gallery": "database" if gallery_db is not None else "embedded on the fly",
+                     "gallery": "database" if gallery.db is not None else "embedded on the fly",
                      "altitudes": {}, "rows": []}
-    rows = results["rows"]
-    for alt in alts:
-        sp = ds.split(alt)
-        test = sp["test"]
-        if not test:
-            raise ValueError(f"{ds.root} has no test location at {alt} m: nothing to evaluate")
-        gallery_ids = ds.gallery_ids(alt)
-        g_emb = satellite_embeddings(gallery_ids, alt)
-        g_lab = np.asarray(gallery_ids)
-        junks = {p: np.asarray(ds.protocol_junk(alt, p, g_lab)) for p in PROTOCOLS}
-
-        q_paths, q_lab, flight_of = [], [], []
-        for fi, loc in enumerate(test):
-            frames = ds.drone_frames(loc, alt)
-            q_paths += frames
-            q_lab += [loc] * len(frames)
-            flight_of += [fi] * len(frames)
-        q_emb, timing = embed_images(engine, q_paths, batch_size)
-        q_lab = np.asarray(q_lab)
-        flight_of = np.asarray(flight_of)
-        sim = q_emb @ g_emb.T
-        res = {"n_test_locations": len(test), "n_gallery_locations": len(gallery_ids),
-               "n_frames": len(q_paths), "frame": {}, "flight_mean": {}, "flight_vote": {}}
-        for protocol, junk in junks.items():
-            m = retrieval_metrics(sim, q_lab, g_lab, ks=(1, 5, 10), junk=junk)
-            res["frame"][protocol] = m
-            rows.append(_row(alt, "frame", "drone2sat", protocol, m))
-        # per flight: the mean of the frames' embeddings
-        f_emb = _normalize(np.stack([q_emb[flight_of == i].mean(0) for i in range(len(test))]))
-        f_sim = f_emb @ g_emb.T
-        for protocol, junk in junks.items():
-            m = retrieval_metrics(f_sim, np.asarray(test), g_lab, ks=(1, 5, 10), junk=junk)
-            res["flight_mean"][protocol] = m
-            rows.append(_row(alt, "flight_mean", "drone2sat", protocol, m))
-        # per flight: majority vote of the frames' top-1 location (ties: the best summed similarity)
-        for protocol, junk in junks.items():
-            s = sim if junk is None else np.where(junk[None, :], -np.inf, sim)
-            top1 = np.argmax(s, axis=1)
-            hits = []
-            for i, loc in enumerate(test):
-                votes = np.bincount(top1[flight_of == i], minlength=len(g_lab)).astype(float)
-                votes += 1e-6 * np.nan_to_num(s[flight_of == i].sum(0), neginf=-1e9) / max(1, (flight_of == i).sum())
-                hits.append(g_lab[int(np.argmax(votes))] == loc)
-            m = {"R@1": 100.0 * float(np.mean(hits)), "n_queries": len(test),
-                 "n_gallery": int(len(g_lab) - (0 if junk is None else junk.sum()))}
-            res["flight_vote"][protocol] = m
-            rows.append(_row(alt, "flight_vote", "drone2sat", protocol, m))
-        if "sat2drone" in directions:
-            res["sat2drone"] = {}
-            d_lab = list(q_lab)
-            extra = [c for c in gallery_ids if c not in test]
-            extra_paths = [p for c in extra for p in ds.drone_frames(c, alt)]
-            extra_lab = [c for c in extra for _ in ds.drone_frames(c, alt)]
-            e_emb, _ = embed_images(engine, extra_paths, batch_size)
-            d_emb = np.concatenate([q_emb, e_emb]) if len(e_emb) else q_emb
-            d_lab = np.asarray(d_lab + extra_lab)
-            s_emb = satellite_embeddings(test, alt)
-            s2d = s_emb @ d_emb.T
-            for protocol in PROTOCOLS:
-                junk = np.asarray(ds.protocol_junk(alt, protocol, d_lab))
-                m = retrieval_metrics(s2d, np.asarray(test), d_lab, ks=(1, 5, 10), junk=junk)
-                res["sat2drone"][protocol] = m
-                rows.append(_row(alt, "frame", "sat2drone", protocol, m))
-        lat_imgs = []
-        if latency_frames:
-            from .flights import read_rgb
-
-            lat_imgs = [read_rgb(p) for p in q_paths[:latency_frames]]
-        res["latency"] = {
-            "batched_fps": rnd(timing["n"] / timing["embed_s"], 2) if timing["embed_s"] > 0 else None,
-            "batched_ms_per_frame": rnd(1e3 * timing["embed_s"] / max(1, timing["n"]), 3),
-            "decode_ms_per_frame": rnd(1e3 * timing["decode_s"] / max(1, timing["n"]), 3),
-            "batch_size": batch_size,
-            **(batch1_latency(engine, lat_imgs) if lat_imgs else {}),
-        }
+    for alt in (ds.altitudes if altitudes is None else tuple(int(a) for a in altitudes)):
+        res, rows = _replay_altitude(engine, ds, gallery, alt, batch_size, directions, latency_frames)
         results["altitudes"][str(alt)] = res
+        results["rows"] += rows
         log.info("SUES-200 %d m: frame R@1 %.2f (official) / %.2f (query-only), flight R@1 %.2f",
                  alt, res["frame"]["official"]["R@1"], res["frame"]["query_only"]["R@1"],
                  res["flight_mean"]["official"]["R@1"])
-
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "replay_sues200.json", jsonable(results))
-        write_csv(out / "replay_sues200.csv", rows, SUES_CSV_FIELDS)
-        files = {"json": str(out / "replay_sues200.json"), "csv": str(out / "replay_sues200.csv")}
-        if plots:
-            from .plots import plot_altitude_bars
-
-            bars = [{"altitude_m": r["altitude_m"], "series": f"{r['level']} {r['protocol']}", "R@1": r["R@1"]}
-                    for r in rows if r["direction"] == "drone2sat"]
-            files["r1_png"] = str(plot_altitude_bars(out / "sues200_r1.png", bars, "R@1",
-                                                     title="SUES-200 drone->satellite R@1 per altitude"))
-        results["files"] = files
+        results["files"] = _write(Path(out_dir), results, plots)
     return results
+
+
+class _Gallery:
+    """Satellite embeddings per location: from a gallery database, or embedded on the fly (cached)."""
+
+    def __init__(self, engine, ds, db, batch_size: int):
+        self.engine, self.ds, self.batch_size, self.db = engine, ds, batch_size, None
+        self.cache: dict[str, np.ndarray] = {}
+        if db is not None:
+            from tiles.db import TileDatabase
+
+            from ..engine import check_engine_database
+
+            self.db = db if isinstance(db, TileDatabase) else TileDatabase.open(db)
+            check_engine_database(engine, self.db)
+            self.where = {str(v): i for i, v in enumerate(self.db.entries["label"])}
+            self.emb = np.asarray(self.db.embeddings, np.float32)
+
+    def __call__(self, locs: list[str], alt: int) -> np.ndarray:
+        if self.db is not None:
+            missing = [c for c in locs if c not in self.where]
+            if missing:
+                raise ValueError(
+                    f"gallery database {self.db.path} has no entry for locations {missing[:5]}; rebuild it "
+                    f"from this dataset: python -m export --bundle {shlex.quote(str(bundle_path(self.engine)))} "
+                    f"--gallery {shlex.quote(str(self.ds.given_root))} --gallery-out "
+                    f"{shlex.quote(str(self.db.path))} --overwrite")
+            return _normalize(self.emb[[self.where[c] for c in locs]])
+        todo = [c for c in locs if c not in self.cache]
+        if todo:
+            emb, _ = embed_images(self.engine, [self.ds.satellite_image(c, alt) for c in todo], self.batch_size)
+            self.cache.update(zip(todo, emb))
+        return np.stack([self.cache[c] for c in locs])
+
+
+def _replay_altitude(engine, ds, gallery, alt: int, batch_size: int, directions, latency_frames: int):
+    """(result, CSV rows) of one altitude: frames, flights (mean embedding, vote), sat->drone, latency."""
+    from .sues200_layout import PROTOCOLS
+
+    test = ds.split(alt)["test"]
+    if not test:
+        raise ValueError(f"{ds.root} has no test location at {alt} m: nothing to evaluate")
+    gallery_ids = ds.gallery_ids(alt)
+    g_emb, g_lab = gallery(gallery_ids, alt), np.asarray(gallery_ids)
+    junks = {p: np.asarray(ds.protocol_junk(alt, p, g_lab)) for p in PROTOCOLS}
+    q_paths, q_lab, flight_of = [], [], []
+    for fi, loc in enumerate(test):
+        frames = ds.drone_frames(loc, alt)
+        q_paths += frames
+        q_lab += [loc] * len(frames)
+        flight_of += [fi] * len(frames)
+    q_emb, timing = embed_images(engine, q_paths, batch_size)
+    q_lab, flight_of = np.asarray(q_lab), np.asarray(flight_of)
+    sim = q_emb @ g_emb.T
+    res = {"n_test_locations": len(test), "n_gallery_locations": len(gallery_ids), "n_frames": len(q_paths),
+           "frame": {}, "flight_mean": {}, "flight_vote": {}}
+    rows = []
+    f_emb = _normalize(np.stack([q_emb[flight_of == i].mean(0) for i in range(len(test))]))
+    for protocol, junk in junks.items():
+        res["frame"][protocol] = retrieval_metrics(sim, q_lab, g_lab, ks=(1, 5, 10), junk=junk)
+        # per flight: the mean of the frames' embeddings, and a majority vote of their top-1
+        res["flight_mean"][protocol] = retrieval_metrics(f_emb @ g_emb.T, np.asarray(test), g_lab, ks=(1, 5, 10),
+                                                         junk=junk)
+        res["flight_vote"][protocol] = _flight_vote(sim, test, g_lab, flight_of, junk)
+        rows += [_row(alt, level, "drone2sat", protocol, res[level][protocol])
+                 for level in ("frame", "flight_mean", "flight_vote")]
+    if "sat2drone" in directions:
+        res["sat2drone"] = _sat2drone(engine, ds, gallery, alt, test, gallery_ids, q_emb, q_lab, batch_size)
+        rows += [_row(alt, "frame", "sat2drone", p, m) for p, m in res["sat2drone"].items()]
+    res["latency"] = _latency(engine, q_paths[:latency_frames], timing, batch_size)
+    return res, rows
+
+
+def _flight_vote(sim, test, g_lab, flight_of, junk) -> dict:
+    """Majority vote of a flight's frames' top-1 location (ties: the best summed similarity)."""
+    s = sim if junk is None else np.where(junk[None, :], -np.inf, sim)
+    top1 = np.argmax(s, axis=1)
+    hits = []
+    for i, loc in enumerate(test):
+        votes = np.bincount(top1[flight_of == i], minlength=len(g_lab)).astype(float)
+        votes += 1e-6 * np.nan_to_num(s[flight_of == i].sum(0), neginf=-1e9) / max(1, (flight_of == i).sum())
+        hits.append(g_lab[int(np.argmax(votes))] == loc)
+    return {"R@1": 100.0 * float(np.mean(hits)), "n_queries": len(test),
+            "n_gallery": int(len(g_lab) - (0 if junk is None else np.asarray(junk).sum()))}
+
+
+def _sat2drone(engine, ds, gallery, alt, test, gallery_ids, q_emb, q_lab, batch_size) -> dict:
+    from .sues200_layout import PROTOCOLS
+
+    extra = [c for c in gallery_ids if c not in test]
+    extra_paths = [p for c in extra for p in ds.drone_frames(c, alt)]
+    extra_lab = [c for c in extra for _ in ds.drone_frames(c, alt)]
+    e_emb, _ = embed_images(engine, extra_paths, batch_size)
+    d_emb = np.concatenate([q_emb, e_emb]) if len(e_emb) else q_emb
+    d_lab = np.asarray(list(q_lab) + extra_lab)
+    s2d = gallery(test, alt) @ d_emb.T
+    return {p: retrieval_metrics(s2d, np.asarray(test), d_lab, ks=(1, 5, 10),
+                                 junk=np.asarray(ds.protocol_junk(alt, p, d_lab))) for p in PROTOCOLS}
+
+
+def _latency(engine, paths, timing: dict, batch_size: int) -> dict:
+    from .flights import read_rgb
+
+    imgs = [read_rgb(p) for p in paths]
+    return {"batched_fps": rnd(timing["n"] / timing["embed_s"], 2) if timing["embed_s"] > 0 else None,
+            "batched_ms_per_frame": rnd(1e3 * timing["embed_s"] / max(1, timing["n"]), 3),
+            "decode_ms_per_frame": rnd(1e3 * timing["decode_s"] / max(1, timing["n"]), 3),
+            "batch_size": batch_size, **(batch1_latency(engine, imgs) if imgs else {})}
+
+
+def _write(out: Path, results: dict, plots: bool) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "replay_sues200.json", jsonable(results))
+    write_csv(out / "replay_sues200.csv", results["rows"], SUES_CSV_FIELDS)
+    files = {"json": str(out / "replay_sues200.json"), "csv": str(out / "replay_sues200.csv")}
+    if plots:
+        from .plots import plot_altitude_bars
+
+        bars = [{"altitude_m": r["altitude_m"], "series": f"{r['level']} {r['protocol']}", "R@1": r["R@1"]}
+                for r in results["rows"] if r["direction"] == "drone2sat"]
+        files["r1_png"] = str(plot_altitude_bars(out / "sues200_r1.png", bars, "R@1",
+                                                 title="SUES-200 drone->satellite R@1 per altitude"))
+    return files
 
 
 def sues200_table(results: dict) -> str:
