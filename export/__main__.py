@@ -46,6 +46,15 @@ from tiles import validate
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_options(ap)
+    _database_options(ap)
+    args = ap.parse_args(argv)
+    _check(ap, args)
+    return args
+
+
+def _model_options(ap: argparse.ArgumentParser) -> None:
+    """The bundle: ONNX, FP16/INT8 with their gate, the compact descriptor, TensorRT."""
     ap.add_argument("ckpt", nargs="?", type=Path, help="checkpoint (ours or an official Sample4Geo state dict)")
     ap.add_argument("--out", type=Path, help="bundle folder to write")
     ap.add_argument("--bundle", type=Path, help="an existing bundle (for --trt / --tiles without a checkpoint)")
@@ -80,6 +89,10 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="TensorRT precision")
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
     ap.add_argument("--workspace-mib", type=int, default=1024)
+
+
+def _database_options(ap: argparse.ArgumentParser) -> None:
+    """The tile (or gallery) database: layers, indexes, map imagery, the map filter's calibration."""
     ap.add_argument("--tiles", type=Path, nargs="+", default=[], help="GeoTIFF(s) for the tile database")
     ap.add_argument("--altitudes-m", "--altitudes", dest="altitudes", type=float, nargs="+",
                     default=[150, 200, 250, 300], help="flight heights of the tile database's layers, metres")
@@ -105,7 +118,10 @@ def parse_args(argv=None):
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+
+
+def _check(ap: argparse.ArgumentParser, args) -> None:
+    """Refuse what cannot work before any work starts (argparse's exit code 2 and message)."""
     validate.check_args(ap, args, {"altitudes": ("--altitudes-m", validate.altitude_m),
                                    "hfov": ("--hfov-deg", validate.hfov_deg),
                                    "stride_frac": ("--stride-frac", lambda v: validate.fraction("stride_frac", v))})
@@ -129,7 +145,6 @@ def parse_args(argv=None):
                      "--projection-tifs TRAIN_YEAR.tif ... (and/or --tiles MAP.tif); or --descriptor-dim 0")
     if args.int8 and not (args.calib or args.calib_tif):
         ap.error("--int8 needs calibration images: --calib DIR or --calib-tif MAP.tif")
-    return args
 
 
 def main(argv=None) -> int:

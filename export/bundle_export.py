@@ -86,23 +86,10 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     from .quantize import convert_fp16, quantize_int8
 
     ckpt, out = Path(ckpt), Path(out)
-    for query_tif in (eval_tifs or [])[:-1]:  # before any work: the held-out maps show the reference's area
-        check_map_pair(query_tif, eval_tifs[-1])
-    if input_format not in INPUT_FORMATS:
-        raise ValueError(f"input_format {input_format!r} is not one of {INPUT_FORMATS}")
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} not found; train one with `python -m train` first")
-    if (out / MANIFEST).exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a bundle; pass overwrite=True (CLI: --overwrite) to replace it")
-    if max_r1_drop is not None and not eval_tifs:
-        raise ValueError("--max-r1-drop needs held-out images for the accuracy gate: --eval-tifs QUERY.tif GALLERY.tif")
+    _check_inputs(ckpt, out, input_format, eval_tifs, max_r1_drop, overwrite)
     sets = _held_out(eval_tifs, eval_altitudes_m, hfov_deg, eval_crop_px, eval_n,
                      max_r1_drop if (fp16 or int8) else None)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / MANIFEST).exists():
-        (out / MANIFEST).unlink()  # the old bundle stops being one until the new manifest is written
-    for stale in ("model.fp16.onnx", "model.int8.onnx"):  # an older export's variant is no part of this one
-        (out / stale).unlink(missing_ok=True)
+    _clear(out)
 
     model, info = load_checkpoint(ckpt, model_name=model_name)
     model.eval()
@@ -118,18 +105,8 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         raise ValueError("the parity check needs real images: give --eval-tifs QUERY.tif GALLERY.tif, "
                          "--calib DIR or --calib-tif MAP.tif")
     parity = check_parity(model, p, fp32, parity_images, input_format=input_format, tolerance=parity_tolerance)
-    projection = None
-    if descriptor_dim and int(descriptor_dim) >= int(model.embedding_dim):
-        _log.warning("descriptor dim %d >= the network's embedding size %d: no projection, the bundle emits the "
-                     "full embedding", descriptor_dim, model.embedding_dim)
-        descriptor_dim = None
-    if descriptor_dim:
-        from .projection import fit_and_append, projected_fingerprint
-
-        projection = fit_and_append(fp32, p, input_format, int(descriptor_dim), view_tifs=projection_tifs,
-                                    map_tifs=projection_map_tifs, n=projection_n, hfov_deg=hfov_deg, out_dir=out)
-        projection["checkpoint_fingerprint"] = fingerprint
-        fingerprint = projected_fingerprint(fingerprint, projection)
+    projection, fingerprint = _projection(fp32, model, input_format, descriptor_dim, projection_tifs,
+                                          projection_map_tifs, projection_n, hfov_deg, out, fingerprint)
     files = [_onnx_entry(fp32, "fp32", parity=parity)]
 
     variants = {}
@@ -151,17 +128,25 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         if precision == "int8":
             extra["calibration"] = calib_info
         files.append(_onnx_entry(Path(path), precision, **extra))
-    if not eval_tifs:
-        eval_report = None
-    else:
-        eval_report = {"fp32_R@1": accuracy["fp32"]["R@1"] if accuracy else None}
+    _write_manifest(out, info, model, fingerprint, projection, input_format, ckpt, files, accuracy, rejected,
+                    eval_tifs)
+    _log.info("bundle %s: %s", out, ", ".join(f"{f['path']} ({f['precision']})" for f in files))
+    if rejected:
+        raise AccuracyGateError(gate_message(accuracy, rejected, int8_reduce_range), bundle=out, rejected=rejected,
+                                report=accuracy)
+    return out
 
+
+def _write_manifest(out, info, model, fingerprint, projection, input_format, ckpt, files, accuracy, rejected,
+                    eval_tifs) -> None:
     import torch
 
+    eval_report = {"fp32_R@1": accuracy["fp32"]["R@1"] if accuracy else None} if eval_tifs else None
     manifest = new_manifest(
         model_name=info["model_name"], model_fingerprint=fingerprint,
         embedding_dim=int(projection["dim"] if projection else model.embedding_dim), projection=projection,
-        preprocess=p.to_dict(), input=input_spec(input_format), output={"name": "embedding", "l2_normalised": True},
+        preprocess=model.preprocess.to_dict(), input=input_spec(input_format),
+        output={"name": "embedding", "l2_normalised": True},
         source_checkpoint={"path": str(ckpt), "sha256": file_sha256(ckpt), "format": info.get("format")},
         files=files,
         export={"opset": OPSET, "exporter": f"torch.onnx (TorchScript, dynamo=False), torch {torch.__version__}",
@@ -170,11 +155,44 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     if rejected:
         manifest["export"]["gate_rejected"] = {r: accuracy[r] for r in rejected}
     write_manifest(out, manifest)
-    _log.info("bundle %s: %s", out, ", ".join(f"{f['path']} ({f['precision']})" for f in files))
-    if rejected:
-        raise AccuracyGateError(gate_message(accuracy, rejected, int8_reduce_range), bundle=out, rejected=rejected,
-                                report=accuracy)
-    return out
+
+
+def _check_inputs(ckpt: Path, out: Path, input_format: str, eval_tifs, max_r1_drop, overwrite: bool) -> None:
+    """Refuse what cannot work before any work starts."""
+    for query_tif in (eval_tifs or [])[:-1]:  # the held-out maps show the reference's area
+        check_map_pair(query_tif, eval_tifs[-1])
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format {input_format!r} is not one of {INPUT_FORMATS}")
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} not found; train one with `python -m train` first")
+    if (out / MANIFEST).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a bundle; pass overwrite=True (CLI: --overwrite) to replace it")
+    if max_r1_drop is not None and not eval_tifs:
+        raise ValueError("--max-r1-drop needs held-out images for the accuracy gate: --eval-tifs QUERY.tif GALLERY.tif")
+
+
+def _clear(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).exists():
+        (out / MANIFEST).unlink()  # the old bundle stops being one until the new manifest is written
+    for stale in ("model.fp16.onnx", "model.int8.onnx"):  # an older export's variant is no part of this one
+        (out / stale).unlink(missing_ok=True)
+
+
+def _projection(fp32, model, input_format, descriptor_dim, view_tifs, map_tifs, n, hfov_deg, out, fingerprint):
+    """(projection record or None, the bundle's fingerprint): the compact descriptor appended to the graph."""
+    if descriptor_dim and int(descriptor_dim) >= int(model.embedding_dim):
+        _log.warning("descriptor dim %d >= the network's embedding size %d: no projection, the bundle emits the "
+                     "full embedding", descriptor_dim, model.embedding_dim)
+        descriptor_dim = None
+    if not descriptor_dim:
+        return None, fingerprint
+    from .projection import fit_and_append, projected_fingerprint
+
+    projection = fit_and_append(fp32, model.preprocess, input_format, int(descriptor_dim), view_tifs=view_tifs,
+                                map_tifs=map_tifs, n=n, hfov_deg=hfov_deg, out_dir=out)
+    projection["checkpoint_fingerprint"] = fingerprint
+    return projection, projected_fingerprint(fingerprint, projection)
 
 
 def _held_out(eval_tifs, altitudes_m, hfov_deg: float, crop_px: int, n_max: int, max_r1_drop):

@@ -122,11 +122,9 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     resolution of a frame ``imagery_px`` pixels wide at the lowest altitude (never finer than the map);
     None writes none (retrieval only).
     """
-    from tqdm import tqdm
-
     from runtime.bundle import read_bundle
     from tiles.db import write_database
-    from tiles.grid import read_tile, tiles_to_entries
+    from tiles.grid import tiles_to_entries
     from tiles.raster import open_raster
 
     out = Path(out)
@@ -166,26 +164,11 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     _log.info("rank %d/%d: %d of %d chunks to embed (%d tiles) in %s", rank, world_size, len(mine), len(chunks),
               n_tiles, work)
     if mine:
-        embed = embedder or onnx_embedder(bundle.path, local_rank, batch_size)
-        with tqdm(total=n_tiles, unit="tile", disable=not progress, desc=f"tiles rank {rank}") as bar:
-            for i in mine:
-                j, k = chunks[i]
-                s, _, _, tiles = jobs[j]
-                images = [read_tile(rasters[s], t, tile_px) for t in tiles[k:k + chunk_tiles]]
-                emb = np.asarray(embed(images), np.float32)
-                if emb.shape[0] != len(images):
-                    raise RuntimeError(f"the embedder returned {emb.shape[0]} rows for {len(images)} tiles")
-                _save_npy(chunk_path(i), emb)
-                bar.update(len(images))
+        _embed_chunks(mine, chunks, jobs, rasters, tile_px, chunk_tiles, chunk_path,
+                      embedder or onnx_embedder(bundle.path, local_rank, batch_size), n_tiles, rank, progress)
     if rank != 0:
         return None
-    deadline = time.monotonic() + wait_timeout_s
-    while missing := [i for i in range(len(chunks)) if not chunk_path(i).is_file()]:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(missing)} chunks still missing in {work} after {wait_timeout_s:.0f} s: did a "
-                               "rank die? Re-run the same command to resume")
-        time.sleep(2.0)
-
+    _wait_for_chunks(work, len(chunks), chunk_path, wait_timeout_s)
     embeddings = np.concatenate([np.load(chunk_path(i)) for i in range(len(chunks))])
     entries = np.concatenate([tiles_to_entries(tiles, layer=l_idx, altitude_m=alt, source=s)
                               for s, l_idx, alt, tiles in jobs if tiles])
@@ -211,6 +194,34 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
             work.parent.rmdir()  # only when no other build's work is in it
     _log.info("tile database %s: %d tiles in %d layers", path, len(embeddings), len(layers))
     return path
+
+
+def _embed_chunks(mine, chunks, jobs, rasters, tile_px, chunk_tiles, chunk_path, embed, n_tiles, rank, progress):
+    """Embed this rank's chunks of tiles, each saved as soon as it is done (a killed build resumes)."""
+    from tqdm import tqdm
+
+    from tiles.grid import read_tile
+
+    with tqdm(total=n_tiles, unit="tile", disable=not progress, desc=f"tiles rank {rank}") as bar:
+        for i in mine:
+            j, k = chunks[i]
+            s, _, _, tiles = jobs[j]
+            images = [read_tile(rasters[s], t, tile_px) for t in tiles[k:k + chunk_tiles]]
+            emb = np.asarray(embed(images), np.float32)
+            if emb.shape[0] != len(images):
+                raise RuntimeError(f"the embedder returned {emb.shape[0]} rows for {len(images)} tiles")
+            _save_npy(chunk_path(i), emb)
+            bar.update(len(images))
+
+
+def _wait_for_chunks(work: Path, n_chunks: int, chunk_path, wait_timeout_s: float) -> None:
+    """Rank 0 waits until every rank's chunks are on disk."""
+    deadline = time.monotonic() + wait_timeout_s
+    while missing := [i for i in range(n_chunks) if not chunk_path(i).is_file()]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missing)} chunks still missing in {work} after {wait_timeout_s:.0f} s: did a "
+                               "rank die? Re-run the same command to resume")
+        time.sleep(2.0)
 
 
 def _attach_imagery(db_path: Path, rasters, min_altitude_m: float, hfov_deg: float, imagery_px: int) -> None:
