@@ -41,6 +41,7 @@ import sys
 from pathlib import Path
 
 from tiles import validate
+from tiles.cli import UserError
 
 
 def parse_args(argv=None):
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
             db = build_gallery_database(bundle, args.gallery, args.gallery_out or Path(bundle) / "gallerydb",
                                         overwrite=args.overwrite, progress=not args.no_progress)
             log.info("gallery database %s", db)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (UserError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         log.error("%s", e)
         return 2
     if gate_error is not None:

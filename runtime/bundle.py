@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tiles.cli import UserError
 from tiles.io import atomic_write_json
 
 from .preprocess import Preprocess
@@ -53,7 +54,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("onnx", "tensorrt")
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """A model bundle that is missing, incomplete or inconsistent."""
 
 

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tiles.cli import UserError
+
 from .preprocess import bgr_to_rgb
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class Frame(NamedTuple):
     meta: dict
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source that cannot be opened at all (bad path, no such device)."""
 
 

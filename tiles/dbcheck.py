@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import UserError
 from .io import file_sha256 as sha256_file
 
 
-class DatabaseError(ValueError):
+class DatabaseError(UserError, ValueError):
     """A tile database that cannot be read: missing, truncated, wrong version, inconsistent."""
 
 

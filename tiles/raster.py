@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import UserError
 from .io import file_sha256
 
 _logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 _STATS_MAX_SIDE = 1024  # decimated read used for percentile statistics and coarse validity
 
 
-class RasterError(ValueError):
+class RasterError(UserError, ValueError):
     """A file that cannot be used as a map raster; the message names the file and the fix."""
 
 

@@ -66,7 +66,7 @@ class DemoConfig:
         """A reduced run for CI (about a third of the work): a third of the training locations, tile
         databases without overlap, shorter flights; the same steps and code paths."""
         return cls(out=out, flight_frames=16, stride_frac=1.0, calib_frames=12, train_overrides=[
-            "data.max_locations=160", "eval.max_queries=20"])
+            "data.max_locations=160", "eval.max_queries=20", "eval.stride_frac=1.0"])
 
 
 def _stage(name: str):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.preprocess import INTERPOLATIONS, Preprocess
+from tiles.cli import UserError
 from tiles.io import atomic_path
 
 _logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ LITE0_MODEL_NAME = "tf_efficientnet_lite0"
 INITIAL_TEMPERATURE = 0.07
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded into the requested model (wrong keys, shapes or format)."""
 
 

@@ -33,6 +33,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tiles.cli import UserError
+
 from ..sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ SPLIT_DRONE_DIRS = (("Training", "drone"), ("Testing", "query_drone"), ("Testing
 SPLIT_SAT_DIRS = (("Training", "satellite"), ("Testing", "query_satellite"), ("Testing", "gallery_satellite"))
 
 
-class SUES200LayoutError(FileNotFoundError):
+class SUES200LayoutError(UserError, FileNotFoundError):
     """The folder does not hold SUES-200 in either known layout, or an expected part is missing."""
 
 
