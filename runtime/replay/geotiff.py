@@ -255,8 +255,10 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
         summary = summarize_flight(records, time.perf_counter() - t0)
         results["altitudes"][f"{alt:g}"] = summary
         all_records += records
-        log.info("flight at %g m: %d frames, fix rate %s%%, median error %s m, R@1 %s%%", alt,
-                 summary["n_frames"], summary["fix_rate"], summary["error_m_median"], summary["R@1"])
+        med = summary["error_m_median"]
+        log.info("flight at %g m: %d frames, %d trusted (%d wrong), median error %s, R@1 %s%%", alt,
+                 summary["n_frames"], summary["trusted"], summary["wrong_trusted"],
+                 "-" if med is None else f"{med:.1f} m", summary["R@1"])
         if out is not None and plots:
             files.update(_plot_flight(out, alt, records, summary, map_path))
     results["frames"] = all_records
