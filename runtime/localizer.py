@@ -134,7 +134,13 @@ class Localizer:
         self.filter = PositionFilter(max_speed_mps=self.cfg.max_speed_mps, min_confidence=self.cfg.min_confidence,
                                      acquire_frames=self.cfg.acquire_frames,
                                      reacquire_frames=self.cfg.acquire_frames)
-        self.fusion = self._map_fusion() if self.cfg.fusion == "map_filter" else None
+        self.fusion = None
+        if self.cfg.fusion == "map_filter":
+            if len(db.entries) and bool(np.all(db.entries["has_geo"])):
+                self.fusion = self._map_fusion()
+            else:  # a gallery of labelled images (SUES-200, University-1652): no map to filter over
+                logger.warning("%s holds no tile positions (a gallery database): each frame's own match, "
+                               "no map filter", getattr(db, "path", "the database"))
         self._yaw: tuple[float, float] | None = None  # (t, heading) last measured by registration
 
     def _map_fusion(self):

@@ -1,0 +1,92 @@
+"""Frame rate of the service with the whole Localizer, against the engine alone (issue 10's ratio).
+
+    python -m tools.bench_flight_rate --bundle B --db DB --flight-raster YEAR.tif [--altitude-m 200]
+        [--frames 60] [--out result.json]
+
+Renders one flight (the demo's: 40 m/s, 1 frame/s, heading along the track) to a folder of PNG frames and
+runs the real :class:`runtime.service.Service` on it (every frame processed, fixed altitude and heading)
+with each fusion setting: the map filter with registration, the map filter with registration every 5th
+frame, without registration, and the first version's per-frame gate. The engine alone is timed on the same
+frames (batch 1). Medians of one run on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+
+def engine_alone(bundle, frames) -> float:
+    from runtime.engine import load_engine
+
+    engine = load_engine(bundle, precision="fp32")
+    xs = [engine.prepare([f]) for f in frames]
+    engine.embed_prepared(xs[0])
+    times = []
+    for x in xs:
+        t0 = time.perf_counter()
+        engine.embed_prepared(x)
+        times.append(time.perf_counter() - t0)
+    engine.close()
+    return 1.0 / statistics.median(times)
+
+
+def service_rate(bundle, db, folder, altitude_m: float, heading_deg: float, **knobs) -> dict:
+    from runtime.config import ServiceConfig
+    from runtime.service import Service
+
+    cfg = ServiceConfig(bundle=str(bundle), db=str(db), source=str(folder), altitude_m=altitude_m,
+                        heading_deg=heading_deg, precision="fp32", drop_frames=False, health_log_s=1e9, **knobs)
+    svc = Service(cfg)
+    svc.run()
+    lat = svc.health.snapshot()["latency_ms"]
+    return {"fps": (svc.processed - 1) / (svc.t_last - svc.t_first), "frames": svc.processed,
+            "median_ms": {k: v.get("p50") for k, v in lat.items()}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--flight-raster", required=True)
+    ap.add_argument("--altitude-m", type=float, default=200.0)
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_flight_rate"))
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    import cv2
+
+    from runtime.replay.flights import GeoTiffFlight
+
+    folder = args.work / "frames"
+    folder.mkdir(parents=True, exist_ok=True)
+    flight = GeoTiffFlight(args.flight_raster, args.altitude_m, pattern="line", speed_mps=40.0, fps=1.0,
+                           photometric=0.3, max_frames=args.frames, seed=1)
+    frames, heading = [], 0.0
+    for i, (_, img, meta) in enumerate(flight):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), img[:, :, ::-1])
+        frames.append(img)
+        heading = float(meta.get("heading_deg", 0.0))  # a line: one heading for the whole flight
+    res = {"engine_alone_fps": engine_alone(args.bundle, frames), "machine_note": "one run, 2-core VM"}
+    settings = {"map_filter + registration": {},
+                "map_filter + registration every 5th frame": {"registration_every": 5},
+                "map_filter, no registration": {"registration": False, "verify_lock": False},
+                "gate (first version)": {"fusion": "gate"}}
+    for name, knobs in settings.items():
+        r = service_rate(args.bundle, args.db, folder, args.altitude_m, heading, **knobs)
+        r["ratio_to_engine"] = r["fps"] / res["engine_alone_fps"]
+        res[name] = r
+        print(f"{name:>42}: {r['fps']:6.2f} fps = {r['ratio_to_engine']:.2f} of the engine alone "
+              f"({res['engine_alone_fps']:.1f} fps)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
