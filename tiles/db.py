@@ -125,39 +125,11 @@ def write_database(
     (:mod:`tiles.spatial`); ``indexes`` are optional builders of further indexes (see :func:`_write_indexes`).
     """
     path = Path(path)
-    emb = np.asarray(embeddings, dtype=np.float32)
-    if emb.ndim != 2 or emb.shape[0] == 0:
-        raise DatabaseError(f"embeddings must be a non-empty (N, D) array, got shape {emb.shape}")
-    entries = np.asarray(entries)
-    if entries.dtype != ENTRY_DTYPE:
-        raise DatabaseError("entries must use tiles.db.ENTRY_DTYPE (build them with tiles.db.empty_entries)")
-    if len(entries) != len(emb):
-        raise DatabaseError(f"{len(entries)} entries for {len(emb)} embeddings: they must match one to one")
-    if not np.all(np.isfinite(emb)):
-        raise DatabaseError("embeddings contain NaN or inf: the model output is broken, nothing was written")
-    norms = np.linalg.norm(emb, axis=1)
-    if np.any(norms < 1e-12):
-        raise DatabaseError(f"{int(np.sum(norms < 1e-12))} embeddings have zero norm; cannot L2-normalise")
-    if "fingerprint" not in model:
-        raise DatabaseError("model info must include 'fingerprint' (the checkpoint hash) so the runtime can check it")
-    if not layers:
-        raise DatabaseError("at least one layer is needed, e.g. [{'name': 'gallery'}]")
-    if entries["layer"].min() < 0 or entries["layer"].max() >= len(layers):
-        raise DatabaseError(f"entry layer indices must be in 0..{len(layers) - 1}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-
+    emb, entries, norms = _checked_inputs(path, embeddings, entries, model, layers, overwrite)
     order = np.argsort(entries["layer"], kind="stable")
     emb = (emb / norms[:, None])[order].astype(np.float16)
     entries = entries[order]
-    layers = [dict(layer) for layer in layers]
-    for i, layer in enumerate(layers):
-        if "name" not in layer:
-            raise DatabaseError(f"layer {i} has no 'name': {layer!r}")
-        idx = np.flatnonzero(entries["layer"] == i)
-        layer["start"] = int(idx[0]) if len(idx) else int(np.searchsorted(entries["layer"], i))
-        layer["stop"] = layer["start"] + len(idx)
-        layer["count"] = len(idx)
+    layers = _layer_ranges(layers, entries)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -203,6 +175,45 @@ def write_database(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _checked_inputs(path: Path, embeddings, entries, model: dict, layers: list[dict], overwrite: bool):
+    """(float32 embeddings, entries, row norms), or a DatabaseError naming what is wrong; nothing is written."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise DatabaseError(f"embeddings must be a non-empty (N, D) array, got shape {emb.shape}")
+    entries = np.asarray(entries)
+    if entries.dtype != ENTRY_DTYPE:
+        raise DatabaseError("entries must use tiles.db.ENTRY_DTYPE (build them with tiles.db.empty_entries)")
+    if len(entries) != len(emb):
+        raise DatabaseError(f"{len(entries)} entries for {len(emb)} embeddings: they must match one to one")
+    if not np.all(np.isfinite(emb)):
+        raise DatabaseError("embeddings contain NaN or inf: the model output is broken, nothing was written")
+    norms = np.linalg.norm(emb, axis=1)
+    if np.any(norms < 1e-12):
+        raise DatabaseError(f"{int(np.sum(norms < 1e-12))} embeddings have zero norm; cannot L2-normalise")
+    if "fingerprint" not in model:
+        raise DatabaseError("model info must include 'fingerprint' (the checkpoint hash) so the runtime can check it")
+    if not layers:
+        raise DatabaseError("at least one layer is needed, e.g. [{'name': 'gallery'}]")
+    if entries["layer"].min() < 0 or entries["layer"].max() >= len(layers):
+        raise DatabaseError(f"entry layer indices must be in 0..{len(layers) - 1}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    return emb, entries, norms
+
+
+def _layer_ranges(layers: list[dict], entries: np.ndarray) -> list[dict]:
+    """Copies of ``layers`` with ``start``/``stop``/``count`` of their rows (entries sorted by layer)."""
+    layers = [dict(layer) for layer in layers]
+    for i, layer in enumerate(layers):
+        if "name" not in layer:
+            raise DatabaseError(f"layer {i} has no 'name': {layer!r}")
+        idx = np.flatnonzero(entries["layer"] == i)
+        layer["start"] = int(idx[0]) if len(idx) else int(np.searchsorted(entries["layer"], i))
+        layer["stop"] = layer["start"] + len(idx)
+        layer["count"] = len(idx)
+    return layers
 
 
 def _write_indexes(tmp: Path, emb: np.ndarray, entries: np.ndarray, layers: list[dict],
