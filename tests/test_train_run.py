@@ -43,8 +43,9 @@ def _wait_for(path, text, proc, timeout=240, after: int = 0):
 
 def test_a_killed_run_resumes_from_its_last_step_checkpoint_and_ctrl_c_saves(tmp_path, naip_paths):
     run = tmp_path / "run"
-    # 4 steps per epoch, 3 epochs: a checkpoint every step, logged every step
-    cmd = [sys.executable, "-m", "train", "--preset", "demo", "--run-dir", str(run), "--epochs", "3",
+    # 4 steps per epoch, 25 epochs (long enough that the Ctrl-C below lands mid-run on a fast machine; with 3
+    # the resumed run could finish first): a checkpoint every step, logged every step
+    cmd = [sys.executable, "-m", "train", "--preset", "demo", "--run-dir", str(run), "--epochs", "25",
            *_sets(TINY + _data(naip_paths) + ["sampler.kind=gps", "sampler.mining_every_epochs=0",
                                               "optim.checkpoint_every_steps=1", "log_every=1"])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,7 +66,7 @@ def test_a_killed_run_resumes_from_its_last_step_checkpoint_and_ctrl_c_saves(tmp
     assert after["step"] > ckpt["step"]
     done = subprocess.run(resume, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 12 and (run / "DONE").is_file()
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 100 and (run / "DONE").is_file()
 
 
 def test_a_run_that_never_checkpointed_does_not_block_a_retry(tmp_path, naip_paths):
