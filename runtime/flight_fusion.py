@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -35,6 +36,7 @@ import numpy as np
 from .map_filter import MapFilter, MapFilterConfig
 from .odometry import OdometryConfig, VisualOdometry, frame_texture
 from .position import Fix
+from .search import Matches
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,6 @@ class MapFusion:
         self.last_trusted: Fix | None = None
         self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
         self.frames = 0
-        self._layer_emb: dict[int, np.ndarray] = {}
 
     def reset(self) -> None:
         self.layer, self.filter, self.last_trusted, self.verified, self.frames = None, None, None, None, 0
@@ -63,9 +64,10 @@ class MapFusion:
 
     # ---- per frame ------------------------------------------------------------------------------
     def step(self, t: float, up, raw_image, emb: np.ndarray, layer: int, altitude_m: float,
-             heading_deg: float | None, top_rows) -> tuple[Fix, dict]:
-        """One frame (``up``: north-up image or None when only the embedding is known); returns the fused fix
-        and what happened (odometry, rows scored, registration) for the record."""
+             heading_deg: float | None, k: int) -> tuple[Fix, Matches, dict]:
+        """One frame (``up``: north-up image or None when only the embedding is known); returns the fused fix,
+        the frame's top-``k`` tiles of the layer, and what happened (odometry, rows scored, registration,
+        ``search_ms``) for the record."""
         mf = self._filter_for(layer)
         motion = None
         if self.odometry is not None and up is not None:
@@ -73,7 +75,10 @@ class MapFusion:
         mf.predict(t, motion)
         self._carry_verified(motion)
         rows = mf.rows_to_score()
-        scores = self._scores(emb, layer, rows)
+        t0 = time.perf_counter()
+        scores, matches = self._scores(emb, layer, rows, k)
+        search_ms = (time.perf_counter() - t0) * 1e3
+        top_rows = matches.indices[0]
         textured = up is None or frame_texture(up) >= mf.cfg.min_texture
         if textured:
             mf.update(rows, scores)
@@ -89,8 +94,8 @@ class MapFusion:
                 "rows_scored": len(mf.grid) if rows is None else len(rows),
                 "registered": None if reg is None else bool(reg.ok),
                 "registration_reason": None if reg is None else reg.reason,
-                "p_out": round(float(est.p_out), 4), "mass": round(float(est.mass), 4)}
-        return fix, info
+                "p_out": round(float(est.p_out), 4), "mass": round(float(est.mass), 4), "search_ms": search_ms}
+        return fix, matches, info
 
     def _filter_for(self, layer: int) -> MapFilter:
         if self.filter is not None and layer == self.layer:
@@ -105,14 +110,14 @@ class MapFusion:
         self.layer, self.filter, self.verified = layer, mf, None
         return mf
 
-    def _scores(self, emb: np.ndarray, layer: int, rows) -> np.ndarray:
+    def _scores(self, emb: np.ndarray, layer: int, rows, k: int) -> tuple[np.ndarray, Matches]:
+        """The similarities the filter asked for, and the frame's top-k of the layer: derived from them when the
+        filter scored the whole layer, else a global search (approximate on big layers)."""
         q = np.asarray(emb, np.float32).reshape(-1)
         if rows is None:
-            if layer not in self._layer_emb:  # the layer as float32 once (a few MB for the demo's layers)
-                sl = self.db.layer_slice(layer)
-                self._layer_emb[layer] = np.asarray(self.db.embeddings[sl], np.float32)
-            return self._layer_emb[layer] @ q
-        return self.searcher.score_rows(q, rows)
+            scores = self.searcher.score_layer(q, layer)
+            return scores, self.searcher.top_k(scores, layer, k)
+        return self.searcher.score_rows(q, rows), self.searcher.search_global(q, k=k, layer=layer)
 
     def _register(self, raw_image, altitude_m: float, heading_deg: float | None, top_rows):
         if self.registrar is None or raw_image is None or self.frames % self.registration_every:

@@ -223,15 +223,18 @@ class Localizer:
             k = cfg.top_k
             matches = Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))
             raw = Fix(t=t, reason=why)
+            fused = replace(raw, trusted=False) if self.fusion is not None else self.filter.update(raw)
+            t3 = time.perf_counter()
+        elif self.fusion is not None:  # the filter scores the tiles; the frame's top-k come from the same scores
+            fused, matches, info = self.fusion.step(t, up, image, emb, layer, telemetry.altitude_m,
+                                                    telemetry.heading_deg if cfg.derotate else None, cfg.top_k)
+            raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
+            t3 = t2 + info.pop("search_ms") / 1e3
         else:
             matches = self._search(emb, layer)
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
-        t3 = time.perf_counter()
-        if self.fusion is None or layer is None:
-            fused = self.filter.update(raw) if self.fusion is None else replace(raw, trusted=False)
-        else:
-            fused, info = self.fusion.step(t, up, image, emb, layer, telemetry.altitude_m,
-                                           telemetry.heading_deg if cfg.derotate else None, matches.indices[0])
+            t3 = time.perf_counter()
+            fused = self.filter.update(raw)
         if telemetry.capture_time_unix is not None:
             fused = replace(fused, capture_time_unix=telemetry.capture_time_unix)
         if math.isfinite(fused.yaw_deg):
@@ -243,11 +246,6 @@ class Localizer:
                             telemetry=telemetry, fusion=info)
 
     def _search(self, emb: np.ndarray, layer: int) -> Matches:
-        if self.fusion is not None:  # the filter does the local search; these are the frame's own best tiles
-            return self.searcher.search_global(emb, k=self.cfg.top_k, layer=layer)
-        return self._search_gate(emb, layer)
-
-    def _search_gate(self, emb: np.ndarray, layer: int) -> Matches:
         """Top-k of the layer, around the last trusted fix when ``search_radius_m`` is set (the whole layer
         when nothing lies within the radius)."""
         k, radius, last = self.cfg.top_k, self.cfg.search_radius_m, self.filter.last

@@ -150,6 +150,29 @@ class Searcher:
         sims = q @ np.asarray(self.db.embeddings[rows], np.float32).T
         return sims[0] if one else sims
 
+    def score_layer(self, query: np.ndarray, layer) -> np.ndarray:
+        """(R,) float32 cosines of one query to every row of ``layer``, in row order, through the same float32
+        cache as :meth:`search` (no second copy of the layer)."""
+        q = self._check_queries(np.asarray(query, np.float32))[0]
+        sl = self._rows(self._layer_index(layer))
+        cached = self._float32_block(sl)
+        if cached is not None:
+            return cached @ q
+        return np.concatenate([np.asarray(self.db.embeddings[s:min(s + self.chunk_rows, sl.stop)], np.float32) @ q
+                               for s in range(sl.start, sl.stop, self.chunk_rows)])
+
+    def top_k(self, scores: np.ndarray, layer, k: int) -> Matches:
+        """The :class:`Matches` of a query from its :meth:`score_layer` scores (no second pass over the layer)."""
+        sl = self._rows(self._layer_index(layer))
+        out_i = np.full((1, k), -1, np.int64)
+        out_s = np.full((1, k), -np.inf, np.float32)
+        kk = min(k, len(scores))
+        if kk:
+            idx, sc = _topk_rows(np.asarray(scores, np.float32)[None, :], kk)
+            out_i[:, :kk] = idx + sl.start
+            out_s[:, :kk] = sc
+        return Matches(out_i, out_s)
+
     def centres(self, rows) -> np.ndarray:
         """(R, 2) float64 tile centres (the database's metric CRS) of ``rows``; reads only those entries."""
         rows = np.asarray(rows, np.int64)
