@@ -178,7 +178,7 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
     """Per flight year, a flight whose second half is another flight over the map (the drone carried
     elsewhere between two frames), through the same Localizer; the frames' records (cached as JSON)."""
     from runtime.engine import load_engine
-    from runtime.localizer import Localizer
+    from runtime.localizer import Localizer, database_hfov
     from runtime.replay.flights import GeoTiffFlight
     from runtime.replay.geotiff import replay_flight
     from tiles.db import TileDatabase
@@ -189,7 +189,7 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
     if cached.is_file():
         return json.loads(cached.read_text())
     engine, tdb = load_engine(bundle, precision=precision, threads=cfg.threads), TileDatabase.open(db)
-    kw = dict(hfov_deg=float(tdb.manifest["extra"]["hfov_deg"]), speed_mps=cfg.flight_speed_mps, fps=cfg.flight_fps,
+    kw = dict(hfov_deg=database_hfov(tdb), speed_mps=cfg.flight_speed_mps, fps=cfg.flight_fps,
               photometric=cfg.flight_photometric, max_frames=cfg.flight_frames, pattern="curve")
     alt, flights = cfg.kidnap_altitude_m, []
     for year in cfg.flight_years:

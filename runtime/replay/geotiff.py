@@ -18,7 +18,7 @@ import numpy as np
 
 from tiles.io import atomic_write_json
 
-from ..localizer import Localizer, LocalizerConfig
+from ..localizer import Localizer, LocalizerConfig, database_hfov
 from .common import bundle_path, jsonable, load_engine_or_use, pct, rnd, write_csv
 from .flights import PATTERNS
 
@@ -275,11 +275,7 @@ def database_flight_defaults(tdb, altitudes, hfov_deg):
         if not altitudes:
             raise ValueError(f"{tdb.path} records no layer altitude: give --altitudes-m")
     if hfov_deg is None:
-        hfov_deg = tdb.manifest.get("extra", {}).get("hfov_deg")
-        if hfov_deg is None:
-            hfov_deg = next((lay["hfov_deg"] for lay in tdb.layers if lay.get("hfov_deg") is not None), None)
-        if hfov_deg is None:
-            raise ValueError(f"{tdb.path} does not record the field of view it was cut for: give --hfov-deg")
+        hfov_deg = database_hfov(tdb)
     return [float(a) for a in altitudes], float(hfov_deg)
 
 
