@@ -15,8 +15,11 @@ approximates), plus one number, ``p_out``: the probability that the drone is not
   that two textured frames do not match (``Motion.jump``: the picture jumped).
 - update (per frame): every grid cell is weighted by the likelihood ratio of the similarity of the tile
   there (bilinear between tile centres; :class:`runtime.map_grid.Likelihood`, calibrated per model), the
-  off-map hypothesis by 1 (its ratio by definition). Tiles not scored this frame count as the frame's
-  median similarity.
+  off-map hypothesis by 1 (its ratio by definition). Similarities are taken relative to the frame's
+  median similarity over the layer (what the likelihood was calibrated on): when only the tiles near the
+  posterior are scored, a fixed sample of ``reference_tiles`` tiles spread over the layer (at most a tenth of it) is scored with
+  them and gives that median (the median of the nearby tiles alone is higher, near the truth, and would
+  push the posterior off the map on every frame). Tiles not scored this frame count as that median.
 - the estimate: the mode's cluster (cells within one footprint of the most probable cell); its mean,
   covariance, the radius around the mean holding 95 % of its probability (``r95_m``, times the calibrated
   ``r95_scale``), and its share of all probability. ``trusted`` only when that share is at least
@@ -62,6 +65,12 @@ class MapFilterConfig:
     # and a picture that jumped (a kidnapping, a dropped stretch) must not be trusted at the old place
     jump_spread: float = 0.3  # share spread anywhere when the odometry says the picture jumped
     min_texture: float = 4.0  # frames whose grey level varies less (std) carry no position: no update
+    independent_frac: float = 0.5  # frames this many footprints apart count as independent evidence; a frame
+    # nearer its predecessor weighs by its share of that distance (consecutive frames see mostly the same
+    # ground: counted whole, the filter's confidence would grow with the frame rate); 0: every frame whole
+    min_evidence: float = 0.1  # ... but never less than this (a hovering drone still refines)
+    reference_tiles: int = 256  # at most this many tiles (a tenth of the layer, >= 64) spread over it are
+    # scored with a local search: they give the frame's median similarity over the layer
 
     def __post_init__(self):
         if not 0 < self.cell_frac <= 1:
@@ -104,6 +113,8 @@ class MapFilter:
                       int(math.ceil((g.x1 - g.x0 + 2 * pad) / self.cell_m)) + 1)
         jj, ii = np.meshgrid(np.arange(self.shape[1]), np.arange(self.shape[0]))
         self._cx, self._cy = jj * self.cell_m, -ii * self.cell_m  # cell offsets from (gx0, gy1)
+        n_ref = min(len(g), int(self.cfg.reference_tiles), max(64, len(g) // 10))
+        self.reference_rows = g.rows[np.unique(np.linspace(0, len(g) - 1, n_ref).round().astype(np.int64))]
         self.reset()
 
     # ---- state ----------------------------------------------------------------------------------
@@ -114,6 +125,7 @@ class MapFilter:
         self.v, self.pv = np.zeros(2), np.eye(2) * (self.cfg.max_speed_mps / 2.0) ** 2
         self.vel_known = False
         self.n_updates, self.since_global, self.blind = 0, 10**9, 0
+        self.moved_m: float | None = None  # ground distance since the last update (None: unknown)
         n = self.shape[0] * self.shape[1]
         if prior is None:
             self.p = np.full(self.shape, self.cfg.in_map_prior / n)
@@ -159,6 +171,10 @@ class MapFilter:
             d, sigma = np.zeros(2), cfg.max_speed_mps * dt / 2.0
         self._translate(d)
         self._blur(sigma)
+        if moved or self.vel_known:
+            self.moved_m = (self.moved_m or 0.0) + float(np.hypot(*d))
+        else:
+            self.moved_m = None
         jumped = bool(getattr(motion, "jump", False))  # textured frames that do not match: a kidnapping?
         self._spread(max(min(1.0, cfg.kidnap_rate * dt), cfg.jump_spread if jumped else 0.0))
 
@@ -197,13 +213,15 @@ class MapFilter:
 
     # ---- measure --------------------------------------------------------------------------------
     def rows_to_score(self) -> np.ndarray | None:
-        """Database rows to score this frame: near the posterior when concentrated, None = the whole layer."""
+        """Database rows to score this frame: near the posterior when concentrated (with the layer's
+        reference sample, for the frame's median), None = the whole layer."""
         if self.since_global >= self.cfg.global_every:
             return None
         mx, my, mass, r95 = self._cluster()[:4]
         if mass < self.cfg.local_mass:
             return None
-        return self.grid.rows_near(mx, my, r95 + 1.5 * self.grid.footprint_m)
+        near = self.grid.rows_near(mx, my, r95 + 1.5 * self.grid.footprint_m)
+        return np.union1d(near, self.reference_rows)
 
     def update(self, rows: np.ndarray | None, scores: np.ndarray) -> None:
         """Weigh the posterior by the frame's similarities ``scores`` to the tiles ``rows`` (None: all)."""
@@ -213,16 +231,34 @@ class MapFilter:
         n = len(self.grid) if rows is None else len(rows)
         if len(scores) != n or n == 0:
             raise ValueError(f"{len(scores)} scores for {n} rows: pass the scores of the rows rows_to_score gave")
-        ref = float(np.median(scores))
+        ref = self._reference(rows, scores)
         img = self.grid.score_image(rows, scores, fill=ref)
         cx, cy = self.cell_xy()
         u = ((cx - self.grid.x0) / self.grid.stride_m).astype(np.float32)
         v = ((self.grid.y1 - cy) / self.grid.stride_m).astype(np.float32)
         s = cv2.remap(img, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        self.p = self.p * np.exp(self.lik.log_lr(s, ref).astype(np.float64))
+        self.p = self.p * np.exp(self.evidence_weight() * self.lik.log_lr(s, ref).astype(np.float64))
+        self.moved_m = 0.0
         self._normalise()
         self.n_updates += 1
         self.since_global = 0 if rows is None else self.since_global + 1
+
+    def evidence_weight(self) -> float:
+        """How much of a whole independent frame this one is: the ground moved since the last update over
+        ``independent_frac`` footprints, in [min_evidence, 1]; 1 when the motion is unknown."""
+        cfg = self.cfg
+        if cfg.independent_frac <= 0 or self.moved_m is None or self.n_updates == 0:
+            return 1.0
+        return float(np.clip(self.moved_m / (cfg.independent_frac * self.grid.footprint_m), cfg.min_evidence, 1.0))
+
+    def _reference(self, rows: np.ndarray | None, scores: np.ndarray) -> float:
+        """The frame's median similarity over the layer: of every tile, or of the reference sample among
+        ``rows`` (rows without the whole sample, from a caller that chose its own: their median)."""
+        if rows is not None:
+            in_ref = np.isin(rows, self.reference_rows)
+            if int(in_ref.sum()) == len(self.reference_rows):
+                scores = scores[in_ref]
+        return float(np.median(scores))
 
     def update_position(self, x: float, y: float, sigma_m: float, p_wrong: float = 0.01) -> None:
         """Weigh by a precise position measurement (registration): Gaussian ``sigma_m``; ``p_wrong``: the

@@ -67,7 +67,7 @@ def test_record_round_trip_and_replay_figures(tmp_path):
     assert back.name == rec.name and np.array_equal(back.emb, rec.emb) and back.motions[1] == rec.motions[1]
     assert back.motions[0].reason == "first" and not back.motions[0].ok
     lik = Likelihood(temperature=0.1, offset=0.2)
-    frames = run_filter(db, back, MapFilterConfig(), lik)
+    frames = run_filter(db, back, MapFilterConfig(independent_frac=0.0), lik)  # independent synthetic frames
     s = summarize(frames)
     assert s["frames"] == 12 and s["R@1"] > 50 and s["ttff_frames"] is not None
     trusted_err = [f["error_m"] for f in frames if f["trusted"]]

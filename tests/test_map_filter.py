@@ -16,6 +16,9 @@ from tiles.db import TileDatabase
 
 LIK = Likelihood(temperature=0.1, offset=0.2, centre="median")
 STEP = np.array([20.0, 5.0])  # metres per frame (1 fps): east, north
+# The synthetic frames draw fresh noise every frame (independent evidence, unlike real overlapping frames):
+# the filter counts each one whole here; test_evidence_weight_* checks the weighting by ground moved.
+INDEP = {"independent_frac": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def _err(p, e):
 
 
 def test_global_start_acquires_accurately(db):
-    mf = MapFilter(db, 0, MapFilterConfig(), LIK)
+    mf = MapFilter(db, 0, MapFilterConfig(**INDEP), LIK)
     track = _fly(db, mf, (500300.0, 5199500.0), 20)
     first = next(i for i, (_, e, _) in enumerate(track) if e.trusted)
     assert first <= 10, [e.reason for _, e, _ in track]
@@ -69,14 +72,14 @@ def test_global_start_acquires_accurately(db):
 
 
 def test_out_of_map_frames_are_never_trusted(db):
-    mf = MapFilter(db, 0, MapFilterConfig(), LIK)
+    mf = MapFilter(db, 0, MapFilterConfig(**INDEP), LIK)
     track = _fly(db, mf, (500300.0, 5199500.0), 40, random_frames=True)
     assert not any(e.trusted for _, e, _ in track)
     assert track[-1][1].p_out > 0.5 and "off the map" in track[-1][1].reason
 
 
 def test_kidnapping_drops_trust_and_reacquires(db):
-    mf = MapFilter(db, 0, MapFilterConfig(), LIK)
+    mf = MapFilter(db, 0, MapFilterConfig(**INDEP), LIK)
     before = _fly(db, mf, (500300.0, 5199500.0), 15)
     assert before[-1][1].trusted
     after = _fly(db, mf, (500400.0, 5199150.0), 30, t0=15.0, seed=1, jump=True)
@@ -88,7 +91,7 @@ def test_kidnapping_drops_trust_and_reacquires(db):
 
 def test_prior_speeds_up_and_a_wrong_prior_is_not_trusted(db):
     start = (500300.0, 5199500.0)
-    mf = MapFilter(db, 0, MapFilterConfig(), LIK)
+    mf = MapFilter(db, 0, MapFilterConfig(**INDEP), LIK)
     mf.reset(prior=(start[0], start[1], 30.0))
     track = _fly(db, mf, start, 4)
     assert track[1][1].trusted and _err(track[1][0], track[1][1]) < 30
@@ -101,7 +104,7 @@ def test_prior_speeds_up_and_a_wrong_prior_is_not_trusted(db):
 
 
 def test_search_is_local_when_concentrated(db):
-    cfg = MapFilterConfig(global_every=5)
+    cfg = MapFilterConfig(global_every=5, **INDEP)
     mf = MapFilter(db, 0, cfg, LIK)
     track = _fly(db, mf, (500300.0, 5199500.0), 25)
     scored = [n for _, _, n in track[10:]]
@@ -111,7 +114,7 @@ def test_search_is_local_when_concentrated(db):
 
 
 def test_no_odometry_spreads_within_max_speed_and_a_precise_fix_sharpens(db):
-    cfg = MapFilterConfig(max_speed_mps=20.0, kidnap_rate=0.0)
+    cfg = MapFilterConfig(max_speed_mps=20.0, kidnap_rate=0.0, **INDEP)
     mf = MapFilter(db, 0, cfg, LIK)
     mf.reset(prior=(500500.0, 5199400.0, 5.0))
     mf.predict(0.0)
@@ -138,7 +141,7 @@ def test_likelihood_from_manifest_and_errors(db, caplog):
         Likelihood.from_dict({"temperature": 0.1})
     lr = LIK.log_lr(np.array([0.2, 0.4, 10.0]), reference=0.0)
     assert lr[0] == pytest.approx(0.0) and lr[1] == pytest.approx(2.0) and lr[2] == LIK.clip
-    mf = MapFilter(db, 0, MapFilterConfig(), LIK)
+    mf = MapFilter(db, 0, MapFilterConfig(**INDEP), LIK)
     with pytest.raises(ValueError, match="scores for"):
         mf.update(None, np.zeros(3))
     with pytest.raises(ValueError, match="not all in its layer"):
@@ -166,3 +169,62 @@ def test_layer_grid_holes_and_irregular_tiles(tmp_path):
                          model={"fingerprint": "f"}, preprocess={})
     with pytest.raises(ValueError, match="regular 50.0 m grid"):
         LayerGrid(TileDatabase.open(bad), 0)
+
+
+def test_local_search_centres_on_the_layer_median(db):
+    """With a local search the similarities are centred on the layer's median (the calibrated reference),
+    not on the median of the tiles near the truth, which is higher on real imagery (neighbouring ground looks
+    alike) and pushed correct tracks off the map frame after frame (docs/results/localizer.md)."""
+    mf = MapFilter(db, 0, MapFilterConfig(global_every=10**6, **INDEP), LIK)
+    track = _fly(db, mf, (500300.0, 5199500.0), 25)
+    local = [n for _, _, n in track if n is not None]
+    assert local and max(local) < len(mf.grid)  # the track was scored locally
+    assert set(mf.reference_rows.tolist()) <= set(mf.rows_to_score().tolist())
+    emb = np.asarray(db.embeddings, np.float32)
+    q = frame_embedding(db, *track[-1][0], 1.5, np.random.default_rng(1))
+    rows = mf.rows_to_score()
+    layer_median = float(np.median(emb[mf.grid.rows] @ q))
+    assert abs(mf._reference(rows, emb[rows] @ q) - layer_median) < 0.02
+    first = next(i for i, (_, e, _) in enumerate(track) if e.trusted)
+    assert all(e.p_out < 0.05 for _, e, _ in track[first:]), [round(e.p_out, 3) for _, e, _ in track]
+    assert track[-1][1].trusted
+
+
+def test_evidence_weight_follows_the_ground_moved(db):
+    mf = MapFilter(db, 0, MapFilterConfig(independent_frac=0.5, min_evidence=0.1), LIK)
+    fp = mf.grid.footprint_m
+    emb = np.asarray(db.embeddings, np.float32)
+    q = frame_embedding(db, 500300.0, 5199500.0, 1.5, np.random.default_rng(0))
+    mf.predict(0.0, None)
+    mf.update(None, emb[mf.grid.rows] @ q)
+    for d, want in ((0.25 * fp, 0.5), (fp, 1.0), (0.0, 0.1)):
+        mf.predict(mf.t + 1.0, _motion(np.array([d, 0.0])))
+        assert mf.evidence_weight() == pytest.approx(want)
+        mf.update(None, emb[mf.grid.rows] @ q)
+    mf.predict(mf.t + 1.0, None)  # no odometry, but a velocity is known: it moved at that velocity
+    assert mf.evidence_weight() == pytest.approx(np.clip(np.hypot(*mf.v) / (0.5 * fp), 0.1, 1.0))
+    mf.reset()
+    mf.predict(0.0, None)
+    mf.update(None, emb[mf.grid.rows] @ q)
+    mf.predict(1.0, None)  # motion unknown: a whole frame
+    assert mf.evidence_weight() == 1.0
+
+
+def _total_weight(db, sub: int) -> float:
+    """Sum of the frames' evidence weights over 10 steps of ground, flown with ``sub`` frames per step."""
+    mf = MapFilter(db, 0, MapFilterConfig(independent_frac=0.5, min_evidence=0.01), LIK)
+    emb = np.asarray(db.embeddings, np.float32)
+    q = frame_embedding(db, 500300.0, 5199500.0, 1.5, np.random.default_rng(0))
+    total = 0.0
+    for k in range(10 * sub + 1):
+        mf.predict(k / sub, _motion(STEP / sub) if k else None)
+        total += mf.evidence_weight() if k else 0.0
+        mf.update(None, emb[mf.grid.rows] @ q)
+    return total
+
+
+def test_evidence_weight_makes_the_evidence_independent_of_the_frame_rate(db):
+    """Over the same ground, 5x the frames bring the same total evidence (counted whole, they brought 5x)."""
+    slow, fast = _total_weight(db, 1), _total_weight(db, 5)
+    assert slow == pytest.approx(10 * np.hypot(*STEP) / 50.0, rel=1e-6)  # footprint 100 m: half is 50 m
+    assert fast == pytest.approx(slow, rel=1e-6)
