@@ -139,6 +139,8 @@ class MapFusion:
             return
         if motion is not None and motion.ok:  # without odometry it stays; the distance check decides
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
+        elif motion is not None and motion.jump:  # textured frames that do not match: the chain is broken
+            self.verified = None
 
     def _note_verification(self, est, reg) -> None:
         fp = self.filter.grid.footprint_m
@@ -147,8 +149,20 @@ class MapFusion:
         elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
             self.verified = None  # the track moved away from where it was verified
 
+    def _verified_on_map(self, est) -> bool:
+        """A track that registration verified on this map and the odometry carried since (unbroken) is on the
+        map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, as
+        long as the posterior on the map is one concentrated mode at the verified point."""
+        if not (self.verify_lock and self.verified is not None and est.reason.startswith("possibly off the map")):
+            return False
+        cfg, fp = self.filter.cfg, self.filter.grid.footprint_m
+        on_map = est.mass / max(1e-12, 1.0 - est.p_out)
+        return on_map >= cfg.trust_mass and est.r95_m <= cfg.trust_r95_frac * fp
+
     def _fix(self, t: float, est, reg) -> Fix:
         trusted, reason = bool(est.trusted), est.reason
+        if not trusted and self._verified_on_map(est):
+            trusted, reason = True, ""
         if trusted and self.verify_lock and self.verified is None:
             trusted, reason = False, "not yet verified by registration to the map"
         lat, lon = latlon_at(self.db, self.filter.grid, est.x, est.y)
