@@ -159,8 +159,9 @@ def _run_parser(name: str, argv: list[str], parse: bool) -> _Stop:
         except _Stop as stop:
             return stop
         except SystemExit as e:
-            raise AssertionError(f"python -m {name}: its parser refused {shlex.join(argv)!r} (exit {e.code}): "
-                                 f"{err.getvalue().strip().splitlines()[-1:]}") from None
+            said = err.getvalue().strip().splitlines()[-1:]
+            raise AssertionError(f"python -m {name}: its parser refused {shlex.join(argv)!r} "
+                                 f"(exit {e.code}): {said}") from None
     raise AssertionError(f"python -m {name} returned without parsing its arguments")
 
 

@@ -173,6 +173,12 @@ def _venv(proc, ws: Path) -> None:
     assert "include-system-site-packages = true" in (ws / "geoloc/pyvenv.cfg").read_text()
 
 
+# Steps other steps build on (the keys of TABLE)
+SUES_DATA = "python -m tools.make_sues200"
+EXPORTED = "python -m export runs/myarea/checkpoint.pt"
+NO_TRT = ("TensorRT is not installed here", "python3-libnvinfer")  # the troubleshooting table's row
+SUES_ROOT = (("/data/SUES-200-512x512", SUES),)
+
 # README command (its start, as tokens joined by spaces) -> how it is checked; in the order they run
 TABLE: dict[str, Run | Skip] = {
     "make demo": Skip("the whole demo (about 10 min); tests/test_demo.py runs its reduced version",
@@ -180,12 +186,12 @@ TABLE: dict[str, Run | Skip] = {
     "make test": Skip("the test suite itself, which CI runs", _make_dry_run("test", "pytest")),
     "pip install -e .[all]": Skip("an install from PyPI (network)", _extras),
     "pip install -e .[runtime,mavlink]": Skip("an install from PyPI (network)", _extras),
-    "python -m tools.make_sues200": Run(
+    SUES_DATA: Run(
         extra=("--frames", "3", "--size", "64"),
         files=(f"{SUES}/satellite-view", f"{SUES}/drone_view_512/0001/150"), output=("images written",)),
     "python -m train --preset sues200": Run(
-        subs=(("/data/SUES-200-512x512", SUES),), extra=_sets(*TINY, "log_every=1", "optim.checkpoint_every_steps=1"),
-        needs=("python -m tools.make_sues200",), interrupt=("runs/sues150/train.log", "step 1 loss"), rc=(130,),
+        subs=SUES_ROOT, extra=_sets(*TINY, "log_every=1", "optim.checkpoint_every_steps=1"),
+        needs=(SUES_DATA,), interrupt=("runs/sues150/train.log", "step 1 loss"), rc=(130,),
         verify=_interrupted),
     "torchrun --nproc_per_node=4 -m train --preset sues200-joint": Skip("several GPUs", _parses),
     "python -m train --run-dir runs/sues150 --resume": Run(
@@ -197,35 +203,34 @@ TABLE: dict[str, Run | Skip] = {
     "python -m tiles preview map2022.tif": Run(files=("grid150.png",), output=("2080 tiles",)),
     "python -m tiles view map2019.tif": Run(files=("view.png",), output=("100% on the map",)),
     "python -m train --preset geotiff": Run(
-        extra=_sets(*TINY, "data.max_locations=16", "data.altitudes_m=[300]", "optim.max_steps=2", "optim.epochs=1",
-                    "sampler.mining_every_epochs=0"),
+        extra=_sets(*TINY, "data.max_locations=16", "data.altitudes_m=[300]", "optim.max_steps=2",
+                    "optim.epochs=1", "sampler.mining_every_epochs=0"),
         files=("runs/myarea/checkpoint.pt", "runs/myarea/DONE", "runs/myarea/eval.json")),
-    "python -m export runs/myarea/checkpoint.pt": Run(
-        extra=("--calib-n", "16", "--eval-n", "64", "--stride-frac", "1", "--no-progress"), rc=(0, 3), needs=("python -m train --preset geotiff",),
-        files=("bundle/model.onnx", "bundle/manifest.json", "bundle/tiledb/manifest.json"), verify=_exported),
+    EXPORTED: Run(
+        extra=("--calib-n", "16", "--eval-n", "64", "--stride-frac", "1", "--no-progress"), rc=(0, 3),
+        needs=("python -m train --preset geotiff",), verify=_exported,
+        files=("bundle/model.onnx", "bundle/manifest.json", "bundle/tiledb/manifest.json")),
     "sudo apt install": Skip("JetPack's apt packages, on a Jetson", _apt_package_is_the_one_the_errors_name),
     "python3 -m venv --system-site-packages ~/geoloc": Run(
-        subs=(("~/geoloc", "geoloc"),), extra=("--without-pip",), files=("geoloc/bin/activate",), verify=_venv),
+        subs=(("~/geoloc", "geoloc"),), extra=("--without-pip",), files=("geoloc/bin/activate",),
+        verify=_venv),
     ". ~/geoloc/bin/activate": Run(
         subs=(("~/geoloc", "geoloc"),), shell='&& echo "env: $VIRTUAL_ENV"',
         needs=("python3 -m venv --system-site-packages ~/geoloc",), output=(r"env: \S*/geoloc",)),
     "pip install --no-deps -e .": Skip("an install (pip fetches the build backend: network)", _core_is_numpy),
     "pip install onnxruntime": Skip("an install from PyPI (network)", _jetson_packages),
     "python -c import cv2;": Run(shell="", output=("GStreamer",)),
-    "python -m export --bundle bundle --trt": Run(
-        rc=(2,), needs=("python -m export runs/myarea/checkpoint.pt",), output=("TensorRT is not installed here",),
-        unless=_no_tensorrt_here),
+    "python -m export --bundle bundle --trt": Run(rc=(2,), needs=(EXPORTED,), output=NO_TRT,
+                                                  unless=_no_tensorrt_here),
     "python -m runtime serve --bundle bundle --db bundle/tiledb --backend tensorrt": Run(
-        subs=(("/var/log/geoloc/", "log/"),), rc=(2,), needs=("python -m export runs/myarea/checkpoint.pt",), output=("TensorRT is not installed here",),
+        subs=(("/var/log/geoloc/", "log/"),), rc=(2,), needs=(EXPORTED,), output=NO_TRT,
         unless=_no_tensorrt_here),
     "python -m runtime replay sues200": Run(
-        subs=(("/data/SUES-200-512x512", SUES),), output=(r"R@1",),
-        needs=("python -m export runs/myarea/checkpoint.pt", "python -m tools.make_sues200"),
+        subs=SUES_ROOT, needs=(EXPORTED, SUES_DATA), output=(r"R@1",),
         files=("runs/replay_sues200/replay_sues200.json", "runs/replay_sues200/replay_sues200.csv",
                "runs/replay_sues200/sues200_r1.png")),
     "python -m runtime replay geotiff": Run(
-        extra=("--max-frames", "3"), needs=("python -m export runs/myarea/checkpoint.pt",),
-        output=(r"300 \|\s+3 \|",),
+        extra=("--max-frames", "3"), needs=(EXPORTED,), output=(r"300 \|\s+3 \|",),
         files=("runs/replay_geotiff/replay_geotiff.json", "runs/replay_geotiff/replay_geotiff_summary.csv",
                "runs/replay_geotiff/track_150m.png")),
 }
@@ -246,9 +251,9 @@ def _coverage_problems(commands: list[Command]) -> list[str]:
     for cmd in commands:
         keys = [k for k in TABLE if _matches(k, cmd)]
         if len(keys) != 1:
-            problems.append(f"README line {cmd.line}: {cmd.text[:80]!r} matches {keys or 'no entry'}: give it "
-                            "one entry in TABLE in tests/test_readme.py (run it with small settings, or skip it "
-                            "with the reason)")
+            problems.append(f"README line {cmd.line}: {cmd.text[:80]!r} matches {keys or 'no entry'}: "
+                            "give it one entry in TABLE in tests/test_readme.py (run it with small settings, "
+                            "or skip it with the reason)")
     return problems + [f"TABLE entry {k!r} matches no README command: update or remove it"
                        for k in TABLE if not any(_matches(k, c) for c in commands)]
 
@@ -261,12 +266,14 @@ def test_every_readme_command_has_an_entry():
 
 def test_the_checks_catch_drift():
     """A new README command, an option the code does not have, a missing required argument: each is caught."""
-    block = "```bash\npython -m tiles describe a.tif \\\n  --json   # comment\ncd x && python -m tiles new\n```\n"
+    block = ("```bash\npython -m tiles describe a.tif \\\n  --json   # comment\n"
+             "cd x && python -m tiles new\n```\n")
     cmds = fenced_commands(block)
     assert [c.tokens for c in cmds] == [("python", "-m", "tiles", "describe", "a.tif", "--json"), ("cd", "x"),
                                         ("python", "-m", "tiles", "new")]
     assert any("'cd x' matches no entry" in p for p in _coverage_problems(FENCED + cmds[1:2]))
-    assert unknown_options("runtime", ["serve", "--bundle", "b", "--altitude-m", "1", "--no-such"]) == ["--no-such"]
+    argv = ["serve", "--bundle", "b", "--altitude-m", "1", "--no-such"]
+    assert unknown_options("runtime", argv) == ["--no-such"]
     with pytest.raises(AssertionError, match="required"):
         parse_command("tiles", ["preview", "a.tif"])
 
@@ -293,11 +300,13 @@ def test_every_option_a_readme_command_spells_is_accepted():
         if name == "pytest":
             marks = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
             declared = {m.split(":")[0] for m in PYPROJECT["tool"]["pytest"]["ini_options"]["markers"]}
-            problems += [f"line {cmd.line}: pytest marker {m!r} is not declared" for m in marks if m not in declared]
+            problems += [f"line {cmd.line}: pytest marker {m!r} is not declared"
+                         for m in marks if m not in declared]
             continue
         if name.split(".")[0] not in PROJECT:  # venv: run for real in the table
             continue
-        problems += [f"line {cmd.line}: `python -m {name}` has no option {o}" for o in unknown_options(name, argv)]
+        problems += [f"line {cmd.line}: `python -m {name}` has no option {o}"
+                     for o in unknown_options(name, argv)]
         if not cmd.fenced:  # prose mentions are often partial: options only
             continue
         try:
@@ -329,7 +338,8 @@ _DONE: dict[str, bool] = {}
 
 
 def _env(ws: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path,
                XDG_CACHE_HOME=str(ws / ".cache"), MPLBACKEND="Agg")
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
@@ -357,7 +367,7 @@ def _execute(argv, entry: Run, ws: Path) -> subprocess.CompletedProcess:
     t0 = time.monotonic()
     while not (log.is_file() and text in log.read_text()) and proc.poll() is None:
         assert time.monotonic() - t0 < 300, f"{text!r} never appeared in {log}"
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
@@ -381,7 +391,8 @@ def test_readme_command(key, workspace):
     missing = [f for f in entry.files if not (workspace / f).exists()]
     assert not missing, f"README line {cmd.line}: {missing} not written\n{said[-2000:]}"
     for pattern in entry.output:
-        assert re.search(pattern, said), f"README line {cmd.line}: {pattern!r} not in the output\n{said[-2000:]}"
+        assert re.search(pattern, said), \
+            f"README line {cmd.line}: {pattern!r} not in the output\n{said[-2000:]}"
     if entry.verify:
         entry.verify(proc, workspace)
     _DONE[key] = True
