@@ -5,11 +5,13 @@ joined, comments dropped, ``&&`` splitting one line into commands, a pipeline ke
 ``inline_commands(text)`` reads the code spans of the prose that are commands (``python -m ...``,
 ``torchrun ...``), often partial (``python -m runtime replay geotiff``): they get the option check only.
 
+``prose_options(text)`` lists the ``--options`` the prose names in code spans.
 ``python_module(cmd)`` names the module a command runs (``python -m X``, ``torchrun ... -m X``) and its
 arguments. ``module_main(name)`` is the function ``python -m name`` calls. ``unknown_options(name, argv)``
 lists the options of ``argv`` that the command's argparse parser does not accept (as argparse matches them,
 unambiguous prefixes included); ``parse_command(name, argv)`` runs the parser on the whole argument list
-(types, choices, required arguments) and stops before the command does any work. Both catch the parser by
+(types, choices, required arguments) and stops before the command does any work; ``option_strings(name)``
+is every option the command and its sub-commands have. Both catch the parser by
 intercepting ``ArgumentParser.parse_args`` while the module's ``main`` runs: the parser is the one the
 command really builds, never a copy.
 """
@@ -107,6 +109,21 @@ def inline_commands(markdown: str) -> list[Command]:
     return cmds
 
 
+def prose_options(markdown: str) -> dict[str, list[int]]:
+    """Every ``--option`` named in a code span of the prose (outside fenced blocks): option -> README lines."""
+    found: dict[str, list[int]] = {}
+    in_block = False
+    for no, line in enumerate(markdown.splitlines(), 1):
+        if _FENCE.match(line):
+            in_block = not in_block
+            continue
+        if not in_block:
+            for span in _SPAN.findall(line):
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", span):
+                    found.setdefault(option, []).append(no)
+    return found
+
+
 def python_module(tokens) -> tuple[str, list[str]] | None:
     """(module, arguments) of ``python -m X ...`` / ``torchrun [opts] -m X ...``; None for other commands."""
     tokens = list(tokens)
@@ -185,6 +202,16 @@ def _accepts(parser: argparse.ArgumentParser, option: str) -> bool:
     if parser.allow_abbrev and option.startswith("--"):
         return len([s for s in known if s.startswith(option)]) == 1
     return False
+
+
+def option_strings(name: str, argv: list[str] | None = None) -> set[str]:
+    """Every option string of the command's parser and of all its sub-commands' parsers."""
+    def walk(parser):
+        out = {s for a in parser._actions for s in a.option_strings}
+        for sub in _subparsers(parser).values():
+            out |= walk(sub)
+        return out
+    return walk(_run_parser(name, list(argv or []), parse=False).parser)
 
 
 def unknown_options(name: str, argv: list[str]) -> list[str]:

@@ -39,7 +39,9 @@ from tests.readme_blocks import (
     fenced_commands,
     inline_commands,
     module_main,
+    option_strings,
     parse_command,
+    prose_options,
     python_module,
     unknown_options,
 )
@@ -320,6 +322,24 @@ def test_every_option_a_readme_command_spells_is_accepted():
             except ValueError as e:
                 problems.append(f"line {cmd.line}: {e}")
     assert not problems, "\n".join(problems)
+
+
+# The commands whose options the prose may name, with the arguments that make their parsers complete
+COMMANDS = {"train": [], "train.evaluate": [], "export": [], "runtime": ["replay"], "tiles": [], "tools.demo": [],
+            "tools.make_sues200": []}
+FOREIGN_OPTIONS = {"--system-site-packages"}  # python -m venv's, in the Jetson instructions
+
+
+def test_every_option_the_prose_names_exists():
+    """An option named in the text (`--altitude-from`, `--int8-full-range`) belongs to one of the commands."""
+    from torch.distributed.run import get_args_parser
+
+    known = set().union(*(option_strings(n, a) for n, a in COMMANDS.items()), FOREIGN_OPTIONS)
+    known |= {s for a in get_args_parser()._actions for s in a.option_strings}  # torchrun's
+    named = prose_options(README)
+    assert len(named) > 30, "the prose's options were not found"
+    unknown = {o: lines for o, lines in named.items() if o not in known}
+    assert not unknown, f"README names options no command has (option: lines): {unknown}"
 
 
 @pytest.fixture(scope="module")
