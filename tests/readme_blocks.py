@@ -182,12 +182,17 @@ def _run_parser(name: str, argv: list[str], parse: bool) -> _Stop:
     raise AssertionError(f"python -m {name} returned without parsing its arguments")
 
 
+def command_parser(name: str, argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top parser ``python -m name`` builds (given ``argv``: some commands add parsers on demand)."""
+    return _run_parser(name, list(argv or []), parse=False).parser
+
+
 def parse_command(name: str, argv: list[str]) -> argparse.Namespace:
     """The namespace the command's parser makes of ``argv``; AssertionError with argparse's message."""
     return _run_parser(name, argv, parse=True).namespace
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     out: dict[str, argparse.ArgumentParser] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -208,19 +213,19 @@ def option_strings(name: str, argv: list[str] | None = None) -> set[str]:
     """Every option string of the command's parser and of all its sub-commands' parsers."""
     def walk(parser):
         out = {s for a in parser._actions for s in a.option_strings}
-        for sub in _subparsers(parser).values():
+        for sub in subparsers(parser).values():
             out |= walk(sub)
         return out
-    return walk(_run_parser(name, list(argv or []), parse=False).parser)
+    return walk(command_parser(name, argv))
 
 
 def unknown_options(name: str, argv: list[str]) -> list[str]:
     """Options of ``argv`` (``--x`` or ``--x=v``) that the parser in force at that point does not accept;
     a positional naming a sub-command moves on to that sub-command's parser."""
-    parser = _run_parser(name, argv, parse=False).parser
+    parser = command_parser(name, argv)
     bad = []
     for tok in argv:
-        subs = _subparsers(parser)
+        subs = subparsers(parser)
         if tok in subs:
             parser = subs[tok]
         elif tok.startswith("-") and not re.fullmatch(r"-\d[\d.e-]*", tok) and tok != "-":

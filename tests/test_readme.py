@@ -36,6 +36,7 @@ import pytest
 from tests.conftest import naip_files
 from tests.readme_blocks import (
     Command,
+    command_parser,
     fenced_commands,
     inline_commands,
     module_main,
@@ -43,6 +44,7 @@ from tests.readme_blocks import (
     parse_command,
     prose_options,
     python_module,
+    subparsers,
     unknown_options,
 )
 
@@ -340,6 +342,18 @@ def test_every_option_the_prose_names_exists():
     assert len(named) > 30, "the prose's options were not found"
     unknown = {o: lines for o, lines in named.items() if o not in known}
     assert not unknown, f"README names options no command has (option: lines): {unknown}"
+
+
+def test_serve_config_keys_are_the_options_with_underscores():
+    """README: "`--config serve.toml` takes any option (a `[serve]` table; names as the options with `_`)"."""
+    from runtime.config import FIELD_NAMES
+
+    serve = subparsers(command_parser("runtime", ["serve"]))["serve"]
+    options = [next(s for s in a.option_strings if s.startswith("--")) for a in serve._actions
+               if a.dest not in ("help", "config") and a.option_strings]
+    assert len(options) > 30
+    missing = [o for o in options if o[2:].replace("-", "_") not in FIELD_NAMES]
+    assert not missing, f"serve options whose `_` form is no --config key: {missing}"
 
 
 @pytest.fixture(scope="module")
