@@ -11,9 +11,9 @@ arguments. ``module_main(name)`` is the function ``python -m name`` calls. ``unk
 lists the options of ``argv`` that the command's argparse parser does not accept (as argparse matches them,
 unambiguous prefixes included); ``parse_command(name, argv)`` runs the parser on the whole argument list
 (types, choices, required arguments) and stops before the command does any work; ``option_strings(name)``
-is every option the command and its sub-commands have. Both catch the parser by
-intercepting ``ArgumentParser.parse_args`` while the module's ``main`` runs: the parser is the one the
-command really builds, never a copy.
+is every option the command and its sub-commands have. They get the parser by intercepting
+``ArgumentParser.parse_args`` while the module's ``main`` runs: the parser is the one the command really
+builds, never a copy.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ TABLE: dict[str, Run | Skip] = {
     "python -m train --preset sues200": Run(
         subs=SUES_ROOT, extra=_sets(*TINY, "log_every=1", "optim.checkpoint_every_steps=1"),
         needs=(SUES_DATA,), interrupt=("runs/sues150/train.log", "step 1 loss"), rc=(130,),
-        verify=_interrupted),
+        output=(r"\b12 locations",), verify=_interrupted),  # README: "20 locations leave 12 for training"
     "torchrun --nproc_per_node=4 -m train --preset sues200-joint": Skip("several GPUs", _parses),
     "python -m train --run-dir runs/sues150 --resume": Run(
         needs=("python -m train --preset sues200",), files=("runs/sues150/DONE",), verify=_resumed),
