@@ -110,7 +110,7 @@ def inline_commands(markdown: str) -> list[Command]:
 
 
 def prose_options(markdown: str) -> dict[str, list[int]]:
-    """Every ``--option`` named in a code span of the prose (outside fenced blocks): option -> README lines."""
+    """Every ``--option`` in a code span of the prose (outside fenced blocks): option -> README lines."""
     found: dict[str, list[int]] = {}
     in_block = False
     for no, line in enumerate(markdown.splitlines(), 1):

@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,6 +42,7 @@ from tests.readme_blocks import (
     subparsers,
     unknown_options,
 )
+from tests.readme_steps import Run, Skip, execute
 
 try:
     import tomllib
@@ -68,30 +64,6 @@ TINY = ["model.name=test_efficientnet", "model.pretrained=none", "model.img_size
 
 def _sets(*items: str) -> tuple[str, ...]:
     return tuple(a for item in items for a in ("--set", item))
-
-
-@dataclass(frozen=True)
-class Run:
-    """Run the README command here; ``verify(proc, ws)`` checks what the fixed fields cannot say."""
-
-    subs: tuple[tuple[str, str], ...] = ()
-    extra: tuple[str, ...] = ()
-    rc: tuple[int, ...] = (0,)
-    files: tuple[str, ...] = ()
-    output: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()
-    shell: str | None = None  # run through bash with this appended (pipelines, `.`)
-    interrupt: tuple[str, str] | None = None  # (log file, text): SIGINT (Ctrl-C) once the text is there
-    verify: Callable | None = None
-    unless: Callable[[], str | None] | None = None  # a reason this machine cannot give the documented outcome
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Not run here for ``reason``; ``check(cmd)`` still runs."""
-
-    reason: str
-    check: Callable[[Command], None]
 
 
 def _parses(cmd: Command) -> None:
@@ -327,8 +299,8 @@ def test_every_option_a_readme_command_spells_is_accepted():
 
 
 # The commands whose options the prose may name, with the arguments that make their parsers complete
-COMMANDS = {"train": [], "train.evaluate": [], "export": [], "runtime": ["replay"], "tiles": [], "tools.demo": [],
-            "tools.make_sues200": []}
+COMMANDS = {"train": [], "train.evaluate": [], "export": [], "runtime": ["replay"], "tiles": [],
+            "tools.demo": [], "tools.make_sues200": []}
 FOREIGN_OPTIONS = {"--system-site-packages"}  # python -m venv's, in the Jetson instructions
 
 
@@ -368,43 +340,7 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
-_DONE: dict[str, bool] = {}
-
-
-def _env(ws: Path) -> dict:
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path,
-               XDG_CACHE_HOME=str(ws / ".cache"), MPLBACKEND="Agg")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
-def _argv(cmd: Command, entry: Run) -> list[str] | str:
-    tokens = list(cmd.tokens)
-    for old, new in entry.subs:
-        tokens = [t.replace(old, new) for t in tokens]
-    if entry.shell is not None:
-        return " ".join([Command(tuple(tokens), cmd.line, True).shell(), *entry.extra, entry.shell])
-    if re.fullmatch(r"python3?", tokens[0]):
-        tokens[0] = sys.executable
-    return tokens + list(entry.extra)
-
-
-def _execute(argv, entry: Run, ws: Path) -> subprocess.CompletedProcess:
-    kw = dict(cwd=ws, env=_env(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if entry.shell is not None:
-        argv = ["bash", "-c", argv]
-    if entry.interrupt is None:
-        return subprocess.run(argv, timeout=300, **kw)
-    log, text = ws / entry.interrupt[0], entry.interrupt[1]
-    proc = subprocess.Popen(argv, **kw)
-    t0 = time.monotonic()
-    while not (log.is_file() and text in log.read_text()) and proc.poll() is None:
-        assert time.monotonic() - t0 < 300, f"{text!r} never appeared in {log}"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+_DONE: dict[str, bool] = {}  # the steps that passed, for the steps that build on them
 
 
 @pytest.mark.parametrize("key", list(TABLE))
@@ -419,7 +355,7 @@ def test_readme_command(key, workspace):
     for need in entry.needs:
         if not _DONE.get(need):
             pytest.skip(f"needs the README step {need!r}, which did not pass")
-    proc = _execute(_argv(cmd, entry), entry, workspace)
+    proc = execute(cmd, entry, workspace)
     said = proc.stdout + proc.stderr
     assert proc.returncode in entry.rc, f"README line {cmd.line}: exit {proc.returncode}\n{said[-3000:]}"
     missing = [f for f in entry.files if not (workspace / f).exists()]
