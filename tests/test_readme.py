@@ -14,7 +14,8 @@ map2019.tif = 2014, map2020.tif = 2012, map2021.tif = 2020, map2022.tif = 2018):
 
 A README command without an entry fails ``test_every_readme_command_has_an_entry``; so does an entry that
 matches no command. Every command, fenced or inline in the prose, also has its ``python -m`` module
-imported and every option it spells checked against the command's own argparse parser.
+imported and every option it spells checked against the command's own argparse parser; every ``--option``
+the prose names must belong to one of the commands. The whole file takes about 100 s on 2 shared cores.
 """
 
 from __future__ import annotations
