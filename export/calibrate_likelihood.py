@@ -208,9 +208,12 @@ def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 4
 
 
 def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, precision: str = "auto",
-                     threads: int | None = None, frames: int = 40, report_path=None, cache_dir=None) -> dict:
+                     threads: int | None = None, frames: int = 40, report_path=None, cache_dir=None,
+                     accuracy: bool = True) -> dict:
     """Fit the likelihood for ``bundle_dir`` on flights from ``rasters`` over the database ``db_path`` (built
-    by this bundle) and write it into the bundle manifest; returns the stored dict."""
+    by this bundle) and write it into the bundle manifest; then (``accuracy``) the scale of the fixes'
+    reported accuracy, flown through the Localizer (:mod:`export.calibrate_accuracy`). Returns the stored
+    dict."""
     from runtime.bundle import MANIFEST, read_bundle
     from runtime.engine import check_engine_database, load_engine
     from tiles.db import TileDatabase
@@ -234,6 +237,14 @@ def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, pr
     manifest = dict(bundle.manifest)
     manifest["likelihood"] = lik
     atomic_write_json(Path(bundle_dir) / MANIFEST, manifest)
+    if accuracy:
+        from .calibrate_accuracy import calibrate_fix_accuracy
+
+        engine = load_engine(bundle_dir, precision=precision, threads=threads)  # with the likelihood just fitted
+        lik["fix_accuracy"] = calibrate_fix_accuracy(engine, db, [Path(r) for r in rasters], hfov_deg=hfov_deg,
+                                                     frames=frames)
+        manifest["likelihood"] = lik
+        atomic_write_json(Path(bundle_dir) / MANIFEST, manifest)
     if report_path is not None:
         atomic_write_json(Path(report_path), report)
     log.info("likelihood calibrated: %s", json.dumps(lik))

@@ -44,13 +44,14 @@ logger = logging.getLogger(__name__)
 class MapFusion:
     def __init__(self, db, searcher, likelihood, *, filter_cfg: MapFilterConfig, odometry_cfg: OdometryConfig,
                  hfov_deg: float, use_odometry: bool = True, registrar=None, registration_every: int = 1,
-                 verify_lock: bool = True):
+                 verify_lock: bool = True, fix_r95_scale: float = 1.0):
         self.db, self.searcher, self.lik = db, searcher, likelihood
         self.filter_cfg, self.hfov_deg = filter_cfg, float(hfov_deg)
         self.odometry = VisualOdometry(odometry_cfg) if use_odometry else None
         self.registrar = registrar
         self.registration_every = max(1, int(registration_every))
         self.verify_lock = bool(verify_lock and registrar is not None)
+        self.fix_r95_scale = float(fix_r95_scale)  # calibrated at export (export.calibrate_accuracy)
         self.layer: int | None = None
         self.filter: MapFilter | None = None
         self.last_trusted: Fix | None = None
@@ -166,11 +167,15 @@ class MapFusion:
         if trusted and self.verify_lock and self.verified is None:
             trusted, reason = False, "not yet verified by registration to the map"
         lat, lon = latlon_at(self.db, self.filter.grid, est.x, est.y)
-        # accuracy_m is a 1-sigma-like radius (what GPS_INPUT's horiz_accuracy means): r95 / 2.45
+        # the reported radius: the posterior's, scaled as calibrated on flights through this chain; accuracy_m
+        # is a 1-sigma-like radius (what GPS_INPUT's horiz_accuracy means): r95 / 2.45
+        k = self.fix_r95_scale
+        r95 = float(est.r95_m) * k
         fix = Fix(t=t, x=est.x, y=est.y, lat=lat, lon=lon, confidence=float(est.mass),
-                  accuracy_m=float(est.r95_m) / 2.45, trusted=trusted, reason="" if trusted else reason,
+                  accuracy_m=r95 / 2.45, trusted=trusted, reason="" if trusted else reason,
                   vel_n_mps=est.vel_n_mps, vel_e_mps=est.vel_e_mps, speed_accuracy_mps=est.speed_accuracy_mps,
-                  cov_xy=tuple(float(v) for v in est.cov_xy), r95_m=float(est.r95_m))
+                  cov_xy=(float(est.cov_xy[0]) * k * k, float(est.cov_xy[1]) * k * k, float(est.cov_xy[2]) * k * k),
+                  r95_m=r95)
         if reg is not None and reg.ok and math.isfinite(reg.heading_deg):
             fix = replace(fix, yaw_deg=float(reg.heading_deg))
         if trusted:

@@ -159,10 +159,11 @@ class Localizer:
                 logger.info("the tile database %s carries no map imagery: retrieval and odometry only, no "
                             "registration (rebuild it with python -m export --tiles, or add it with "
                             "python -m export.map_imagery DB MAP.tif)", getattr(self.db, "path", "?"))
+        scale = Likelihood.fix_r95_scale(getattr(bundle, "manifest", None), registrar is not None)
         return MapFusion(self.db, self.searcher, lik, filter_cfg=replace(cfg.map_filter, max_speed_mps=cfg.max_speed_mps),
                          odometry_cfg=cfg.odometry_settings, hfov_deg=cfg.hfov_deg or database_hfov(self.db),
                          use_odometry=cfg.odometry, registrar=registrar, registration_every=cfg.registration_every,
-                         verify_lock=cfg.verify_lock)
+                         verify_lock=cfg.verify_lock, fix_r95_scale=scale)
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""

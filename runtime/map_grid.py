@@ -57,6 +57,19 @@ class Likelihood:
             s = s - np.float32(reference)
         return np.clip((s - np.float32(self.offset)) / np.float32(self.temperature), -self.clip_low, self.clip)
 
+    @staticmethod
+    def fix_r95_scale(manifest: dict | None, registration: bool) -> float:
+        """The calibrated scale of the fixes' reported 95 % radius (export.calibrate_accuracy), when it was
+        fitted with the same registration setting as now; 1 otherwise."""
+        acc = ((manifest or {}).get("likelihood") or {}).get("fix_accuracy") or {}
+        if "r95_scale" not in acc:
+            return 1.0
+        if bool(acc.get("registration")) != bool(registration):
+            log.info("the fix accuracy was calibrated %s registration and now it is %s: reported radius unscaled",
+                     "with" if acc.get("registration") else "without", "on" if registration else "off")
+            return 1.0
+        return float(acc["r95_scale"])
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("source")

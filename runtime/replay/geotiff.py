@@ -150,6 +150,23 @@ def flight_figures(records: list[dict]) -> dict:
             "odometry_ok_pct": rnd(100.0 * float(np.mean(odo))) if odo else None}
 
 
+RELIABILITY_LEVELS = (0.5, 0.68, 0.8, 0.9, 0.95, 0.99)
+
+
+def reliability(records: list[dict], levels=RELIABILITY_LEVELS) -> dict | None:
+    """The reliability curve of the reported accuracy: for each nominal probability p, the share of trusted
+    fixes (over the map) whose truth lies within the radius that holds p of a 2-D Gaussian error of the
+    reported 95 % radius (r95 * sqrt(-2 ln(1 - p)) / sqrt(-2 ln 0.05)). Calibrated: observed = nominal."""
+    pairs = [(r["error_m"], r["r95_m"]) for r in records if r["trusted"] and r.get("in_map", True)
+             and r["error_m"] is not None and r.get("r95_m") is not None]
+    if not pairs:
+        return None
+    err, r95 = np.array(pairs, float).T
+    k95 = math.sqrt(-2.0 * math.log(0.05))
+    observed = [rnd(100.0 * float(np.mean(err <= r95 * math.sqrt(-2.0 * math.log(1.0 - p)) / k95))) for p in levels]
+    return {"nominal_pct": [rnd(100.0 * p) for p in levels], "observed_pct": observed, "n": len(pairs)}
+
+
 def pooled_figures(flights: list[list[dict]]) -> dict:
     """:func:`flight_figures` of several flights pooled: counts summed, availability and calibration over
     the pooled frames, the time to first fix the slowest flight's (None when one never got a fix)."""
@@ -165,7 +182,8 @@ def pooled_figures(flights: list[list[dict]]) -> dict:
             "wrong_trusted": sum(f["wrong_trusted"] for f in figs),
             "ttff_frames": None if not ttff or None in ttff else max(ttff),
             "availability_pct": rnd(sum(n * a for n, a in after) / n_after) if n_after else None,
-            "calibration_pct": rnd(100.0 * float(np.mean(inside))) if inside else None}
+            "calibration_pct": rnd(100.0 * float(np.mean(inside))) if inside else None,
+            "reliability": reliability([r for recs in flights for r in recs])}
 
 
 def summarize_flight(records: list[dict], wall_s: float | None = None) -> dict:
@@ -262,6 +280,7 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
         if out is not None and plots:
             files.update(_plot_flight(out, alt, records, summary, map_path))
     results["frames"] = all_records
+    results["reliability"] = reliability(all_records)
     if out is not None:
         files.update(_write_results(out, results, all_records, plots))
         results["files"] = files
@@ -368,6 +387,10 @@ def _write_results(out: Path, results: dict, all_records: list[dict], plots: boo
                 for key in ("fix_rate", "R@1", "R@5") if s.get(key) is not None]
         files["bars"] = str(plot_altitude_bars(out / "geotiff_altitudes.png", bars, "value",
                                                title="GeoTIFF flights: fix rate and tile recall (%)"))
+        if results.get("reliability"):
+            from .plots import plot_reliability
+
+            files["reliability"] = str(plot_reliability(out / "reliability.png", results["reliability"]))
     return files
 
 

@@ -1,4 +1,4 @@
-"""PNG plots of replay results: track over the map, error along the flight, per-altitude bars.
+"""PNG plots of replay results: track over the map, error along the flight, per-altitude bars, reliability.
 
 matplotlib (Agg backend) is imported inside each function, and the map background is read through
 ``tiles.raster`` (rasterio) only when a raster is given: the onboard runtime never needs either.
@@ -105,3 +105,20 @@ def plot_altitude_bars(path, rows: list[dict], metric: str = "R@1", group: str =
     ax.set_title(title or f"{metric} per altitude")
     return _save(fig, path)
 
+
+
+def plot_reliability(path, curve: dict, title: str = "") -> Path:
+    """Observed share of trusted fixes within the radius of each nominal probability, against the nominal
+    (``runtime.replay.geotiff.reliability``): on the diagonal when the reported accuracy is calibrated."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 100], [0, 100], color="0.6", lw=1, ls="--", label="calibrated")
+    ax.plot(curve["nominal_pct"], curve["observed_pct"], "o-", color="tab:blue", label="observed")
+    ax.set_xlim(40, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("nominal probability of the radius (%)")
+    ax.set_ylabel("trusted fixes with the truth inside (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or f"reported accuracy: reliability ({curve['n']} trusted fixes)")
+    return _save(fig, path)

@@ -1,0 +1,112 @@
+"""The reported accuracy of fixes is calibrated on flights through the Localizer, and applied only where it
+was fitted: the scale's statistics, its use by the fusion, and the export step on a real bundle."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from export.calibrate_accuracy import calibrate_fix_accuracy, chi2_quantile, fit_fix_scale
+from runtime.map_grid import Likelihood
+
+
+def _rayleigh_flights(n_flights: int, sigma: float, seed: int, fixes: int = 30):
+    """Flights whose fixes share one offset (drawn per flight, 2-D Gaussian) plus a little noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_flights):
+        off = float(np.hypot(*rng.normal(0.0, sigma, 2)))
+        out.append(list(np.abs(off + rng.normal(0.0, 0.01, fixes))))
+    return out
+
+
+def test_chi2_quantile_matches_tables():
+    # chi-square table values (Abramowitz & Stegun 26.8): 0.10 quantile, 14 dof 7.790; 0.90, 4 dof 7.779
+    assert chi2_quantile(0.10, 14) == pytest.approx(7.790, rel=0.01)
+    assert chi2_quantile(0.90, 4) == pytest.approx(7.779, rel=0.01)
+
+
+def test_scale_is_an_upper_bound_that_tightens_with_more_flights():
+    true_q95 = 0.3 * math.sqrt(-2 * math.log(0.05))
+    few = [fit_fix_scale(_rayleigh_flights(7, 0.3, s))[0] for s in range(40)]
+    assert np.mean(np.array(few) >= true_q95) >= 0.8  # a 90 % upper bound: rarely below the truth
+    many = fit_fix_scale(_rayleigh_flights(400, 0.3, 1))[0]
+    assert true_q95 <= many <= 1.15 * true_q95
+    assert np.median(few) > many  # few flights promise less
+
+
+def test_too_few_trusted_fixes_keep_the_posterior_radius():
+    scale, why = fit_fix_scale([[0.2, 0.3], [0.1]])
+    assert scale == 1.0 and "only 3 trusted fixes" in why
+
+
+def test_the_scale_applies_only_with_the_registration_setting_it_was_fitted_with():
+    man = {"likelihood": {"temperature": 0.05, "offset": 0.1,
+                          "fix_accuracy": {"r95_scale": 0.6, "registration": True}}}
+    assert Likelihood.fix_r95_scale(man, registration=True) == 0.6
+    assert Likelihood.fix_r95_scale(man, registration=False) == 1.0
+    assert Likelihood.fix_r95_scale({"likelihood": {"temperature": 0.05, "offset": 0.1}}, True) == 1.0
+    assert Likelihood.fix_r95_scale(None, True) == 1.0
+
+
+def test_fusion_reports_the_scaled_radius_and_covariance(tmp_path):
+    from runtime.flight_fusion import MapFusion
+    from runtime.map_filter import MapFilterConfig
+    from runtime.odometry import OdometryConfig
+    from runtime.search import Searcher
+    from tests.mapdb import frame_embedding, grid_database
+    from tiles.db import TileDatabase
+
+    db = TileDatabase.open(grid_database(tmp_path / "db"))
+    lik = Likelihood(temperature=0.1, offset=0.2)
+    fixes = {}
+    for k in (1.0, 0.5):
+        fusion = MapFusion(db, Searcher(db), lik, filter_cfg=MapFilterConfig(independent_frac=0.0),
+                           odometry_cfg=OdometryConfig(), hfov_deg=60.0, fix_r95_scale=k)
+        rng = np.random.default_rng(0)
+        out = []
+        for i in range(8):
+            q = frame_embedding(db, 500300.0, 5199500.0, 1.5, rng)
+            out.append(fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5)[0])
+        fixes[k] = out
+    for a, b in zip(fixes[1.0], fixes[0.5]):
+        assert (a.x, a.y, a.trusted) == (b.x, b.y, b.trusted)  # the scale changes the radius, not the track
+        assert b.r95_m == pytest.approx(0.5 * a.r95_m) and b.accuracy_m == pytest.approx(0.5 * a.accuracy_m)
+        assert b.cov_xy[0] == pytest.approx(0.25 * a.cov_xy[0])
+    assert all(math.isfinite(f.r95_m) for f in fixes[1.0])
+
+
+def test_export_step_flies_the_localizer_on_a_real_bundle(tiny):
+    from runtime.engine import load_engine
+    from tiles.db import TileDatabase
+
+    engine = load_engine(tiny["bundle"])
+    try:
+        db = TileDatabase.open(tiny["db"])
+        rec = calibrate_fix_accuracy(engine, db, [tiny["raster"]], hfov_deg=60.0, frames=4)
+    finally:
+        engine.close()
+    assert rec["frames"] == 4 * len(db.layers)
+    from tiles.map_imagery import open_database_imagery
+
+    assert rec["registration"] is (open_database_imagery(db) is not None)
+    assert rec["trusted"] < 20 and rec["r95_scale"] == 1.0 and rec["note"].startswith("only")
+
+
+def test_reliability_curve_of_calibrated_and_overcautious_radii():
+    from runtime.replay.geotiff import RELIABILITY_LEVELS, reliability
+
+    rng = np.random.default_rng(0)
+    sigma = 4.0
+    err = np.hypot(*rng.normal(0.0, sigma, (2, 4000)))
+    r95 = sigma * math.sqrt(-2 * math.log(0.05))  # the true 95 % radius of that error
+    recs = [{"trusted": True, "error_m": float(e), "r95_m": r95} for e in err]
+    recs.append({"trusted": False, "error_m": None, "r95_m": 1.0})  # untrusted frames do not count
+    cal = reliability(recs)
+    assert cal["n"] == 4000 and cal["nominal_pct"] == [100 * p for p in RELIABILITY_LEVELS]
+    assert np.allclose(cal["observed_pct"], cal["nominal_pct"], atol=2.5)
+    wide = reliability([{**r, "r95_m": 2 * r95} for r in recs[:-1]])
+    assert all(o > n + 5 for o, n in zip(wide["observed_pct"][:4], wide["nominal_pct"][:4]))  # over-cautious
+    assert reliability([]) is None
