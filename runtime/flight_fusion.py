@@ -18,7 +18,12 @@ ground can still form such a posterior along a track that agrees with the odomet
 off-map frames, docs/results/filter.md). Registration is the check that retrieval cannot fool: with
 ``verify_lock`` (and imagery in the database) a track is trusted only once a registration has verified
 the filter's mode, and stays trusted while the mode stays within one footprint of that verified point
-carried along by the odometry. A track that jumps elsewhere must be verified again.
+carried along by the odometry (by the filter's velocity where the odometry fails). A track that jumps
+elsewhere must be verified again. While the chain from the registration is odometry alone, the filter's
+doubt that the drone is over the map at all (``p_out``: frames that match nothing in particular) does not
+untrust it: registration showed it is, and only a picture that jumps can take it elsewhere. Once the
+odometry failed (a jump, a blind stretch), the filter's own trust rule applies again until the next
+registration: a kidnapped track loses trust as its retrieval evidence fades.
 
 A layer change (the altitude moved to another layer) starts that layer's filter from the last trusted
 position, with its uncertainty.
@@ -56,6 +61,7 @@ class MapFusion:
         self.filter: MapFilter | None = None
         self.last_trusted: Fix | None = None
         self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
+        self.chain_ok = False  # carried by odometry alone since that registration
         self.frames = 0
 
     def reset(self) -> None:
@@ -138,15 +144,18 @@ class MapFusion:
     def _carry_verified(self, motion) -> None:
         if self.verified is None:
             return
-        if motion is not None and motion.ok:  # without odometry it stays; the distance check decides
+        if motion is not None and motion.ok:
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
-        elif motion is not None and motion.jump:  # textured frames that do not match: the chain is broken
-            self.verified = None
+            return
+        # no odometry: moved as the filter predicted (its velocity), and the chain of odometry from the
+        # registration is broken: trust needs the filter's own evidence (p_out) again until a registration
+        self.verified = self.verified + self.filter.last_displacement
+        self.chain_ok = False
 
     def _note_verification(self, est, reg) -> None:
         fp = self.filter.grid.footprint_m
         if reg is not None and reg.ok and math.hypot(reg.x - est.x, reg.y - est.y) <= est.r95_m + fp:
-            self.verified = np.array([reg.x, reg.y])
+            self.verified, self.chain_ok = np.array([reg.x, reg.y]), True
         elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
             self.verified = None  # the track moved away from where it was verified
 
@@ -154,7 +163,8 @@ class MapFusion:
         """A track that registration verified on this map and the odometry carried since (unbroken) is on the
         map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, as
         long as the posterior on the map is one concentrated mode at the verified point."""
-        if not (self.verify_lock and self.verified is not None and est.reason.startswith("possibly off the map")):
+        if not (self.verify_lock and self.verified is not None and self.chain_ok
+                and est.reason.startswith("possibly off the map")):
             return False
         cfg, fp = self.filter.cfg, self.filter.grid.footprint_m
         on_map = est.mass / max(1e-12, 1.0 - est.p_out)

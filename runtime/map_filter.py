@@ -126,6 +126,7 @@ class MapFilter:
         self.vel_known = False
         self.n_updates, self.since_global, self.blind = 0, 10**9, 0
         self.moved_m: float | None = None  # ground distance since the last update (None: unknown)
+        self.last_displacement = np.zeros(2)  # what the last predict moved the posterior by (m, east/north)
         n = self.shape[0] * self.shape[1]
         if prior is None:
             self.p = np.full(self.shape, self.cfg.in_map_prior / n)
@@ -169,6 +170,7 @@ class MapFilter:
                         cfg.max_speed_mps * dt)
         else:
             d, sigma = np.zeros(2), cfg.max_speed_mps * dt / 2.0
+        self.last_displacement = np.asarray(d, float)
         self._translate(d)
         self._blur(sigma)
         if moved or self.vel_known:
