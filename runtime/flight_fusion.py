@@ -49,12 +49,15 @@ logger = logging.getLogger(__name__)
 class MapFusion:
     def __init__(self, db, searcher, likelihood, *, filter_cfg: MapFilterConfig, odometry_cfg: OdometryConfig,
                  hfov_deg: float, use_odometry: bool = True, registrar=None, registration_every: int = 1,
-                 verify_lock: bool = True, fix_r95_scale: float = 1.0):
+                 registration_every_tracking: int = 1, verify_lock: bool = True, fix_r95_scale: float = 1.0):
         self.db, self.searcher, self.lik = db, searcher, likelihood
         self.filter_cfg, self.hfov_deg = filter_cfg, float(hfov_deg)
         self.odometry = VisualOdometry(odometry_cfg) if use_odometry else None
         self.registrar = registrar
         self.registration_every = max(1, int(registration_every))
+        self.registration_every_tracking = max(1, int(registration_every_tracking))
+        self.since_registration = 0  # frames since registration was last tried
+        self.tracking = False  # the last frame's fix was trusted
         self.verify_lock = bool(verify_lock and registrar is not None)
         self.fix_r95_scale = float(fix_r95_scale)  # calibrated at export (export.calibrate_accuracy)
         self.layer: int | None = None
@@ -66,6 +69,7 @@ class MapFusion:
 
     def reset(self) -> None:
         self.layer, self.filter, self.last_trusted, self.verified, self.frames = None, None, None, None, 0
+        self.since_registration, self.tracking = 0, False
         if self.odometry is not None:
             self.odometry.reset()
 
@@ -96,6 +100,7 @@ class MapFusion:
         self._note_verification(est, reg)
         fix = self._fix(t, est, reg)
         self.frames += 1
+        self.tracking = bool(fix.trusted)
         info = {"odometry_ok": bool(motion is not None and motion.ok),
                 "odometry_reason": motion.reason if motion is not None else "off",
                 "rows_scored": len(mf.grid) if rows is None else len(rows),
@@ -127,8 +132,12 @@ class MapFusion:
         return self.searcher.score_rows(q, rows), self.searcher.search_global(q, k=k, layer=layer)
 
     def _register(self, raw_image, altitude_m: float, heading_deg: float | None, top_rows):
-        if self.registrar is None or raw_image is None or self.frames % self.registration_every:
+        tracking = self.tracking and self.verified is not None and self.chain_ok  # trusted on the last frame
+        every = self.registration_every_tracking if tracking else self.registration_every
+        self.since_registration += 1
+        if self.registrar is None or raw_image is None or self.since_registration < every:
             return None
+        self.since_registration = 0
         cands = []
         if self.filter is not None:
             mx, my, mass = self.filter._cluster()[:3]

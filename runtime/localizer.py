@@ -56,6 +56,8 @@ class LocalizerConfig:
     registration: bool = field(default=True, metadata={
         "help": "register frames to the map imagery (when the database carries it)"})
     registration_every: int = field(default=1, metadata={"help": "register every N-th frame (cost)"})
+    registration_every_tracking: int = field(default=5, metadata={
+        "help": "while a verified track is carried by the odometry, register every N-th frame (cost; 1: every)"})
     registration_heading_s: float = field(default=10.0, metadata={
         "help": "without a compass, turn frames north-up by the heading registration measured this recently"})
     verify_lock: bool = field(default=True, metadata={
@@ -91,7 +93,8 @@ class LocalizerConfig:
             v = getattr(self, name)
             if isinstance(v, dict):
                 setattr(self, name, (MapFilterConfig if name == "map_filter" else OdometryConfig)(**v))
-        checks = {"registration_every": self.registration_every >= 1, "top_k": self.top_k >= 1, "max_speed_mps": self.max_speed_mps > 0,
+        checks = {"registration_every": self.registration_every >= 1,
+                  "registration_every_tracking": self.registration_every_tracking >= 1, "top_k": self.top_k >= 1, "max_speed_mps": self.max_speed_mps > 0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "acquire_frames": self.acquire_frames >= 1,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
                   "search_radius_m": self.search_radius_m is None or self.search_radius_m > 0}
@@ -163,7 +166,7 @@ class Localizer:
         return MapFusion(self.db, self.searcher, lik, filter_cfg=replace(cfg.map_filter, max_speed_mps=cfg.max_speed_mps),
                          odometry_cfg=cfg.odometry_settings, hfov_deg=cfg.hfov_deg or database_hfov(self.db),
                          use_odometry=cfg.odometry, registrar=registrar, registration_every=cfg.registration_every,
-                         verify_lock=cfg.verify_lock, fix_r95_scale=scale)
+                         registration_every_tracking=cfg.registration_every_tracking, verify_lock=cfg.verify_lock, fix_r95_scale=scale)
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""
