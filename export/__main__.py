@@ -189,8 +189,9 @@ def main(argv=None) -> int:
 
             db = args.db_out or Path(bundle) / "tiledb"
             lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov)
-            log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f", lik["temperature"], lik["offset"],
-                     lik["r95_scale"])
+            acc = lik.get("fix_accuracy", {})
+            log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f; reported accuracy scale %.2f (%s)",
+                     lik["temperature"], lik["offset"], lik["r95_scale"], acc.get("r95_scale", 1.0), acc.get("note", ""))
         if args.gallery:
             from .tiledb_build import build_gallery_database
 
