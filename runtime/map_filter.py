@@ -307,6 +307,26 @@ class MapFilter:
         r95 = math.hypot(r_emp, self.cell_m / 2.0) * self.lik.r95_scale
         return mx, my, mass, r95, (vx, vy, cxy)
 
+    def modes(self, n: int = 3, min_mass: float = 0.02) -> list[tuple[float, float, float]]:
+        """Up to ``n`` separate peaks of the posterior on the map, most probable first: (x, y, share of the
+        on-map probability within one footprint of the peak); peaks a footprint apart, each >= ``min_mass``."""
+        import cv2
+
+        rad = int(math.ceil(self.grid.footprint_m / self.cell_m))
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rad + 1, 2 * rad + 1)).astype(np.float32)
+        on_map = max(1e-30, float(self.p.sum()))
+        local = cv2.filter2D((self.p / on_map).astype(np.float32), -1, disc, borderType=cv2.BORDER_CONSTANT)
+        out = []
+        for _ in range(n):
+            i, j = np.unravel_index(int(np.argmax(local)), self.shape)
+            mass = float(local[i, j])
+            if mass < min_mass:
+                break
+            out.append((self.gx0 + self.off[0] + j * self.cell_m, self.gy1 + self.off[1] - i * self.cell_m, mass))
+            r0, c0 = max(0, i - 2 * rad), max(0, j - 2 * rad)
+            local[r0:i + 2 * rad + 1, c0:j + 2 * rad + 1] = 0.0  # the next peak at least a footprint away
+        return out
+
     def estimate(self) -> Estimate:
         cfg = self.cfg
         mx, my, mass, r95, cov = self._cluster()

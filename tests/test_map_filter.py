@@ -228,3 +228,18 @@ def test_evidence_weight_makes_the_evidence_independent_of_the_frame_rate(db):
     slow, fast = _total_weight(db, 1), _total_weight(db, 5)
     assert slow == pytest.approx(10 * np.hypot(*STEP) / 50.0, rel=1e-6)  # footprint 100 m: half is 50 m
     assert fast == pytest.approx(slow, rel=1e-6)
+
+
+def test_modes_are_separate_peaks_in_order(db):
+    mf = MapFilter(db, 0, MapFilterConfig(**INDEP), LIK)
+    cx, cy = mf.cell_xy()
+    bump = lambda x, y, s: np.exp(-((cx - x) ** 2 + (cy - y) ** 2) / (2 * s**2))  # noqa: E731
+    a, b = (500300.0, 5199500.0), (500900.0, 5199200.0)  # 670 m apart (footprint 100 m)
+    mf.p = 0.6 * bump(*a, 15.0) / bump(*a, 15.0).sum() + 0.3 * bump(*b, 15.0) / bump(*b, 15.0).sum()
+    mf.p_out = 0.1
+    modes = mf.modes(3)
+    assert len(modes) == 2  # the rest of the map holds nothing
+    (x1, y1, m1), (x2, y2, m2) = modes
+    assert math.hypot(x1 - a[0], y1 - a[1]) <= mf.cell_m and math.hypot(x2 - b[0], y2 - b[1]) <= mf.cell_m
+    assert m1 == pytest.approx(0.6 / 0.9, abs=0.02) and m2 == pytest.approx(0.3 / 0.9, abs=0.02)  # on-map shares
+    assert mf.modes(3, min_mass=0.5) == modes[:1]
