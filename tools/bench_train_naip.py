@@ -12,7 +12,10 @@ from 2010/2012/2014 against 2018 reference tiles, and evaluates on views rendere
     nice -n 10 python -m tools.bench_train_naip --out runs/bench_train_naip --seeds 0 1 [--set optim.epochs=2 ...]
 
 Training seeds change the weights' draws, the location subset and the batches; the evaluation queries
-are fixed (``eval.seed``), so every row is measured on the same queries.
+are fixed (``eval.seed``), so every row is measured on the same queries. ``--resume`` keeps the rows of an
+existing ``<out>/ablation.json`` made with the same configuration and trains only the (variant, seed) pairs
+it lacks (and the frozen row only if it is missing), so an interrupted ablation completes without
+retraining finished rows.
 """
 
 from __future__ import annotations
@@ -69,6 +72,41 @@ def _summary(rows) -> str:
     return "\n".join(lines)
 
 
+def _comparable(value):
+    """A config with every path reduced to its file name (a checkout moved elsewhere is the same run)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return Path(value).name if isinstance(value, str) and "/" in value else value
+
+
+def _previous_rows(out: Path, base) -> list:
+    """Rows of ``out/ablation.json`` (for ``--resume``); refuses a file made with another configuration."""
+    path = out / "ablation.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    old, new = _comparable(saved.get("config", {})), _comparable(base.to_dict())
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise SystemExit(f"{path} was made with another configuration (differs in {diff}): pass the same "
+                         "--set options as that run, or a new --out")
+    return saved["rows"]
+
+
+def _pending(rows, seeds, names) -> list:
+    """(seed, variant) pairs of ``seeds`` x ``names`` that have no row yet, in running order."""
+    done = {(r.get("seed"), r["variant"]) for r in rows}
+    return [(seed, name) for seed in seeds for name in names if (seed, name) not in done]
+
+
+def _ordered(rows) -> list:
+    """Frozen row first, then by seed and the order of :data:`VARIANTS`."""
+    rank = {name: i for i, name in enumerate(VARIANTS)}
+    return sorted(rows, key=lambda r: (r.get("seed", -1), rank.get(r["variant"], -1)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_train_naip"))
@@ -76,28 +114,30 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", help="run only these variants (by name prefix)")
     ap.add_argument("--no-frozen", action="store_true", help="skip the frozen ImageNet row")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (the queries stay fixed)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of <out>/ablation.json (same config) and run only the missing ones")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = apply_overrides(preset("demo"), args.overrides)
     torch.set_num_threads(base.threads or torch.get_num_threads())
-    rows = []
+    rows = _previous_rows(args.out, base) if args.resume else []
     t0 = time.perf_counter()
-    if not args.no_frozen:
+    if not args.no_frozen and not any(r["variant"] == "frozen ImageNet" for r in rows):
         frozen = GeoModel(base.model.name, pretrained=base.model.pretrained, img_size=base.model.img_size)
         rows.append(_row("frozen ImageNet", evaluate_config(base, frozen), 0.0))
         logging.info("frozen: %s (%.0f s)", rows[-1], time.perf_counter() - t0)
-    for seed in args.seeds:
-        for name, extra in VARIANTS.items():
-            if args.only and not any(name.startswith(o) for o in args.only):
-                continue
-            folder = args.out / f"{name.replace(' ', '_').replace(',', '')}_seed{seed}"
-            cfg = apply_overrides(base, extra + [f"run_dir={folder}", f"seed={seed}"])
-            t = time.perf_counter()
-            run = train(cfg, overwrite=True, command=["python", "-m", "tools.bench_train_naip"])
-            rows.append(_row(name, json.loads((run / "eval.json").read_text()), time.perf_counter() - t))
-            rows[-1]["seed"] = seed
-            logging.info("%s: %s", name, rows[-1])
-            _write(args.out, rows, base)
+    names = [n for n in VARIANTS if not args.only or any(n.startswith(o) for o in args.only)]
+    for seed, name in _pending(rows, args.seeds, names):
+        extra = VARIANTS[name]
+        folder = args.out / f"{name.replace(' ', '_').replace(',', '')}_seed{seed}"
+        cfg = apply_overrides(base, extra + [f"run_dir={folder}", f"seed={seed}"])
+        t = time.perf_counter()
+        run = train(cfg, overwrite=True, command=["python", "-m", "tools.bench_train_naip"])
+        rows.append(_row(name, json.loads((run / "eval.json").read_text()), time.perf_counter() - t))
+        rows[-1].update(seed=seed, load_avg=os.getloadavg())  # the machine is shared: its load per row
+        logging.info("%s: %s", name, rows[-1])
+        _write(args.out, rows, base)
+    rows = _ordered(rows)
     _write(args.out, rows, base)
     print(_table(rows))
     print()
@@ -106,6 +146,7 @@ def main(argv=None) -> int:
 
 
 def _write(out: Path, rows, base) -> None:
+    rows = _ordered(rows)
     result = {"rows": rows, "config": base.to_dict(), "machine": {
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "load_avg": os.getloadavg()}}
