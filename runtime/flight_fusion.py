@@ -66,13 +66,14 @@ class MapFusion:
 
     # ---- per frame ------------------------------------------------------------------------------
     def step(self, t: float, up, raw_image, emb: np.ndarray, layer: int, altitude_m: float,
-             heading_deg: float | None, k: int, *, motion=MEASURE,
-             heading_tol_deg: float | None = None) -> tuple[Fix, Matches, dict]:
+             heading_deg: float | None, k: int, *, motion=MEASURE, heading_tol_deg: float | None = None,
+             register_rows=None) -> tuple[Fix, Matches, dict]:
         """One frame (``up``: north-up image or None when only the embedding is known); returns the fused fix,
         the frame's top-``k`` tiles of the layer, and what happened (odometry, rows scored, registration,
         ``search_ms``) for the record. ``motion``: the east/north motion the caller measured (a drone without
         a compass: :mod:`runtime.heading_track`), else measured here on ``up``; ``heading_tol_deg``: how far
-        around ``heading_deg`` registration searches."""
+        around ``heading_deg`` registration searches; ``register_rows``: the tiles registration tries after
+        the filter's mode (default: the frame's top-k)."""
         mf = self._filter_for(layer)
         if motion is MEASURE:
             motion = None
@@ -88,7 +89,8 @@ class MapFusion:
         textured = up is None or frame_texture(up) >= mf.cfg.min_texture
         if textured:
             mf.update(rows, scores)
-        reg = self._register(raw_image, altitude_m, heading_deg, top_rows, heading_tol_deg) if textured else None
+        reg_rows = top_rows if register_rows is None else register_rows
+        reg = self._register(raw_image, altitude_m, heading_deg, reg_rows, heading_tol_deg) if textured else None
         self.last_registration = reg
         if reg is not None and reg.ok:
             mf.update_position(reg.x, reg.y, reg.sigma_m)

@@ -238,14 +238,14 @@ class Localizer:
         layer, why = self.choose_layer(telemetry.altitude_m)
         known = cfg.derotate and telemetry.heading_deg is not None
         up = None if image is None else (north_up(image, telemetry.heading_deg) if known else image)
-        search_heading = None
+        search_heading, reg_rows = None, None
         if embedding is not None:
             t1 = time.perf_counter()
             emb = np.asarray(embedding, np.float32).reshape(1, -1)
         elif not known and cfg.derotate and cfg.heading_search_angles > 0:
             t1 = time.perf_counter()  # the rotations' preprocessing counts as inference here
-            emb, search_heading, _ = best_rotation(self.engine, self.searcher, image, layer,
-                                                   cfg.heading_search_angles)
+            emb, search_heading, reg_rows = best_rotation(self.engine, self.searcher, image, layer,
+                                                          cfg.heading_search_angles, k=3)
         else:
             x = self.engine.prepare([up])
             t1 = time.perf_counter()
@@ -261,7 +261,7 @@ class Localizer:
         elif self.fusion is not None:  # the filter scores the tiles; the frame's top-k come from the same scores
             fused, matches, info = self.fusion.step(t, up, image, emb, layer, telemetry.altitude_m,
                                                     telemetry.heading_deg if cfg.derotate else None, cfg.top_k,
-                                                    motion=motion, heading_tol_deg=reg_tol)
+                                                    motion=motion, heading_tol_deg=reg_tol, register_rows=reg_rows)
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
             t3 = t2 + info.pop("search_ms") / 1e3
         else:

@@ -175,7 +175,7 @@ def test_rotation_search_finds_the_heading_of_a_tile_seen_turned(tiny):
     half = float(lay["footprint_m"]) / 2.0 / abs(transform.a)
     tile = rgb[int(round(r - half)):int(round(r + half)), int(round(c - half)):int(round(c + half))]
     frame = cv2.rotate(np.ascontiguousarray(tile), cv2.ROTATE_90_COUNTERCLOCKWISE)  # image top faces east
-    emb, angle, score = best_rotation(engine, searcher, frame, 0, 4)
+    emb, angle, rows = best_rotation(engine, searcher, frame, 0, 4)
     assert angle == 90.0
-    assert int(np.argmax(searcher.score_layer(emb[0], 0))) + db.layer_slice(0).start == row
+    assert int(np.argmax(searcher.score_layer(emb[0], 0))) + db.layer_slice(0).start == row == rows[0]
     engine.close()
