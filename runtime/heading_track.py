@@ -19,6 +19,11 @@ own right/up axes. :class:`HeadingTracker` turns that into an absolute heading i
    ``turn_rate_dps`` per second without odometry; forgotten above ``lose_sigma_deg``) and corrected by each
    registration, which then searches only around it (no half turn possible).
 
+Between 1 and 2: a verified registration that is still pending predicts, through the odometry chain, where
+the drone is now under each of its two half-turn hypotheses (:meth:`HeadingTracker.hypotheses`);
+registering the frame there, around the hypothesis' heading, is the cheap way to the second registration
+(retrieval without a heading rarely offers the right tile). If both verify, neither is taken.
+
 Pure numpy/math: runs on board.
 """
 
@@ -42,10 +47,13 @@ class HeadingTrackConfig:
     search_tol_min_deg: float = 10.0  # registration searches +- max(this, 3 sigma) around a known heading
     search_tol_max_deg: float = 60.0  # ... and never wider (a half turn stays out of reach)
     max_chain_regs: int = 12  # registrations kept per odometry chain for the lock
+    dead_reckon_m: float = 800.0  # a pending registration predicts where the drone is this far along the chain
+    hypothesis_tol_deg: float = 15.0  # ... and registration searches +- this around each half-turn hypothesis
 
     def __post_init__(self):
         for name in ("yaw_sigma_deg", "turn_rate_dps", "lose_sigma_deg", "reg_sigma_deg", "min_baseline_m",
-                     "max_scale_error", "agree_deg", "search_tol_min_deg", "search_tol_max_deg"):
+                     "max_scale_error", "agree_deg", "search_tol_min_deg", "search_tol_max_deg", "dead_reckon_m",
+                     "hypothesis_tol_deg"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"heading_settings.{name}={v!r}: must be a positive number")
@@ -162,6 +170,21 @@ class HeadingTracker:
         self.heading, self.sigma = (theta + self.psi) % 360.0, c.reg_sigma_deg
         self.t_reg, self.locks = float(t), self.locks + 1
         return "locked"
+
+    def hypotheses(self) -> list[tuple[float, float, float]]:
+        """While no heading is known: (x, y, heading) where the newest pending registration of this chain
+        puts the drone now, one per half-turn hypothesis (none beyond ``dead_reckon_m``)."""
+        if self.heading is not None or not self.regs:
+            return []
+        r = self.regs[-1]
+        d = self.chain_xy - r.chain_xy
+        if float(np.hypot(*d)) > self.cfg.dead_reckon_m:
+            return []
+        out = []
+        for theta in ((r.heading - r.psi) % 360.0, (r.heading - r.psi + 180.0) % 360.0):
+            de, dn = turn(float(d[0]), float(d[1]), theta)
+            out.append((r.x + de, r.y + dn, (theta + self.psi) % 360.0))
+        return out
 
     def _lock(self) -> float | None:
         """The chain frame's heading ``theta`` from the newest registration and an earlier one far enough

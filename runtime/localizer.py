@@ -307,11 +307,27 @@ class Localizer:
             raw = odo.update(image, telemetry.t, telemetry.altitude_m, fusion.hfov_deg, None)
         dt = telemetry.t - self._t_prev if self._t_prev is not None else 0.0
         motion = self.heading.predict(raw, dt)
+        if not self.heading.known and image is not None:
+            self._try_hypotheses(image, telemetry)
         if self.heading.known:
             age = None if self.heading.t_reg is None else telemetry.t - self.heading.t_reg
             telemetry = replace(telemetry, heading_deg=self.heading.heading,
                                 heading_source="registration+odometry", heading_age_s=age)
         return telemetry, motion
+
+    def _try_hypotheses(self, image, telemetry: Telemetry) -> None:
+        """Register the frame where a pending registration and the odometry put the drone under each half-turn
+        hypothesis; exactly one verifying settles the heading (:meth:`HeadingTracker.hypotheses`)."""
+        registrar = self.fusion.registrar
+        hyps = self.heading.hypotheses() if registrar is not None else []
+        alt = telemetry.altitude_m
+        if not hyps or alt is None or not alt > 0 or self.choose_layer(alt)[0] is None:
+            return
+        tol = self.cfg.heading_settings.hypothesis_tol_deg
+        found = [r for r in (registrar.register(image, alt, self.fusion.hfov_deg, (x, y), h, tol)
+                             for x, y, h in hyps) if r.ok]
+        if len(found) == 1:
+            self.heading.measure(telemetry.t, found[0])
 
     def _heading_measured(self, t: float, fused: Fix, info: dict):
         """A verified registration measures the heading (locks or corrects the tracker); the fix's yaw is the

@@ -44,6 +44,25 @@ def test_half_turn_of_registration_is_settled_by_the_motion():
     assert tr.search_tol_deg() < 90  # registration now searches near it: no half turn within reach
 
 
+def test_a_pending_registration_predicts_where_to_register_under_each_half_turn():
+    """One registration (heading a half turn off) and the odometry since: one of the two hypotheses is where
+    the drone is, facing where it faces; registering there locks the heading."""
+    tr = HeadingTracker()
+    true_h, pos = 250.0, np.array([0.0, 0.0])
+    assert tr.hypotheses() == []
+    tr.measure(0.0, _reg(*pos, true_h - 180.0))
+    for _ in range(4):
+        tr.predict(_forward(50.0, dyaw=-3.0), 1.0)
+        pos = pos + turn(0.0, 50.0, true_h)
+        true_h -= 3.0
+    hyps = tr.hypotheses()
+    assert len(hyps) == 2
+    near = [h for h in hyps if math.hypot(h[0] - pos[0], h[1] - pos[1]) < 30.0]
+    assert len(near) == 1 and abs(wrap180(near[0][2] - true_h)) < 1.0
+    assert tr.measure(4.0, _reg(*pos, true_h)) == "locked" and abs(wrap180(tr.heading - true_h)) < 1.0
+    assert tr.hypotheses() == []  # known: nothing to try
+
+
 def test_no_lock_from_registrations_that_disagree_with_the_odometry():
     """Two registrations whose distance the odometry did not fly (one is wrong), or that are too close, or
     whose headings disagree with the motion beyond agree_deg: no heading."""
