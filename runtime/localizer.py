@@ -12,8 +12,10 @@ Every knob of that chain lives in :class:`LocalizerConfig`, once; ``python -m ru
 The stages:
 
 1. ``preprocess``: the frame is turned north-up by the heading (tiles are north-up; the camera faces
-   wherever the drone flies) unless ``derotate`` is off or no heading is known, then resized and normalised
-   by the engine's own preprocessing.
+   wherever the drone flies) unless ``derotate`` is off, then resized and normalised by the engine's own
+   preprocessing. Without a compass heading (``heading_track``, :mod:`runtime.heading_track`) the heading
+   is the tracked one (registration's, carried by the odometry's turns); while none is known the frame is
+   embedded at ``heading_search_angles`` rotations and the best kept (:mod:`runtime.rotation_search`).
 2. ``inference``: the engine's descriptor (skipped when the caller passes one it computed in a batch).
 3. ``search``: the altitude picks the database layer (:meth:`Localizer.choose_layer`): the only layer of a
    one-layer database, else the layer nearest the altitude when it lies within ``layer_tolerance_frac`` of
