@@ -49,6 +49,7 @@ class HeadingTrackConfig:
     max_chain_regs: int = 12  # registrations kept per odometry chain for the lock
     dead_reckon_m: float = 800.0  # a pending registration predicts where the drone is this far along the chain
     hypothesis_tol_deg: float = 15.0  # ... and registration searches +- this around each half-turn hypothesis
+    restart_filter: bool = True  # at the lock, the map filter starts again at the registered point
 
     def __post_init__(self):
         for name in ("yaw_sigma_deg", "turn_rate_dps", "lose_sigma_deg", "reg_sigma_deg", "min_baseline_m",

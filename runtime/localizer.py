@@ -328,8 +328,24 @@ class Localizer:
         tol = self.cfg.heading_settings.hypothesis_tol_deg
         found = [r for r in (registrar.register(image, alt, self.fusion.hfov_deg, (x, y), h, tol)
                              for x, y, h in hyps) if r.ok]
-        if len(found) == 1:
-            self.heading.measure(telemetry.t, found[0])
+        if len(found) == 1 and self.heading.measure(telemetry.t, found[0]) == "locked":
+            self._restart_filter(found[0], self.choose_layer(alt)[0], None)
+
+    def _restart_filter(self, reg, layer, t: float | None) -> None:
+        """The heading just locked on two registrations the odometry agrees with: what the filter gathered
+        before came from frames embedded at guessed rotations, so it starts again at the registered point
+        (``t``: the time that point belongs to when the filter already moved to it; None: before this
+        frame's predict). Trust still needs the filter's own concentration and a verified registration."""
+        if not self.cfg.heading_settings.restart_filter or layer is None:
+            return
+        mf = self.fusion.filter
+        if mf is None or self.fusion.layer != layer:
+            return
+        try:
+            mf.reset(prior=(reg.x, reg.y, max(float(reg.sigma_m), mf.cell_m)))
+        except ValueError:  # the point lies off this layer's grid
+            return
+        mf.t = t
 
     def _heading_measured(self, t: float, fused: Fix, info: dict):
         """A verified registration measures the heading (locks or corrects the tracker); the fix's yaw is the
@@ -337,6 +353,8 @@ class Localizer:
         reg = self.fusion.last_registration
         if reg is not None and reg.ok and math.isfinite(reg.heading_deg):
             info["heading_update"] = self.heading.measure(t, reg)
+            if info["heading_update"] == "locked":
+                self._restart_filter(reg, self.fusion.layer, t)
         yaw = self.heading.heading if self.heading.known else math.nan
         info["heading_sigma_deg"] = round(self.heading.sigma, 2) if self.heading.known else None
         return replace(fused, yaw_deg=yaw), info
