@@ -198,3 +198,34 @@ def test_rotation_search_finds_the_heading_of_a_tile_seen_turned(tiny):
     assert angle == 90.0
     assert int(np.argmax(searcher.score_layer(emb[0], 0))) + db.layer_slice(0).start == row == rows[0]
     engine.close()
+
+
+def test_localizer_without_compass_never_moves_the_filter_along_camera_axes(tiny):
+    """A drone flying east with its camera top facing east, no compass, no map imagery (no heading can be
+    found): the odometry sees the ground move towards the image top. Taken as north (the old chain, with
+    --no-heading-track) the filter's velocity points north; the tracker moves it in no direction instead."""
+    from runtime.engine import load_engine
+    from runtime.localizer import Localizer, LocalizerConfig, Telemetry
+    from tiles.db import TileDatabase
+    from tiles.raster import open_raster
+    from tiles.views import CameraPose, render_view
+
+    engine = load_engine(tiny["bundle"])
+    db = TileDatabase.open(tiny["db"])
+    raster = open_raster(tiny["raster"])
+    xmin, ymin, _, ymax = raster.bounds_m
+    x0, y0 = xmin + 400.0, (ymin + ymax) / 2
+    frames = [render_view(raster, CameraPose(x0 + 40.0 * k, y0, 300.0, 90.0, 0.0, HFOV), (256, 256)).image
+              for k in range(8)]
+    vel, reasons = {}, []
+    for track in (False, True):
+        loc = Localizer(engine, db, LocalizerConfig(heading_track=track, heading_search_angles=4))
+        for k, img in enumerate(frames):
+            out = loc.locate(img, Telemetry(t=float(k), altitude_m=300.0))
+            if track:
+                reasons.append(out.fusion["odometry_reason"])
+        vel[track] = (out.fix.vel_e_mps, out.fix.vel_n_mps)
+    engine.close()
+    assert vel[False][1] > 25.0 and abs(vel[False][0]) < 10.0  # the bug: east flight taken as north
+    assert reasons.count("ok; direction unknown (no heading)") >= 5, reasons
+    assert math.hypot(*vel[True]) < 10.0
