@@ -227,9 +227,8 @@ class Localizer:
         """One frame through the chain. ``embedding``: the frame's descriptor when the caller computed it
         already (a replay embedding in batches); then ``image`` is not used."""
         cfg, t = self.cfg, telemetry.t
-        t0 = time.perf_counter()
         track = self._tracking(telemetry)
-        motion, reg_tol = MEASURE, None
+        motion, reg_tol, track_s = MEASURE, None, time.perf_counter()
         if track:  # no compass: the tracked heading, the odometry's motion turned east/north by it
             telemetry, motion = self._track_heading(image, telemetry)
             reg_tol = self.heading.search_tol_deg() if self.heading.known else None
@@ -237,6 +236,8 @@ class Localizer:
             telemetry = self._heading(telemetry)
             self._odometry_frames("north_up")
         self._t_prev = t
+        t0 = time.perf_counter()
+        track_s = t0 - track_s  # odometry and heading registrations without a compass: counted as fusion
         layer, why = self.choose_layer(telemetry.altitude_m)
         known = cfg.derotate and telemetry.heading_deg is not None
         up = None if image is None else (north_up(image, telemetry.heading_deg) if known else image)
@@ -283,7 +284,7 @@ class Localizer:
             self._yaw = (t, fused.yaw_deg)
         t4 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "search": (t3 - t2) * 1e3,
-                   "fusion": (t4 - t3) * 1e3}
+                   "fusion": (t4 - t3 + track_s) * 1e3}
         return Localization(raw=raw, fix=fused, matches=matches, layer=layer, timings_ms=timings,
                             telemetry=telemetry, fusion=info)
 
