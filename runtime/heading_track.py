@@ -18,6 +18,11 @@ own right/up axes. :class:`HeadingTracker` turns that into an absolute heading i
 3. Known, it is carried frame to frame by the odometry's turn (uncertainty ``yaw_sigma_deg`` per frame,
    ``turn_rate_dps`` per second without odometry; forgotten above ``lose_sigma_deg``) and corrected by each
    registration, which then searches only around it (no half turn possible).
+4. A jump (two textured frames that do not match: a fast turn, a glitch, the drone carried elsewhere)
+   makes the heading unconfirmed: it is kept as a ``prior`` (still carried by the odometry's turns) but
+   used for nothing until a registration searched over every heading agrees with it within ``agree_deg``
+   (then it is known again); otherwise the lock starts over as in 2. A kidnapped drone thus never flies on
+   the heading of the flight it was taken from.
 
 Between 1 and 2: a verified registration that is still pending predicts, through the odometry chain, where
 the drone is now under each of its two half-turn hypotheses (:meth:`HeadingTracker.hypotheses`);
@@ -109,6 +114,7 @@ class HeadingTracker:
 
     def reset(self) -> None:
         self.heading: float | None = None
+        self.prior: float | None = None  # the heading before a jump, unconfirmed
         self.sigma = math.inf
         self.t_reg: float | None = None  # when a registration last measured it
         self.locks = 0
@@ -135,15 +141,20 @@ class HeadingTracker:
         c = self.cfg
         if motion is None or not motion.ok:
             self._new_chain()  # the turn across this gap is unknown: the chain's frame breaks
-            if self.heading is not None:
+            if self.heading is not None and getattr(motion, "jump", False):
+                self.prior, self.heading = self.heading, None  # unconfirmed until a registration agrees
+            if self.heading is not None or self.prior is not None:
                 self.sigma = math.hypot(self.sigma, c.turn_rate_dps * max(0.0, float(dt_s)))
                 if self.sigma > c.lose_sigma_deg:
-                    self.heading, self.sigma = None, math.inf
+                    self.heading, self.prior, self.sigma = None, None, math.inf
             return motion
         right, up = motion.dx_e_m, motion.dy_n_m
         self.chain_xy = self.chain_xy + np.array(turn(right, up, self.psi))
         self.psi = (self.psi + motion.dyaw_deg) % 360.0
         if self.heading is None:
+            if self.prior is not None:
+                self.prior = (self.prior + motion.dyaw_deg) % 360.0
+                self.sigma = math.hypot(self.sigma, c.yaw_sigma_deg)
             return undirected(motion)
         east, north = turn(right, up, self.heading)
         self.heading = (self.heading + motion.dyaw_deg) % 360.0
@@ -152,8 +163,16 @@ class HeadingTracker:
 
     def measure(self, t: float, reg) -> str:
         """A verified registration (``x``, ``y``, ``heading_deg``) of this frame; returns what it did:
-        "fused", "locked", "pending" (no heading yet), "rejected" (too far from the known heading)."""
+        "fused", "locked", "confirmed" (the prior after a jump), "pending" (no heading yet), "rejected" (too
+        far from the known heading)."""
         c = self.cfg
+        if self.heading is None and self.prior is not None:
+            if abs(wrap180(reg.heading_deg - self.prior)) <= c.agree_deg:
+                self.heading, self.prior, self.sigma = self.prior, None, max(self.sigma, c.agree_deg / 2)
+                self.measure(t, reg)  # fused with the prior
+                return "confirmed"
+            if abs(wrap180(reg.heading_deg - self.prior)) < 180.0 - c.agree_deg:
+                self.prior = None  # it turned elsewhere: the lock starts over
         if self.heading is not None:
             innov = wrap180(reg.heading_deg - self.heading)
             if abs(innov) > self.search_tol_deg() + c.reg_sigma_deg:

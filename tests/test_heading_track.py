@@ -92,6 +92,25 @@ def test_heading_is_forgotten_without_odometry_and_the_chain_restarts():
     assert undirected(failed) is failed
 
 
+def test_after_a_jump_the_heading_waits_for_a_registration_that_agrees():
+    """Textured frames that do not match (a kidnapping, a glitch, a fast turn): the heading is not used
+    until a registration over every heading agrees with it; one that does not starts the lock over."""
+    jump = Motion(False, reason="no consistent motion", jump=True)
+    for reg_heading, confirmed in ((33.0, True), (120.0, False)):
+        tr = HeadingTracker()
+        tr.heading, tr.sigma = 30.0, 1.0
+        tr.predict(jump, 1.0)
+        assert not tr.known and tr.prior == 30.0
+        m = tr.predict(_forward(dyaw=2.0), 1.0)
+        assert (m.dx_e_m, m.dy_n_m) == (0.0, 0.0)  # not moved along an unconfirmed heading
+        out = tr.measure(2.0, _reg(0.0, 0.0, reg_heading))
+        assert (out == "confirmed") is confirmed and tr.known is confirmed
+        if confirmed:
+            assert abs(wrap180(tr.heading - 32.5)) < 1.5
+        else:
+            assert tr.prior is None and out == "pending"
+
+
 def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="lose_sigma_deg"):
         HeadingTrackConfig(lose_sigma_deg=-1.0)
