@@ -19,10 +19,11 @@ own right/up axes. :class:`HeadingTracker` turns that into an absolute heading i
    ``turn_rate_dps`` per second without odometry; forgotten above ``lose_sigma_deg``) and corrected by each
    registration, which then searches only around it (no half turn possible).
 4. A jump (two textured frames that do not match: a fast turn, a glitch, the drone carried elsewhere)
-   makes the heading unconfirmed: it is kept as a ``prior`` (still carried by the odometry's turns) but
-   used for nothing until a registration searched over every heading agrees with it within ``agree_deg``
-   (then it is known again); otherwise the lock starts over as in 2. A kidnapped drone thus never flies on
-   the heading of the flight it was taken from.
+   makes the heading unconfirmed: it is kept as a ``prior`` (still carried by the odometry's turns) for
+   ``prior_frames`` frames, used for nothing but registration, which searches +- ``search_tol_max_deg``
+   around it; a registration that verifies there measures the heading again (the half turn lies outside
+   the search). Otherwise the prior is dropped and the lock starts over as in 2. A kidnapped drone thus
+   never flies on the heading of the flight it was taken from.
 
 Between 1 and 2: a verified registration that is still pending predicts, through the odometry chain, where
 the drone is now under each of its two half-turn hypotheses (:meth:`HeadingTracker.hypotheses`);
@@ -55,6 +56,7 @@ class HeadingTrackConfig:
     dead_reckon_m: float = 800.0  # a pending registration predicts where the drone is this far along the chain
     hypothesis_tol_deg: float = 15.0  # ... and registration searches +- this around each half-turn hypothesis
     restart_filter: bool = True  # at the lock, the map filter starts again at the registered point
+    prior_frames: int = 10  # after a jump, registration searches around the old heading this many frames
 
     def __post_init__(self):
         for name in ("yaw_sigma_deg", "turn_rate_dps", "lose_sigma_deg", "reg_sigma_deg", "min_baseline_m",
@@ -66,6 +68,8 @@ class HeadingTrackConfig:
         if not self.search_tol_min_deg <= self.search_tol_max_deg < 90:
             raise ValueError(f"heading_settings search_tol_min_deg={self.search_tol_min_deg} must be <= "
                              f"search_tol_max_deg={self.search_tol_max_deg} < 90 (a half turn must stay out)")
+        if self.prior_frames < 0:
+            raise ValueError(f"heading_settings.prior_frames={self.prior_frames}: must be >= 0")
         if self.max_chain_regs < 2:
             raise ValueError(f"heading_settings.max_chain_regs={self.max_chain_regs}: must be >= 2")
 
@@ -115,6 +119,7 @@ class HeadingTracker:
     def reset(self) -> None:
         self.heading: float | None = None
         self.prior: float | None = None  # the heading before a jump, unconfirmed
+        self.prior_age = 0
         self.sigma = math.inf
         self.t_reg: float | None = None  # when a registration last measured it
         self.locks = 0
@@ -129,6 +134,15 @@ class HeadingTracker:
     def known(self) -> bool:
         return self.heading is not None
 
+    def registration_prior(self) -> tuple[float | None, float | None]:
+        """(heading, +- degrees) registration should search around: the known heading, the prior after a
+        jump (widest search), or (None, None): every heading."""
+        if self.heading is not None:
+            return self.heading, self.search_tol_deg()
+        if self.prior is not None:
+            return self.prior, self.cfg.search_tol_max_deg
+        return None, None
+
     def search_tol_deg(self) -> float:
         """How far around the known heading registration should search."""
         c = self.cfg
@@ -139,10 +153,15 @@ class HeadingTracker:
         along the previous frame's right/up, ``dyaw_deg``) or None/failed; returns the motion the map filter
         should use: east/north when the previous frame's heading was known, else :func:`undirected`."""
         c = self.cfg
+        self.prior_age += 1
+        if self.prior is not None and self.prior_age > c.prior_frames:
+            self.prior = None  # no registration confirmed it: the lock starts over
+            if self.heading is None:
+                self.sigma = math.inf
         if motion is None or not motion.ok:
             self._new_chain()  # the turn across this gap is unknown: the chain's frame breaks
             if self.heading is not None and getattr(motion, "jump", False):
-                self.prior, self.heading = self.heading, None  # unconfirmed until a registration agrees
+                self.prior, self.heading, self.prior_age = self.heading, None, 0  # unconfirmed
             if self.heading is not None or self.prior is not None:
                 self.sigma = math.hypot(self.sigma, c.turn_rate_dps * max(0.0, float(dt_s)))
                 if self.sigma > c.lose_sigma_deg:
@@ -167,12 +186,10 @@ class HeadingTracker:
         far from the known heading)."""
         c = self.cfg
         if self.heading is None and self.prior is not None:
-            if abs(wrap180(reg.heading_deg - self.prior)) <= c.agree_deg:
-                self.heading, self.prior, self.sigma = self.prior, None, max(self.sigma, c.agree_deg / 2)
-                self.measure(t, reg)  # fused with the prior
-                return "confirmed"
-            if abs(wrap180(reg.heading_deg - self.prior)) < 180.0 - c.agree_deg:
-                self.prior = None  # it turned elsewhere: the lock starts over
+            if abs(wrap180(reg.heading_deg - self.prior)) <= c.search_tol_max_deg + c.reg_sigma_deg:
+                self.heading, self.prior, self.sigma, self.t_reg = reg.heading_deg % 360.0, None, c.reg_sigma_deg, t
+                return "confirmed"  # registration searched around the prior: its heading is the measurement
+            self.prior = None  # it turned elsewhere: the lock starts over
         if self.heading is not None:
             innov = wrap180(reg.heading_deg - self.heading)
             if abs(innov) > self.search_tol_deg() + c.reg_sigma_deg:

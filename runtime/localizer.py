@@ -231,7 +231,7 @@ class Localizer:
         motion, reg_tol, track_s = MEASURE, None, time.perf_counter()
         if track:  # no compass: the tracked heading, the odometry's motion turned east/north by it
             telemetry, motion = self._track_heading(image, telemetry)
-            reg_tol = self.heading.search_tol_deg() if self.heading.known else None
+            reg_heading, reg_tol = self.heading.registration_prior()
         else:
             telemetry = self._heading(telemetry)
             self._odometry_frames("north_up")
@@ -240,6 +240,8 @@ class Localizer:
         track_s = t0 - track_s  # odometry and heading registrations without a compass: counted as fusion
         layer, why = self.choose_layer(telemetry.altitude_m)
         known = cfg.derotate and telemetry.heading_deg is not None
+        if not track:
+            reg_heading = telemetry.heading_deg if cfg.derotate else None
         up = None if image is None else (north_up(image, telemetry.heading_deg) if known else image)
         search_heading, reg_rows = None, None
         if embedding is not None:
@@ -263,8 +265,7 @@ class Localizer:
             t3 = time.perf_counter()
         elif self.fusion is not None:  # the filter scores the tiles; the frame's top-k come from the same scores
             fused, matches, info = self.fusion.step(t, up, image, emb, layer, telemetry.altitude_m,
-                                                    telemetry.heading_deg if cfg.derotate else None, cfg.top_k,
-                                                    motion=motion, heading_tol_deg=reg_tol, register_rows=reg_rows)
+                                                    reg_heading, cfg.top_k, motion=motion, heading_tol_deg=reg_tol, register_rows=reg_rows)
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
             t3 = t2 + info.pop("search_ms") / 1e3
         else:

@@ -94,7 +94,8 @@ def test_heading_is_forgotten_without_odometry_and_the_chain_restarts():
 
 def test_after_a_jump_the_heading_waits_for_a_registration_that_agrees():
     """Textured frames that do not match (a kidnapping, a glitch, a fast turn): the heading is not used
-    until a registration over every heading agrees with it; one that does not starts the lock over."""
+    until a registration searched widely around it verifies; one over every heading that disagrees, or
+    none within prior_frames, starts the lock over."""
     jump = Motion(False, reason="no consistent motion", jump=True)
     for reg_heading, confirmed in ((33.0, True), (120.0, False)):
         tr = HeadingTracker()
@@ -103,12 +104,19 @@ def test_after_a_jump_the_heading_waits_for_a_registration_that_agrees():
         assert not tr.known and tr.prior == 30.0
         m = tr.predict(_forward(dyaw=2.0), 1.0)
         assert (m.dx_e_m, m.dy_n_m) == (0.0, 0.0)  # not moved along an unconfirmed heading
+        assert tr.registration_prior() == (32.0, tr.cfg.search_tol_max_deg)  # searched around, widely
         out = tr.measure(2.0, _reg(0.0, 0.0, reg_heading))
         assert (out == "confirmed") is confirmed and tr.known is confirmed
         if confirmed:
             assert abs(wrap180(tr.heading - 32.5)) < 1.5
         else:
             assert tr.prior is None and out == "pending"
+    tr = HeadingTracker(HeadingTrackConfig(prior_frames=3))
+    tr.heading, tr.sigma = 30.0, 1.0
+    tr.predict(jump, 1.0)
+    for _ in range(4):  # no registration confirms it: forgotten, every heading searched again
+        tr.predict(_forward(), 1.0)
+    assert tr.prior is None and tr.registration_prior() == (None, None)
 
 
 def test_config_errors_name_the_value():
