@@ -20,8 +20,9 @@ own right/up axes. :class:`HeadingTracker` turns that into an absolute heading i
    registration, which then searches only around it (no half turn possible).
 4. A jump (two textured frames that do not match: a fast turn, a glitch, the drone carried elsewhere)
    makes the heading unconfirmed: it is kept as a ``prior`` (still carried by the odometry's turns) for
-   ``prior_frames`` frames, used for nothing but registration, which searches +- ``search_tol_max_deg``
-   around it; a registration that verifies there measures the heading again (the half turn lies outside
+   ``prior_frames`` frames that show ground, used to turn frames for retrieval (no worse than a guessed
+   rotation) and by registration, which searches +- ``search_tol_max_deg`` around it, but never to move
+   the filter; a registration that verifies there measures the heading again (the half turn lies outside
    the search). Otherwise the prior is dropped and the lock starts over as in 2. A kidnapped drone thus
    never flies on the heading of the flight it was taken from.
 
@@ -153,11 +154,6 @@ class HeadingTracker:
         along the previous frame's right/up, ``dyaw_deg``) or None/failed; returns the motion the map filter
         should use: east/north when the previous frame's heading was known, else :func:`undirected`."""
         c = self.cfg
-        self.prior_age += 1
-        if self.prior is not None and self.prior_age > c.prior_frames:
-            self.prior = None  # no registration confirmed it: the lock starts over
-            if self.heading is None:
-                self.sigma = math.inf
         if motion is None or not motion.ok:
             self._new_chain()  # the turn across this gap is unknown: the chain's frame breaks
             if self.heading is not None and getattr(motion, "jump", False):
@@ -174,6 +170,9 @@ class HeadingTracker:
             if self.prior is not None:
                 self.prior = (self.prior + motion.dyaw_deg) % 360.0
                 self.sigma = math.hypot(self.sigma, c.yaw_sigma_deg)
+                self.prior_age += 1  # frames that show ground
+                if self.prior_age > c.prior_frames:
+                    self.prior, self.sigma = None, math.inf  # no registration confirmed it: start over
             return undirected(motion)
         east, north = turn(right, up, self.heading)
         self.heading = (self.heading + motion.dyaw_deg) % 360.0

@@ -313,10 +313,12 @@ class Localizer:
         motion = self.heading.predict(raw, dt)
         if not self.heading.known and image is not None:
             self._try_hypotheses(image, telemetry)
-        if self.heading.known:
+        heading, source = self.heading.heading, "registration+odometry"
+        if heading is None and self.heading.prior is not None:  # after a jump: retrieval only, unconfirmed
+            heading, source = self.heading.prior, "odometry-unconfirmed"
+        if heading is not None:
             age = None if self.heading.t_reg is None else telemetry.t - self.heading.t_reg
-            telemetry = replace(telemetry, heading_deg=self.heading.heading,
-                                heading_source="registration+odometry", heading_age_s=age)
+            telemetry = replace(telemetry, heading_deg=heading, heading_source=source, heading_age_s=age)
         return telemetry, motion
 
     def _try_hypotheses(self, image, telemetry: Telemetry) -> None:
