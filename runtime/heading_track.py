@@ -14,7 +14,9 @@ own right/up axes. :class:`HeadingTracker` turns that into an absolute heading i
    registrations of one odometry chain at least ``min_baseline_m`` apart settle it: the registered
    displacement is the chain's displacement turned by ``theta`` (its length agreeing within
    ``max_scale_error``), and each registration's heading, or its half turn, must agree with that
-   ``theta`` within ``agree_deg``. Then the heading is known (``locked``), from the registrations.
+   ``theta`` within ``agree_deg``; the newest registration must form ``min_pairs`` such pairs that agree
+   (a registration verified in a wrong window can pair with a right one by chance). Then the heading is
+   known (``locked``), from the registrations.
 3. Known, it is carried frame to frame by the odometry's turn (uncertainty ``yaw_sigma_deg`` per frame,
    ``turn_rate_dps`` per second without odometry; forgotten above ``lose_sigma_deg``) and corrected by each
    registration, which then searches only around it (no half turn possible).
@@ -54,6 +56,7 @@ class HeadingTrackConfig:
     search_tol_min_deg: float = 10.0  # registration searches +- max(this, 3 sigma) around a known heading
     search_tol_max_deg: float = 60.0  # ... and never wider (a half turn stays out of reach)
     max_chain_regs: int = 12  # registrations kept per odometry chain for the lock
+    min_pairs: int = 2  # the newest registration must form this many agreeing pairs with earlier ones
     dead_reckon_m: float = 800.0  # a pending registration predicts where the drone is this far along the chain
     hypothesis_tol_deg: float = 15.0  # ... and registration searches +- this around each half-turn hypothesis
     restart_filter: bool = True  # at the lock, the map filter starts again at the registered point
@@ -71,6 +74,8 @@ class HeadingTrackConfig:
                              f"search_tol_max_deg={self.search_tol_max_deg} < 90 (a half turn must stay out)")
         if self.prior_frames < 0:
             raise ValueError(f"heading_settings.prior_frames={self.prior_frames}: must be >= 0")
+        if self.min_pairs < 1:
+            raise ValueError(f"heading_settings.min_pairs={self.min_pairs}: must be >= 1")
         if self.max_chain_regs < 2:
             raise ValueError(f"heading_settings.max_chain_regs={self.max_chain_regs}: must be >= 2")
 
@@ -223,10 +228,23 @@ class HeadingTracker:
         return out
 
     def _lock(self) -> float | None:
-        """The chain frame's heading ``theta`` from the newest registration and an earlier one far enough
-        away whose motion and headings agree (module docstring), else None."""
+        """The chain frame's heading ``theta`` when the newest registration forms ``min_pairs`` pairs with
+        earlier ones (far enough away, motion and headings agreeing: module docstring) that agree with each
+        other within ``agree_deg / 2``, else None. More than one pair: a registration verified in a wrong
+        window (measured without a heading at 150 m) pairs with a right one by chance, two such chances
+        rarely agree."""
         c = self.cfg
-        new = self.regs[-1]
+        found = self._pairs()
+        for a in found:
+            near = [b for b in found if abs(wrap180(b - a)) <= c.agree_deg / 2]
+            if len(near) >= c.min_pairs:
+                return (a + float(np.mean([wrap180(b - a) for b in near]))) % 360.0
+        return None
+
+    def _pairs(self) -> list[float]:
+        """``theta`` of every valid pair of the newest registration with an earlier one."""
+        c = self.cfg
+        new, out = self.regs[-1], []
         for old in reversed(self.regs[:-1]):
             de, dn = new.x - old.x, new.y - old.y
             dist = math.hypot(de, dn)
@@ -245,5 +263,5 @@ class HeadingTracker:
                 thetas.append(th)
             else:
                 if abs(wrap180(thetas[1] - thetas[0])) <= c.agree_deg / 2:
-                    return (thetas[0] + wrap180(thetas[1] - thetas[0]) / 2.0) % 360.0
-        return None
+                    out.append((thetas[0] + wrap180(thetas[1] - thetas[0]) / 2.0) % 360.0)
+        return out

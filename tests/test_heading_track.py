@@ -29,7 +29,7 @@ def _forward(step_m=40.0, dyaw=0.0, sigma=1.0):
 def test_half_turn_of_registration_is_settled_by_the_motion():
     """Registrations report the heading a half turn off (210 for 30): the registered displacement along the
     odometry's path says which, and the tracked heading follows the odometry's turns afterwards."""
-    tr = HeadingTracker()
+    tr = HeadingTracker(HeadingTrackConfig(min_pairs=1))
     true_h, pos = 30.0, np.array([1000.0, 2000.0])
     assert tr.measure(0.0, _reg(*pos, true_h + 180.0)) == "pending" and not tr.known
     for _ in range(3):
@@ -47,7 +47,7 @@ def test_half_turn_of_registration_is_settled_by_the_motion():
 def test_a_pending_registration_predicts_where_to_register_under_each_half_turn():
     """One registration (heading a half turn off) and the odometry since: one of the two hypotheses is where
     the drone is, facing where it faces; registering there locks the heading."""
-    tr = HeadingTracker()
+    tr = HeadingTracker(HeadingTrackConfig(min_pairs=1))
     true_h, pos = 250.0, np.array([0.0, 0.0])
     assert tr.hypotheses() == []
     tr.measure(0.0, _reg(*pos, true_h - 180.0))
@@ -61,6 +61,26 @@ def test_a_pending_registration_predicts_where_to_register_under_each_half_turn(
     assert len(near) == 1 and abs(wrap180(near[0][2] - true_h)) < 1.0
     assert tr.measure(4.0, _reg(*pos, true_h)) == "locked" and abs(wrap180(tr.heading - true_h)) < 1.0
     assert tr.hypotheses() == []  # known: nothing to try
+
+
+def test_a_registration_in_a_wrong_window_does_not_lock_with_a_right_one():
+    """A wrong registration that happens to pair with a right one (measured at 150 m without a heading: it
+    made the heading 172 deg off) is one pair; the lock needs two pairs that agree."""
+    true_h = 100.0
+    pos = [np.array(turn(0.0, 40.0 * k, true_h)) for k in range(6)]
+    tr = HeadingTracker()  # min_pairs=2
+    wrong = pos[3] + np.array(turn(0.0, 2 * 40.0 * 3, true_h))  # ahead by twice the path: reversed motion
+    tr.measure(0.0, _reg(*wrong, true_h))
+    for _ in range(3):
+        tr.predict(_forward(), 1.0)
+    assert tr.measure(3.0, _reg(*pos[3], true_h + 180.0)) == "pending"  # one (wrong) pair only
+    for _ in range(2):
+        tr.predict(_forward(), 1.0)
+    assert tr.measure(5.0, _reg(*pos[5], true_h)) == "pending"  # pairs (5,3) and (5,0) disagree
+    for _ in range(2):
+        tr.predict(_forward(), 1.0)
+    out = tr.measure(7.0, _reg(*np.array(turn(0.0, 280.0, true_h)), true_h + 180.0))
+    assert out == "locked" and abs(wrap180(tr.heading - true_h)) < 1.0  # pairs (7,5), (7,3) agree
 
 
 def test_no_lock_from_registrations_that_disagree_with_the_odometry():
