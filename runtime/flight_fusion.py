@@ -46,6 +46,7 @@ from .position import Fix
 from .search import Matches
 
 logger = logging.getLogger(__name__)
+MEASURE = object()  # MapFusion.step's default: measure the odometry on the north-up frame itself
 
 
 class MapFusion:
@@ -69,6 +70,7 @@ class MapFusion:
         self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
         self.chain_ok = False  # carried by odometry alone since that registration
         self.frames = 0
+        self.last_registration = None  # the last frame's Registration (None: not attempted)
 
     def reset(self) -> None:
         self.layer, self.filter, self.last_trusted, self.verified, self.frames = None, None, None, None, 0
@@ -78,14 +80,19 @@ class MapFusion:
 
     # ---- per frame ------------------------------------------------------------------------------
     def step(self, t: float, up, raw_image, emb: np.ndarray, layer: int, altitude_m: float,
-             heading_deg: float | None, k: int) -> tuple[Fix, Matches, dict]:
+             heading_deg: float | None, k: int, *, motion=MEASURE, heading_tol_deg: float | None = None,
+             register_rows=None) -> tuple[Fix, Matches, dict]:
         """One frame (``up``: north-up image or None when only the embedding is known); returns the fused fix,
         the frame's top-``k`` tiles of the layer, and what happened (odometry, rows scored, registration,
-        ``search_ms``) for the record."""
+        ``search_ms``) for the record. ``motion``: the east/north motion the caller measured (a drone without
+        a compass: :mod:`runtime.heading_track`), else measured here on ``up``; ``heading_tol_deg``: how far
+        around ``heading_deg`` registration searches; ``register_rows``: the tiles registration tries after
+        the filter's mode (default: the frame's top-k)."""
         mf = self._filter_for(layer)
-        motion = None
-        if self.odometry is not None and up is not None:
-            motion = self.odometry.update(up, t, altitude_m, self.hfov_deg, None)
+        if motion is MEASURE:
+            motion = None
+            if self.odometry is not None and up is not None:
+                motion = self.odometry.update(up, t, altitude_m, self.hfov_deg, None)
         mf.predict(t, motion)
         self._carry_verified(motion)
         rows = mf.rows_to_score()
@@ -96,7 +103,9 @@ class MapFusion:
         textured = up is None or frame_texture(up) >= mf.cfg.min_texture
         if textured:
             mf.update(rows, scores)
-        reg = self._register(raw_image, altitude_m, heading_deg, top_rows) if textured else None
+        reg_rows = top_rows if register_rows is None else register_rows
+        reg = self._register(raw_image, altitude_m, heading_deg, reg_rows, heading_tol_deg) if textured else None
+        self.last_registration = reg
         if reg is not None and reg.ok:
             mf.update_position(reg.x, reg.y, reg.sigma_m)
         est = mf.estimate()
@@ -134,7 +143,7 @@ class MapFusion:
             return scores, self.searcher.top_k(scores, layer, k)
         return self.searcher.score_rows(q, rows), self.searcher.search_global(q, k=k, layer=layer)
 
-    def _register(self, raw_image, altitude_m: float, heading_deg: float | None, top_rows):
+    def _register(self, raw_image, altitude_m: float, heading_deg: float | None, top_rows, heading_tol_deg=None):
         tracking = self.tracking and self.verified is not None and self.chain_ok  # trusted on the last frame
         every = self.registration_every_tracking if tracking else self.registration_every
         self.since_registration += 1
@@ -149,7 +158,7 @@ class MapFusion:
         if not cands:
             return None
         return self.registrar.register_candidates(raw_image, altitude_m, self.hfov_deg, cands, heading_deg,
-                                                  max_tries=3)
+                                                  max_tries=3, heading_tol_deg=heading_tol_deg)
 
     def _carry_verified(self, motion) -> None:
         if self.verified is None:

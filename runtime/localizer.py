@@ -12,8 +12,10 @@ Every knob of that chain lives in :class:`LocalizerConfig`, once; ``python -m ru
 The stages:
 
 1. ``preprocess``: the frame is turned north-up by the heading (tiles are north-up; the camera faces
-   wherever the drone flies) unless ``derotate`` is off or no heading is known, then resized and normalised
-   by the engine's own preprocessing.
+   wherever the drone flies) unless ``derotate`` is off, then resized and normalised by the engine's own
+   preprocessing. Without a compass heading (``heading_track``, :mod:`runtime.heading_track`) the heading
+   is the tracked one (registration's, carried by the odometry's turns); while none is known the frame is
+   embedded at ``heading_search_angles`` rotations and the best kept (:mod:`runtime.rotation_search`).
 2. ``inference``: the engine's descriptor (skipped when the caller passes one it computed in a batch).
 3. ``search``: the altitude picks the database layer (:meth:`Localizer.choose_layer`): the only layer of a
    one-layer database, else the layer nearest the altitude when it lies within ``layer_tolerance_frac`` of
@@ -33,10 +35,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .flight_fusion import MEASURE
+from .heading_track import HeadingTrackConfig, HeadingTracker
 from .map_filter import MapFilterConfig
 from .odometry import OdometryConfig
 from .position import Fix, PositionFilter, estimate_fix
 from .preprocess import north_up
+from .rotation_search import best_rotation
 from .search import Matches, Searcher
 
 logger = logging.getLogger(__name__)
@@ -59,11 +64,21 @@ class LocalizerConfig:
     registration_every_tracking: int = field(default=5, metadata={
         "help": "while a verified track is carried by the odometry, register every N-th frame (cost; 1: every)"})
     registration_heading_s: float = field(default=10.0, metadata={
-        "help": "without a compass, turn frames north-up by the heading registration measured this recently"})
+        "help": "with --no-heading-track: without a compass, turn frames north-up by the heading registration "
+                "measured this recently"})
+    heading_track: bool = field(default=True, metadata={
+        "help": "without a compass: odometry on the camera frames carries registration's heading from frame to "
+                "frame, the half-turn ambiguity of registration is settled by the motion between two "
+                "registrations, and the odometry moves the filter only once the heading is known (before: by "
+                "the distance in no direction)"})
+    heading_search_angles: int = field(default=12, metadata={
+        "help": "while no heading is known: embed the frame turned by this many headings (one batch) and keep "
+                "the rotation whose best tile scores highest (0: embed it as it comes)"})
     verify_lock: bool = field(default=True, metadata={
         "help": "trust a track only once registration verified it (when the database carries imagery)"})
     map_filter: MapFilterConfig = field(default_factory=MapFilterConfig, metadata={"cli": False})
     odometry_settings: OdometryConfig = field(default_factory=OdometryConfig, metadata={"cli": False})
+    heading_settings: HeadingTrackConfig = field(default_factory=HeadingTrackConfig, metadata={"cli": False})
     top_k: int = field(default=5, metadata={"help": "tiles kept per frame"})
     search_radius_m: float | None = field(default=None, metadata={
         "help": "search only tiles within this radius of the last trusted fix (default: the whole layer)"})
@@ -89,12 +104,15 @@ class LocalizerConfig:
             raise ValueError(f"fusion={self.fusion!r} is not one of {FUSIONS}")
         if self.hfov_deg is not None:
             validate.hfov_deg(self.hfov_deg, "--hfov-deg")
-        for name in ("map_filter", "odometry_settings"):  # a config file gives them as tables
+        tables = {"map_filter": MapFilterConfig, "odometry_settings": OdometryConfig,
+                  "heading_settings": HeadingTrackConfig}
+        for name, kind in tables.items():  # a config file gives them as tables
             v = getattr(self, name)
             if isinstance(v, dict):
-                setattr(self, name, (MapFilterConfig if name == "map_filter" else OdometryConfig)(**v))
+                setattr(self, name, kind(**v))
         checks = {"registration_every": self.registration_every >= 1,
-                  "registration_every_tracking": self.registration_every_tracking >= 1, "top_k": self.top_k >= 1, "max_speed_mps": self.max_speed_mps > 0,
+                  "registration_every_tracking": self.registration_every_tracking >= 1, "top_k": self.top_k >= 1,
+                  "heading_search_angles": self.heading_search_angles >= 0, "max_speed_mps": self.max_speed_mps > 0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "acquire_frames": self.acquire_frames >= 1,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
                   "search_radius_m": self.search_radius_m is None or self.search_radius_m > 0}
@@ -145,6 +163,9 @@ class Localizer:
                 logger.warning("%s holds no tile positions (a gallery database): each frame's own match, "
                                "no map filter", getattr(db, "path", "the database"))
         self._yaw: tuple[float, float] | None = None  # (t, heading) last measured by registration
+        self.heading = HeadingTracker(self.cfg.heading_settings)  # without a compass (heading_track)
+        self._odo_frames: str | None = None  # which frames the odometry compares: "north_up" or "camera"
+        self._t_prev: float | None = None
 
     def _map_fusion(self):
         from .flight_fusion import MapFusion
@@ -174,6 +195,8 @@ class Localizer:
         if self.fusion is not None:
             self.fusion.reset()
         self._yaw = None
+        self.heading.reset()
+        self._odo_frames = self._t_prev = None
 
     def _heading(self, telemetry: Telemetry) -> Telemetry:
         """Without a compass heading, the heading registration measured recently (source ``registration``)."""
@@ -184,6 +207,7 @@ class Localizer:
         if not 0 <= age <= self.cfg.registration_heading_s:
             return telemetry
         return replace(telemetry, heading_deg=yaw, heading_source="registration", heading_age_s=age)
+
     def choose_layer(self, altitude_m: float | None) -> tuple[int | None, str]:
         """(layer, "") or (None, why there is no layer for this altitude)."""
         layers = self.db.layers
@@ -207,21 +231,35 @@ class Localizer:
         """One frame through the chain. ``embedding``: the frame's descriptor when the caller computed it
         already (a replay embedding in batches); then ``image`` is not used."""
         cfg, t = self.cfg, telemetry.t
-        telemetry = self._heading(telemetry)
+        track = self._tracking(telemetry)
+        motion, reg_tol, track_s = MEASURE, None, time.perf_counter()
+        if track:  # no compass: the tracked heading, the odometry's motion turned east/north by it
+            telemetry, motion = self._track_heading(image, telemetry)
+            reg_heading, reg_tol = self.heading.registration_prior()
+        else:
+            telemetry = self._heading(telemetry)
+            self._odometry_frames("north_up")
+        self._t_prev = t
         t0 = time.perf_counter()
-        up = None
-        if image is not None:
-            up = north_up(image, telemetry.heading_deg) if cfg.derotate and telemetry.heading_deg is not None \
-                else image
-        if embedding is None:
+        track_s = t0 - track_s  # odometry and heading registrations without a compass: counted as fusion
+        layer, why = self.choose_layer(telemetry.altitude_m)
+        known = cfg.derotate and telemetry.heading_deg is not None
+        if not track:
+            reg_heading = telemetry.heading_deg if cfg.derotate else None
+        up = None if image is None else (north_up(image, telemetry.heading_deg) if known else image)
+        search_heading, reg_rows = None, None
+        if embedding is not None:
+            t1 = time.perf_counter()
+            emb = np.asarray(embedding, np.float32).reshape(1, -1)
+        elif not known and cfg.derotate and cfg.heading_search_angles > 0:
+            t1 = time.perf_counter()  # the rotations' preprocessing counts as inference here
+            emb, search_heading, reg_rows = best_rotation(self.engine, self.searcher, image, layer,
+                                                          cfg.heading_search_angles, k=3)
+        else:
             x = self.engine.prepare([up])
             t1 = time.perf_counter()
             emb = self.engine.embed_prepared(x)
-        else:
-            t1 = time.perf_counter()
-            emb = np.asarray(embedding, np.float32).reshape(1, -1)
         t2 = time.perf_counter()
-        layer, why = self.choose_layer(telemetry.altitude_m)
         info: dict = {}
         if layer is None:
             k = cfg.top_k
@@ -231,7 +269,7 @@ class Localizer:
             t3 = time.perf_counter()
         elif self.fusion is not None:  # the filter scores the tiles; the frame's top-k come from the same scores
             fused, matches, info = self.fusion.step(t, up, image, emb, layer, telemetry.altitude_m,
-                                                    telemetry.heading_deg if cfg.derotate else None, cfg.top_k)
+                                                    reg_heading, cfg.top_k, motion=motion, heading_tol_deg=reg_tol, register_rows=reg_rows)
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
             t3 = t2 + info.pop("search_ms") / 1e3
         else:
@@ -239,15 +277,95 @@ class Localizer:
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
             t3 = time.perf_counter()
             fused = self.filter.update(raw)
+        if track:
+            fused, info = self._heading_measured(t, fused, info)
+        if search_heading is not None and math.isfinite(search_heading):
+            info["heading_search_deg"] = search_heading
+            if telemetry.heading_deg is None:  # what the embedded frame was turned by
+                telemetry = replace(telemetry, heading_deg=search_heading, heading_source="retrieval")
         if telemetry.capture_time_unix is not None:
             fused = replace(fused, capture_time_unix=telemetry.capture_time_unix)
         if math.isfinite(fused.yaw_deg):
             self._yaw = (t, fused.yaw_deg)
         t4 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "search": (t3 - t2) * 1e3,
-                   "fusion": (t4 - t3) * 1e3}
+                   "fusion": (t4 - t3 + track_s) * 1e3}
         return Localization(raw=raw, fix=fused, matches=matches, layer=layer, timings_ms=timings,
                             telemetry=telemetry, fusion=info)
+
+    # ---- without a compass (runtime.heading_track) ----------------------------------------------------
+    def _tracking(self, telemetry: Telemetry) -> bool:
+        """The heading comes from the tracker: no compass heading, derotation and tracking on, a map filter."""
+        return (telemetry.heading_deg is None and self.cfg.derotate and self.cfg.heading_track
+                and self.fusion is not None)
+
+    def _odometry_frames(self, kind: str) -> None:
+        """The odometry compares north-up frames (compass) or camera frames (none): a switch restarts it."""
+        odo = self.fusion.odometry if self.fusion is not None else None
+        if odo is not None and self._odo_frames not in (None, kind):
+            odo.reset()
+        self._odo_frames = kind
+
+    def _track_heading(self, image, telemetry: Telemetry):
+        """The odometry on the camera frames carries the tracked heading to this frame; returns the
+        telemetry with it (if known) and the motion for the filter (east/north, or undirected)."""
+        self._odometry_frames("camera")
+        fusion, odo, raw = self.fusion, self.fusion.odometry, None
+        if odo is not None and image is not None:
+            raw = odo.update(image, telemetry.t, telemetry.altitude_m, fusion.hfov_deg, None)
+        dt = telemetry.t - self._t_prev if self._t_prev is not None else 0.0
+        motion = self.heading.predict(raw, dt)
+        if not self.heading.known and image is not None:
+            self._try_hypotheses(image, telemetry)
+        heading, source = self.heading.heading, "registration+odometry"
+        if heading is None and self.heading.prior is not None:  # after a jump: retrieval only, unconfirmed
+            heading, source = self.heading.prior, "odometry-unconfirmed"
+        if heading is not None:
+            age = None if self.heading.t_reg is None else telemetry.t - self.heading.t_reg
+            telemetry = replace(telemetry, heading_deg=heading, heading_source=source, heading_age_s=age)
+        return telemetry, motion
+
+    def _try_hypotheses(self, image, telemetry: Telemetry) -> None:
+        """Register the frame where a pending registration and the odometry put the drone under each half-turn
+        hypothesis; exactly one verifying settles the heading (:meth:`HeadingTracker.hypotheses`)."""
+        registrar = self.fusion.registrar
+        hyps = self.heading.hypotheses() if registrar is not None else []
+        alt = telemetry.altitude_m
+        if not hyps or alt is None or not alt > 0 or self.choose_layer(alt)[0] is None:
+            return
+        tol = self.cfg.heading_settings.hypothesis_tol_deg
+        found = [r for r in (registrar.register(image, alt, self.fusion.hfov_deg, (x, y), h, tol)
+                             for x, y, h in hyps) if r.ok]
+        if len(found) == 1 and self.heading.measure(telemetry.t, found[0]) == "locked":
+            self._restart_filter(found[0], self.choose_layer(alt)[0], None)
+
+    def _restart_filter(self, reg, layer, t: float | None) -> None:
+        """The heading just locked on two registrations the odometry agrees with: what the filter gathered
+        before came from frames embedded at guessed rotations, so it starts again at the registered point
+        (``t``: the time that point belongs to when the filter already moved to it; None: before this
+        frame's predict). Trust still needs the filter's own concentration and a verified registration."""
+        if not self.cfg.heading_settings.restart_filter or layer is None:
+            return
+        mf = self.fusion.filter
+        if mf is None or self.fusion.layer != layer:
+            return
+        try:
+            mf.reset(prior=(reg.x, reg.y, max(float(reg.sigma_m), mf.cell_m)))
+        except ValueError:  # the point lies off this layer's grid
+            return
+        mf.t = t
+
+    def _heading_measured(self, t: float, fused: Fix, info: dict):
+        """A verified registration measures the heading (locks or corrects the tracker); the fix's yaw is the
+        tracked heading (never registration's own, which may be a half turn off before the lock)."""
+        reg = self.fusion.last_registration
+        if reg is not None and reg.ok and math.isfinite(reg.heading_deg):
+            info["heading_update"] = self.heading.measure(t, reg)
+            if info["heading_update"] == "locked":
+                self._restart_filter(reg, self.fusion.layer, t)
+        yaw = self.heading.heading if self.heading.known else math.nan
+        info["heading_sigma_deg"] = round(self.heading.sigma, 2) if self.heading.known else None
+        return replace(fused, yaw_deg=yaw), info
 
     def _search(self, emb: np.ndarray, layer: int) -> Matches:
         """Top-k of the layer, around the last trusted fix when ``search_radius_m`` is set (the whole layer

@@ -195,10 +195,11 @@ class Registrar:
         return "features" if footprint_m / self.imagery.gsd_m >= self.cfg.min_feature_px else "correlation"
 
     def register(self, frame_rgb: np.ndarray, altitude_m: float, hfov_deg: float, around_xy,
-                 heading_deg: float | None = None) -> Registration:
+                 heading_deg: float | None = None, heading_tol_deg: float | None = None) -> Registration:
         """Register ``frame_rgb`` (RGB uint8, nadir) taken at ``altitude_m`` above ground with horizontal
         field of view ``hfov_deg`` against the map around metric ``around_xy``; ``heading_deg`` is the
-        compass heading the image top faces, or None when unknown (then it is estimated)."""
+        compass heading the image top faces, or None when unknown (then it is estimated); correlation
+        searches +- ``heading_tol_deg`` around it (default: ``compass_tol_deg``)."""
         if not altitude_m > 0 or not 0 < hfov_deg < 180:
             raise ValueError(f"altitude_m must be > 0 and hfov_deg in (0, 180), got {altitude_m}, {hfov_deg}")
         if heading_deg is not None and not np.isfinite(heading_deg):
@@ -224,13 +225,15 @@ class Registrar:
                                  mutual=cfg.mutual, n_features=cfg.n_features, thresh_px=cfg.thresh_px,
                                  homography=cfg.homography)
         else:
-            est = self._correlate(img, mask, win, heading_deg is not None)
+            tol = None if heading_deg is None else (heading_tol_deg or cfg.compass_tol_deg)
+            est = self._correlate(img, mask, win, tol)
         if est is None:
             return Registration(False, method=method, reason="no geometry could be estimated")
         return self._result(est, P, (w, h), win, frame_gsd, method, footprint)
 
     def register_candidates(self, frame_rgb: np.ndarray, altitude_m: float, hfov_deg: float, candidates_xy,
-                            heading_deg: float | None = None, max_tries: int = 3) -> Registration:
+                            heading_deg: float | None = None, max_tries: int = 3,
+                            heading_tol_deg: float | None = None) -> Registration:
         """Try candidates in order (the filter's mode first, then the top retrieved tiles), skipping one
         within half a footprint of a tried one (its window was already searched); return the first
         verified registration, else the last failure (``reason`` names how many were tried)."""
@@ -244,7 +247,7 @@ class Registrar:
             if any(math.hypot(c[0] - t[0], c[1] - t[1]) < footprint / 2 for t in tried):
                 continue
             tried.append(c)
-            r = self.register(frame_rgb, altitude_m, hfov_deg, c, heading_deg)
+            r = self.register(frame_rgb, altitude_m, hfov_deg, c, heading_deg, heading_tol_deg)
             if r.ok:
                 return r
             last = r
@@ -252,7 +255,7 @@ class Registrar:
             last.reason = f"{last.reason} ({len(tried)} candidate windows tried)"
         return last
 
-    def _correlate(self, img, mask, win, have_heading: bool):
+    def _correlate(self, img, mask, win, tol_deg: float | None):
         import cv2
 
         from .registration_methods import gradient_image, match_correlation
@@ -268,9 +271,9 @@ class Registrar:
         cv2.circle(disc, (d // 2, d // 2), max(1, d // 2 - 1), 1, -1)
         wgrad = signal(_grey(win.rgb), cfg.blur_px)
         excl = max(2, int(d * 0.25))
-        if have_heading:
-            step = max(1.0, cfg.compass_tol_deg / 4)
-            angles = np.arange(-cfg.compass_tol_deg, cfg.compass_tol_deg + 1e-6, step)
+        if tol_deg is not None:  # around the heading given (+- tol_deg)
+            step = max(1.0, tol_deg / 4)
+            angles = np.arange(-tol_deg, tol_deg + 1e-6, step)
         else:
             angles = np.arange(0.0, 360.0, cfg.heading_step_deg)
         kw = {"exclusion_px": excl, "vote_grid": cfg.vote_grid, "vote_tol_px": max(2, round(cfg.vote_tol * d))}

@@ -253,7 +253,7 @@ class Service:
         record = fix_record(loc.fix, loc.raw, self.db, loc.matches.indices[0], loc.matches.scores[0],
                             frame_index=meta.get("index", self.processed), latency_ms=lat,
                             altitude_m=tel.altitude_m, meta=meta)
-        record.update(telemetry_fields(tel, self._layer_name(loc.layer)))
+        record.update(telemetry_fields(loc.telemetry, self._layer_name(loc.layer)))  # the heading used
         return record, loc.fix
 
     def _note_layer(self, loc: Localization) -> None:

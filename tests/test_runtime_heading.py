@@ -204,6 +204,21 @@ def test_service_turns_frames_north_up_with_the_autopilot_heading(tmp_path):
     assert info["autopilot"]["heading"]["source"] == "attitude"
 
 
+def test_service_without_any_heading_searches_rotations_and_says_so():
+    """No compass, no fixed heading, nothing tracked yet: the frame is embedded turned by the 12 search
+    headings in one batch, and the JSON line names the heading it used and where it came from."""
+    a = tiny_assets()
+    (view, _), = _views(a["raster"], 90.0, n=1)
+    svc = _service({})
+    inputs = _spy_inputs(svc.engine)
+    try:
+        rec, _ = svc.process((0.0, view, {"index": 0}))
+    finally:
+        svc.engine.close()
+    assert len(inputs) == 12 and np.array_equal(inputs[3], north_up(view, 90.0))
+    assert rec["heading_source"] == "retrieval" and rec["heading_deg"] in {30.0 * k for k in range(12)}
+
+
 def test_service_falls_back_to_the_fixed_heading_then_none_warns_once_and_counts(caplog):
     a = tiny_assets()
     (view, up), = _views(a["raster"], 90.0, n=1)
@@ -232,8 +247,9 @@ def test_service_falls_back_to_the_fixed_heading_then_none_warns_once_and_counts
         svc.engine.close()
     assert svc.health.snapshot()["counters"].get("frames_no_heading", 0) == 0
 
-    # no heading at all: frames go in as they are, the fix is still attempted, one warning, a counter
-    svc = _service({})
+    # no heading at all, rotation search off: frames go in as they are, the fix is still attempted, one
+    # warning, a counter
+    svc = _service({"heading_search_angles": 0})
     lines = svc.self_check()
     assert any(ln.startswith("heading: none (no --heading-deg, --heading-from or --altitude-from)") for ln in lines)
     inputs = _spy_inputs(svc.engine)

@@ -1,7 +1,7 @@
 """The hard flights, through the service's own Localizer: a kidnapping, flights off the map, frames of nothing.
 
     python -m tools.eval_flights --bundle B --db DB [--years 2016 2020] [--altitudes 150 200 250 300]
-        [--frames 60] [--out DIR] [--set KEY=VALUE ...]
+        [--frames 60] [--out DIR] [--set KEY=VALUE ...] [--no-compass]
 
 Per year and altitude (held-out years only: 2016, 2020), against the 2018 map's database:
 
@@ -13,7 +13,8 @@ Per year and altitude (held-out years only: 2016, 2020), against the 2018 map's 
 
 Every frame goes through :func:`runtime.replay.geotiff.replay_flight` (the Localizer the service runs);
 figures per flight come from :func:`runtime.replay.geotiff.flight_figures`. ``--set`` changes a
-:class:`runtime.localizer.LocalizerConfig` field (e.g. ``--set verify_lock=false``).
+:class:`runtime.localizer.LocalizerConfig` field (e.g. ``--set verify_lock=false``); ``--no-compass``
+flies without the compass heading (the heading then comes from registration, :mod:`runtime.heading_track`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--out", type=Path, default=Path("runs/eval_flights"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-compass", dest="compass", action="store_false",
+                    help="frames come without the compass heading")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if set(args.years) & {2010, 2012, 2014, 2018}:
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
     rows, t0 = [], time.perf_counter()
     for key, which, frames, has_truth in _cases(args.years, args.altitudes, args.frames, database_hfov(db),
                                                  dbs["west"]):
-        recs = replay_flight(Localizer(engine, dbs[which], cfg), frames)
+        recs = replay_flight(Localizer(engine, dbs[which], cfg), frames, compass=args.compass)
         if not has_truth:
             for r in recs:
                 r["in_map"] = False
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
         fig.update(flight=key, frames=len(recs), error_median_m=float(np.median(errs)) if errs else None)
         rows.append(fig)
         log.info("%s: %s", key, fig)
-    out = {"bundle": args.bundle, "db": args.db, "localizer": asdict(cfg), "flights": rows,
+    out = {"bundle": args.bundle, "db": args.db, "compass": args.compass, "localizer": asdict(cfg), "flights": rows,
            "wall_s": round(time.perf_counter() - t0, 1)}
     (args.out / "eval_flights.json").write_text(json.dumps(out, indent=1, default=str))
     print(f"{'flight':>20} | {'trusted':>7} {'wrong':>5} {'avail':>6} {'ttff':>5} {'err med':>8}")

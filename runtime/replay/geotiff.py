@@ -146,7 +146,10 @@ def flight_figures(records: list[dict]) -> dict:
             "calibration_pct": rnd(100.0 * float(np.mean(inside))) if inside else None,
             "registered_pct": rnd(100.0 * float(np.mean(reg))) if reg else None,
             "heading_error_deg_median": rnd(pct([r.get("heading_error_deg") for r in records
-                                                 if r.get("heading_source") == "registration"], 50)),
+                                                 if str(r.get("heading_source")).startswith("registration")], 50)),
+            "heading_frames": sum(1 for r in records if str(r.get("heading_source")).startswith("registration")),
+            "heading_search_error_deg_median": rnd(pct([r.get("heading_error_deg") for r in records
+                                                        if r.get("heading_source") == "retrieval"], 50)),
             "odometry_ok_pct": rnd(100.0 * float(np.mean(odo))) if odo else None}
 
 
