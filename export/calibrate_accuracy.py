@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -61,25 +60,13 @@ def chi2_quantile(p: float, dof: int) -> float:
     return dof * max(1e-6, 1.0 - a + z * math.sqrt(a)) ** 3
 
 
-def calibration_flights(db, rasters, *, hfov_deg: float, frames: int, speed_mps: float = 40.0,
-                        photometric: float = 0.3, seed: int = 1000):
-    """The likelihood calibration's flights (same rasters, altitudes and seeds), rendered again with ground
-    truth for the Localizer: (name, frames) per raster and layer."""
-    from runtime.replay.flights import GeoTiffFlight
-
-    for ri, raster in enumerate(rasters):
-        for layer in db.layers:
-            s = seed + 100 * ri + int(layer["altitude_m"])
-            fl = GeoTiffFlight(raster, float(layer["altitude_m"]), pattern="curve", hfov_deg=hfov_deg,
-                               speed_mps=speed_mps, fps=1.0, photometric=photometric, max_frames=frames, seed=s)
-            yield f"{Path(raster).stem}@{fl.altitude_m:g}", fl
-
-
 def calibrate_fix_accuracy(engine, db, rasters, *, hfov_deg: float, frames: int = 40) -> dict:
     """Fly the calibration flights through the Localizer (``engine.bundle`` carries the fitted likelihood)
     and return the manifest's ``fix_accuracy`` record."""
     from runtime.localizer import Localizer, LocalizerConfig
     from runtime.replay.geotiff import replay_flight
+
+    from .calibrate_likelihood import calibration_flights
 
     loc = Localizer(engine, db, LocalizerConfig(hfov_deg=hfov_deg))
     registration = bool(loc.fusion is not None and loc.fusion.registrar is not None)

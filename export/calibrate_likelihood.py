@@ -167,18 +167,14 @@ def half_database(db, out, side: str = "west") -> Path:
     return out
 
 
-def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
+def calibration_flights(db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
                         photometric: float = 0.3, flights_per_raster: int = 1, seed: int = 1000,
-                        cache_dir=None, outside_x: float | None = None, tag: str = "") -> list:
-    """Flights rendered from ``rasters`` at each layer's altitude, recorded (runtime.replay.filter_replay);
-    with ``cache_dir``, each recorded flight is kept there and read back on the next call. ``outside_x``:
-    fly west of this x (with a footprint of margin) and mark the flights off the map (``db`` holds only
-    the ground east of it)."""
-    from runtime.odometry import VisualOdometry
-    from runtime.replay.filter_replay import load_record, record_flight, save_record
+                        outside_x: float | None = None):
+    """(name, GeoTiffFlight) rendered from ``rasters`` at each layer's altitude, the same for every calibration
+    (the likelihood's here, the reported accuracy's in export.calibrate_accuracy). ``outside_x``: fly west of
+    this x (with a footprint of margin)."""
     from runtime.replay.flights import GeoTiffFlight, curve_waypoints
 
-    vo, records = VisualOdometry(), []
     for ri, raster in enumerate(rasters):
         for layer in db.layers:
             for k in range(flights_per_raster):
@@ -194,16 +190,31 @@ def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 4
                 fl = GeoTiffFlight(raster, float(layer["altitude_m"]), pattern="curve", waypoints=wp,
                                    hfov_deg=hfov_deg, speed_mps=speed_mps, fps=1.0, photometric=photometric,
                                    max_frames=frames, seed=s)
-                name = f"{tag}{Path(raster).stem}@{fl.altitude_m:g}-{k}"
-                cached = Path(cache_dir) / f"{name}.npz" if cache_dir else None
-                if cached is not None and cached.is_file():
-                    records.append(load_record(cached))
-                    continue
-                records.append(record_flight(engine, vo, db, fl, hfov_deg=hfov_deg, name=name,
-                                             in_map=outside_x is None))
-                if cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    save_record(cached, records[-1])
+                yield f"{Path(raster).stem}@{fl.altitude_m:g}-{k}", fl
+
+
+def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
+                        photometric: float = 0.3, flights_per_raster: int = 1, seed: int = 1000,
+                        cache_dir=None, outside_x: float | None = None, tag: str = "") -> list:
+    """:func:`calibration_flights`, recorded (runtime.replay.filter_replay); with ``cache_dir``, each recorded
+    flight is kept there and read back on the next call. ``outside_x``: the flights are marked off the map
+    (``db`` holds only the ground east of it)."""
+    from runtime.odometry import VisualOdometry
+    from runtime.replay.filter_replay import load_record, record_flight, save_record
+
+    vo, records = VisualOdometry(), []
+    for name, fl in calibration_flights(db, rasters, hfov_deg=hfov_deg, frames=frames, speed_mps=speed_mps,
+                                        photometric=photometric, flights_per_raster=flights_per_raster,
+                                        seed=seed, outside_x=outside_x):
+        name = f"{tag}{name}"
+        cached = Path(cache_dir) / f"{name}.npz" if cache_dir else None
+        if cached is not None and cached.is_file():
+            records.append(load_record(cached))
+            continue
+        records.append(record_flight(engine, vo, db, fl, hfov_deg=hfov_deg, name=name, in_map=outside_x is None))
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            save_record(cached, records[-1])
     return records
 
 

@@ -203,7 +203,7 @@ class MapFusion:
         fix = Fix(t=t, x=est.x, y=est.y, lat=lat, lon=lon, confidence=float(est.mass),
                   accuracy_m=r95 / 2.45, trusted=trusted, reason="" if trusted else reason,
                   vel_n_mps=est.vel_n_mps, vel_e_mps=est.vel_e_mps, speed_accuracy_mps=est.speed_accuracy_mps,
-                  cov_xy=(float(est.cov_xy[0]) * k * k, float(est.cov_xy[1]) * k * k, float(est.cov_xy[2]) * k * k),
+                  cov_xy=tuple(float(v) * k * k for v in est.cov_xy),
                   r95_m=r95)
         if reg is not None and reg.ok and math.isfinite(reg.heading_deg):
             fix = replace(fix, yaw_deg=float(reg.heading_deg))
