@@ -40,6 +40,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .frame_agreement import AgreementConfig, FrameAgreement
 from .map_filter import MapFilter, MapFilterConfig
 from .odometry import OdometryConfig, VisualOdometry, frame_texture
 from .position import Fix
@@ -52,7 +53,8 @@ MEASURE = object()  # MapFusion.step's default: measure the odometry on the nort
 class MapFusion:
     def __init__(self, db, searcher, likelihood, *, filter_cfg: MapFilterConfig, odometry_cfg: OdometryConfig,
                  hfov_deg: float, use_odometry: bool = True, registrar=None, registration_every: int = 1,
-                 registration_every_tracking: int = 1, verify_lock: bool = True, fix_r95_scale: float = 1.0):
+                 registration_every_tracking: int = 1, verify_lock: bool = True, fix_r95_scale: float = 1.0,
+                 agreement: AgreementConfig | None = None, coast_frames: int = 0):
         self.db, self.searcher, self.lik = db, searcher, likelihood
         self.filter_cfg, self.hfov_deg = filter_cfg, float(hfov_deg)
         self.odometry = VisualOdometry(odometry_cfg) if use_odometry else None
@@ -68,15 +70,21 @@ class MapFusion:
         self.filter: MapFilter | None = None
         self.last_trusted: Fix | None = None
         self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
-        self.chain_ok = False  # carried by odometry alone since that registration
+        self.chain_ok = False  # carried by odometry alone since that registration (and bland frames: coasted)
+        self.coast_frames = max(0, int(coast_frames))  # bland frames a verified chain coasts through
+        self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
         self.frames = 0
         self.last_registration = None  # the last frame's Registration (None: not attempted)
+        # registrations too small on the map to verify alone, confirmed over frames (None: off)
+        self.agreement = FrameAgreement(agreement) if agreement is not None and registrar is not None else None
 
     def reset(self) -> None:
         self.layer, self.filter, self.last_trusted, self.verified, self.frames = None, None, None, None, 0
-        self.since_registration, self.tracking = 0, False
+        self.since_registration, self.tracking, self.coasted = 0, False, 0
         if self.odometry is not None:
             self.odometry.reset()
+        if self.agreement is not None:
+            self.agreement.reset()
 
     # ---- per frame ------------------------------------------------------------------------------
     def step(self, t: float, up, raw_image, emb: np.ndarray, layer: int, altitude_m: float,
@@ -95,6 +103,8 @@ class MapFusion:
                 motion = self.odometry.update(up, t, altitude_m, self.hfov_deg, None)
         mf.predict(t, motion)
         self._carry_verified(motion)
+        if self.agreement is not None:
+            self.agreement.carry(motion)
         rows = mf.rows_to_score()
         t0 = time.perf_counter()
         scores, matches = self._scores(emb, layer, rows, k)
@@ -157,33 +167,46 @@ class MapFusion:
         cands += [(float(ent["x"][r]), float(ent["y"][r])) for r in top_rows if r >= 0]
         if not cands:
             return None
-        return self.registrar.register_candidates(raw_image, altitude_m, self.hfov_deg, cands, heading_deg,
-                                                  max_tries=3, heading_tol_deg=heading_tol_deg)
+        tried: list = []
+        reg = self.registrar.register_candidates(raw_image, altitude_m, self.hfov_deg, cands, heading_deg,
+                                                 max_tries=3, heading_tol_deg=heading_tol_deg, tried_out=tried)
+        if reg.ok or self.agreement is None:
+            return reg
+        footprint = 2.0 * altitude_m * math.tan(math.radians(self.hfov_deg) / 2.0)
+        confirmed = self.agreement.offer(tried, self.registrar.imagery.gsd_m, footprint)
+        return reg if confirmed is None else confirmed
 
     def _carry_verified(self, motion) -> None:
         if self.verified is None:
             return
         if motion is not None and motion.ok:
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
+            self.coasted = 0
             return
-        # no odometry: moved as the filter predicted (its velocity), and the chain of odometry from the
-        # registration is broken: trust needs the filter's own evidence (p_out) again until a registration
+        # no odometry: moved as the filter predicted (its velocity). Over bland ground (too few features: no
+        # picture contradicts the track) the chain coasts for coast_frames; any other failure (a picture that
+        # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
         self.verified = self.verified + self.filter.last_displacement
-        self.chain_ok = False
+        if motion is not None and motion.bland and self.coasted < self.coast_frames:
+            self.coasted += 1
+        else:
+            self.chain_ok = False
 
     def _note_verification(self, est, reg) -> None:
         fp = self.filter.grid.footprint_m
         if reg is not None and reg.ok and math.hypot(reg.x - est.x, reg.y - est.y) <= est.r95_m + fp:
-            self.verified, self.chain_ok = np.array([reg.x, reg.y]), True
+            self.verified, self.chain_ok, self.coasted = np.array([reg.x, reg.y]), True, 0
         elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
             self.verified = None  # the track moved away from where it was verified
 
     def _verified_on_map(self, est) -> bool:
         """A track that registration verified on this map and the odometry carried since (unbroken) is on the
-        map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, as
-        long as the posterior on the map is one concentrated mode at the verified point."""
+        map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, nor
+        do a few bland frames coasted through by the filter's velocity (the radius grows meanwhile), as long
+        as the posterior on the map is one concentrated mode at the verified point."""
+        doubts = ("possibly off the map",) + (("no ground motion seen",) if self.coasted else ())
         if not (self.verify_lock and self.verified is not None and self.chain_ok
-                and est.reason.startswith("possibly off the map")):
+                and est.reason.startswith(doubts)):
             return False
         cfg, fp = self.filter.cfg, self.filter.grid.footprint_m
         on_map = est.mass / max(1e-12, 1.0 - est.p_out)

@@ -74,6 +74,16 @@ class LocalizerConfig:
     heading_search_angles: int = field(default=12, metadata={
         "help": "while no heading is known: embed the frame turned by this many headings (one batch) and keep "
                 "the rotation whose best tile scores highest (0: embed it as it comes)"})
+    registration_frames: int = field(default=3, metadata={
+        "help": "a frame too small on the map for its parts to verify its registration (150 m on a 5 m/px map) "
+                "is verified when this many frames' registrations agree, carried by the odometry over "
+                "--registration-span footprints of ground (0: off)"})
+    registration_span: float = field(default=0.75, metadata={
+        "help": "ground moved, in footprints, between the first and last frame agreeing on a registration"})
+    coast_frames: int = field(default=10, metadata={
+        "help": "a verified track stays trusted through this many frames in a row of bland ground (too few "
+                "features for the odometry: water, a uniform field), carried by its velocity, its radius "
+                "growing; a picture that jumps breaks it at once (0: untrusted on the first such frame)"})
     verify_lock: bool = field(default=True, metadata={
         "help": "trust a track only once registration verified it (when the database carries imagery)"})
     map_filter: MapFilterConfig = field(default_factory=MapFilterConfig, metadata={"cli": False})
@@ -112,6 +122,8 @@ class LocalizerConfig:
                 setattr(self, name, kind(**v))
         checks = {"registration_every": self.registration_every >= 1,
                   "registration_every_tracking": self.registration_every_tracking >= 1, "top_k": self.top_k >= 1,
+                  "registration_frames": self.registration_frames == 0 or self.registration_frames >= 2,
+                  "registration_span": self.registration_span >= 0, "coast_frames": self.coast_frames >= 0,
                   "heading_search_angles": self.heading_search_angles >= 0, "max_speed_mps": self.max_speed_mps > 0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "acquire_frames": self.acquire_frames >= 1,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
@@ -184,10 +196,16 @@ class Localizer:
                             "registration (rebuild it with python -m export --tiles, or add it with "
                             "python -m export.map_imagery DB MAP.tif)", getattr(self.db, "path", "?"))
         scale = Likelihood.fix_r95_scale(getattr(bundle, "manifest", None), registrar is not None)
+        agreement = None
+        if cfg.registration_frames:
+            from .frame_agreement import AgreementConfig
+
+            agreement = AgreementConfig(frames=cfg.registration_frames, min_span_footprints=cfg.registration_span)
         return MapFusion(self.db, self.searcher, lik, filter_cfg=replace(cfg.map_filter, max_speed_mps=cfg.max_speed_mps),
                          odometry_cfg=cfg.odometry_settings, hfov_deg=cfg.hfov_deg or database_hfov(self.db),
                          use_odometry=cfg.odometry, registrar=registrar, registration_every=cfg.registration_every,
-                         registration_every_tracking=cfg.registration_every_tracking, verify_lock=cfg.verify_lock, fix_r95_scale=scale)
+                         registration_every_tracking=cfg.registration_every_tracking, verify_lock=cfg.verify_lock,
+                         fix_r95_scale=scale, agreement=agreement, coast_frames=cfg.coast_frames)
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""

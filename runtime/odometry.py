@@ -12,7 +12,10 @@ are already north-up, so that right = east and up = north).
 
 It refuses rather than guesses: too few features (water, blur, a uniform or black frame), too few or too
 small a share of inliers, a scale change beyond ``max_scale_change`` (a mismatch, or a climb the altitude
-would have told), or frames too far apart in time all give ``Motion(ok=False, reason=...)``.
+would have told), or frames too far apart in time all give ``Motion(ok=False, reason=...)``. A failure says what it means
+for a track: ``jump`` when both frames are textured (``textured_features``) yet do not match (the picture
+jumped: a kidnapping, a dropped stretch), ``bland`` when one of them sees too little ground texture to
+measure (water, a uniform field: nothing contradicts the motion the filter predicts).
 Black pixels (the unseen corners of a frame turned north-up) are masked out, since their borders do not
 move with the ground.
 
@@ -42,6 +45,7 @@ class OdometryConfig:
     reproj_px: float = 3.0  # inlier threshold, downscaled pixels
     min_inliers: int = 15
     min_inlier_ratio: float = 0.2  # inliers / ratio-test matches
+    textured_features: int = 45  # frames with fewer features see bland ground: a failed match there is not a jump
     max_scale_change: float = 0.15  # |scale - 1| above this: refused
     max_gap_s: float = 5.0  # frames further apart than this are not compared
     clahe_clip: float = 3.0  # local contrast equalisation before detection (0: off)
@@ -71,6 +75,7 @@ class Motion:
     scale: float = math.nan  # > 1: the ground looks bigger (the drone descended)
     reason: str = ""
     jump: bool = False  # both frames textured, yet they do not match: the picture jumped (or a blur)
+    bland: bool = False  # too few features to measure (water, a uniform field): nothing seen, nothing contradicted
 
     @property
     def distance_m(self) -> float:
@@ -154,11 +159,15 @@ class VisualOdometry:
         cv2, cfg = self._cv2, self.cfg
         need = cfg.min_inliers
         if prev.desc is None or cur.desc is None or len(prev.kps) < need or len(cur.kps) < need:
-            return Motion(False, dt_s=dt, reason=f"too few features ({len(prev.kps)}, {len(cur.kps)})")
+            return Motion(False, dt_s=dt, reason=f"too few features ({len(prev.kps)}, {len(cur.kps)})", bland=True)
         pairs = self._matcher.knnMatch(prev.desc, cur.desc, k=2)
         good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < cfg.ratio * p[1].distance]
+        # both frames textured, yet unmatched: the picture jumped; one of them bland (entering water, a field):
+        # nothing contradicts the motion, nothing measured it
+        jump = min(len(prev.kps), len(cur.kps)) >= cfg.textured_features
         if len(good) < need:
-            return Motion(False, dt_s=dt, matches=len(good), reason=f"too few matches ({len(good)})", jump=True)
+            return Motion(False, dt_s=dt, matches=len(good), reason=f"too few matches ({len(good)})", jump=jump,
+                          bland=not jump)
         src = prev.kps[[m.queryIdx for m in good]]
         dst = cur.kps[[m.trainIdx for m in good]]
         method = cv2.LMEDS if cfg.estimator == "lmeds" else cv2.RANSAC
@@ -167,7 +176,8 @@ class VisualOdometry:
         n_in = int(inl.sum()) if inl is not None else 0
         if a is None or n_in < need or n_in < cfg.min_inlier_ratio * len(good):
             return Motion(False, dt_s=dt, inliers=n_in, matches=len(good),
-                          reason=f"no consistent motion ({n_in} inliers of {len(good)} matches)", jump=True)
+                          reason=f"no consistent motion ({n_in} inliers of {len(good)} matches)", jump=jump,
+                          bland=not jump)
         scale = float(math.hypot(a[0, 0], a[1, 0]))
         if abs(scale - 1.0) > cfg.max_scale_change:
             return Motion(False, dt_s=dt, inliers=n_in, matches=len(good), scale=scale,

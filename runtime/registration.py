@@ -85,6 +85,8 @@ class Registration:
     psr: float = math.nan  # correlation: peak-to-sidelobe ratio
     method: str = ""
     reason: str = ""
+    tentative: bool = False  # correlation: every check passed but the parts' votes (confirmed over frames:
+    #                          runtime.frame_agreement)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,10 +235,11 @@ class Registrar:
 
     def register_candidates(self, frame_rgb: np.ndarray, altitude_m: float, hfov_deg: float, candidates_xy,
                             heading_deg: float | None = None, max_tries: int = 3,
-                            heading_tol_deg: float | None = None) -> Registration:
+                            heading_tol_deg: float | None = None, tried_out: list | None = None) -> Registration:
         """Try candidates in order (the filter's mode first, then the top retrieved tiles), skipping one
         within half a footprint of a tried one (its window was already searched); return the first
-        verified registration, else the last failure (``reason`` names how many were tried)."""
+        verified registration, else the last failure (``reason`` names how many were tried). Every
+        window's result is appended to ``tried_out`` when given."""
         footprint = 2.0 * altitude_m * math.tan(math.radians(hfov_deg) / 2.0)
         tried: list[tuple[float, float]] = []
         last = Registration(False, reason="no candidate position")
@@ -248,6 +251,8 @@ class Registrar:
                 continue
             tried.append(c)
             r = self.register(frame_rgb, altitude_m, hfov_deg, c, heading_deg, heading_tol_deg)
+            if tried_out is not None:
+                tried_out.append(r)
             if r.ok:
                 return r
             last = r
@@ -334,10 +339,11 @@ class Registrar:
             r.reason = f"inlier ratio {est.inlier_ratio:.2f} < {cfg.min_inlier_ratio}"
         elif method == "correlation" and est.score < cfg.min_peak:
             r.reason = f"correlation peak {est.score:.2f} < {cfg.min_peak}"
-        elif method == "correlation" and n < cfg.min_votes:
-            r.reason = f"inconsistent geometry: {n} of {cfg.vote_grid ** 2} frame parts agree (< {cfg.min_votes})"
         elif method == "correlation" and est.distinct < cfg.min_distinct:
             r.reason = f"correlation peak not distinct ({est.distinct:.2f} < {cfg.min_distinct})"
+        elif method == "correlation" and n < cfg.min_votes:
+            r.reason = f"inconsistent geometry: {n} of {cfg.vote_grid ** 2} frame parts agree (< {cfg.min_votes})"
+            r.tentative = True
         else:
             r.ok = True
         return r

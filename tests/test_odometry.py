@@ -64,14 +64,14 @@ def test_refuses_featureless_noisy_and_late_frames(naip_paths):
     grey = np.full((256, 256, 3), 128, np.uint8)
     assert vo.update(grey, 0.0, 200.0, 60.0).ok is False
     m = vo.update(grey, 1.0, 200.0, 60.0)
-    assert not m.ok and "features" in m.reason and not m.jump  # nothing to see: not a jump
+    assert not m.ok and "features" in m.reason and not m.jump and m.bland  # nothing to see: not a jump
     rng = np.random.default_rng(0)
     vo.update(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), 2.0, 200.0, 60.0)
     m = vo.update(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), 3.0, 200.0, 60.0)
-    assert not m.ok and m.jump, f"independent noise frames gave a motion {m}"  # textured, unmatched: a jump
+    assert not m.ok and m.jump and not m.bland, f"independent noise frames gave {m}"  # textured, unmatched
     vo.update(a, 10.0, 200.0, 60.0)
     m = vo.update(b, 20.0, 200.0, 60.0)  # 10 s later: a dropped stream, not a motion
-    assert not m.ok and "apart" in m.reason
+    assert not m.ok and "apart" in m.reason and not m.bland
     m = vo.update(a, 21.0, float("nan"), 60.0)
     assert not m.ok and "altitude" in m.reason
 

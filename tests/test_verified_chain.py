@@ -1,0 +1,63 @@
+"""A verified track's chain of odometry (runtime.flight_fusion): bland frames (too few features) are coasted
+through by the filter's velocity for ``coast_frames`` and the fix stays trusted with a growing radius; a
+picture that jumps breaks the chain at once; past the limit the filter's own rule applies again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.flight_fusion import MapFusion
+from runtime.map_filter import MapFilterConfig
+from runtime.map_grid import Likelihood
+from runtime.odometry import Motion, OdometryConfig
+from runtime.search import Searcher
+from tests.mapdb import frame_embedding, grid_database
+from tiles.db import TileDatabase
+
+X0, Y0, V = 500300.0, 5199500.0, 10.0  # start, and metres east per frame
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return TileDatabase.open(grid_database(tmp_path_factory.mktemp("chain") / "db"))
+
+
+def _fly(db, failures: dict, coast_frames: int, frames: int = 16):
+    """A drone flying east at 10 m/frame; the track verified by 'registration' on frame 5 (set as a
+    registration would); from frame 8 the odometry fails as ``failures`` says ({frame: Motion})."""
+    fusion = MapFusion(db, Searcher(db), Likelihood(temperature=0.1, offset=0.2),
+                       filter_cfg=MapFilterConfig(independent_frac=0.0), odometry_cfg=OdometryConfig(),
+                       hfov_deg=60.0, coast_frames=coast_frames)
+    fusion.verify_lock = True  # as with a registrar: trust needs the verified point
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(frames):
+        x = X0 + V * i
+        motion = failures.get(i, Motion(True, V, 0.0, 0.0, 1.0, 50, 60, 1.0))
+        q = frame_embedding(db, x, Y0, 1.0, rng)
+        fix = fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5, motion=motion)[0]
+        if i == 5:
+            fusion.verified, fusion.chain_ok, fusion.coasted = np.array([x, Y0]), True, 0
+        out.append(fix)
+    return out
+
+
+def test_bland_frames_coast_a_verified_track(db):
+    bland = {i: Motion(False, reason="too few features (3, 2)", bland=True) for i in range(8, 12)}
+    fixes = _fly(db, bland, coast_frames=10)
+    assert fixes[7].trusted
+    assert all(f.trusted for f in fixes[8:12]), [f.reason for f in fixes[8:12]]
+    assert fixes[11].r95_m > fixes[7].r95_m  # the radius grows while coasting
+    no_coast = _fly(db, bland, coast_frames=0)
+    assert not any(f.trusted for f in no_coast[8:12])
+    assert all("no ground motion" in f.reason for f in no_coast[8:12])
+
+
+def test_a_jump_breaks_the_chain_and_the_coast_is_bounded(db):
+    jump = {8: Motion(False, reason="too few matches (2)", jump=True)}
+    fixes = _fly(db, jump, coast_frames=10)
+    assert not fixes[8].trusted and "no ground motion" in fixes[8].reason
+    bland = {i: Motion(False, reason="too few features (3, 2)", bland=True) for i in range(8, 14)}
+    fixes = _fly(db, bland, coast_frames=3)
+    assert [f.trusted for f in fixes[8:14]] == [True] * 3 + [False] * 3
