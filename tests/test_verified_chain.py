@@ -23,7 +23,7 @@ def db(tmp_path_factory):
     return TileDatabase.open(grid_database(tmp_path_factory.mktemp("chain") / "db"))
 
 
-def _fly(db, failures: dict, coast_frames: int, frames: int = 16):
+def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off=(0.0, 0.0)):
     """A drone flying east at 10 m/frame; the track verified by 'registration' on frame 5 (set as a
     registration would); from frame 8 the odometry fails as ``failures`` says ({frame: Motion})."""
     fusion = MapFusion(db, Searcher(db), Likelihood(temperature=0.1, offset=0.2),
@@ -38,7 +38,8 @@ def _fly(db, failures: dict, coast_frames: int, frames: int = 16):
         q = frame_embedding(db, x, Y0, 1.0, rng)
         fix = fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5, motion=motion)[0]
         if i == 5:
-            fusion.verified, fusion.chain_ok, fusion.coasted = np.array([x, Y0]), True, 0
+            fusion.verified = np.array([x + registered_off[0], Y0 + registered_off[1]])
+            fusion.chain_ok, fusion.coasted = True, 0
         out.append(fix)
     return out
 
@@ -61,3 +62,21 @@ def test_a_jump_breaks_the_chain_and_the_coast_is_bounded(db):
     bland = {i: Motion(False, reason="too few features (3, 2)", bland=True) for i in range(8, 14)}
     fixes = _fly(db, bland, coast_frames=3)
     assert [f.trusted for f in fixes[8:14]] == [True] * 3 + [False] * 3
+
+
+def test_the_fix_is_the_registered_point_carried_by_the_odometry(db):
+    """Not the filter's grid mean: its cells are a quarter stride wide (12.5 m here) and a sharp measurement
+    pulls the mean towards a cell centre; the registered point moved by the odometry keeps the metres."""
+    fixes = _fly(db, {}, coast_frames=10)
+    for i in range(6, 16):  # verified at X0 + 50 on frame 5, then 10 m east per frame of odometry
+        assert fixes[i].trusted
+        assert (fixes[i].x, fixes[i].y) == pytest.approx((X0 + V * i, Y0), abs=1e-6)
+
+
+def test_a_registered_point_the_filter_does_not_follow_keeps_the_filter_mean(db):
+    """A registration 60 m off (a 150 m frame's peak on a look-alike field edge) verifies the track (within a
+    footprint of the mode) but does not move the fix: the filter's mean stays, within a cell of the truth."""
+    fixes = _fly(db, {}, coast_frames=10, registered_off=(0.0, 60.0))
+    for i in range(6, 16):
+        assert fixes[i].trusted
+        assert abs(fixes[i].y - Y0) < 12.5 and abs(fixes[i].x - (X0 + V * i)) < 12.5
