@@ -48,6 +48,9 @@ from .search import Matches
 
 logger = logging.getLogger(__name__)
 MEASURE = object()  # MapFusion.step's default: measure the odometry on the north-up frame itself
+# the odometry's displacement is scaled by the altitude: a barometric altitude a few % off scales it as much
+ODOMETRY_SCALE_SIGMA = 0.02
+R95_PER_SIGMA = math.sqrt(-2.0 * math.log(0.05))  # 2-D isotropic Gaussian: 95 % radius / per-axis sigma
 
 
 class MapFusion:
@@ -70,6 +73,7 @@ class MapFusion:
         self.filter: MapFilter | None = None
         self.last_trusted: Fix | None = None
         self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
+        self.verified_var = 0.0  # its variance per axis (m^2): registration's, grown by each step carrying it
         self.chain_ok = False  # carried by odometry alone since that registration (and bland frames: coasted)
         self.coast_frames = max(0, int(coast_frames))  # bland frames a verified chain coasts through
         self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
@@ -181,12 +185,15 @@ class MapFusion:
             return
         if motion is not None and motion.ok:
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
+            ms = motion.sigma_m if math.isfinite(motion.sigma_m) else 0.0
+            self.verified_var += ms**2 + (ODOMETRY_SCALE_SIGMA * math.hypot(motion.dx_e_m, motion.dy_n_m)) ** 2
             self.coasted = 0
             return
         # no odometry: moved as the filter predicted (its velocity). Over bland ground (too few features: no
         # picture contradicts the track) the chain coasts for coast_frames; any other failure (a picture that
         # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
         self.verified = self.verified + self.filter.last_displacement
+        self.verified_var += self.filter.last_sigma_m**2
         if motion is not None and motion.bland and self.coasted < self.coast_frames:
             self.coasted += 1
         else:
@@ -196,6 +203,7 @@ class MapFusion:
         fp = self.filter.grid.footprint_m
         if reg is not None and reg.ok and math.hypot(reg.x - est.x, reg.y - est.y) <= est.r95_m + fp:
             self.verified, self.chain_ok, self.coasted = np.array([reg.x, reg.y]), True, 0
+            self.verified_var = float(reg.sigma_m) ** 2
         elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
             self.verified = None  # the track moved away from where it was verified
 
@@ -212,17 +220,20 @@ class MapFusion:
         on_map = est.mass / max(1e-12, 1.0 - est.p_out)
         return on_map >= cfg.trust_mass and est.r95_m <= cfg.trust_r95_frac * fp
 
-    def _position(self, est) -> tuple[float, float]:
-        """The fix's position: the registered point carried by the odometry while that chain holds and the
-        filter agrees with it within one grid cell or half its 95 % radius, else the filter's mean. The
-        grid's cells are a quarter stride wide (43 m at 300 m) and a measurement much sharper than a cell
-        pulls the mean towards a cell centre (measured: a constant 16 m on a 300 m flight); a registration
-        the filter does not follow (150 m, one frame's peak 61 m off on a calibration flight) keeps the mean."""
+    def _position(self, est) -> tuple[float, float, float, tuple]:
+        """The fix's position, 95 % radius and covariance (before the calibrated scale): the registered point
+        carried by the odometry (its variance grown by each step) while that chain holds and the filter agrees
+        with it within one grid cell or half its 95 % radius; else the filter's mean and spread. The grid's
+        cells are a quarter stride wide (43 m at 300 m): a measurement much sharper than a cell pulls the mean
+        towards a cell centre (measured: a constant 16 m on a 300 m flight) and the spread cannot be below a
+        cell's; a registration the filter does not follow (150 m, one frame's peak 61 m off on a calibration
+        flight) keeps the mean."""
         if self.verified is not None and self.chain_ok:
             vx, vy = float(self.verified[0]), float(self.verified[1])
             if math.hypot(vx - est.x, vy - est.y) <= max(self.filter.cell_m, 0.5 * est.r95_m):
-                return vx, vy
-        return float(est.x), float(est.y)
+                v = self.verified_var
+                return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0)
+        return float(est.x), float(est.y), float(est.r95_m), tuple(est.cov_xy)
 
     def _fix(self, t: float, est, reg) -> Fix:
         trusted, reason = bool(est.trusted), est.reason
@@ -230,16 +241,16 @@ class MapFusion:
             trusted, reason = True, ""
         if trusted and self.verify_lock and self.verified is None:
             trusted, reason = False, "not yet verified by registration to the map"
-        x, y = self._position(est)
+        x, y, r95, cov = self._position(est)
         lat, lon = latlon_at(self.db, self.filter.grid, x, y)
-        # the reported radius: the posterior's, scaled as calibrated on flights through this chain; accuracy_m
-        # is a 1-sigma-like radius (what GPS_INPUT's horiz_accuracy means): r95 / 2.45
+        # the reported radius: the registered track's or the posterior's (_position), scaled as calibrated on
+        # flights through this chain; accuracy_m is a 1-sigma-like radius (GPS_INPUT's horiz_accuracy): r95 / 2.45
         k = self.fix_r95_scale
-        r95 = float(est.r95_m) * k
+        r95 = r95 * k
         fix = Fix(t=t, x=x, y=y, lat=lat, lon=lon, confidence=float(est.mass),
                   accuracy_m=r95 / 2.45, trusted=trusted, reason="" if trusted else reason,
                   vel_n_mps=est.vel_n_mps, vel_e_mps=est.vel_e_mps, speed_accuracy_mps=est.speed_accuracy_mps,
-                  cov_xy=tuple(float(v) * k * k for v in est.cov_xy),
+                  cov_xy=tuple(float(v) * k * k for v in cov),
                   r95_m=r95)
         if reg is not None and reg.ok and math.isfinite(reg.heading_deg):
             fix = replace(fix, yaw_deg=float(reg.heading_deg))

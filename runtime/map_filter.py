@@ -127,6 +127,7 @@ class MapFilter:
         self.n_updates, self.since_global, self.blind = 0, 10**9, 0
         self.moved_m: float | None = None  # ground distance since the last update (None: unknown)
         self.last_displacement = np.zeros(2)  # what the last predict moved the posterior by (m, east/north)
+        self.last_sigma_m = 0.0
         n = self.shape[0] * self.shape[1]
         if prior is None:
             self.p = np.full(self.shape, self.cfg.in_map_prior / n)
@@ -171,6 +172,7 @@ class MapFilter:
         else:
             d, sigma = np.zeros(2), cfg.max_speed_mps * dt / 2.0
         self.last_displacement = np.asarray(d, float)
+        self.last_sigma_m = float(sigma)  # its 1-sigma per axis
         self._translate(d)
         self._blur(sigma)
         if moved or self.vel_known:

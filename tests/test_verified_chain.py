@@ -4,6 +4,8 @@ picture that jumps breaks the chain at once; past the limit the filter's own rul
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -39,7 +41,7 @@ def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off
         fix = fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5, motion=motion)[0]
         if i == 5:
             fusion.verified = np.array([x + registered_off[0], Y0 + registered_off[1]])
-            fusion.chain_ok, fusion.coasted = True, 0
+            fusion.chain_ok, fusion.coasted, fusion.verified_var = True, 0, 3.0**2  # a 3 m registration
         out.append(fix)
     return out
 
@@ -80,3 +82,15 @@ def test_a_registered_point_the_filter_does_not_follow_keeps_the_filter_mean(db)
     for i in range(6, 16):
         assert fixes[i].trusted
         assert abs(fixes[i].y - Y0) < 12.5 and abs(fixes[i].x - (X0 + V * i)) < 12.5
+
+
+def test_the_registered_track_reports_its_own_growing_radius(db):
+    """The registration's variance grown by each odometry step (its residual sigma, 1 m here, and 2 % of the
+    distance for the altitude's scale): not the grid's spread, which cannot be below a cell's."""
+    from runtime.flight_fusion import ODOMETRY_SCALE_SIGMA, R95_PER_SIGMA
+
+    fixes = _fly(db, {}, coast_frames=10)
+    for n, f in enumerate(fixes[6:16], start=1):
+        var = 3.0**2 + n * (1.0**2 + (ODOMETRY_SCALE_SIGMA * V) ** 2)
+        assert f.r95_m == pytest.approx(R95_PER_SIGMA * math.sqrt(var))
+        assert f.accuracy_m == pytest.approx(f.r95_m / 2.45) and f.cov_xy[0] == pytest.approx(var)
