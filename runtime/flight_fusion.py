@@ -57,7 +57,7 @@ class MapFusion:
     def __init__(self, db, searcher, likelihood, *, filter_cfg: MapFilterConfig, odometry_cfg: OdometryConfig,
                  hfov_deg: float, use_odometry: bool = True, registrar=None, registration_every: int = 1,
                  registration_every_tracking: int = 1, verify_lock: bool = True, fix_r95_scale: float = 1.0,
-                 agreement: AgreementConfig | None = None, coast_frames: int = 0):
+                 agreement: AgreementConfig | None = None, coast_frames: int = 0, map_sigma_m: float = 0.0):
         self.db, self.searcher, self.lik = db, searcher, likelihood
         self.filter_cfg, self.hfov_deg = filter_cfg, float(hfov_deg)
         self.odometry = VisualOdometry(odometry_cfg) if use_odometry else None
@@ -74,6 +74,7 @@ class MapFusion:
         self.last_trusted: Fix | None = None
         self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
         self.verified_var = 0.0  # its variance per axis (m^2): registration's, grown by each step carrying it
+        self.map_sigma_m = float(map_sigma_m)  # the map's georeferencing against the ground the camera sees
         self.chain_ok = False  # carried by odometry alone since that registration (and bland frames: coasted)
         self.coast_frames = max(0, int(coast_frames))  # bland frames a verified chain coasts through
         self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
@@ -203,7 +204,7 @@ class MapFusion:
         fp = self.filter.grid.footprint_m
         if reg is not None and reg.ok and math.hypot(reg.x - est.x, reg.y - est.y) <= est.r95_m + fp:
             self.verified, self.chain_ok, self.coasted = np.array([reg.x, reg.y]), True, 0
-            self.verified_var = float(reg.sigma_m) ** 2
+            self.verified_var = float(reg.sigma_m) ** 2 + self.map_sigma_m**2
         elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
             self.verified = None  # the track moved away from where it was verified
 

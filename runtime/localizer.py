@@ -84,6 +84,9 @@ class LocalizerConfig:
         "help": "a verified track stays trusted through this many frames in a row of bland ground (too few "
                 "features for the odometry: water, a uniform field), carried by its velocity, its radius "
                 "growing; a picture that jumps breaks it at once (0: untrusted on the first such frame)"})
+    map_sigma_m: float = field(default=4.0, metadata={
+        "help": "how far the map imagery's georeferencing may lie from the ground the camera sees (1 sigma per "
+                "axis, metres): part of a registered fix's radius (measured between NAIP years: 1-7 m, up to 13)"})
     verify_lock: bool = field(default=True, metadata={
         "help": "trust a track only once registration verified it (when the database carries imagery)"})
     map_filter: MapFilterConfig = field(default_factory=MapFilterConfig, metadata={"cli": False})
@@ -124,6 +127,7 @@ class LocalizerConfig:
                   "registration_every_tracking": self.registration_every_tracking >= 1, "top_k": self.top_k >= 1,
                   "registration_frames": self.registration_frames == 0 or self.registration_frames >= 2,
                   "registration_span": self.registration_span >= 0, "coast_frames": self.coast_frames >= 0,
+                  "map_sigma_m": self.map_sigma_m >= 0,
                   "heading_search_angles": self.heading_search_angles >= 0, "max_speed_mps": self.max_speed_mps > 0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "acquire_frames": self.acquire_frames >= 1,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
@@ -205,7 +209,8 @@ class Localizer:
                          odometry_cfg=cfg.odometry_settings, hfov_deg=cfg.hfov_deg or database_hfov(self.db),
                          use_odometry=cfg.odometry, registrar=registrar, registration_every=cfg.registration_every,
                          registration_every_tracking=cfg.registration_every_tracking, verify_lock=cfg.verify_lock,
-                         fix_r95_scale=scale, agreement=agreement, coast_frames=cfg.coast_frames)
+                         fix_r95_scale=scale, agreement=agreement, coast_frames=cfg.coast_frames,
+                         map_sigma_m=cfg.map_sigma_m)
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""

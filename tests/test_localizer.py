@@ -135,7 +135,8 @@ def test_layers_within_tolerance_are_used(chain):
 
 @pytest.mark.parametrize("field, value", [("top_k", 0), ("max_speed_mps", -1.0), ("min_confidence", 1.5),
                                           ("margin_scale", float("nan")), ("search_radius_m", 0.0),
-                                          ("registration_frames", 1), ("registration_span", -0.5)])
+                                          ("registration_frames", 1), ("registration_span", -0.5),
+                                          ("coast_frames", -1), ("map_sigma_m", -1.0)])
 def test_config_refuses_values_out_of_range(field, value):
     with pytest.raises(ValueError, match=field.replace("_", "[-_]")):
         LocalizerConfig(**{field: value})
