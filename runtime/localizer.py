@@ -292,7 +292,8 @@ class Localizer:
             t3 = time.perf_counter()
         elif self.fusion is not None:  # the filter scores the tiles; the frame's top-k come from the same scores
             fused, matches, info = self.fusion.step(t, up, image, emb, layer, telemetry.altitude_m,
-                                                    reg_heading, cfg.top_k, motion=motion, heading_tol_deg=reg_tol, register_rows=reg_rows)
+                                                    reg_heading, cfg.top_k, motion=motion, heading_tol_deg=reg_tol,
+                                                    register_rows=reg_rows, compass=not track)
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=cfg.margin_scale)
             t3 = t2 + info.pop("search_ms") / 1e3
         else:

@@ -25,7 +25,7 @@ def db(tmp_path_factory):
     return TileDatabase.open(grid_database(tmp_path_factory.mktemp("chain") / "db"))
 
 
-def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off=(0.0, 0.0)):
+def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off=(0.0, 0.0), compass=True):
     """A drone flying east at 10 m/frame; the track verified by 'registration' on frame 5 (set as a
     registration would); from frame 8 the odometry fails as ``failures`` says ({frame: Motion})."""
     fusion = MapFusion(db, Searcher(db), Likelihood(temperature=0.1, offset=0.2),
@@ -38,7 +38,7 @@ def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off
         x = X0 + V * i
         motion = failures.get(i, Motion(True, V, 0.0, 0.0, 1.0, 50, 60, 1.0))
         q = frame_embedding(db, x, Y0, 1.0, rng)
-        fix = fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5, motion=motion)[0]
+        fix = fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5, motion=motion, compass=compass)[0]
         if i == 5:
             fusion.verified = np.array([x + registered_off[0], Y0 + registered_off[1]])
             fusion.chain_ok, fusion.coasted, fusion.verified_var = True, 0, 3.0**2  # a 3 m registration
@@ -94,3 +94,12 @@ def test_the_registered_track_reports_its_own_growing_radius(db):
         var = 3.0**2 + n * (1.0**2 + (ODOMETRY_SCALE_SIGMA * V) ** 2)
         assert f.r95_m == pytest.approx(R95_PER_SIGMA * math.sqrt(var))
         assert f.accuracy_m == pytest.approx(f.r95_m / 2.45) and f.cov_xy[0] == pytest.approx(var)
+
+
+def test_without_a_compass_the_fix_is_the_filter_mean(db):
+    """The odometry is then turned by a tracked heading whose drift moves the carried point sideways."""
+    with_compass = _fly(db, {}, coast_frames=10, registered_off=(0.0, 8.0))
+    tracked = _fly(db, {}, coast_frames=10, registered_off=(0.0, 8.0), compass=False)
+    for a, b in zip(with_compass[6:], tracked[6:]):
+        assert a.trusted and b.trusted
+        assert a.y == pytest.approx(Y0 + 8.0) and b.y != pytest.approx(Y0 + 8.0, abs=0.5)
