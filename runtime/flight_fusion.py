@@ -51,6 +51,7 @@ MEASURE = object()  # MapFusion.step's default: measure the odometry on the nort
 # the odometry's displacement is scaled by the altitude: a barometric altitude a few % off scales it as much
 ODOMETRY_SCALE_SIGMA = 0.02
 R95_PER_SIGMA = math.sqrt(-2.0 * math.log(0.05))  # 2-D isotropic Gaussian: 95 % radius / per-axis sigma
+CHI2_95_2D = -2.0 * math.log(0.05)  # chi-square, 2 degrees of freedom, 95 %
 
 
 class MapFusion:
@@ -206,10 +207,29 @@ class MapFusion:
     def _note_verification(self, est, reg) -> None:
         fp = self.filter.grid.footprint_m
         if reg is not None and reg.ok and math.hypot(reg.x - est.x, reg.y - est.y) <= est.r95_m + fp:
-            self.verified, self.chain_ok, self.coasted = np.array([reg.x, reg.y]), True, 0
-            self.verified_var = float(reg.sigma_m) ** 2 + self.map_sigma_m**2
+            self._register_point(np.array([reg.x, reg.y]), float(reg.sigma_m) ** 2)
+            self.chain_ok, self.coasted = True, 0
         elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
             self.verified = None  # the track moved away from where it was verified
+
+    def _register_point(self, point: np.ndarray, noise_var: float) -> None:
+        """A verified registration and the registered track: fused (Kalman, the registration's own noise; the
+        map's georeferencing is shared by both and stays) when they agree within the 95 % gate of their
+        spreads; when they do not, one of them is off by about their distance, which enters the variance
+        (measured on a demo flight: a 200 m registration 24 m off replaced a track 3.5 m off, its radius
+        claiming 14 m)."""
+        map_var = self.map_sigma_m**2
+        if self.verified is None or not self.chain_ok:
+            self.verified, self.verified_var = point, noise_var + map_var
+            return
+        old_noise = max(self.verified_var - map_var, 1e-6)
+        d2 = float(np.sum((point - self.verified) ** 2))
+        if d2 <= CHI2_95_2D * (old_noise + noise_var):
+            k = old_noise / (old_noise + noise_var)
+            self.verified = self.verified + k * (point - self.verified)
+            self.verified_var = old_noise * noise_var / (old_noise + noise_var) + map_var
+        else:
+            self.verified, self.verified_var = point, noise_var + map_var + d2 / 2.0
 
     def _verified_on_map(self, est) -> bool:
         """A track that registration verified on this map and the odometry carried since (unbroken) is on the

@@ -103,3 +103,19 @@ def test_without_a_compass_the_fix_is_the_filter_mean(db):
     for a, b in zip(with_compass[6:], tracked[6:]):
         assert a.trusted and b.trusted
         assert a.y == pytest.approx(Y0 + 8.0) and b.y != pytest.approx(Y0 + 8.0, abs=0.5)
+
+
+def test_a_registration_that_conflicts_with_the_track_widens_its_radius(db):
+    """Agreeing registrations are fused (the map's georeferencing stays: both share it); one 24 m off a track
+    whose spreads allow ~8 m (a demo flight at 200 m) moves the fix and its distance enters the variance."""
+    fusion = MapFusion(db, Searcher(db), Likelihood(temperature=0.1, offset=0.2), filter_cfg=MapFilterConfig(),
+                       odometry_cfg=OdometryConfig(), hfov_deg=60.0, map_sigma_m=4.0)
+    fusion.chain_ok = True
+    fusion._register_point(np.array([0.0, 0.0]), 3.0**2)
+    assert fusion.verified_var == pytest.approx(9.0 + 16.0)
+    fusion._register_point(np.array([3.0, 0.0]), 3.0**2)  # agrees: fused half way, noise variance halved
+    assert fusion.verified[0] == pytest.approx(1.5) and fusion.verified_var == pytest.approx(4.5 + 16.0)
+    fusion._register_point(np.array([25.5, 0.0]), 3.0**2)  # 24 m off: a conflict
+    assert fusion.verified[0] == pytest.approx(25.5)
+    r95 = math.sqrt(-2 * math.log(0.05) * fusion.verified_var)
+    assert r95 > 24.0  # the radius covers the track the registration disagrees with
