@@ -170,9 +170,9 @@ def preset(name: str) -> TrainConfig:
                             eval_rasters=[_naip(y) for y in (2016, 2020)], hfov_deg=60.0, stride_frac=0.5,
                             max_locations=480, num_workers=0),
             sampler=SamplerConfig(kind="gps", neighbour_select=8, neighbour_range=24, mining_every_epochs=1),
-            # lr 3e-4: +5.8 points of held-out R@1 over 1e-4 at the same cost; 3 epochs instead of 2: +4.8 more
-            # for +1.9 min (docs/results/train_naip.md)
-            optim=OptimConfig(epochs=3, batch_size=32, lr=3e-4, warmup_epochs=0.2, max_steps=None),
+            # lr 3e-4: +5.8 points of held-out R@1 over 1e-4 at the same cost; 3 epochs instead of 2: +4.8 more,
+            # 4: +4.0 more, about 70 s an epoch (docs/results/train_naip.md)
+            optim=OptimConfig(epochs=4, batch_size=32, lr=3e-4, warmup_epochs=0.2, max_steps=None),
             augment=AugmentConfig(satellite_rot90=False),
             eval=EvalConfig(every_epochs=0, batch_size=64, stride_frac=0.5, max_queries=150))
     raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
