@@ -81,7 +81,6 @@ class MapFusion:
         self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
         self.frames = 0
         self.last_registration = None  # the last frame's Registration (None: not attempted)
-        self.heading_known = True  # this frame's odometry was turned north-up by a compass heading
         # registrations too small on the map to verify alone, confirmed over frames (None: off)
         self.agreement = FrameAgreement(agreement) if agreement is not None and registrar is not None else None
 
@@ -105,7 +104,6 @@ class MapFusion:
         the filter's mode (default: the frame's top-k); ``compass``: False when the heading is the tracked one
         (no compass), then the fix is the filter's mean (see ``_position``)."""
         mf = self._filter_for(layer)
-        self.heading_known = bool(compass)
         if motion is MEASURE:
             motion = None
             if self.odometry is not None and up is not None:
@@ -129,7 +127,7 @@ class MapFusion:
             mf.update_position(reg.x, reg.y, reg.sigma_m)
         est = mf.estimate()
         self._note_verification(est, reg)
-        fix = self._fix(t, est, reg)
+        fix = self._fix(t, est, reg, compass)
         self.frames += 1
         self.tracking = bool(fix.trusted)
         info = {"odometry_ok": bool(motion is not None and motion.ok),
@@ -236,15 +234,14 @@ class MapFusion:
         map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, nor
         do a few bland frames coasted through by the filter's velocity (the radius grows meanwhile), as long
         as the posterior on the map is one concentrated mode at the verified point."""
-        doubts = ("possibly off the map",) + (("no ground motion seen",) if self.coasted else ())
-        if not (self.verify_lock and self.verified is not None and self.chain_ok
-                and est.reason.startswith(doubts)):
+        doubts = ("off_map",) + (("blind",) if self.coasted else ())
+        if not (self.verify_lock and self.verified is not None and self.chain_ok and est.doubt in doubts):
             return False
         cfg, fp = self.filter.cfg, self.filter.grid.footprint_m
         on_map = est.mass / max(1e-12, 1.0 - est.p_out)
         return on_map >= cfg.trust_mass and est.r95_m <= cfg.trust_r95_frac * fp
 
-    def _position(self, est) -> tuple[float, float, float, tuple]:
+    def _position(self, est, compass: bool) -> tuple[float, float, float, tuple]:
         """The fix's position, 95 % radius and covariance (before the calibrated scale): the registered point
         carried by the odometry (its variance grown by each step) while that chain holds and the filter agrees
         with it within one grid cell or half its 95 % radius; else the filter's mean and spread. The grid's
@@ -253,20 +250,20 @@ class MapFusion:
         cell's; a registration the filter does not follow (150 m, one frame's peak 61 m off on a calibration
         flight) keeps the mean. Without a compass the odometry is turned by a tracked heading whose drift
         moves the carried point sideways (measured: median errors 9 -> 18 m on a 200 m flight): the mean."""
-        if self.verified is not None and self.chain_ok and self.heading_known:
+        if self.verified is not None and self.chain_ok and compass:
             vx, vy = float(self.verified[0]), float(self.verified[1])
             if math.hypot(vx - est.x, vy - est.y) <= max(self.filter.cell_m, 0.5 * est.r95_m):
                 v = self.verified_var
                 return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0)
         return float(est.x), float(est.y), float(est.r95_m), tuple(est.cov_xy)
 
-    def _fix(self, t: float, est, reg) -> Fix:
+    def _fix(self, t: float, est, reg, compass: bool) -> Fix:
         trusted, reason = bool(est.trusted), est.reason
         if not trusted and self._verified_on_map(est):
             trusted, reason = True, ""
         if trusted and self.verify_lock and self.verified is None:
             trusted, reason = False, "not yet verified by registration to the map"
-        x, y, r95, cov = self._position(est)
+        x, y, r95, cov = self._position(est, compass)
         lat, lon = latlon_at(self.db, self.filter.grid, x, y)
         # the reported radius: the registered track's or the posterior's (_position), scaled as calibrated on
         # flights through this chain; accuracy_m is a 1-sigma-like radius (GPS_INPUT's horiz_accuracy): r95 / 2.45

@@ -41,7 +41,6 @@ class _Pending:
     y: float
     heading_deg: float
     moved_m: float = 0.0  # ground moved since it was registered
-    sigma_m: float = math.nan
 
 
 class FrameAgreement:
@@ -76,7 +75,7 @@ class FrameAgreement:
                 return replace(r, ok=True, tentative=False, reason="",
                                method=f"{r.method} over {len(agree) + 1} frames")
         for r in tentative:
-            self.pending.append(_Pending(self.frame, r.x, r.y, r.heading_deg, 0.0, r.sigma_m))
+            self.pending.append(_Pending(self.frame, r.x, r.y, r.heading_deg))
         self.pending = self.pending[-cfg.max_pending:]
         return None
 

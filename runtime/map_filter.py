@@ -94,6 +94,7 @@ class Estimate:
     speed_accuracy_mps: float  # 1 sigma
     trusted: bool
     reason: str
+    doubt: str = ""  # why not trusted, as a code: acquiring | blind | off_map | ambiguous | spread ("" trusted)
 
 
 class MapFilter:
@@ -334,20 +335,20 @@ class MapFilter:
         mx, my, mass, r95, cov = self._cluster()
         max_r95 = cfg.trust_r95_frac * self.grid.footprint_m
         if self.n_updates < cfg.min_updates:
-            reason = f"acquiring ({self.n_updates} of {cfg.min_updates} frames)"
+            doubt, reason = "acquiring", f"acquiring ({self.n_updates} of {cfg.min_updates} frames)"
         elif self.blind >= cfg.max_blind_frames:
-            reason = f"no ground motion seen for {self.blind} frames (odometry failed)"
+            doubt, reason = "blind", f"no ground motion seen for {self.blind} frames (odometry failed)"
         elif self.p_out > 1.0 - cfg.trust_mass:
-            reason = f"possibly off the map (p={self.p_out:.2f})"
+            doubt, reason = "off_map", f"possibly off the map (p={self.p_out:.2f})"
         elif mass < cfg.trust_mass:
-            reason = f"ambiguous: the best mode holds {mass:.0%} (needs {cfg.trust_mass:.0%})"
+            doubt, reason = "ambiguous", f"ambiguous: the best mode holds {mass:.0%} (needs {cfg.trust_mass:.0%})"
         elif r95 > max_r95:
-            reason = f"spread: r95 {r95:.0f} m > {max_r95:.0f} m"
+            doubt, reason = "spread", f"spread: r95 {r95:.0f} m > {max_r95:.0f} m"
         else:
-            reason = "ok"
+            doubt, reason = "", "ok"
         sp = math.sqrt(float(np.linalg.eigvalsh(self.pv).max())) if self.vel_known else math.nan
         ve, vn = (float(self.v[0]), float(self.v[1])) if self.vel_known else (math.nan, math.nan)
-        return Estimate(mx, my, cov, r95, mass, self.p_out, ve, vn, sp, reason == "ok", reason)
+        return Estimate(mx, my, cov, r95, mass, self.p_out, ve, vn, sp, doubt == "", reason, doubt)
 
 
 def _shift(a: np.ndarray, drow: int, dcol: int) -> np.ndarray:
