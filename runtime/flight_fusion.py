@@ -51,7 +51,6 @@ MEASURE = object()  # MapFusion.step's default: measure the odometry on the nort
 # the odometry's displacement is scaled by the altitude: a barometric altitude a few % off scales it as much
 ODOMETRY_SCALE_SIGMA = 0.02
 R95_PER_SIGMA = math.sqrt(-2.0 * math.log(0.05))  # 2-D isotropic Gaussian: 95 % radius / per-axis sigma
-CHI2_95_2D = -2.0 * math.log(0.05)  # chi-square, 2 degrees of freedom, 95 %
 
 
 class MapFusion:
@@ -222,7 +221,7 @@ class MapFusion:
             return
         old_noise = max(self.verified_var - map_var, 1e-6)
         d2 = float(np.sum((point - self.verified) ** 2))
-        if d2 <= CHI2_95_2D * (old_noise + noise_var):
+        if d2 <= R95_PER_SIGMA**2 * (old_noise + noise_var):  # chi-square, 2 degrees of freedom, 95 %
             k = old_noise / (old_noise + noise_var)
             self.verified = self.verified + k * (point - self.verified)
             self.verified_var = old_noise * noise_var / (old_noise + noise_var) + map_var

@@ -165,8 +165,10 @@ def reliability(records: list[dict], levels=RELIABILITY_LEVELS) -> dict | None:
     if not pairs:
         return None
     err, r95 = np.array(pairs, float).T
-    k95 = math.sqrt(-2.0 * math.log(0.05))
-    observed = [rnd(100.0 * float(np.mean(err <= r95 * math.sqrt(-2.0 * math.log(1.0 - p)) / k95))) for p in levels]
+    from ..flight_fusion import R95_PER_SIGMA
+
+    observed = [rnd(100.0 * float(np.mean(err <= r95 * math.sqrt(-2.0 * math.log(1.0 - p)) / R95_PER_SIGMA)))
+                for p in levels]
     return {"nominal_pct": [rnd(100.0 * p) for p in levels], "observed_pct": observed, "n": len(pairs)}
 
 
