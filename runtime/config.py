@@ -46,6 +46,8 @@ class ServiceConfig(LocalizerConfig):
     precision: str = _opt("auto", "engine precision", choices=("auto", "fp32", "fp16", "int8"))
     backend: str = _opt("auto", "engine backend", choices=("auto", "onnxruntime", "tensorrt"))
     providers: list[str] | None = _opt(None, "ONNX Runtime providers, e.g. CUDAExecutionProvider")
+    pipeline: bool = _opt(True, "embed frame n+1 in its own thread while frame n is fused (odometry, filter, "
+                                "registration); --no-pipeline: one frame at a time")
     threads: int | None = _opt(None, "ONNX Runtime intra-op threads")
     spin: bool = _opt(False, "ONNX Runtime idle threads spin (lower latency alone, steals CPU from capture)")
     jsonl: str | None = _opt(None, "write JSON lines to PATH (its folder is created), or '-' for stdout")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -163,6 +164,16 @@ class Localization:
     fusion: dict = field(default_factory=dict)  # what the sequential fusion did (odometry, registration...)
 
 
+@dataclass
+class Ahead:
+    """A frame embedded ahead of :meth:`Localizer.locate` (:meth:`Localizer.embed_ahead`)."""
+
+    embedding: np.ndarray
+    north_up: np.ndarray  # the frame turned north-up by ``heading_deg`` (what registration compares)
+    heading_deg: float | None
+    timings_ms: dict[str, float]
+
+
 class Localizer:
     def __init__(self, engine, db, cfg: LocalizerConfig | None = None, *, searcher: Searcher | None = None):
         self.engine, self.db = engine, db
@@ -182,6 +193,7 @@ class Localizer:
         self.heading = HeadingTracker(self.cfg.heading_settings)  # without a compass (heading_track)
         self._odo_frames: str | None = None  # which frames the odometry compares: "north_up" or "camera"
         self._t_prev: float | None = None
+        self._engine_lock = threading.Lock()  # embed_ahead() in another thread; a TensorRT context is not shared
 
     def _map_fusion(self):
         from .flight_fusion import MapFusion
@@ -250,9 +262,30 @@ class Localizer:
             return None, f"altitude {altitude_m:g} m has no layer (layers: {listed} m)"
         return layer, ""
 
-    def locate(self, image, telemetry: Telemetry, embedding: np.ndarray | None = None) -> Localization:
+    def embed_ahead(self, image, telemetry: Telemetry) -> Ahead | None:
+        """The frame's descriptor, computed before :meth:`locate` (the service embeds frame n+1 in its own
+        thread while frame n is fused) when it does not depend on earlier frames: a compass heading (or no
+        derotation). ``None`` without one (the heading is the track's, or searched): :meth:`locate` embeds."""
+        if image is None or (self.cfg.derotate and telemetry.heading_deg is None):
+            return None
+        t0 = time.perf_counter()
+        up = north_up(image, telemetry.heading_deg) if self.cfg.derotate else image
+        x = self.engine.prepare([up])
+        t1 = time.perf_counter()
+        with self._engine_lock:
+            emb = self.engine.embed_prepared(x)
+        t2 = time.perf_counter()
+        return Ahead(emb, up, telemetry.heading_deg, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3})
+
+    def locate(self, image, telemetry: Telemetry, embedding: np.ndarray | None = None,
+               ahead: Ahead | None = None) -> Localization:
         """One frame through the chain. ``embedding``: the frame's descriptor when the caller computed it
-        already (a replay embedding in batches); then ``image`` is not used."""
+        already (a replay embedding in batches); then ``image`` is not used for it. ``ahead``: what
+        :meth:`embed_ahead` computed for this frame and telemetry (its times are added to this frame's)."""
+        if ahead is not None:
+            if ahead.heading_deg != telemetry.heading_deg:
+                raise ValueError(f"embedded ahead at heading {ahead.heading_deg}, located at {telemetry.heading_deg}")
+            embedding = ahead.embedding
         cfg, t = self.cfg, telemetry.t
         track = self._tracking(telemetry)
         motion, reg_tol, track_s = MEASURE, None, time.perf_counter()
@@ -269,19 +302,24 @@ class Localizer:
         known = cfg.derotate and telemetry.heading_deg is not None
         if not track:
             reg_heading = telemetry.heading_deg if cfg.derotate else None
-        up = None if image is None else (north_up(image, telemetry.heading_deg) if known else image)
+        if ahead is not None:
+            up = ahead.north_up
+        else:
+            up = None if image is None else (north_up(image, telemetry.heading_deg) if known else image)
         search_heading, reg_rows = None, None
         if embedding is not None:
             t1 = time.perf_counter()
             emb = np.asarray(embedding, np.float32).reshape(1, -1)
         elif not known and cfg.derotate and cfg.heading_search_angles > 0:
             t1 = time.perf_counter()  # the rotations' preprocessing counts as inference here
-            emb, search_heading, reg_rows = best_rotation(self.engine, self.searcher, image, layer,
-                                                          cfg.heading_search_angles, k=3)
+            with self._engine_lock:
+                emb, search_heading, reg_rows = best_rotation(self.engine, self.searcher, image, layer,
+                                                              cfg.heading_search_angles, k=3)
         else:
             x = self.engine.prepare([up])
             t1 = time.perf_counter()
-            emb = self.engine.embed_prepared(x)
+            with self._engine_lock:
+                emb = self.engine.embed_prepared(x)
         t2 = time.perf_counter()
         info: dict = {}
         if layer is None:
@@ -314,6 +352,8 @@ class Localizer:
         t4 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "search": (t3 - t2) * 1e3,
                    "fusion": (t4 - t3 + track_s) * 1e3}
+        if ahead is not None:
+            timings = {k: v + ahead.timings_ms.get(k, 0.0) for k, v in timings.items()}
         return Localization(raw=raw, fix=fused, matches=matches, layer=layer, timings_ms=timings,
                             telemetry=telemetry, fusion=info)
 

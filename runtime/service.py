@@ -1,13 +1,17 @@
 """The onboard service: camera -> :class:`~runtime.localizer.Localizer` -> JSON lines / MAVLink / health.
 
-Three threads overlap the work:
+Four threads overlap the work:
 
-    capture thread ──► FrameSlot (1 frame; the newest wins on live sources) ──► inference (caller's thread)
-        Localizer (north-up, engine, search, fix, filter) ──► output queue ──► output thread (JSON, MAVLink)
+    capture thread ──► FrameSlot (1 frame; the newest wins on live sources) ──► embed thread (north-up,
+        engine: Localizer.embed_ahead) ──► FrameSlot ──► fusion (caller's thread: Localizer.locate: search,
+        odometry, map filter, registration) ──► output queue ──► output thread (JSON, MAVLink)
 
-The camera is never blocked by inference: on a live source a frame that arrives while the previous one
-is still waiting replaces it (counted as dropped). Files and folders are processed frame by frame unless
-``drop_frames`` is set. :meth:`Service.stop` (wired to SIGINT/SIGTERM by ``python -m runtime serve``)
+The engine embeds frame n+1 while frame n is fused (``pipeline``; on a Jetson the engine runs on the GPU
+and the fusion on the CPU, so the slower of the two sets the frame rate, not their sum). A frame whose
+heading is not known before the fusion (no compass: the tracked heading) is embedded in the fusion
+thread instead. The camera is never blocked by inference: on a live source a frame that arrives while the
+previous one is still waiting replaces it (counted as dropped). Files and folders are processed frame by
+frame unless ``drop_frames`` is set. :meth:`Service.stop` (wired to SIGINT/SIGTERM by ``python -m runtime serve``)
 ends capture, drains the queue, writes a final summary record and flushes and closes every output.
 
 What the service adds to the Localizer is telemetry (:class:`runtime.telemetry.TelemetryPolicy`: the
@@ -232,13 +236,35 @@ class Service:
                     logger.warning("output %s failed: %s", out.describe(), e)
             self.health.observe("output", (time.perf_counter() - t0) * 1000)
 
-    def process(self, frame) -> tuple[dict, object]:
-        """One frame through the Localizer; returns (JSON record, fused fix)."""
+    def _embed(self, slot: FrameSlot, feed: FrameSlot) -> None:
+        """Frames from capture -> (frame, telemetry, embedded ahead or None) to the fusion loop."""
+        try:
+            while not self._stop.is_set():
+                frame = slot.get(0.2)
+                if frame is None:
+                    if slot.finished():
+                        break
+                    continue
+                t, img, meta = frame
+                tel = self.telemetry.for_frame(t, meta.get("capture_time") if isinstance(meta, dict) else None)
+                try:
+                    ahead = self.localizer.embed_ahead(img, tel)
+                except Exception as e:  # locate() embeds it again, where a failure ends the run
+                    logger.warning("embedding frame %s ahead failed (%s: %s); embedding it in the fusion thread",
+                                   meta.get("index") if isinstance(meta, dict) else "?", type(e).__name__, e)
+                    ahead = None
+                feed.put((frame, tel, ahead), self._stop)
+        finally:
+            feed.close()
+
+    def process(self, frame, telemetry=None, ahead=None) -> tuple[dict, object]:
+        """One frame through the Localizer; returns (JSON record, fused fix). ``telemetry`` and ``ahead``:
+        the frame's telemetry and embedding when the embed thread took them already."""
         t, img, meta = frame
         meta = meta if isinstance(meta, dict) else {}
         cap = meta.get("capture_time")
-        tel = self.telemetry.for_frame(t, cap)
-        loc = self.localizer.locate(img, tel)
+        tel = telemetry if telemetry is not None else self.telemetry.for_frame(t, cap)
+        loc = self.localizer.locate(img, tel, ahead=ahead)
         if self.last is None or loc.layer != self.last.layer:
             self._note_layer(loc)
         self.last = loc
@@ -295,11 +321,17 @@ class Service:
         slot = FrameSlot(drop=self.drop_frames)
         cap_t = threading.Thread(target=self._capture, args=(slot,), name="capture", daemon=True)
         out_t = threading.Thread(target=self._output, name="output", daemon=True)
+        feed, emb_t = slot, None
+        if self.cfg.pipeline:
+            feed = FrameSlot(drop=False)
+            emb_t = threading.Thread(target=self._embed, args=(slot, feed), name="embed", daemon=True)
         out_t.start()
         cap_t.start()
+        if emb_t is not None:
+            emb_t.start()
         code = 0
         try:
-            self._loop(slot)
+            self._loop(slot, feed)
         except Exception:
             logger.exception("inference loop failed")
             code = 1
@@ -307,6 +339,8 @@ class Service:
             self._stop_requested = self._stop.is_set()
             self._stop.set()
             cap_t.join(timeout=5.0)
+            if emb_t is not None:
+                emb_t.join(timeout=5.0)
             self._sync_counts(slot)
             self._finish(out_t)
         if code == 0 and self.capture_failed:
@@ -316,20 +350,22 @@ class Service:
             code = 1
         return code
 
-    def _loop(self, slot: FrameSlot) -> None:
+    def _loop(self, slot: FrameSlot, feed: FrameSlot) -> None:
+        """Fuse what ``feed`` hands over: frames from capture, or (frame, telemetry, ahead) from the embed
+        thread (``pipeline``); ``slot`` is capture's, for its counters."""
         next_log = time.monotonic() + self.cfg.health_log_s
-        while not slot.finished() and not self._stop.is_set():
-            frame = slot.get(0.2)
+        while not feed.finished() and not self._stop.is_set():
+            item = feed.get(0.2)
             self._sync_counts(slot)
             self._sync_health()
             if time.monotonic() >= next_log:
                 logger.info("%s", self._status_line())
                 next_log = time.monotonic() + self.cfg.health_log_s
-            if frame is None:
+            if item is None:
                 continue
             if self.t_first is None:
                 self.t_first = time.perf_counter()
-            record, fused = self.process(frame)
+            record, fused = self.process(*item) if feed is not slot else self.process(item)
             self.t_last = time.perf_counter()
             self.processed += 1
             self.health.count("frames_processed")

@@ -1,13 +1,16 @@
 """Frame rate of the service with the whole Localizer, against the engine alone (issue 10's ratio).
 
     python -m tools.bench_flight_rate --bundle B --db DB --flight-raster YEAR.tif [--altitude-m 200]
-        [--frames 60] [--out result.json]
+        [--frames 60] [--threads N] [--out result.json]
 
 Renders one flight (the demo's: 40 m/s, 1 frame/s, heading along the track) to a folder of PNG frames and
 runs the real :class:`runtime.service.Service` on it (every frame processed, fixed altitude and heading)
 with each fusion setting: the map filter with registration, the map filter with registration every 5th
-frame, without registration, and the first version's per-frame gate. The engine alone is timed on the same
-frames (batch 1). Medians of one run on this machine.
+frame, without registration, and the first version's per-frame gate; the default and the map filter
+without registration also with ``--no-pipeline`` (one frame at a time instead of embedding frame n+1
+while frame n is fused). The engine alone is timed on the same frames (batch 1). ``--threads``: ONNX
+Runtime's intra-op threads, for the engine alone and the service (1 leaves the other core to the fusion,
+as a Jetson's GPU engine does). Medians of one run on this machine.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import time
 from pathlib import Path
 
 
-def engine_alone(bundle, frames) -> float:
+def engine_alone(bundle, frames, threads: int | None = None) -> float:
     from runtime.engine import load_engine
 
-    engine = load_engine(bundle, precision="fp32")
+    engine = load_engine(bundle, precision="fp32", threads=threads)
     xs = [engine.prepare([f]) for f in frames]
     engine.embed_prepared(xs[0])
     times = []
@@ -54,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--flight-raster", required=True)
     ap.add_argument("--altitude-m", type=float, default=200.0)
     ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_flight_rate"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -71,14 +75,18 @@ def main(argv=None) -> int:
         cv2.imwrite(str(folder / f"{i:04d}.png"), img[:, :, ::-1])
         frames.append(img)
         heading = float(meta.get("heading_deg", 0.0))  # a line: one heading for the whole flight
-    res = {"engine_alone_fps": engine_alone(args.bundle, frames), "machine_note": "one run, 2-core VM"}
+    res = {"engine_alone_fps": engine_alone(args.bundle, frames, args.threads), "threads": args.threads,
+           "machine_note": "one run, 2-core VM"}
+    no_reg = {"registration": False, "verify_lock": False}
     settings = {"map_filter + registration (default: every 5th frame once tracking)": {},
+                "the default, --no-pipeline": {"pipeline": False},
                 "map_filter + registration on every frame": {"registration_every_tracking": 1},
                 "map_filter + registration every 5th frame": {"registration_every": 5},
-                "map_filter, no registration": {"registration": False, "verify_lock": False},
+                "map_filter, no registration": no_reg,
+                "map_filter, no registration, --no-pipeline": {**no_reg, "pipeline": False},
                 "gate (first version)": {"fusion": "gate"}}
     for name, knobs in settings.items():
-        r = service_rate(args.bundle, args.db, folder, args.altitude_m, heading, **knobs)
+        r = service_rate(args.bundle, args.db, folder, args.altitude_m, heading, threads=args.threads, **knobs)
         r["ratio_to_engine"] = r["fps"] / res["engine_alone_fps"]
         res[name] = r
         print(f"{name:>66}: {r['fps']:6.2f} fps = {r['ratio_to_engine']:.2f} of the engine alone "
