@@ -70,6 +70,8 @@ def calibrate_fix_accuracy(engine, db, rasters, *, hfov_deg: float, frames: int 
 
     loc = Localizer(engine, db, LocalizerConfig(hfov_deg=hfov_deg))
     registration = bool(loc.fusion is not None and loc.fusion.registrar is not None)
+    if loc.fusion is not None:  # the fit is of the radius unscaled: a bundle calibrated before is not scaled twice
+        loc.fusion.fix_r95_scale = 1.0
     flights, n_frames, wrong = {}, 0, 0
     for name, frames_iter in calibration_flights(db, rasters, hfov_deg=hfov_deg, frames=frames):
         loc.reset()

@@ -96,6 +96,36 @@ def test_export_step_flies_the_localizer_on_a_real_bundle(tiny):
     assert rec["trusted"] < 20 and rec["r95_scale"] == 1.0 and rec["note"].startswith("only")
 
 
+def test_a_bundle_calibrated_before_is_refitted_on_the_unscaled_radius(tiny, monkeypatch):
+    """Re-calibrating a bundle whose manifest already carries a scale flies the chain unscaled: a fit on
+    radii already scaled would return a scale relative to the old one (1.43 then 0.78 on one bundle)."""
+    import runtime.replay.geotiff as replay
+    from runtime.engine import load_engine
+    from tiles.db import TileDatabase
+
+    engine = load_engine(tiny["bundle"])
+    from runtime.map_grid import Likelihood
+
+    lik = Likelihood.from_manifest(None).to_dict()  # the fallback's values, as if calibrated
+    from tiles.map_imagery import open_database_imagery
+
+    db = TileDatabase.open(tiny["db"])
+    lik["fix_accuracy"] = {"r95_scale": 3.0, "registration": open_database_imagery(db) is not None}
+    monkeypatch.setitem(engine.bundle.manifest, "likelihood", lik)
+    scales, fly = [], replay.replay_flight
+
+    def spy(loc, frames, *a, **kw):
+        scales.append(loc.fusion.fix_r95_scale)
+        return fly(loc, frames, *a, **kw)
+
+    monkeypatch.setattr(replay, "replay_flight", spy)
+    try:
+        calibrate_fix_accuracy(engine, db, [tiny["raster"]], hfov_deg=60.0, frames=2)
+    finally:
+        engine.close()
+    assert scales and set(scales) == {1.0}
+
+
 def test_reliability_curve_of_calibrated_and_overcautious_radii():
     from runtime.replay.geotiff import RELIABILITY_LEVELS, reliability
 
