@@ -20,7 +20,9 @@ and the binding source lines they follow, are in ``tests/fakes/`` (docs/JETSON.m
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 
 import numpy as np
 
@@ -116,6 +118,11 @@ class _CudaPython:
     def stream_handle(self, stream) -> int:
         return int(stream)
 
+    def current(self):
+        """Nothing to do per thread: the runtime API makes the device's primary context current in every
+        host thread (device 0, the only one this engine uses)."""
+        return contextlib.nullcontext()
+
     def close(self, stream) -> None:
         pinned, self._pinned = self._pinned, []
         for p in pinned:
@@ -141,11 +148,11 @@ class _PyCuda:
 
         try:
             try:
-                importlib.import_module("pycuda.autoprimaryctx")
+                ctx_module = importlib.import_module("pycuda.autoprimaryctx")
             except ModuleNotFoundError as e:
                 if e.name != "pycuda.autoprimaryctx":
                     raise
-                importlib.import_module("pycuda.autoinit")  # pycuda < 2021.1
+                ctx_module = importlib.import_module("pycuda.autoinit")  # pycuda < 2021.1
         except ImportError:
             raise
         except Exception as e:  # noqa: BLE001 - pycuda.driver.Error subclasses or RuntimeError
@@ -153,6 +160,20 @@ class _PyCuda:
                               "is the GPU visible (`nvidia-smi`, or `tegrastats` on a Jetson)?") from e
         self.drv = drv
         self._allocs = {}
+        # the context is current on this (the importing) thread only: CUDA's context stack is per thread
+        self.ctx, self._owner = ctx_module.context, threading.get_ident()
+
+    @contextlib.contextmanager
+    def current(self):
+        """The context made current around a call from another thread (the service's embed thread)."""
+        if threading.get_ident() == self._owner:
+            yield
+            return
+        self.ctx.push()
+        try:
+            yield
+        finally:
+            self.drv.Context.pop()
 
     def malloc(self, nbytes: int) -> int:
         a = self.drv.mem_alloc(nbytes)
@@ -271,11 +292,12 @@ class TensorRTEngine(Engine):
         self.h_in[:n] = x
         if not self.context.set_input_shape(self.input_name, (n, *self.sample_shape)):
             raise EngineError(f"TensorRT refused input shape {(n, *self.sample_shape)}")
-        self.cuda.htod(self.d_in, self.h_in[:n], self.stream)
-        if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
-            raise EngineError("TensorRT execute_async_v3 failed")
-        self.cuda.dtoh(self.h_out[:n], self.d_out, self.stream)
-        self.cuda.sync(self.stream)
+        with self.cuda.current():
+            self.cuda.htod(self.d_in, self.h_in[:n], self.stream)
+            if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
+                raise EngineError("TensorRT execute_async_v3 failed")
+            self.cuda.dtoh(self.h_out[:n], self.d_out, self.stream)
+            self.cuda.sync(self.stream)
         return self.h_out[:n].astype(np.float32)
 
     def close(self) -> None:

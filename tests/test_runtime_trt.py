@@ -120,6 +120,39 @@ def test_pycuda_path(monkeypatch, trt_bundle, primaryctx):
     assert not drv.device and eng.h_in is None
 
 
+@pytest.mark.parametrize("library", ["pycuda", "cuda-python"])
+def test_the_engine_runs_from_another_thread(monkeypatch, trt_bundle, library):
+    """The service embeds frames in its own thread (runtime/service.py). pycuda's context is current on
+    the thread that imported it only (CUDA's context stack is per CPU thread): the engine pushes it around
+    a call from any other thread. cuda-python's runtime API binds the device's primary context itself."""
+    import threading
+
+    _install_trt(monkeypatch, trt_bundle)
+    if library == "pycuda":
+        block_cuda_python(monkeypatch)
+        drv = install_pycuda(monkeypatch)
+    else:
+        install_cuda_python(monkeypatch)
+    eng = load_engine(trt_bundle, backend="tensorrt")
+    x = eng.prepare(list(_crops(2)))
+    here = eng.embed_prepared(x)
+    out, errors = {}, []
+
+    def worker():
+        try:
+            out["there"] = eng.embed_prepared(x)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(10)
+    assert errors == [] and np.array_equal(out["there"], here)
+    if library == "pycuda":
+        assert len(drv._stack()) == 1  # this thread's context as it was (the worker popped what it pushed)
+    eng.close()
+
+
 def test_cuda_python_without_a_driver_is_one_error_with_the_fix(monkeypatch, trt_bundle):
     """cuda-python 12.x raises RuntimeError('Failed to dlopen libcuda.so.1'); pycuda fails on import."""
     _install_trt(monkeypatch, trt_bundle)

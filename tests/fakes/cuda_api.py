@@ -25,7 +25,11 @@ and ``make_default_context(...)`` on import; ``make_default_context`` (``pycuda/
 builtin ``RuntimeError("No CUDA enabled device found. Please check your installation.")``, and
 ``cuda.init()`` raises pycuda's own ``pycuda.driver.Error`` subclasses: neither is an ``ImportError``.
 ``autoprimaryctx`` exists from pycuda 2021.1 (NVIDIA's TensorRT 8.5.3 ``samples/python/common.py``
-lines 23-29 import it and fall back to ``autoinit`` on ``ModuleNotFoundError``).
+lines 23-29 import it and fall back to ``autoinit`` on ``ModuleNotFoundError``). Both leave the context
+in ``module.context``, pushed on the importing thread only: CUDA's context stack is per CPU thread
+(``cuCtxPushCurrent``: "pushes the given context onto the CPU thread's stack of current contexts"), so
+another thread must ``context.push()`` and ``pycuda.driver.Context.pop()`` around its calls, or they fail
+with ``LogicError(... invalid device context)``: the fake keeps one stack per thread and says the same.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import enum
 import importlib.abc
 import importlib.machinery
 import sys
+import threading
 import types
 
 import numpy as np
@@ -213,25 +218,54 @@ class _Stream:
         self.drv, self.handle = drv, 0x9000 + len(drv.calls)
 
     def synchronize(self):
+        if not self.drv._stack():
+            raise self.drv.LogicError("cuStreamSynchronize failed: invalid device context")
         self.drv.calls.append(("synchronize",))
+
+
+class _Context:
+    """pycuda.driver.Context: ``push()`` on the calling thread's stack, the static ``pop()`` off it."""
+
+    drv = None  # set per fake driver
+
+    def __init__(self, name):
+        self.name = name
+
+    def push(self):
+        self.drv._stack().append(self)
+
+    @classmethod
+    def pop(cls):
+        stack = cls.drv._stack()
+        if not stack:
+            raise cls.drv.LogicError("cuCtxPopCurrent failed: invalid device context")
+        stack.pop()
 
 
 def make_pycuda_driver(*, devices=1) -> types.ModuleType:
     drv = types.ModuleType("pycuda.driver")
     drv.Error, drv.LogicError = PycudaError, type("LogicError", (PycudaError,), {})
     drv.device, drv.calls, drv.devices, drv.contexts = {}, [], devices, []
+    tls = threading.local()
+    drv._stack = lambda: tls.__dict__.setdefault("stack", [])
+    drv.Context = type("Context", (_Context,), {"drv": drv})
+
+    def need_context(call):
+        if not drv._stack():
+            raise drv.LogicError(f"{call} failed: invalid device context")
 
     def init(flags=0):
         drv.calls.append(("init",))
 
     def mem_alloc(nbytes):
-        assert drv.contexts, "mem_alloc without a current context"
+        need_context("cuMemAlloc")
         return _DeviceAllocation(drv, nbytes)
 
     def pagelocked_empty(shape, dtype):
         return np.empty(shape, dtype)
 
     def _copy(dst: int, src: int, n: int, kind: str, stream):
+        need_context(f"cuMemcpy{'HtoD' if kind == 'htod' else 'DtoH'}Async")
         assert isinstance(stream, _Stream)
         ctypes.memmove(dst, src, n)
         drv.calls.append((kind, n))
@@ -264,7 +298,8 @@ class _ContextModuleLoader(importlib.abc.Loader):
         if self.drv.devices < 1:  # pycuda/tools.py make_default_context
             raise RuntimeError("No CUDA enabled device found. Please check your installation.")
         self.drv.contexts.append(self.which)
-        module.context = self.which
+        module.context = self.drv.Context(self.which)
+        module.context.push()  # current on the importing thread only
 
 
 class _PycudaFinder(importlib.abc.MetaPathFinder):
