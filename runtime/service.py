@@ -9,7 +9,9 @@ Four threads overlap the work:
 The engine embeds frame n+1 while frame n is fused (``pipeline``; on a Jetson the engine runs on the GPU
 and the fusion on the CPU, so the slower of the two sets the frame rate, not their sum). A frame whose
 heading is not known before the fusion (no compass: the tracked heading) is embedded in the fusion
-thread instead. The camera is never blocked by inference: on a live source a frame that arrives while the
+thread instead. The price is latency when the fusion is the slower stage: an embedded frame waits for
+the previous frame's fusion (at most one fusion period; every record carries its capture time).
+The camera is never blocked by inference: on a live source a frame that arrives while the
 previous one is still waiting replaces it (counted as dropped). Files and folders are processed frame by
 frame unless ``drop_frames`` is set. :meth:`Service.stop` (wired to SIGINT/SIGTERM by ``python -m runtime serve``)
 ends capture, drains the queue, writes a final summary record and flushes and closes every output.
