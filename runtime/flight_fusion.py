@@ -57,7 +57,8 @@ class MapFusion:
     def __init__(self, db, searcher, likelihood, *, filter_cfg: MapFilterConfig, odometry_cfg: OdometryConfig,
                  hfov_deg: float, use_odometry: bool = True, registrar=None, registration_every: int = 1,
                  registration_every_tracking: int = 1, verify_lock: bool = True, fix_r95_scale: float = 1.0,
-                 agreement: AgreementConfig | None = None, coast_frames: int = 0, map_sigma_m: float = 0.0):
+                 agreement: AgreementConfig | None = None, coast_frames: int = 0, map_sigma_m: float = 0.0,
+                 prior: tuple[float, float, float] | None = None):
         self.db, self.searcher, self.lik = db, searcher, likelihood
         self.filter_cfg, self.hfov_deg = filter_cfg, float(hfov_deg)
         self.odometry = VisualOdometry(odometry_cfg) if use_odometry else None
@@ -82,6 +83,7 @@ class MapFusion:
         self.last_registration = None  # the last frame's Registration (None: not attempted)
         # registrations too small on the map to verify alone, confirmed over frames (None: off)
         self.agreement = FrameAgreement(agreement) if agreement is not None and registrar is not None else None
+        self.prior = prior  # (lat, lon, sigma_m) known at the start: the filter starts there until a trusted fix
 
     def reset(self) -> None:
         self.layer, self.filter, self.last_trusted, self.verified, self.frames = None, None, None, None, 0
@@ -141,12 +143,24 @@ class MapFusion:
         if self.filter is not None and layer == self.layer:
             return self.filter
         mf = MapFilter(self.db, layer, self.filter_cfg, self.lik)
-        last = self.last_trusted
+        last, prior = self.last_trusted, None
         if last is not None and last.has_position and math.isfinite(last.r95_m):
+            prior = (last.x, last.y, last.r95_m / 2.45)
+        elif self.prior is not None:
+            lat, lon, sigma = self.prior
+            x, y = xy_at(self.db, mf.grid, lat, lon)
+            gap = float(np.sqrt(np.min((mf.grid.x - x) ** 2 + (mf.grid.y - y) ** 2)))
+            if gap <= 3.0 * sigma + mf.grid.footprint_m:
+                prior = (x, y, sigma)
+            else:
+                logger.warning("the prior position %.6f, %.6f lies %.0f m from this layer's nearest tile (sigma "
+                               "%.0f m): starting anywhere on the map", lat, lon, gap, sigma)
+        if prior is not None:
             try:
-                mf.reset(prior=(last.x, last.y, last.r95_m / 2.45))
-            except ValueError:  # the last position lies off this layer: start global
-                pass
+                mf.reset(prior=prior)
+            except ValueError as e:  # the position lies off this layer: start global
+                if last is None:
+                    logger.warning("the prior position %s: starting anywhere on the map", e)
         self.layer, self.filter, self.verified = layer, mf, None
         return mf
 
@@ -278,6 +292,21 @@ class MapFusion:
         if trusted:
             self.last_trusted = fix
         return fix
+
+
+def xy_at(db, grid, lat: float, lon: float) -> tuple[float, float]:
+    """Metric x, y of a WGS84 point: the inverse of :func:`latlon_at`, an affine fit of the tile centres
+    nearest to it in degrees (longitude scaled by the latitude's cosine)."""
+    ent = db.entries
+    la = np.asarray(ent["lat"][grid.rows], np.float64)
+    lo = np.asarray(ent["lon"][grid.rows], np.float64)
+    d2 = (la - lat) ** 2 + ((lo - lon) * math.cos(math.radians(lat))) ** 2
+    near = np.argsort(np.where(np.isfinite(d2), d2, np.inf))[:6]
+    a = np.stack([la[near], lo[near], np.ones(len(near))], 1)
+    coef_x = np.linalg.lstsq(a, grid.x[near], rcond=None)[0]
+    coef_y = np.linalg.lstsq(a, grid.y[near], rcond=None)[0]
+    p = np.array([lat, lon, 1.0])
+    return float(p @ coef_x), float(p @ coef_y)
 
 
 def latlon_at(db, grid, x: float, y: float) -> tuple[float, float]:

@@ -107,6 +107,13 @@ class LocalizerConfig:
         "help": "turn each frame north-up by the heading before embedding"})
     layer_tolerance_frac: float = field(default=0.25, metadata={
         "help": "an altitude farther than this fraction from every layer's altitude gets no fix"})
+    prior_lat: float | None = field(default=None, metadata={
+        "help": "a position known at the start (the last GPS fix before it was lost), WGS84 degrees: the map "
+                "filter starts there instead of anywhere on the map (registration still verifies before any "
+                "fix is trusted; a wrong prior is not trusted); with --prior-lon", "metavar": "DEG"})
+    prior_lon: float | None = field(default=None, metadata={"help": "longitude of --prior-lat", "metavar": "DEG"})
+    prior_sigma_m: float = field(default=100.0, metadata={
+        "help": "1-sigma uncertainty of the prior position, metres (its age x the speed flown, at least)"})
 
     def __post_init__(self):
         from tiles import validate
@@ -124,6 +131,12 @@ class LocalizerConfig:
             v = getattr(self, name)
             if isinstance(v, dict):
                 setattr(self, name, kind(**v))
+        if (self.prior_lat is None) != (self.prior_lon is None):
+            raise ValueError(f"--prior-lat {self.prior_lat} --prior-lon {self.prior_lon}: give both (the last "
+                             "known position) or neither")
+        if self.prior_lat is not None:
+            validate.latitude(self.prior_lat, "--prior-lat")
+            validate.longitude(self.prior_lon, "--prior-lon")
         checks = {"registration_every": self.registration_every >= 1,
                   "registration_every_tracking": self.registration_every_tracking >= 1, "top_k": self.top_k >= 1,
                   "registration_frames": self.registration_frames == 0 or self.registration_frames >= 2,
@@ -132,7 +145,8 @@ class LocalizerConfig:
                   "heading_search_angles": self.heading_search_angles >= 0, "max_speed_mps": self.max_speed_mps > 0,
                   "min_confidence": 0.0 <= self.min_confidence <= 1.0, "acquire_frames": self.acquire_frames >= 1,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
-                  "search_radius_m": self.search_radius_m is None or self.search_radius_m > 0}
+                  "search_radius_m": self.search_radius_m is None or self.search_radius_m > 0,
+                  "prior_sigma_m": self.prior_sigma_m > 0}
         for name, ok in checks.items():
             v = getattr(self, name)
             if not ok or (isinstance(v, float) and not math.isfinite(v)):
@@ -222,7 +236,8 @@ class Localizer:
                          use_odometry=cfg.odometry, registrar=registrar, registration_every=cfg.registration_every,
                          registration_every_tracking=cfg.registration_every_tracking, verify_lock=cfg.verify_lock,
                          fix_r95_scale=scale, agreement=agreement, coast_frames=cfg.coast_frames,
-                         map_sigma_m=cfg.map_sigma_m)
+                         map_sigma_m=cfg.map_sigma_m,
+                         prior=None if cfg.prior_lat is None else (cfg.prior_lat, cfg.prior_lon, cfg.prior_sigma_m))
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""
