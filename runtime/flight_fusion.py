@@ -158,9 +158,8 @@ class MapFusion:
         if prior is not None:
             try:
                 mf.reset(prior=prior)
-            except ValueError as e:  # the position lies off this layer: start global
-                if last is None:
-                    logger.warning("the prior position %s: starting anywhere on the map", e)
+            except ValueError:  # the position lies off this layer: start global
+                pass
         self.layer, self.filter, self.verified = layer, mf, None
         return mf
 
@@ -302,11 +301,14 @@ def xy_at(db, grid, lat: float, lon: float) -> tuple[float, float]:
     lo = np.asarray(ent["lon"][grid.rows], np.float64)
     d2 = (la - lat) ** 2 + ((lo - lon) * math.cos(math.radians(lat))) ** 2
     near = np.argsort(np.where(np.isfinite(d2), d2, np.inf))[:6]
-    a = np.stack([la[near], lo[near], np.ones(len(near))], 1)
-    coef_x = np.linalg.lstsq(a, grid.x[near], rcond=None)[0]
-    coef_y = np.linalg.lstsq(a, grid.y[near], rcond=None)[0]
-    p = np.array([lat, lon, 1.0])
-    return float(p @ coef_x), float(p @ coef_y)
+    return _affine_at(la[near], lo[near], (grid.x[near], grid.y[near]), lat, lon)
+
+
+def _affine_at(u: np.ndarray, v: np.ndarray, targets, pu: float, pv: float) -> tuple[float, ...]:
+    """Each of ``targets`` at (pu, pv), from an affine least-squares fit of it over the points (u, v)."""
+    a = np.stack([u, v, np.ones(len(u))], 1)
+    p = np.array([pu, pv, 1.0])
+    return tuple(float(p @ np.linalg.lstsq(a, t, rcond=None)[0]) for t in targets)
 
 
 def latlon_at(db, grid, x: float, y: float) -> tuple[float, float]:
@@ -320,12 +322,8 @@ def latlon_at(db, grid, x: float, y: float) -> tuple[float, float]:
         return math.nan, math.nan
     rows = grid.rows[near]
     ent = db.entries
-    a = np.stack([grid.x[near], grid.y[near], np.ones(len(near))], 1)
     lat = np.asarray(ent["lat"][rows], np.float64)
     lon = np.asarray(ent["lon"][rows], np.float64)
     if not (np.all(np.isfinite(lat)) and np.all(np.isfinite(lon))):
         return math.nan, math.nan
-    coef_lat = np.linalg.lstsq(a, lat, rcond=None)[0]
-    coef_lon = np.linalg.lstsq(a, lon, rcond=None)[0]
-    p = np.array([x, y, 1.0])
-    return float(p @ coef_lat), float(p @ coef_lon)
+    return _affine_at(grid.x[near], grid.y[near], (lat, lon), x, y)

@@ -284,13 +284,19 @@ class Localizer:
         if image is None or (self.cfg.derotate and telemetry.heading_deg is None):
             return None
         t0 = time.perf_counter()
-        up = north_up(image, telemetry.heading_deg) if self.cfg.derotate else image
+        up = self._north_up(image, telemetry.heading_deg)
         x = self.engine.prepare([up])
         t1 = time.perf_counter()
         with self._engine_lock:
             emb = self.engine.embed_prepared(x)
         t2 = time.perf_counter()
         return Ahead(emb, up, telemetry.heading_deg, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3})
+
+    def _north_up(self, image, heading_deg: float | None):
+        """The frame as the engine and registration see it: turned north-up by a known heading (``derotate``)."""
+        if image is None or not (self.cfg.derotate and heading_deg is not None):
+            return image
+        return north_up(image, heading_deg)
 
     def locate(self, image, telemetry: Telemetry, embedding: np.ndarray | None = None,
                ahead: Ahead | None = None) -> Localization:
@@ -317,10 +323,7 @@ class Localizer:
         known = cfg.derotate and telemetry.heading_deg is not None
         if not track:
             reg_heading = telemetry.heading_deg if cfg.derotate else None
-        if ahead is not None:
-            up = ahead.north_up
-        else:
-            up = None if image is None else (north_up(image, telemetry.heading_deg) if known else image)
+        up = ahead.north_up if ahead is not None else self._north_up(image, telemetry.heading_deg)
         search_heading, reg_rows = None, None
         if embedding is not None:
             t1 = time.perf_counter()
