@@ -65,6 +65,12 @@ def test_sues200_replay_equals_direct_computation(sues, engine, tmp_path):
             assert r["frame"]["official"][key] == pytest.approx(off[key], abs=1e-6)
             assert r["frame"]["query_only"][key] == pytest.approx(qo[key], abs=1e-6)
         assert r["frame"]["official"]["n_gallery"] == 8 and r["frame"]["query_only"]["n_gallery"] == 3
+        # what flies: each frame through the service's Localizer over a gallery database (float16 embeddings)
+        g16 = g.astype(np.float16).astype(np.float32)
+        g16 /= np.linalg.norm(g16, axis=1, keepdims=True)
+        flown = retrieval_metrics(q @ g16.T, q_lab, allids)
+        assert r["flown"]["R@1"] == pytest.approx(flown["R@1"]) and r["flown"]["n_queries"] == 18
+        assert r["flown"]["n_gallery"] == 8 and 0.0 <= r["flown"]["trusted_pct"] <= 100.0
         # flights: the mean embedding of the 6 frames of each location
         f = q.reshape(3, 6, -1).mean(1)
         f /= np.linalg.norm(f, axis=1, keepdims=True)
@@ -115,6 +121,7 @@ def test_split_layout_and_database_gallery_agree(sues, engine, tmp_path):
     g /= np.linalg.norm(g, axis=1, keepdims=True)
     direct = retrieval_metrics(q @ g.T, [c for c in test for _ in range(6)], allids)
     assert via_db["altitudes"]["150"]["frame"]["official"]["AP"] == pytest.approx(direct["AP"], abs=1e-6)
+    assert via_db["altitudes"]["150"]["flown"]["R@1"] == pytest.approx(direct["R@1"])  # the Localizer over that db
     assert via_db["gallery"] == "database"
 
 
