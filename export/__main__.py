@@ -40,8 +40,8 @@ import os
 import sys
 from pathlib import Path
 
-from tiles import validate
-from tiles.cli import UserError
+from common import validate
+from common.cli import UserError
 
 
 def parse_args(argv=None):
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     try:
         bundle = args.bundle
         if args.ckpt is not None:
-            from .bundle_export import export_bundle
+            from export.bundle_export import export_bundle
 
             bundle, gate_error = _gated(export_bundle)(
                 args.ckpt, args.out, model_name=args.model_name, input_format=args.input_format, fp16=args.fp16,
@@ -168,14 +168,14 @@ def main(argv=None) -> int:
                 descriptor_dim=args.descriptor_dim or None, projection_tifs=args.projection_tifs,
                 projection_map_tifs=args.tiles, projection_n=args.projection_n)
         if args.trt:
-            from .trt_build import build_bundle_engine
+            from export.trt_build import build_bundle_engine
 
             entry = build_bundle_engine(bundle, args.precision, batch=(1, 1, args.max_batch),
                                         workspace_mib=args.workspace_mib)
             log.info("engine %s (%s, TensorRT %s, %s)", entry["path"], entry["precision"], entry["trt_version"],
                      entry["gpu"])
         if args.tiles:
-            from .tiledb_build import build_tile_database
+            from export.tiledb_build import build_tile_database
 
             db = build_tile_database(bundle, args.tiles, args.db_out or Path(bundle) / "tiledb",
                                      altitudes_m=args.altitudes, hfov_deg=args.hfov, stride_frac=args.stride_frac,
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             if db is not None:
                 log.info("tile database %s", db)
         if args.likelihood_tif:
-            from .calibrate_likelihood import calibrate_bundle
+            from export.calibrate_likelihood import calibrate_bundle
 
             db = args.db_out or Path(bundle) / "tiledb"
             lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov)
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f; reported accuracy scale %.2f (%s)",
                      lik["temperature"], lik["offset"], lik["r95_scale"], acc.get("r95_scale", 1.0), acc.get("note", ""))
         if args.gallery:
-            from .tiledb_build import build_gallery_database
+            from export.tiledb_build import build_gallery_database
 
             db = build_gallery_database(bundle, args.gallery, args.gallery_out or Path(bundle) / "gallerydb",
                                         overwrite=args.overwrite, progress=not args.no_progress)
@@ -219,7 +219,7 @@ def _gate_options(args) -> dict:
 def _gated(export_bundle):
     """``export_bundle`` returning (bundle, None), or (bundle, error) when the accuracy gate rejected a
     variant: the bundle is written without it, and the steps after (tile database...) still run."""
-    from .accuracy import AccuracyGateError
+    from export.accuracy import AccuracyGateError
 
     def run(*a, **kw):
         try:
@@ -233,7 +233,7 @@ def _gated(export_bundle):
 
 
 def _bundle_files(bundle) -> list:
-    from runtime.bundle import read_bundle
+    from runtime.engines.bundle import read_bundle
 
     return read_bundle(bundle).files
 

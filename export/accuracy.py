@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.preprocess import Preprocess
-
-from .gate_stats import CONFIDENCE, paired_report, queries_needed, smallest_detectable_drop
-from .onnx_export import ort_embed, ort_session
+from export.gate_stats import CONFIDENCE, paired_report, queries_needed, smallest_detectable_drop
+from export.onnx_export import ort_embed, ort_session
+from runtime.engines.preprocess import Preprocess
 
 _log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def held_out_pairs(query_tif: str | os.PathLike, gallery_tif: str | os.PathLike,
     gallery i (same CRS and pixel size required; sub-pixel offsets between years are rounded)."""
     import rasterio
 
-    from .images import grid_windows, read_crops
+    from export.images import grid_windows, read_crops
 
     with rasterio.open(query_tif) as a, rasterio.open(gallery_tif) as b:
         _check_same_grid(a, b, query_tif, gallery_tif)
@@ -120,7 +119,7 @@ def held_out_sets(query_tifs, gallery_tif, crop_sizes_px: dict, stride_frac: flo
     ``n_max`` per set, evenly thinned; the gallery keeps every square, up to ``gallery_max``)."""
     import rasterio
 
-    from .images import read_crops
+    from export.images import read_crops
 
     sets = []
     with rasterio.open(gallery_tif) as g:

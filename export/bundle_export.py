@@ -11,10 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from runtime.bundle import MANIFEST, new_manifest, write_manifest
-from tiles.io import file_sha256
-
-from .onnx_export import (
+from export.onnx_export import (
     INPUT_FORMATS,
     OPSET,
     PARITY_TOLERANCE,
@@ -23,6 +20,8 @@ from .onnx_export import (
     input_spec,
     prepare,
 )
+from runtime.engines.bundle import MANIFEST, new_manifest, write_manifest
+from tiles.io import file_sha256
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def _onnx_entry(path: Path, precision: str, **extra) -> dict:
 def calibration_images(calib_dir=None, calib_tifs=(), n: int = 128, hfov_deg: float = 60.0,
                        altitudes_m=(150, 200, 250, 300), seed: int = 0) -> list:
     """Real frames from a folder, or drone-like views rendered from GeoTIFF(s), ``n`` in all."""
-    from .images import folder_images, rendered_views
+    from export.images import folder_images, rendered_views
 
     if calib_dir:
         return folder_images(calib_dir, n_max=n)
@@ -80,10 +79,9 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     ``descriptor_dim``: append a PCA-whitening projection to that size (``export.projection``), fitted on
     views of ``projection_tifs`` (training years) and tiles of ``projection_map_tifs`` (the map).
     """
+    from export.accuracy import AccuracyGateError, gate_message
+    from export.quantize import convert_fp16, quantize_int8
     from train.model import load_checkpoint
-
-    from .accuracy import AccuracyGateError, gate_message
-    from .quantize import convert_fp16, quantize_int8
 
     ckpt, out = Path(ckpt), Path(out)
     _check_inputs(ckpt, out, input_format, eval_tifs, max_r1_drop, overwrite)
@@ -187,7 +185,7 @@ def _projection(fp32, model, input_format, descriptor_dim, view_tifs, map_tifs, 
         descriptor_dim = None
     if not descriptor_dim:
         return None, fingerprint
-    from .projection import fit_and_append, projected_fingerprint
+    from export.projection import fit_and_append, projected_fingerprint
 
     projection = fit_and_append(fp32, model.preprocess, input_format, int(descriptor_dim), view_tifs=view_tifs,
                                 map_tifs=map_tifs, n=n, hfov_deg=hfov_deg, out_dir=out)
@@ -197,7 +195,7 @@ def _projection(fp32, model, input_format, descriptor_dim, view_tifs, map_tifs, 
 
 def _held_out(eval_tifs, altitudes_m, hfov_deg: float, crop_px: int, n_max: int, max_r1_drop):
     """The gate's held-out sets (None without ``eval_tifs``); refuses up front a limit they cannot show."""
-    from .accuracy import check_enough_queries, footprint_crops, held_out_sets
+    from export.accuracy import check_enough_queries, footprint_crops, held_out_sets
 
     if not eval_tifs:
         return None
@@ -214,7 +212,7 @@ def _gate_variants(fp32: Path, variants: dict, p, input_format: str, sets, max_r
     """Run the accuracy gate; delete each rejected variant's file and drop it from ``variants``.
 
     Returns (report or None, rejected precisions)."""
-    from .accuracy import accuracy_gate, rejected_variants
+    from export.accuracy import accuracy_gate, rejected_variants
 
     if not variants:
         return None, []

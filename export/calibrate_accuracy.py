@@ -7,7 +7,7 @@ registration to the map imagery has verified the track, the true error is much s
 less than it deserves (PX4 refuses a GPS whose accuracy is above ``EKF2_REQ_EPH``).
 
 So after the likelihood (:mod:`export.calibrate_likelihood`), the calibration flights are flown through
-the :class:`runtime.localizer.Localizer` with that likelihood, exactly as the service runs (odometry,
+the :class:`runtime.localisation.localizer.Localizer` with that likelihood, exactly as the service runs (odometry,
 filter, registration when the database carries the map imagery), and the ratio error / r95 of their
 trusted fixes gives ``r95_scale`` (:func:`fit_fix_scale`, the flight being the independent unit), so that
 the reported radius holds the truth for about 95 % of trusted fixes. It is stored in the manifest's ``"likelihood"`` as ``"fix_accuracy"`` together
@@ -63,10 +63,9 @@ def chi2_quantile(p: float, dof: int) -> float:
 def calibrate_fix_accuracy(engine, db, rasters, *, hfov_deg: float, frames: int = 40) -> dict:
     """Fly the calibration flights through the Localizer (``engine.bundle`` carries the fitted likelihood)
     and return the manifest's ``fix_accuracy`` record."""
-    from runtime.localizer import Localizer, LocalizerConfig
+    from export.calibrate_likelihood import calibration_flights
+    from runtime.localisation.localizer import Localizer, LocalizerConfig
     from runtime.replay.geotiff import replay_flight
-
-    from .calibrate_likelihood import calibration_flights
 
     loc = Localizer(engine, db, LocalizerConfig(hfov_deg=hfov_deg))
     registration = bool(loc.fusion is not None and loc.fusion.registrar is not None)

@@ -1,7 +1,7 @@
 """Calibrate the map filter's likelihood for one model, on held-out flights, and store it in the bundle.
 
-The map filter (runtime.map_filter) turns a frame's cosine similarities into likelihood ratios
-``exp((s - median - offset) / temperature)`` (runtime.map_grid.Likelihood). How similarities of true and
+The map filter (runtime.localisation.map_filter) turns a frame's cosine similarities into likelihood ratios
+``exp((s - median - offset) / temperature)`` (runtime.search.layer_grid.Likelihood). How similarities of true and
 false matches are distributed is a property of the model, so both numbers are fitted per model:
 
 1. Flights are rendered from the calibration raster(s) (another year of the map: never the years used to
@@ -63,7 +63,7 @@ def score_samples(db, records) -> tuple[np.ndarray, np.ndarray]:
     """Centred similarities of frames at their true position (bilinear between tiles) and of far tiles."""
     import cv2
 
-    from runtime.map_grid import LayerGrid
+    from runtime.search.layer_grid import LayerGrid
 
     pos, neg = [], []
     grids: dict[int, LayerGrid] = {}
@@ -111,8 +111,8 @@ def fit_likelihood(db, records, cfg=None, *, offmap=None, min_coverage: float = 
     trusted fixes off the map. (Measured on the demo model: off-map locks onto look-alike ground score
     higher than correct fixes, so no likelihood setting removes them without losing most fixes; see
     docs/results/filter.md.)"""
-    from runtime.map_filter import MapFilterConfig
-    from runtime.map_grid import Likelihood
+    from runtime.localisation.map_filter import MapFilterConfig
+    from runtime.search.layer_grid import Likelihood
 
     cfg = cfg or MapFilterConfig()
     pos, neg = score_samples(db, records)
@@ -199,7 +199,7 @@ def calibration_records(engine, db, rasters, *, hfov_deg: float, frames: int = 4
     """:func:`calibration_flights`, recorded (runtime.replay.filter_replay); with ``cache_dir``, each recorded
     flight is kept there and read back on the next call. ``outside_x``: the flights are marked off the map
     (``db`` holds only the ground east of it)."""
-    from runtime.odometry import VisualOdometry
+    from runtime.localisation.odometry import VisualOdometry
     from runtime.replay.filter_replay import load_record, record_flight, save_record
 
     vo, records = VisualOdometry(), []
@@ -225,8 +225,8 @@ def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, pr
     by this bundle) and write it into the bundle manifest; then (``accuracy``) the scale of the fixes'
     reported accuracy, flown through the Localizer (:mod:`export.calibrate_accuracy`). Returns the stored
     dict."""
-    from runtime.bundle import MANIFEST, read_bundle
-    from runtime.engine import check_engine_database, load_engine
+    from runtime.engines.bundle import MANIFEST, read_bundle
+    from runtime.engines.engine import check_engine_database, load_engine
     from tiles.db import TileDatabase
 
     bundle = read_bundle(bundle_dir)
@@ -249,7 +249,7 @@ def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, pr
     manifest["likelihood"] = lik
     atomic_write_json(Path(bundle_dir) / MANIFEST, manifest)
     if accuracy:
-        from .calibrate_accuracy import calibrate_fix_accuracy
+        from export.calibrate_accuracy import calibrate_fix_accuracy
 
         engine = load_engine(bundle_dir, precision=precision, threads=threads)  # with the likelihood just fitted
         lik["fix_accuracy"] = calibrate_fix_accuracy(engine, db, [Path(r) for r in rasters], hfov_deg=hfov_deg,

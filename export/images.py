@@ -1,7 +1,7 @@
 """Real images for parity checks, calibration and the accuracy gate: GeoTIFF crops and image folders.
 
 Every function returns RGB ``uint8`` arrays ``(H, W, 3)``, the project's one image convention
-(CONTRACTS §1); the caller applies :class:`runtime.preprocess.Preprocess`.
+(CONTRACTS §1); the caller applies :class:`runtime.engines.preprocess.Preprocess`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.sources import IMAGE_SUFFIXES
+from common.image_files import IMAGE_SUFFIXES
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """One image file as RGB uint8 (OpenCV reads BGR; converted once here)."""
     import cv2
 
-    from runtime.preprocess import bgr_to_rgb
+    from runtime.engines.preprocess import bgr_to_rgb
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.preprocess import Preprocess
+from runtime.engines.preprocess import Preprocess
 from tiles.io import atomic_path
 
 _log = logging.getLogger(__name__)

@@ -110,7 +110,7 @@ def fit_images(view_tifs=(), map_tifs=(), n: int = 2000, altitudes_m=(150, 200, 
                size_px: int = 256, compass_error_deg: float = 3.0, seed: int = 0) -> list[np.ndarray]:
     """Images to fit on: north-up drone views of ``view_tifs`` (training years; as the runtime turns its
     frames, with a compass error) and map tiles of ``map_tifs`` at the altitudes' footprints, half each."""
-    from runtime.preprocess import north_up
+    from runtime.engines.preprocess import north_up
     from tiles.grid import footprint_m, read_tile, tile_grid
     from tiles.raster import open_raster
     from tiles.views import CameraPose, render_view
@@ -146,7 +146,7 @@ def fit_and_append(onnx_path, preprocess, input_format: str, dim: int, *, view_t
                    out_dir=None, seed: int = 0) -> dict:
     """Embed the fitting images with ``onnx_path`` (full embedding), fit, append the projection to the
     graph, check the new graph against :func:`project`, save ``projection.npz``; return the manifest record."""
-    from .onnx_export import ExportError, ort_embed, ort_session
+    from export.onnx_export import ExportError, ort_embed, ort_session
 
     images = fit_images(view_tifs, map_tifs, n=n, hfov_deg=hfov_deg, seed=seed)
     full = ort_embed(ort_session(onnx_path), preprocess, input_format, images)

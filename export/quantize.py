@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from export.onnx_export import INPUT_NAME
 from tiles.io import atomic_path, atomic_write_json, file_sha256
-
-from .onnx_export import INPUT_NAME
 
 _log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 For each GeoTIFF and each altitude the tile grid of ``footprint_m(altitude_m, hfov_deg)`` with a stride
 of ``stride_frac * footprint`` is cut (``tiles.grid``), every tile read north-up at the model's input size
-and embedded in batches by the runtime's engine (``runtime.engine.load_engine``) on the bundle's FP32
+and embedded in batches by the runtime's engine (``runtime.engines.engine.load_engine``) on the bundle's FP32
 ONNX model, the same graph and preprocessing the runtime runs, then written with
 ``tiles.db.write_database``; one layer per altitude.
 
@@ -56,7 +56,7 @@ def tile_engine(bundle_dir, local_rank: int = 0):
     on CUDA device ``local_rank`` when this ONNX Runtime build has CUDA, else on the CPU."""
     import onnxruntime as ort
 
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
 
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -122,7 +122,7 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     resolution of a frame ``imagery_px`` pixels wide at the lowest altitude (never finer than the map);
     None writes none (retrieval only).
     """
-    from runtime.bundle import read_bundle
+    from runtime.engines.bundle import read_bundle
     from tiles.db import write_database
     from tiles.grid import tiles_to_entries
     from tiles.raster import open_raster
@@ -172,7 +172,7 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     embeddings = np.concatenate([np.load(chunk_path(i)) for i in range(len(chunks))])
     entries = np.concatenate([tiles_to_entries(tiles, layer=l_idx, altitude_m=alt, source=s)
                               for s, l_idx, alt, tiles in jobs if tiles])
-    from .ann_build import DEFAULT_MIN_ROWS, ann_indexes
+    from export.ann_build import DEFAULT_MIN_ROWS, ann_indexes
 
     per_layer = np.bincount(entries["layer"], minlength=len(layers))
     indexes = ann_indexes(ann, int(per_layer.max()), ann_min_rows or DEFAULT_MIN_ROWS)
@@ -225,7 +225,7 @@ def _wait_for_chunks(work: Path, n_chunks: int, chunk_path, wait_timeout_s: floa
 
 
 def _attach_imagery(db_path: Path, rasters, min_altitude_m: float, hfov_deg: float, imagery_px: int) -> None:
-    from .map_imagery import attach_imagery, imagery_gsd_m
+    from export.map_imagery import attach_imagery, imagery_gsd_m
 
     gsd = imagery_gsd_m(min(r.gsd_m for r in rasters), min_altitude_m, hfov_deg, imagery_px)
     out = attach_imagery(db_path, rasters, gsd_m=gsd)
@@ -236,9 +236,8 @@ def gallery_classes(folder) -> list[tuple[str, list[Path]]]:
     """(label, image files) per class folder: SUES-200 ``satellite-view/<loc>/0.png`` (``folder`` may be the
     archive folder ``SUES-200-512x512`` or its parent, as tools/make_sues200 writes it), University-1652
     ``gallery_satellite/<class>/*``, or any folder of class folders."""
-    from runtime.replay.sues200_layout import ARCHIVE_DIR, RAW_SATELLITE
-
-    from .images import IMAGE_SUFFIXES
+    from common.sues200_layout import ARCHIVE_DIR, RAW_SATELLITE
+    from export.images import IMAGE_SUFFIXES
 
     folder = Path(folder)
     for sub in (RAW_SATELLITE, f"{ARCHIVE_DIR}/{RAW_SATELLITE}", "gallery_satellite"):
@@ -263,10 +262,9 @@ def build_gallery_database(bundle_dir, folder, out, *, batch_size: int = 32, ove
     """A database of labelled gallery images (no geometry; label = class folder name), one layer."""
     from tqdm import tqdm
 
-    from runtime.bundle import read_bundle
+    from export.images import read_image
+    from runtime.engines.bundle import read_bundle
     from tiles.db import empty_entries, write_database
-
-    from .images import read_image
 
     out = Path(out)
     if out.exists() and not overwrite:

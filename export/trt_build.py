@@ -33,9 +33,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from export.onnx_export import INPUT_NAME
 from tiles.io import atomic_write_bytes, file_sha256
-
-from .onnx_export import INPUT_NAME
 
 _log = logging.getLogger(__name__)
 
@@ -267,7 +266,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, 
 def build_bundle_engine(bundle_dir: str | os.PathLike, precision: str = "fp16", *, batch=(1, 1, 8),
                         workspace_mib: int = 1024, timing_cache: str | os.PathLike | None = None, trt=None) -> dict:
     """Build the engine for a bundle, add it to the bundle's manifest, return the entry."""
-    from runtime.bundle import read_bundle, write_manifest
+    from runtime.engines.bundle import read_bundle, write_manifest
 
     trt = trt or import_tensorrt()
     major = trt_major(trt)

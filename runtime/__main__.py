@@ -8,16 +8,15 @@ import os
 import signal
 import sys
 
-from tiles.cli import run_main, setup_logging
+from common.cli import run_main, setup_logging
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``serve``: one per :class:`runtime.config.ServiceConfig` field (the Localizer's knobs
     with the same names as in ``replay``)."""
-    from tiles.cli import add_dataclass_options
-
-    from .config import ServiceConfig
-    from .localizer import LocalizerConfig
+    from common.cli import add_dataclass_options
+    from runtime.config import ServiceConfig
+    from runtime.localisation.localizer import LocalizerConfig
 
     p.add_argument("--config", help="settings file (.json or .toml); command-line options override it")
     chain = {f.name for f in dataclasses.fields(LocalizerConfig)}
@@ -26,8 +25,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def serve(args) -> int:
-    from .config import build_config, load_config_file
-    from .service import Service
+    from runtime.config import build_config, load_config_file
+    from runtime.service import Service
 
     file_values = load_config_file(args.config) if args.config else {}
     cfg = build_config(file_values, vars(args))
@@ -42,11 +41,14 @@ def main(argv=None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_arguments(sub.add_parser("serve", help="run the onboard service on a frame source"))
+    from runtime.check import add_check_arguments
+
+    add_check_arguments(sub.add_parser("check", help="verify a tile database (and bundle) and measure its memory"))
     replay_parser = sub.add_parser("replay", help="replay recorded flights offline and report metrics")
     replay_mod = None
     wants_replay = "replay" in (argv if argv is not None else sys.argv[1:])
     if wants_replay:
-        from .replay import cli as replay_mod  # the replay engineer's module; serve works without it
+        from runtime.replay import cli as replay_mod  # the replay engineer's module; serve works without it
 
         replay_mod.add_replay_arguments(replay_parser)
     args = parser.parse_args(argv)
@@ -58,6 +60,10 @@ def main(argv=None) -> int:
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
             os.environ.setdefault("MKL_NUM_THREADS", "1")
         return run_main(serve, args, logger_name="runtime")
+    if args.command == "check":
+        from runtime.check import check
+
+        return run_main(check, args, logger_name="runtime")
     return run_main(replay_mod.run_replay, args, logger_name="runtime.replay")
 
 

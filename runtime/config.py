@@ -1,6 +1,6 @@
 """The service's settings: one dataclass, read from a JSON or TOML file and overridden by the command line.
 
-:class:`ServiceConfig` is the :class:`~runtime.localizer.LocalizerConfig` (the knobs of the flight chain,
+:class:`ServiceConfig` is the :class:`~runtime.localisation.localizer.LocalizerConfig` (the knobs of the flight chain,
 shared with ``python -m runtime replay``) plus what only the service has: the bundle, database and frame
 source, where altitude and heading come from, the engine, the outputs. A config file holds any of its
 fields at its top level (or under ``[serve]`` in TOML): the key is the command-line option without its
@@ -14,9 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from tiles.cli import UserError
-
-from .localizer import LocalizerConfig
+from common.cli import UserError
+from runtime.localisation.localizer import LocalizerConfig
 
 
 def _opt(default, help: str, **meta):
@@ -74,7 +73,7 @@ class ServiceConfig(LocalizerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from tiles import validate
+        from common import validate
 
         if self.altitude_m is not None:
             self.altitude_m = validate.altitude_m(self.altitude_m, "--altitude-m")

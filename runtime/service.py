@@ -1,4 +1,4 @@
-"""The onboard service: camera -> :class:`~runtime.localizer.Localizer` -> JSON lines / MAVLink / health.
+"""The onboard service: camera -> :class:`~runtime.localisation.localizer.Localizer` -> JSON lines / MAVLink / health.
 
 Four threads overlap the work:
 
@@ -16,7 +16,7 @@ previous one is still waiting replaces it (counted as dropped). Files and folder
 frame unless ``drop_frames`` is set. :meth:`Service.stop` (wired to SIGINT/SIGTERM by ``python -m runtime serve``)
 ends capture, drains the queue, writes a final summary record and flushes and closes every output.
 
-What the service adds to the Localizer is telemetry (:class:`runtime.telemetry.TelemetryPolicy`: the
+What the service adds to the Localizer is telemetry (:class:`runtime.inputs.telemetry.TelemetryPolicy`: the
 altitude picks the layer, the heading turns the frame north-up; from the autopilot while fresh, else the
 given values) and the I/O around it. Each JSON line records the altitude and heading used, their sources
 and ages, and the layer. A database with several layers and no altitude gives "no fix" (reason
@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ServiceConfig
-from .engine import check_engine_database, load_engine
-from .health import Health, HealthServer
-from .localizer import Localization, Localizer
-from .outputs import fix_record, open_outputs
-from .sources import SourceStats, open_source
-from .telemetry import TelemetryPolicy
+from runtime.config import ServiceConfig
+from runtime.engines.engine import check_engine_database, load_engine
+from runtime.inputs.sources import SourceStats, open_source
+from runtime.inputs.telemetry import TelemetryPolicy
+from runtime.localisation.localizer import Localization, Localizer
+from runtime.outputs.health import Health, HealthServer
+from runtime.outputs.json_lines import fix_record, open_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class FrameSlot:
 
 
 class Service:
-    """The onboard service: a frame source, the :class:`~runtime.localizer.Localizer`, outputs, health."""
+    """The onboard service: a frame source, the :class:`~runtime.localisation.localizer.Localizer`, outputs, health."""
 
     def __init__(self, cfg: ServiceConfig, *, source=None, engine=None, db=None):
         from tiles.db import TileDatabase

@@ -6,13 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-NAIP_DIR = REPO / "data" / "naip"
-
-
-def naip_files() -> dict[int, Path]:
-    """Bundled NAIP GeoTIFFs by year."""
-    return {int(p.stem.rsplit("_", 1)[-1][:4]): p for p in sorted(NAIP_DIR.glob("*.tif"))}
+from tools.toy_assets import NAIP_DIR, REPO, naip_files  # noqa: F401  (re-exported to the tests)
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +21,6 @@ def naip_paths() -> dict[int, Path]:
 def tiny() -> dict:
     """A random-weight bundle (float and uint8 input) and its two-layer tile database of the 2020 NAIP
     image, built once per test process: {"bundle", "bundle_u8", "db", "raster", "root"}."""
-    from tests.bundles import tiny_assets
+    from tools.toy_assets import tiny_assets
 
     return tiny_assets()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.calibrate_accuracy import calibrate_fix_accuracy, chi2_quantile, fit_fix_scale
-from runtime.map_grid import Likelihood
+from runtime.search.layer_grid import Likelihood
 
 
 def _rayleigh_flights(n_flights: int, sigma: float, seed: int, fixes: int = 30):
@@ -53,10 +53,10 @@ def test_the_scale_applies_only_with_the_registration_setting_it_was_fitted_with
 
 
 def test_fusion_reports_the_scaled_radius_and_covariance(tmp_path):
-    from runtime.flight_fusion import MapFusion
-    from runtime.map_filter import MapFilterConfig
-    from runtime.odometry import OdometryConfig
-    from runtime.search import Searcher
+    from runtime.localisation.fusion import MapFusion
+    from runtime.localisation.map_filter import MapFilterConfig
+    from runtime.localisation.odometry import OdometryConfig
+    from runtime.search.searcher import Searcher
     from tests.mapdb import frame_embedding, grid_database
     from tiles.db import TileDatabase
 
@@ -80,7 +80,7 @@ def test_fusion_reports_the_scaled_radius_and_covariance(tmp_path):
 
 
 def test_export_step_flies_the_localizer_on_a_real_bundle(tiny):
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
     from tiles.db import TileDatabase
 
     engine = load_engine(tiny["bundle"])
@@ -100,11 +100,11 @@ def test_a_bundle_calibrated_before_is_refitted_on_the_unscaled_radius(tiny, mon
     """Re-calibrating a bundle whose manifest already carries a scale flies the chain unscaled: a fit on
     radii already scaled would return a scale relative to the old one (1.43 then 0.78 on one bundle)."""
     import runtime.replay.geotiff as replay
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
     from tiles.db import TileDatabase
 
     engine = load_engine(tiny["bundle"])
-    from runtime.map_grid import Likelihood
+    from runtime.search.layer_grid import Likelihood
 
     lik = Likelihood.from_manifest(None).to_dict()  # the fallback's values, as if calibrated
     from tiles.map_imagery import open_database_imagery

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from export.calibrate_likelihood import fit_likelihood, fit_logistic
-from runtime.map_filter import MapFilter, MapFilterConfig
-from runtime.map_grid import Likelihood
-from runtime.odometry import Motion
+from runtime.localisation.map_filter import MapFilter, MapFilterConfig
+from runtime.localisation.odometry import Motion
 from runtime.replay.filter_replay import FlightRecord, load_record, run_filter, save_record, summarize
+from runtime.search.layer_grid import Likelihood
 from tests.mapdb import frame_embedding, grid_database
 from tiles.db import TileDatabase
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from export.calibrate_likelihood import half_database
-from runtime.map_filter import MapFilter, MapFilterConfig
-from runtime.odometry import VisualOdometry, frame_texture
-from runtime.preprocess import north_up
+from runtime.engines.preprocess import north_up
+from runtime.localisation.map_filter import MapFilter, MapFilterConfig
+from runtime.localisation.odometry import VisualOdometry, frame_texture
 from tests.mapdb import grid_database
 from tiles.db import TileDatabase
 from tools.eval_filter import _nothing_frames

@@ -45,8 +45,8 @@ def bundle(ckpt, naip_paths, tmp_path_factory):
 
 
 def test_cli_end_to_end(ckpt, naip_paths, tmp_path):
-    from runtime.bundle import read_bundle
-    from runtime.engine import load_engine
+    from runtime.engines.bundle import read_bundle
+    from runtime.engines.engine import load_engine
     from tiles.db import TileDatabase
     from tiles.io import file_sha256
 
@@ -97,8 +97,8 @@ def test_failing_gate_removes_the_variant_and_still_builds_the_tile_database(ckp
     the bundle holds what passed, the tile database is built, and the exit code says the gate failed."""
     import cv2
 
-    from runtime.bundle import read_bundle
-    from runtime.engine import BundleError, _pick_entry, load_engine
+    from runtime.engines.bundle import read_bundle
+    from runtime.engines.engine import BundleError, _pick_entry, load_engine
     from tiles.db import TileDatabase
 
     grey = tmp_path / "grey"

@@ -15,7 +15,7 @@ from export.onnx_export import (
     ort_session,
     prepare,
 )
-from runtime.preprocess import Preprocess
+from runtime.engines.preprocess import Preprocess
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,8 @@ def test_bundle_emits_the_compact_descriptor(projected, naip_paths):
     from export.images import random_crops
     from export.onnx_export import torch_embed
     from export.projection import projected_fingerprint
-    from runtime.bundle import read_bundle
-    from runtime.engine import load_engine
+    from runtime.engines.bundle import read_bundle
+    from runtime.engines.engine import load_engine
     from tiles.io import file_sha256
     from train.model import load_checkpoint
 
@@ -79,7 +79,7 @@ def test_bundle_emits_the_compact_descriptor(projected, naip_paths):
 
 def test_database_from_projected_bundle_matches_engine(projected, naip_paths, tmp_path):
     from export.tiledb_build import build_tile_database
-    from runtime.bundle import read_bundle
+    from runtime.engines.bundle import read_bundle
     from tiles.db import TileDatabase
 
     _, out = projected

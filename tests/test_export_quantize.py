@@ -12,7 +12,7 @@ from export.accuracy import EvalSet, accuracy_gate, held_out_pairs, held_out_set
 from export.images import random_crops
 from export.onnx_export import export_onnx, prepare
 from export.quantize import calibration_key, convert_fp16, quantize_int8
-from runtime.preprocess import Preprocess
+from runtime.engines.preprocess import Preprocess
 
 P = Preprocess((64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

@@ -31,7 +31,7 @@ def bundle(tmp_path_factory, naip_paths):
 @pytest.fixture(scope="module")
 def direct(bundle, naip_paths):
     """Embeddings computed tile by tile without the builder: the reference."""
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
     from tiles.grid import footprint_m, read_tile, tile_grid
     from tiles.raster import open_raster
 
@@ -83,7 +83,7 @@ def test_interrupted_build_resumes_and_equals_direct(bundle, naip_paths, direct,
     lay = db.layer_slice(1)
     assert np.all(db.entries["altitude_m"][lay] == 300) and np.all(db.entries["has_geo"])
     assert db.manifest["crs"] == "EPSG:26914" and db.manifest["sources"][0]["name"] == naip_paths[2018].name
-    from runtime.bundle import read_bundle
+    from runtime.engines.bundle import read_bundle
 
     b = read_bundle(bundle)
     db.check_compatible(model_fingerprint=b.model_fingerprint, preprocess=b.manifest["preprocess"],
@@ -145,7 +145,7 @@ def test_gallery_database_from_class_folders(bundle, naip_paths, tmp_path):
     assert list(db.entries["label"]) == ["0001", "0002", "0003", "0004", "0005"]
     assert not db.entries["has_geo"].any()
     files = sorted(root.rglob("*.png"))
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
 
     ref = load_engine(bundle, precision="fp32", backend="onnxruntime").embed([read_image(f) for f in files])
     np.testing.assert_allclose(db.embeddings.astype(np.float32), ref, atol=2e-3)
@@ -157,17 +157,17 @@ def test_default_embedder_is_the_runtime_engine_on_the_ranks_gpu(bundle, monkeyp
     """No GPU here: ONNX Runtime is made to list CUDA, and load_engine records what the builder asks for."""
     import onnxruntime as ort
 
-    import runtime.engine
+    import runtime.engines.engine
 
     calls = []
-    real = runtime.engine.load_engine
+    real = runtime.engines.engine.load_engine
 
     def recording(bundle_dir, **kw):
         calls.append(kw)
         return real(bundle_dir, precision=kw["precision"], backend=kw["backend"],
                     providers=["CPUExecutionProvider"])  # the session itself is real, on the CPU
 
-    monkeypatch.setattr(runtime.engine, "load_engine", recording)
+    monkeypatch.setattr(runtime.engines.engine, "load_engine", recording)
     cpu = tiledb_build.onnx_embedder(bundle, local_rank=3, batch_size=4)
     assert calls[-1]["providers"] == ["CPUExecutionProvider"] and calls[-1]["precision"] == "fp32"
     assert cpu.engine.precision == "fp32" and cpu([]).shape == (0, cpu.engine.embedding_dim)

@@ -20,8 +20,8 @@ def onnx_models(tmp_path_factory):
 
     from export.onnx_export import export_onnx, prepare
     from export.quantize import convert_fp16, quantize_int8
-    from runtime.bundle import new_manifest, write_manifest
-    from runtime.preprocess import Preprocess
+    from runtime.engines.bundle import new_manifest, write_manifest
+    from runtime.engines.preprocess import Preprocess
 
     d = tmp_path_factory.mktemp("bundle")
     model = timm.create_model("test_efficientnet", num_classes=0).eval()
@@ -208,8 +208,8 @@ def test_uint8_bundle_gets_an_nhwc_uint8_profile(monkeypatch, tmp_path):
     import timm
 
     from export.onnx_export import export_onnx
-    from runtime.bundle import new_manifest, write_manifest
-    from runtime.preprocess import Preprocess
+    from runtime.engines.bundle import new_manifest, write_manifest
+    from runtime.engines.preprocess import Preprocess
 
     p = Preprocess((32, 48))
     export_onnx(timm.create_model("test_efficientnet", num_classes=0).eval(), p, tmp_path / "model.onnx",

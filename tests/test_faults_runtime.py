@@ -21,8 +21,7 @@ import threading
 import numpy as np
 import pytest
 
-from runtime.outputs import JsonLinesOutput, OutputError, UdpJsonOutput, json_safe
-from runtime.sources import (
+from runtime.inputs.sources import (
     IterSource,
     SourceError,
     SourceStats,
@@ -31,6 +30,7 @@ from runtime.sources import (
     gstreamer_available,
     open_source,
 )
+from runtime.outputs.json_lines import JsonLinesOutput, OutputError, UdpJsonOutput, json_safe
 from tests.conftest import REPO
 
 NAN_RECORD = {"type": "fix", "t": 1.0, "fix": {"x": float("nan"), "lat": float("inf"), "accuracy_m": np.float32(3.5),
@@ -77,7 +77,7 @@ def test_jsonl_folder_created_or_a_one_line_error(tmp_path):
 
 DISK_FULL = textwrap.dedent("""
     import resource, signal, sys
-    from runtime.outputs import JsonLinesOutput, OutputError
+    from runtime.outputs.json_lines import JsonLinesOutput, OutputError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death, as a full disk gives ENOSPC
     limit = int(sys.argv[2])
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -219,7 +219,7 @@ def test_json_safe_is_exact_for_finite_records():
 def test_health_endpoint_serves_strict_json_when_the_last_fix_has_nan():
     import urllib.request
 
-    from runtime.health import Health, HealthServer
+    from runtime.outputs.health import Health, HealthServer
 
     h = Health()
     h.fix({"x": float("nan"), "lat": float("nan"), "trusted": False})

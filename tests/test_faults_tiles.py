@@ -39,7 +39,7 @@ def truncated_tif(naip_paths, tmp_path) -> Path:
 
 
 def test_truncated_geotiff_refused_by_describe_preview_and_export(truncated_tif, tmp_path):
-    from tests.bundles import tiny_assets
+    from tools.toy_assets import tiny_assets
 
     for args in (("describe", truncated_tif), ("preview", truncated_tif, "--altitude", 300, "--hfov", 60)):
         out = _run("tiles", *args)

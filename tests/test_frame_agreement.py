@@ -1,4 +1,4 @@
-"""Registration verified over frames (runtime.frame_agreement): peaks that follow the odometry over new ground
+"""Registration verified over frames (runtime.localisation.frame_agreement): peaks that follow the odometry over new ground
 confirm; a hovering drone, peaks that wander (a wrong window), a broken odometry chain or a heading that
 disagrees do not. On real imagery at 150 m over the 5 m/px map, where no single frame verifies itself."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from export.map_imagery import write_map_imagery
-from runtime.frame_agreement import AgreementConfig, FrameAgreement
-from runtime.odometry import Motion, OdometryConfig, VisualOdometry
-from runtime.registration import Registrar, Registration
+from runtime.localisation.frame_agreement import AgreementConfig, FrameAgreement
+from runtime.localisation.odometry import Motion, OdometryConfig, VisualOdometry
+from runtime.localisation.registration import Registrar, Registration
 from tiles.map_imagery import MapImagery
 
 FP = 173.2  # footprint at 150 m, hfov 60

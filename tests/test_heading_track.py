@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from runtime.heading_track import HeadingTrackConfig, HeadingTracker, turn, undirected, wrap180
-from runtime.odometry import Motion
+from runtime.localisation.heading_track import HeadingTrackConfig, HeadingTracker, turn, undirected, wrap180
+from runtime.localisation.odometry import Motion
 
 HFOV = 60.0
 
@@ -144,7 +144,7 @@ def test_config_errors_name_the_value():
         HeadingTrackConfig(lose_sigma_deg=-1.0)
     with pytest.raises(ValueError, match="search_tol_max_deg"):
         HeadingTrackConfig(search_tol_max_deg=120.0)
-    from runtime.localizer import LocalizerConfig
+    from runtime.localisation.localizer import LocalizerConfig
 
     with pytest.raises(ValueError, match="heading_search_angles"):
         LocalizerConfig(heading_search_angles=-2)
@@ -154,8 +154,8 @@ def test_config_errors_name_the_value():
 def test_undirected_odometry_spreads_the_filter_instead_of_moving_it(tmp_path):
     """The bug this replaces: camera-axis displacements taken as east/north move the posterior the wrong
     way. Without a heading the posterior's centre stays and its spread grows by the distance flown."""
-    from runtime.map_filter import MapFilter, MapFilterConfig
-    from runtime.map_grid import Likelihood
+    from runtime.localisation.map_filter import MapFilter, MapFilterConfig
+    from runtime.search.layer_grid import Likelihood
     from tests.mapdb import grid_database
     from tiles.db import TileDatabase
 
@@ -200,8 +200,8 @@ def naip_flight(naip_paths, tmp_path_factory):
 def test_rendered_flight_without_compass_recovers_the_heading(naip_flight):
     """The real odometry on the camera frames and the real registration (no heading: every heading searched)
     around the true position: the tracker locks and then follows the turning drone within 5 degrees."""
-    from runtime.odometry import VisualOdometry
-    from runtime.registration import Registrar
+    from runtime.localisation.odometry import VisualOdometry
+    from runtime.localisation.registration import Registrar
 
     imagery, frames = naip_flight
     reg, vo, tr = Registrar(imagery), VisualOdometry(), HeadingTracker()
@@ -224,11 +224,11 @@ def test_rotation_search_finds_the_heading_of_a_tile_seen_turned(tiny):
     one that turns it north-up again matches that tile best."""
     import cv2
 
-    from runtime.engine import load_engine
-    from runtime.rotation_search import best_rotation
-    from runtime.search import Searcher
-    from tests.bundles import read_rgb
+    from runtime.engines.engine import load_engine
+    from runtime.localisation.rotation_search import best_rotation
+    from runtime.search.searcher import Searcher
     from tiles.db import TileDatabase
+    from tools.toy_assets import read_rgb
 
     engine = load_engine(tiny["bundle"])
     db = TileDatabase.open(tiny["db"])
@@ -251,8 +251,8 @@ def test_localizer_without_compass_never_moves_the_filter_along_camera_axes(tiny
     """A drone flying east with its camera top facing east, no compass, no map imagery (no heading can be
     found): the odometry sees the ground move towards the image top. Taken as north (the old chain, with
     --no-heading-track) the filter's velocity points north; the tracker moves it in no direction instead."""
-    from runtime.engine import load_engine
-    from runtime.localizer import Localizer, LocalizerConfig, Telemetry
+    from runtime.engines.engine import load_engine
+    from runtime.localisation.localizer import Localizer, LocalizerConfig, Telemetry
     from tiles.db import TileDatabase
     from tiles.raster import open_raster
     from tiles.views import CameraPose, render_view

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.localizer import Localizer, LocalizerConfig, Telemetry
-from tests.bundles import flight_crops
+from runtime.localisation.localizer import Localizer, LocalizerConfig, Telemetry
+from tools.toy_assets import flight_crops
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def assets(tiny):
 
 @pytest.fixture(scope="module")
 def chain(assets):
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
     from tiles.db import TileDatabase
 
     engine = load_engine(assets["bundle"])

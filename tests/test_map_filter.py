@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from runtime.map_filter import MapFilter, MapFilterConfig
-from runtime.map_grid import FALLBACK, LayerGrid, Likelihood
-from runtime.odometry import Motion
+from runtime.localisation.map_filter import MapFilter, MapFilterConfig
+from runtime.localisation.odometry import Motion
+from runtime.search.layer_grid import FALLBACK, LayerGrid, Likelihood
 from tests.mapdb import frame_embedding, grid_database
 from tiles.db import TileDatabase
 

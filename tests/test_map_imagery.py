@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from export.map_imagery import attach_imagery, imagery_gsd_m, write_map_imagery
-from runtime.registration import Registrar
+from runtime.localisation.registration import Registrar
 from tiles.db import TileDatabase, empty_entries, write_database
 from tiles.map_imagery import ImageryError, MapImagery, open_database_imagery
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from runtime.odometry import Motion, OdometryConfig, VisualOdometry, _to_east_north
-from runtime.preprocess import north_up
+from runtime.engines.preprocess import north_up
+from runtime.localisation.odometry import Motion, OdometryConfig, VisualOdometry, _to_east_north
 
 
 def _pair(raster, x, y, dx, dy, alt, h0, h1, derotate, seed=0):

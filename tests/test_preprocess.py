@@ -1,11 +1,11 @@
-"""runtime.preprocess: the one preprocessing definition."""
+"""runtime.engines.preprocess: the one preprocessing definition."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from runtime.preprocess import Preprocess, bgr_to_rgb
+from runtime.engines.preprocess import Preprocess, bgr_to_rgb
 
 
 def test_values_by_hand():
@@ -62,7 +62,7 @@ def test_bgr_to_rgb():
 
 def test_north_up_turns_a_rendered_view_back_to_the_tile(naip_paths):
     """A view whose top faces any heading, turned north-up, shows the north-up tile (where it saw it)."""
-    from runtime.preprocess import north_up
+    from runtime.engines.preprocess import north_up
     from tiles.raster import open_raster
     from tiles.views import CameraPose, render_view
 

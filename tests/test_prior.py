@@ -9,14 +9,14 @@ import math
 
 import pytest
 
-from runtime.flight_fusion import latlon_at, xy_at
-from runtime.localizer import Localizer, LocalizerConfig, Telemetry
-from tests.bundles import flight_crops, tiny_assets
+from runtime.localisation.fusion import latlon_at, xy_at
+from runtime.localisation.localizer import Localizer, LocalizerConfig, Telemetry
+from tools.toy_assets import flight_crops, tiny_assets
 
 
 @pytest.fixture(scope="module")
 def parts():
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
     from tiles.db import TileDatabase
 
     a = tiny_assets()
@@ -59,7 +59,7 @@ def test_the_filter_starts_at_the_prior(parts):
 
 
 def test_a_prior_off_the_map_says_so_and_starts_anywhere(parts, caplog):
-    caplog.set_level(logging.WARNING, logger="runtime.flight_fusion")
+    caplog.set_level(logging.WARNING, logger="runtime.localisation.fusion")
     _, anywhere = _first_fix(parts)
     _, off = _first_fix(parts, prior_lat=48.5, prior_lon=-97.0, prior_sigma_m=100.0)  # ~150 km away
     assert any("lies" in r.getMessage() and "starting anywhere on the map" in r.getMessage() for r in caplog.records)

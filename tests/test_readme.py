@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import naip_files
 from tests.readme_blocks import (
     Command,
     command_parser,
@@ -44,6 +43,7 @@ from tests.readme_blocks import (
     unknown_options,
 )
 from tests.readme_steps import Run, Skip, execute
+from tools.toy_assets import naip_files
 
 try:
     import tomllib
@@ -108,7 +108,7 @@ def _core_is_numpy(cmd: Command) -> None:
 
 def _apt_package_is_the_one_the_errors_name(cmd: Command) -> None:
     from export.trt_build import INSTALL_HINT
-    from runtime.trt_engine import TRT_MISSING
+    from runtime.engines.tensorrt_engine import TRT_MISSING
 
     assert "python3-libnvinfer" in cmd.tokens and "python3-libnvinfer" in TRT_MISSING + INSTALL_HINT
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from export.map_imagery import write_map_imagery
-from runtime.registration import Registrar, RegistrationConfig, pose_from_affine, prepare_frame
+from runtime.localisation.registration import Registrar, RegistrationConfig, pose_from_affine, prepare_frame
 from tiles.map_imagery import MapImagery
 
 FINLAND = Path("/work/shared/data/finland/turku_0p15m_utm34n.tif")
@@ -106,7 +106,7 @@ def test_held_out_year_verified_fixes_are_accurate(naip):
 
 def test_config_errors_name_the_value():
     with pytest.raises(ValueError, match="'sift2'"):
-        from runtime.registration_methods import detect
+        from runtime.localisation.registration_methods import detect
 
         detect(np.zeros((64, 64), np.uint8), np.ones((64, 64), np.uint8), "sift2", 100)
     with pytest.raises(ValueError, match="method 'surf'"):

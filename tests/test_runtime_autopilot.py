@@ -1,4 +1,4 @@
-"""The altitude from the autopilot: a real pymavlink sender on 127.0.0.1 feeds runtime.autopilot, and
+"""The altitude from the autopilot: a real pymavlink sender on 127.0.0.1 feeds runtime.inputs.autopilot, and
 `python -m runtime serve --altitude-from` picks (and switches) the database layer from it."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import urllib.request
 
 import pytest
 
-from runtime.autopilot import AutopilotAltitude, readings_from_message
 from runtime.config import ServiceConfig
-from tests.bundles import flight_crops, tiny_assets, write_flight_video
+from runtime.inputs.autopilot import AutopilotAltitude, readings_from_message
 from tests.fakes.mavlink_peer import FakeAutopilot
 from tests.loopback import free_port as _free_port
 from tests.loopback import wait_for as _wait_for
+from tools.toy_assets import flight_crops, tiny_assets, write_flight_video
 
 mavutil = pytest.importorskip("pymavlink.mavutil")
 MAV = mavutil.mavlink

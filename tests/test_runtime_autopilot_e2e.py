@@ -45,8 +45,8 @@ def _flight(tmp_path):
     from pyproj import Transformer
     from rasterio.windows import Window
 
-    from runtime.engine import load_engine
-    from tests.bundles import make_tile_db, tiny_assets
+    from runtime.engines.engine import load_engine
+    from tools.toy_assets import make_tile_db, tiny_assets
 
     a = tiny_assets()
     sub = tmp_path / "map.tif"
@@ -83,7 +83,7 @@ def _collect(listener, pty, proc, n):
 
 
 @pytest.mark.skipif(not _serve_accepts_outputs(), reason="needs service wiring: serve has no --gnss-serial "
-                    "/--mavlink-mode yet (runtime.outputs.open_outputs)")
+                    "/--mavlink-mode yet (runtime.outputs.json_lines.open_outputs)")
 def test_serve_streams_match_the_flight_truth_within_the_reported_accuracy(tmp_path):
     from tests.fakes.gnss_port import PtyPeer, decode
 

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.bundle import BundleError
-from runtime.engine import EngineError, check_engine_database, load_engine
-from tests.bundles import flight_crops, tiny_assets
+from runtime.engines.bundle import BundleError
+from runtime.engines.engine import EngineError, check_engine_database, load_engine
 from tiles.db import DatabaseMismatchError, TileDatabase, write_database
+from tools.toy_assets import flight_crops, tiny_assets
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,15 @@ from datetime import datetime, timezone
 
 import pytest
 
-from runtime.gnss_solution import VACC_UNKNOWN_M, gps_week_ms
-from runtime.position import Fix
+from runtime.localisation.fix import Fix
+from runtime.outputs.gnss_solution import VACC_UNKNOWN_M, gps_week_ms
 from tests.trajectory import fix_for, ground_m, truth
 
 pyubx2 = pytest.importorskip("pyubx2")
 pynmea2 = pytest.importorskip("pynmea2")
 pytest.importorskip("serial")
 
-from runtime.gnss_serial import SACC_UNKNOWN_MPS, GnssSerialOutput  # noqa: E402
+from runtime.outputs.gnss_serial import SACC_UNKNOWN_MPS, GnssSerialOutput  # noqa: E402
 from tests.fakes.gnss_port import PtyPeer, decode  # noqa: E402
 
 KNOT = 1852.0 / 3600.0
@@ -163,7 +163,7 @@ def test_open_outputs_builds_every_output_from_the_config(tmp_path, pty):
     import json
 
     from runtime.config import ServiceConfig
-    from runtime.outputs import open_outputs
+    from runtime.outputs.json_lines import open_outputs
     from tests.loopback import free_port
 
     mavutil = pytest.importorskip("pymavlink.mavutil")

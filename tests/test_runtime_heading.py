@@ -1,4 +1,4 @@
-"""The heading: a real pymavlink sender on 127.0.0.1 feeds runtime.autopilot's heading, and the service turns
+"""The heading: a real pymavlink sender on 127.0.0.1 feeds runtime.inputs.autopilot's heading, and the service turns
 each frame north-up by it (or by a fixed --heading) before the engine. Frames are drone views rendered from
 the NAIP raster by tiles.views at a known heading."""
 
@@ -14,13 +14,13 @@ import time
 import numpy as np
 import pytest
 
-from runtime.autopilot import AutopilotReader, headings_from_message
 from runtime.config import ServiceConfig
-from runtime.preprocess import north_up
-from tests.bundles import tiny_assets
+from runtime.engines.preprocess import north_up
+from runtime.inputs.autopilot import AutopilotReader, headings_from_message
 from tests.fakes.mavlink_peer import FakeAutopilot
 from tests.loopback import free_port as _free_port
 from tests.loopback import wait_for as _wait_for
+from tools.toy_assets import tiny_assets
 
 mavutil = pytest.importorskip("pymavlink.mavutil")
 MAV = mavutil.mavlink

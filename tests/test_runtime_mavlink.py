@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from runtime.gnss_solution import gps_week_ms
-from runtime.mavlink_gps import MavlinkGpsOutput, ignore_flags
-from runtime.position import Fix
+from runtime.localisation.fix import Fix
+from runtime.outputs.gnss_solution import gps_week_ms
+from runtime.outputs.mavlink_gps import MavlinkGpsOutput, ignore_flags
 from tests.fakes.mavlink_peer import FakeAutopilot
 from tests.loopback import free_port
 from tests.loopback import wait_for as _wait_for
@@ -161,7 +161,7 @@ def test_external_position_estimate_command(udp_pair):
 def test_reader_and_output_share_one_link_with_a_simulated_autopilot():
     """The reader hears ATTITUDE/GLOBAL_POSITION_INT from the simulated autopilot, asks it for its streams,
     and the GPS output answers on the same link (one socket, one heartbeat)."""
-    from runtime.autopilot import AutopilotReader
+    from runtime.inputs.autopilot import AutopilotReader
 
     port = free_port()
     url = f"udpin:127.0.0.1:{port}"

@@ -1,11 +1,11 @@
-"""runtime.replay.metrics against cases computed by hand."""
+"""common.metrics against cases computed by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from runtime.replay.metrics import (
+from common.metrics import (
     MetricsError,
     cosine_similarity,
     one_percent_k,

@@ -1,7 +1,7 @@
 """Replay end to end on real NAIP imagery with a real exported model (timm test_efficientnet via ONNX).
 
 SUES-200 replay on a dataset generated in the real layout by tools/make_sues200.py: the metrics must equal
-a direct computation with runtime.replay.metrics on embeddings computed independently. GeoTIFF replay: a flight
+a direct computation with common.metrics on embeddings computed independently. GeoTIFF replay: a flight
 through the onboard chain (engine, Searcher, estimate_fix, PositionFilter) writing JSON, CSV and PNG.
 """
 
@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.replay.metrics import retrieval_metrics
-from runtime.replay.sues200_layout import SUES200
+from common.metrics import retrieval_metrics
+from common.sues200_layout import SUES200
 from tools.make_sues200 import make_sues200
 
 ALTS = (150, 300)
@@ -24,8 +24,8 @@ ALTS = (150, 300)
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from runtime.engine import load_engine
-    from tests.bundles import make_bundle
+    from runtime.engines.engine import load_engine
+    from tools.toy_assets import make_bundle
 
     d = make_bundle(tmp_path_factory.mktemp("bundle") / "b", input_px=48)
     return load_engine(d)
@@ -185,7 +185,7 @@ def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
 
 def test_flight_over_the_map_itself_is_localised(engine, naip_paths, tmp_path):
     """Frames rendered nadir, north-up, at tile centres of the reference map match their own tile."""
-    from runtime.localizer import Localizer
+    from runtime.localisation.localizer import Localizer
     from runtime.replay.flights import GeoTiffFlight
     from runtime.replay.geotiff import replay_flight, summarize_flight
     from tiles.db import TileDatabase

@@ -84,7 +84,7 @@ def test_replay_modules_import_without_torch_rasterio_matplotlib():
         "        if name.split('.')[0] in ('torch', 'timm', 'rasterio', 'matplotlib'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import runtime.replay.metrics, runtime.replay.sues200_layout, runtime.replay.flights, runtime.replay, runtime.replay.plots\n"
+        "import common.metrics, common.sues200_layout, runtime.replay.flights, runtime.replay, runtime.replay.plots\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from runtime.position import Fix, PositionFilter, estimate_fix
-from runtime.search import Searcher
-from tests.bundles import tiny_assets
+from runtime.localisation.fix import Fix, PositionFilter, estimate_fix
+from runtime.search.searcher import Searcher
 from tiles.db import TileDatabase, empty_entries, write_database
+from tools.toy_assets import tiny_assets
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_search_radius_and_padding(rand_db):
 
 
 def test_estimate_fix_on_real_tiles_finds_the_tile_of_an_exact_crop():
-    from runtime.engine import load_engine
-    from tests.bundles import read_rgb
+    from runtime.engines.engine import load_engine
+    from tools.toy_assets import read_rgb
 
     a = tiny_assets()
     db = TileDatabase.open(a["db"])

@@ -17,8 +17,8 @@ import pytest
 
 from runtime.config import build_config, load_config_file
 from runtime.service import FrameSlot
-from tests.bundles import tiny_assets, write_flight_video
 from tests.loopback import free_port as _free_port
+from tools.toy_assets import tiny_assets, write_flight_video
 
 
 def test_frame_slot_newest_wins_and_blocking_mode():

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.sources import FolderSource, SourceStats, VideoSource, open_source
+from runtime.inputs.sources import FolderSource, SourceStats, VideoSource, open_source
 
 
 def _img(rgb, px=32):
@@ -92,7 +92,7 @@ def test_live_source_reopens_with_backoff_and_skips_corrupt_frames():
 
 
 def test_missing_file_source_is_a_clear_error(tmp_path):
-    from runtime.sources import SourceError
+    from runtime.inputs.sources import SourceError
 
     with pytest.raises(SourceError, match="does not exist"):
         open_source(tmp_path / "nope.mp4")
@@ -117,7 +117,7 @@ def _ffmpeg_udp(video, port):
 def test_service_reads_a_udp_stream_that_drops_and_comes_back(tmp_path):
     from runtime.config import ServiceConfig
     from runtime.service import Service
-    from tests.bundles import tiny_assets, write_flight_video
+    from tools.toy_assets import tiny_assets, write_flight_video
 
     a = tiny_assets()
     video = tmp_path / "flight.avi"

@@ -17,10 +17,10 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.engine import EngineError, load_engine
-from tests.bundles import flight_crops, tiny_assets
+from runtime.engines.engine import EngineError, load_engine
 from tests.fakes.cuda_api import block_cuda_python, cudaError_t, install_cuda_python, install_pycuda
 from tests.fakes.tensorrt_runtime import make_runtime_tensorrt
+from tools.toy_assets import flight_crops, tiny_assets
 
 MAX_BATCH = 4
 
@@ -235,7 +235,7 @@ def test_tensorrt_backend_on_a_bundle_without_an_engine(monkeypatch, tmp_path):
     with pytest.raises(EngineError, match=r"^TensorRT is not installed.*has no engine yet.*--bundle .* --trt"):
         load_engine(b, backend="tensorrt")
     _install_trt(monkeypatch, _trt_bundle(tmp_path / "other"))
-    from runtime.bundle import BundleError
+    from runtime.engines.bundle import BundleError
 
     with pytest.raises(BundleError, match=r"has no TensorRT engine.*python -m export --bundle .* --trt"):
         load_engine(b, backend="tensorrt")
@@ -246,7 +246,7 @@ def test_the_installed_cuda_python_if_any():
     EngineError naming the pins (12.x raises RuntimeError, 13.x returns cudaErrorInsufficientDriver); with
     a GPU, a round trip through pinned and device memory with the copy kinds as passed by the engine."""
     pytest.importorskip("cuda.bindings.runtime")
-    from runtime.trt_engine import _CudaPython
+    from runtime.engines.tensorrt_engine import _CudaPython
 
     try:
         cu = _CudaPython()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from runtime.search import Searcher
+from runtime.search.searcher import Searcher
 from tiles.db import TileDatabase, empty_entries, write_database
 from tiles.spatial import SpatialIndex, build_spatial_index
 
@@ -134,14 +134,19 @@ def test_describe_db_states_the_footprint(tmp_path, capsys):
     from tiles.__main__ import main
 
     db = _db(tmp_path / "db", n=2000, d=16)
-    assert main(["describe-db", str(db.path), "--json", "--measure"]) == 0
+    assert main(["describe-db", str(db.path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rows"] == 2000 and out["bytes_per_row"] == 32
     assert out["disk_bytes"] == sum(p.stat().st_size for p in db.path.iterdir() if p.name != "manifest.json")
     grid = sum((db.path / n).stat().st_size for n in db.manifest["spatial_index"]["files"])
     assert out["resident_bytes"]["local"] == grid
     assert out["resident_bytes"]["exact"] == grid + (db.path / "embeddings.npy").stat().st_size
-    assert out["measured"]["global_search"] == "exact" and out["measured"]["rss_mb_after_global"] > 0
+    from runtime.__main__ import main as runtime_main
+
+    assert runtime_main(["check", "--db", str(db.path), "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert checked["verified"] and checked["rows"] == 2000
+    assert checked["measured"]["global_search"] == "exact" and checked["measured"]["rss_mb_after_global"] > 0
     assert main(["describe-db", str(db.path)]) == 0
     assert "spatial grid   yes" in capsys.readouterr().out
     assert main(["describe-db", str(tmp_path / "nope")]) == 2

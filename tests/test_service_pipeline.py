@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from runtime.config import ServiceConfig
-from runtime.localizer import Localizer
+from runtime.inputs.telemetry import Telemetry
+from runtime.localisation.localizer import Localizer
 from runtime.service import Service
-from runtime.telemetry import Telemetry
-from tests.bundles import flight_crops, tiny_assets
+from tools.toy_assets import flight_crops, tiny_assets
 
 
 def _frames(n=8):
@@ -119,7 +119,7 @@ def test_without_a_compass_heading_the_frame_is_embedded_in_the_fusion_thread():
 
 
 def test_embed_ahead_is_what_locate_would_embed_and_refuses_another_heading():
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
     from tiles.db import TileDatabase
 
     a = tiny_assets()

@@ -1,4 +1,4 @@
-"""runtime.replay.sues200_layout on small generated trees in both real layouts."""
+"""common.sues200_layout on small generated trees in both real layouts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.replay.sues200_layout import (
+from common.sues200_layout import (
     ALL_IDS,
     ALTITUDES,
     SUES200,

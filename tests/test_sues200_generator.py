@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.replay.sues200_layout import SUES200, TEST_IDS, TRAIN_IDS
+from common.sues200_layout import SUES200, TEST_IDS, TRAIN_IDS
 from tools.make_sues200 import main, make_sues200, pick_ids
 
 ALTS = (150, 300)

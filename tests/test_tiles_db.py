@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.preprocess import Preprocess
+from runtime.engines.preprocess import Preprocess
 from tiles import db as tdb
 from tiles.db import DatabaseError, DatabaseMismatchError, TileDatabase, empty_entries, write_database
 

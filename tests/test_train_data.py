@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.preprocess import Preprocess
+from runtime.engines.preprocess import Preprocess
 from tests.test_sues200 import ALTS, LOCS, N_FRAMES, make_raw, make_split
 from train.augment import AugmentConfig, PairAugment
 from train.config import apply_overrides, from_dict, preset
@@ -18,7 +18,7 @@ PRE = Preprocess(input_size=(32, 32))
 
 @pytest.mark.parametrize("layout", ["raw", "split"])
 def test_sues200_pairs_read_the_official_training_locations(tmp_path, layout):
-    from runtime.replay.sues200_layout import TRAIN_IDS
+    from common.sues200_layout import TRAIN_IDS
 
     root = make_raw(tmp_path) if layout == "raw" else make_split(tmp_path)
     train_locs = [loc for loc in LOCS if loc in TRAIN_IDS]

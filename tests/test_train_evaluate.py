@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtime.replay.metrics import one_percent_k, retrieval_metrics
+from common.metrics import one_percent_k, retrieval_metrics
 from train.evaluate import evaluate_university1652, labelled_metrics
 from train.evaluate_geotiff import containment_first_rank, query_positions
 
@@ -97,7 +97,7 @@ def test_evaluate_geotiff_counts_uniform_queries(naip_paths):
 
 
 def test_sues200_protocol_sets_are_defined_once(tmp_path):
-    from runtime.replay.sues200_layout import PROTOCOLS, SUES200
+    from common.sues200_layout import PROTOCOLS, SUES200
     from tests.test_sues200 import ALTS, make_raw
 
     ds = SUES200(make_raw(tmp_path))

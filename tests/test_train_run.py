@@ -119,7 +119,7 @@ def test_the_command_line_prints_setup_errors_as_one_line(tmp_path, naip_paths):
 
 
 def test_ranks_draw_different_augmentations_and_workers_different_seeds(naip_paths):
-    from runtime.preprocess import Preprocess
+    from runtime.engines.preprocess import Preprocess
     from train.datasets import GeoTiffPairs, ViewJitter
     from train.distributed import loader_seed, seed_process
 
@@ -154,7 +154,7 @@ def test_two_passes_keep_batchnorm_statistics_per_view():
 
 def test_mining_averages_several_views_per_location(naip_paths):
     from train.datasets import GeoTiffPairs, ViewJitter
-    from train.evaluate import embed_images
+    from train.embed import embed_images
     from train.mining import embed_location_queries
     from train.model import GeoModel
 

@@ -1,4 +1,4 @@
-"""tiles.validate: one rule per number, the same in the library, the tiles CLI and export's CLI."""
+"""common.validate: one rule per number, the same in the library, the tiles CLI and export's CLI."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from tiles import validate as v
-from tiles.validate import InputError
+from common import validate as v
+from common.validate import InputError
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "nan", "abc", None, [1]])

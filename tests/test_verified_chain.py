@@ -1,4 +1,4 @@
-"""A verified track's chain of odometry (runtime.flight_fusion): bland frames (too few features) are coasted
+"""A verified track's chain of odometry (runtime.localisation.fusion): bland frames (too few features) are coasted
 through by the filter's velocity for ``coast_frames`` and the fix stays trusted with a growing radius; a
 picture that jumps breaks the chain at once; past the limit the filter's own rule applies again."""
 
@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from runtime.flight_fusion import MapFusion
-from runtime.map_filter import MapFilterConfig
-from runtime.map_grid import Likelihood
-from runtime.odometry import Motion, OdometryConfig
-from runtime.search import Searcher
+from runtime.localisation.fusion import MapFusion
+from runtime.localisation.map_filter import MapFilterConfig
+from runtime.localisation.odometry import Motion, OdometryConfig
+from runtime.search.layer_grid import Likelihood
+from runtime.search.searcher import Searcher
 from tests.mapdb import frame_embedding, grid_database
 from tiles.db import TileDatabase
 
@@ -87,7 +87,7 @@ def test_a_registered_point_the_filter_does_not_follow_keeps_the_filter_mean(db)
 def test_the_registered_track_reports_its_own_growing_radius(db):
     """The registration's variance grown by each odometry step (its residual sigma, 1 m here, and 2 % of the
     distance for the altitude's scale): not the grid's spread, which cannot be below a cell's."""
-    from runtime.flight_fusion import ODOMETRY_SCALE_SIGMA, R95_PER_SIGMA
+    from runtime.localisation.fusion import ODOMETRY_SCALE_SIGMA, R95_PER_SIGMA
 
     fixes = _fly(db, {}, coast_frames=10)
     for n, f in enumerate(fixes[6:16], start=1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from runtime.position import Fix
+from runtime.localisation.fix import Fix
 
 LAT0, LON0 = 47.0123456, -99.1234567
 R_EARTH = 6378137.0

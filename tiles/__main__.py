@@ -1,7 +1,8 @@
 """`python -m tiles`: look at a map before spending GPU time on it.
 
     python -m tiles describe MAP.tif
-    python -m tiles describe-db DB [--measure] [--json]     (a tile database: size, layers, memory footprint)
+    python -m tiles describe-db DB [--json]     (a tile database: size, layers, memory footprint;
+                                                 measured by the runtime: python -m runtime check --db DB)
     python -m tiles preview MAP.tif --altitude 150 --hfov 70 [--stride-frac 0.5] [--out grid.png]
     python -m tiles view MAP.tif --lat 47.02 --lon -99.15 --altitude 150 --hfov 70 [--heading 30] [--out view.png]
 """
@@ -16,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import validate
-from .grid import footprint_m, grid_counts, tile_grid
-from .mapcheck import coarse_map_warning
-from .raster import RasterError, open_raster, square_corners
-from .views import CameraPose, render_view
+from common import validate
+from tiles.grid import footprint_m, grid_counts, tile_grid
+from tiles.mapcheck import coarse_map_warning
+from tiles.raster import RasterError, open_raster, square_corners
+from tiles.views import CameraPose, render_view
 
-# the project's one rule per number (tiles.validate), applied after parsing: dest -> (option, check)
+# the project's one rule per number (common.validate), applied after parsing: dest -> (option, check)
 CHECKS = {
     "altitude": ("--altitude-m", validate.altitude_m),
     "hfov": ("--hfov-deg", validate.hfov_deg),
@@ -118,44 +119,11 @@ def _view(args) -> int:
     return 0
 
 
-def _rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _measure_db(db) -> dict:
-    """VmRSS of this process after opening, after a local and a global query per layer (random query)."""
-    from runtime.search import Searcher
-
-    before = _rss_mb()
-    s = Searcher(db)
-    q = np.random.default_rng(0).standard_normal(db.embedding_dim).astype(np.float32)
-    for i, lay in enumerate(db.layers):
-        if lay["count"] and db.spatial_index is not None:
-            row = lay["start"] + lay["count"] // 2
-            xy = (float(db.entries["x"][row]), float(db.entries["y"][row]))
-            if np.all(np.isfinite(xy)):
-                s.score_rows(q, s.rows_within(xy, 3 * float(lay.get("footprint_m") or 200.0), i))
-    local = _rss_mb()
-    for i, lay in enumerate(db.layers):
-        if lay["count"]:
-            s.search_global(q, 5, i)
-    return {"rss_mb_before": before, "rss_mb_after_local": local, "rss_mb_after_global": _rss_mb(),
-            "global_search": "approximate" if s.ann() is not None else "exact"}
-
-
 def _describe_db(args) -> int:
-    from .db import TileDatabase, memory_footprint
+    from tiles.db import TileDatabase, memory_footprint
 
     db = TileDatabase.open(args.db)
     fp = memory_footprint(db)
-    if args.measure:
-        fp["measured"] = _measure_db(db)
     if args.json:
         print(json.dumps(fp, indent=2))
         return 0
@@ -175,17 +143,13 @@ def _describe_db(args) -> int:
     r = fp["resident_bytes"]
     print(f"  resident       local search {r['local'] / mb:.1f} MB, + approximate global {r['approximate'] / mb:.1f}"
           f" MB, exact global {r['exact'] / mb:.1f} MB (memory-mapped: pages touched; see tiles.db.memory_footprint)")
-    if args.measure:
-        m = fp["measured"]
-        print(f"  measured RSS   {m['rss_mb_before']:.0f} MB before, {m['rss_mb_after_local']:.0f} MB after local "
-              f"queries, {m['rss_mb_after_global']:.0f} MB after {m['global_search']} global queries")
     return 0
 
 
 def _write_png(path: Path, bgr: np.ndarray) -> None:
     import cv2
 
-    from .io import atomic_write_bytes
+    from tiles.io import atomic_write_bytes
 
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
@@ -206,7 +170,6 @@ def main(argv=None) -> int:
     d.add_argument("--json", action="store_true")
     dd = sub.add_parser("describe-db", help="a tile database: rows, layers, indexes, memory footprint")
     dd.add_argument("db")
-    dd.add_argument("--measure", action="store_true", help="also open it, query it, and report this process's RSS")
     dd.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="draw the tile grid for an altitude over the map (PNG)")
     p.add_argument("raster")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dbcheck import (  # noqa: F401 (re-exported: the errors are part of this module's API)
+from tiles.dbcheck import (  # noqa: F401 (re-exported: the errors are part of this module's API)
     ALTITUDE_TOLERANCE_FRAC,
     DatabaseError,
     DatabaseMismatchError,
@@ -41,7 +41,7 @@ from .dbcheck import (  # noqa: F401 (re-exported: the errors are part of this m
     check_layer_altitude,
     verify_files,
 )
-from .io import default_mode
+from tiles.io import default_mode
 
 FORMAT = "geoloc-tiledb"
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ def write_database(
     list of dicts, each at least ``{"name": str}`` and usually ``altitude_m``, ``hfov_deg``,
     ``footprint_m``, ``stride_m``, ``tile_px``; ``start``/``stop``/``count`` are filled in here.
     ``model`` must hold ``fingerprint`` (and usually ``name``, ``embedding_dim``); ``preprocess`` is
-    :meth:`runtime.preprocess.Preprocess.to_dict`. The spatial index over the centres is always written
+    :meth:`runtime.engines.preprocess.Preprocess.to_dict`. The spatial index over the centres is always written
     (:mod:`tiles.spatial`); ``indexes`` are optional builders of further indexes (see :func:`_write_indexes`).
     """
     path = Path(path)
@@ -223,7 +223,7 @@ def _write_indexes(tmp: Path, emb: np.ndarray, entries: np.ndarray, layers: list
     A builder is ``f(folder, embeddings, layers) -> (manifest_key, record, [file names])`` (e.g. the ANN
     index of ``export.ann_build``); its files are hashed and listed in the manifest like the arrays.
     """
-    from .spatial import build_spatial_index
+    from tiles.spatial import build_spatial_index
 
     arrays, record = build_spatial_index(entries, layers)
     for name, arr in arrays.items():
@@ -320,7 +320,7 @@ class TileDatabase:
     def spatial_index(self):
         """The grid over the tile centres (:class:`tiles.spatial.SpatialIndex`, memory-mapped), or None for
         a database written before it existed (the search then scans the layer's centres)."""
-        from .spatial import SpatialIndex
+        from tiles.spatial import SpatialIndex
 
         record = self.manifest.get("spatial_index")
         return None if record is None else SpatialIndex.load(self.path, record)

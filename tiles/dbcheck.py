@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import UserError
-from .io import file_sha256 as sha256_file
+from common.cli import UserError
+from tiles.io import file_sha256 as sha256_file
 
 
 class DatabaseError(UserError, ValueError):

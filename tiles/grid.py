@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import validate
-from .db import empty_entries
-from .raster import GeoRaster, RasterError, square_corners
+from common import validate
+from tiles.db import empty_entries
+from tiles.raster import GeoRaster, RasterError, square_corners
 
 PROGRESS_MIN_TILES = 20000  # about 10 s of grid work: below it a bar is noise
 

@@ -1,6 +1,6 @@
 """The map's pixels on board: read any north-up window around a position, with numpy, OpenCV and sqlite3.
 
-Registration (``runtime.registration``) matches a frame against the map around a candidate position, so
+Registration (``runtime.localisation.registration``) matches a frame against the map around a candidate position, so
 the tile database carries the reference imagery itself, resampled by the export
 (``export.map_imagery``) onto a north-up grid in the database's metric CRS (x east, y north, metres)::
 

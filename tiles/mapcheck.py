@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .raster import GeoRaster, RasterError
+from tiles.raster import GeoRaster, RasterError
 
 # Below this many native map pixels across a tile the model sees an upsampled blur (scaled up 8x or
 # more to a 128 px input): the texture retrieval relies on is not in the map. The floor is half of what

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import UserError
-from .io import file_sha256
+from common.cli import UserError
+from tiles.io import file_sha256
 
 _logger = logging.getLogger(__name__)
 

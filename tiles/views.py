@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import validate
-from .raster import GeoRaster
+from common import validate
+from tiles.raster import GeoRaster
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class CameraPose:
     hfov_deg: float = 60.0
 
     def __post_init__(self):
-        # the project's one rule for each number (tiles.validate); raises InputError (a ValueError)
+        # the project's one rule for each number (common.validate); raises InputError (a ValueError)
         validate.finite("x", self.x)
         validate.finite("y", self.y)
         validate.altitude_m(self.altitude_m)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def engine_alone(bundle, frames, threads: int | None = None) -> float:
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
 
     engine = load_engine(bundle, precision="fp32", threads=threads)
     xs = [engine.prepare([f]) for f in frames]

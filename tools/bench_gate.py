@@ -8,7 +8,7 @@
 2. Runs the export's accuracy gate once over all of them: queries are the held-out years 2016 and 2020,
    the gallery the 2018 map, at the footprints of 150/200/250/300 m (hfov 60), tiles every half
    footprint (``eval_n`` queries per altitude); the R@1 drop of each against FP32 with its 95 % interval.
-3. Times one frame (256x256 RGB, batch 1) through ``runtime.engine`` (what flies) for FP32 and both INT8
+3. Times one frame (256x256 RGB, batch 1) through ``runtime.engines.engine`` (what flies) for FP32 and both INT8
    weight widths, interleaved so all see the same machine load.
 
 Writes ``results.json`` and prints the Markdown recorded in docs/results/export.md.
@@ -62,9 +62,9 @@ def int8_variants(bundle: Path, out: Path, p, calib_n: int) -> dict:
 
 
 def latency(bundles: dict, runs: int, threads: int) -> dict:
-    """Median ms per frame (batch 1) through runtime.engine, {name: (bundle, precision)} in turn."""
+    """Median ms per frame (batch 1) through runtime.engines.engine, {name: (bundle, precision)} in turn."""
     from export.images import rendered_views
-    from runtime.engine import load_engine
+    from runtime.engines.engine import load_engine
 
     frame = rendered_views(naip(2016), 1, size_px=256, seed=7)[0]
     engines = {name: load_engine(b, precision=prec, backend="onnxruntime", threads=threads)
@@ -96,7 +96,7 @@ def main() -> int:
 
     from export.accuracy import accuracy_gate, footprint_crops, held_out_sets
     from export.bundle_export import export_bundle
-    from runtime.bundle import read_bundle
+    from runtime.engines.bundle import read_bundle
 
     args.out.mkdir(parents=True, exist_ok=True)
     res = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -47,7 +47,7 @@ def parse_args(argv=None):
 
 
 def _cfg(pairs):
-    from runtime.registration import RegistrationConfig
+    from runtime.localisation.registration import RegistrationConfig
 
     kw = {}
     for p in pairs:
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     import cv2
 
     from export.map_imagery import write_map_imagery
-    from runtime.registration import Registrar
+    from runtime.localisation.registration import Registrar
     from tiles.grid import footprint_m
     from tiles.map_imagery import MapImagery
     from tiles.raster import open_raster

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv=None) -> int:
     import cv2
 
-    from runtime.engine import load_engine
-    from runtime.preprocess import north_up
-    from runtime.registration import Registrar
+    from runtime.engines.engine import load_engine
+    from runtime.engines.preprocess import north_up
+    from runtime.localisation.registration import Registrar
     from tiles.db import TileDatabase
     from tiles.grid import footprint_m
     from tiles.raster import open_raster

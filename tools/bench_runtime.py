@@ -10,7 +10,7 @@ Measures (medians; results go to stdout as JSON and, with --out, to a file):
     python tools/bench_runtime.py --work runs/bench_runtime --out runs/bench_runtime/result.json
 
 The model is ``tf_efficientnet_lite0`` (random weights: timing only) exported at 224 px by
-tests/bundles.py; the tile database is cut from the bundled 2020 NAIP image; the video is written from
+tools/toy_assets.py; the tile database is cut from the bundled 2020 NAIP image; the video is written from
 NAIP crops at --frame-px.
 """
 
@@ -66,7 +66,7 @@ def bench_service(bundle, db, video, spin: bool) -> dict:
 
 
 def bench_search(sizes, dim, queries, chunk_rows) -> list[dict]:
-    from runtime.search import Searcher
+    from runtime.search.searcher import Searcher
     from tiles.db import TileDatabase, empty_entries
 
     rng = np.random.default_rng(0)
@@ -115,9 +115,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from runtime.engine import load_engine
-    from tests.bundles import make_bundle, make_tile_db, write_flight_video
-    from tests.conftest import naip_files
+    from runtime.engines.engine import load_engine
+    from tools.toy_assets import make_bundle, make_tile_db, naip_files, write_flight_video
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

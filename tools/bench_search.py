@@ -145,7 +145,7 @@ def _timed(fn, args_list) -> tuple[list, list[float]]:
 def measure(path, n_queries: int = 200, n_exact: int = 10, seed: int = 1, nprobe: int | None = None,
             rerank: int | None = None) -> dict:
     """Open the database in this (fresh) process and measure the three searches."""
-    from runtime.search import Searcher
+    from runtime.search.searcher import Searcher
     from tiles.db import TileDatabase
 
     rss0 = _rss_mb()

@@ -42,9 +42,8 @@ def rss_mb(pid: int) -> float | None:
 
 
 def assets(work: Path, frames: int, frame_px: int) -> tuple[Path, Path, Path]:
-    from runtime.engine import load_engine
-    from tests.bundles import make_bundle, make_tile_db, write_flight_video
-    from tests.conftest import naip_files
+    from runtime.engines.engine import load_engine
+    from tools.toy_assets import make_bundle, make_tile_db, naip_files, write_flight_video
 
     work.mkdir(parents=True, exist_ok=True)
     bundle, db = work / "bundle", work / "db"

@@ -28,7 +28,7 @@ def _median_rate(fn, n_items: int, repeat: int) -> float:
 
 
 def main(argv=None) -> int:
-    from runtime.preprocess import north_up
+    from runtime.engines.preprocess import north_up
     from tiles.grid import footprint_m, read_tile, tile_grid
     from tiles.raster import open_raster
     from tiles.views import CameraPose, render_view

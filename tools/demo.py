@@ -133,7 +133,7 @@ def held_out_eval(cfg: DemoConfig, ckpt: Path, out: Path) -> dict:
 def export_and_index(cfg: DemoConfig, ckpt: Path, work: Path) -> tuple[Path, Path]:
     from export.bundle_export import export_bundle
     from export.tiledb_build import build_tile_database
-    from runtime.bundle import MANIFEST
+    from runtime.engines.bundle import MANIFEST
     from train.config import preset
 
     hfov = preset("demo").data.hfov_deg
@@ -177,8 +177,8 @@ def replay(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str, p
 def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str) -> list[list[dict]]:
     """Per flight year, a flight whose second half is another flight over the map (the drone carried
     elsewhere between two frames), through the same Localizer; the frames' records (cached as JSON)."""
-    from runtime.engine import load_engine
-    from runtime.localizer import Localizer, database_hfov
+    from runtime.engines.engine import load_engine
+    from runtime.localisation.localizer import Localizer, database_hfov
     from runtime.replay.flights import GeoTiffFlight
     from runtime.replay.geotiff import replay_flight
     from tiles.db import TileDatabase

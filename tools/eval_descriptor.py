@@ -35,12 +35,12 @@ def naip(year: int) -> Path:
 
 def held_out_sets(model, reference, query_rasters, altitudes_m, hfov_deg=60.0, max_queries=100, seed=0):
     """Per (altitude, year): query embeddings, gallery embeddings, labels (index of the true tile)."""
-    from runtime.preprocess import north_up
+    from runtime.engines.preprocess import north_up
     from tiles.grid import read_tile
     from tiles.raster import open_raster
     from tiles.views import CameraPose, render_view
     from train.datasets import geotiff_locations
-    from train.evaluate import embed_images
+    from train.embed import embed_images
 
     size = model.preprocess.input_size[0]
     ref = open_raster(reference)
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     import torch
 
     from export.projection import fit_images, fit_projection, project
-    from train.evaluate import embed_images
+    from train.embed import embed_images
     from train.model import load_checkpoint
 
     torch.set_num_threads(2)

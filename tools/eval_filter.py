@@ -47,7 +47,7 @@ class _Chain:
 
 def _nothing_frames(n: int, alt: float, seed: int):
     """Noise, then uniform colours: frames that show no place at all."""
-    from runtime.sources import Frame
+    from runtime.inputs.sources import Frame
 
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -87,7 +87,7 @@ def flights(args, db, west_db):
 
 
 def record_all(args, engine, todo) -> dict:
-    from runtime.odometry import VisualOdometry
+    from runtime.localisation.odometry import VisualOdometry
     from runtime.replay.filter_replay import load_record, record_flight, save_record
 
     rdir = args.out / "records"
@@ -120,11 +120,11 @@ def evaluate(args, recs: dict, dbs: dict, cfg, lik) -> dict:
 def latency(args, engine, db, n: int = 20) -> dict:
     """Median per-frame milliseconds of the engine alone, the odometry and the filter step (batch 1, on
     the first ``n`` frames of the first year's flight at the lowest altitude: the largest layer)."""
-    from runtime.map_filter import MapFilter, MapFilterConfig
-    from runtime.map_grid import Likelihood
-    from runtime.odometry import OdometryConfig, VisualOdometry
-    from runtime.preprocess import north_up
+    from runtime.engines.preprocess import north_up
+    from runtime.localisation.map_filter import MapFilter, MapFilterConfig
+    from runtime.localisation.odometry import OdometryConfig, VisualOdometry
     from runtime.replay.flights import GeoTiffFlight
+    from runtime.search.layer_grid import Likelihood
 
     alt = min(args.altitudes)
     fl = GeoTiffFlight(naip(args.years[0]), alt, pattern="curve", seed=args.years[0], hfov_deg=args.hfov,
@@ -133,7 +133,7 @@ def latency(args, engine, db, n: int = 20) -> dict:
     mf, vo = MapFilter(db, layer, MapFilterConfig(), Likelihood.from_manifest(None)), VisualOdometry()
     orb = VisualOdometry(OdometryConfig(detector="orb", max_side_px=256))
     sl = db.layer_slice(layer)
-    emb_layer = np.asarray(db.embeddings[sl], np.float32)  # converted once, as runtime.search.Searcher does
+    emb_layer = np.asarray(db.embeddings[sl], np.float32)  # converted once, as runtime.search.searcher.Searcher does
     ms = {"engine": [], "odometry": [], "filter": [], "odometry_orb": []}
     for t, image, meta in fl:
         up = north_up(image, meta["heading_deg"])
@@ -215,10 +215,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from export.calibrate_likelihood import half_database
-    from runtime.bundle import read_bundle
-    from runtime.engine import load_engine
-    from runtime.map_filter import MapFilterConfig
-    from runtime.map_grid import Likelihood
+    from runtime.engines.bundle import read_bundle
+    from runtime.engines.engine import load_engine
+    from runtime.localisation.map_filter import MapFilterConfig
+    from runtime.search.layer_grid import Likelihood
     from tiles.db import TileDatabase
     from tiles.io import atomic_write_json
 

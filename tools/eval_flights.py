@@ -13,8 +13,8 @@ Per year and altitude (held-out years only: 2016, 2020), against the 2018 map's 
 
 Every frame goes through :func:`runtime.replay.geotiff.replay_flight` (the Localizer the service runs);
 figures per flight come from :func:`runtime.replay.geotiff.flight_figures`. ``--set`` changes a
-:class:`runtime.localizer.LocalizerConfig` field (e.g. ``--set verify_lock=false``); ``--no-compass``
-flies without the compass heading (the heading then comes from registration, :mod:`runtime.heading_track`).
+:class:`runtime.localisation.localizer.LocalizerConfig` field (e.g. ``--set verify_lock=false``); ``--no-compass``
+flies without the compass heading (the heading then comes from registration, :mod:`runtime.localisation.heading_track`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ log = logging.getLogger("eval_flights")
 
 
 def _config(pairs):
-    from runtime.localizer import LocalizerConfig
+    from runtime.localisation.localizer import LocalizerConfig
 
     values = {}
     for p in pairs:
@@ -84,8 +84,8 @@ def main(argv=None) -> int:
         raise SystemExit("evaluate on the held-out years only (2016, 2020)")
 
     from export.calibrate_likelihood import half_database
-    from runtime.engine import load_engine
-    from runtime.localizer import Localizer, database_hfov
+    from runtime.engines.engine import load_engine
+    from runtime.localisation.localizer import Localizer, database_hfov
     from runtime.replay.geotiff import flight_figures, replay_flight
     from tiles.db import TileDatabase
 

@@ -13,7 +13,7 @@ The result has the benchmark's raw archive layout (REFERENCE.md section 2)::
 and, with ``--split``, also the benchmark's split layout (``OUT/split/Training/<alt>/...``, hard links).
 
 Location ids are taken from the official split: about 40% from the 80 test ids, the rest from the 120
-training ids, so :class:`runtime.replay.sues200_layout.SUES200` applies the official split unchanged.
+training ids, so :class:`common.sues200_layout.SUES200` applies the official split unchanged.
 
 Geometry: a nadir camera of horizontal field of view ``hfov_deg`` at altitude ``h`` sees
 ``2 h tan(hfov/2)`` metres; the satellite image covers ``satellite_side_m`` (default: 1.15 x the
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.replay.sues200_layout import (
+from common.sues200_layout import (
     ALTITUDES,
     ARCHIVE_DIR,
     FRAMES_PER_FLIGHT,

@@ -22,8 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRESETS, apply_overrides, from_dict, preset
-from .trainer import CHECKPOINT, RunExistsError, TrainingInterrupted, TrainSetupError, train
+from train.config import PRESETS, apply_overrides, from_dict, preset
+from train.trainer import CHECKPOINT, RunExistsError, TrainingInterrupted, TrainSetupError, train
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Training augmentations of a (drone, satellite) pair: the official Sample4Geo set, in torchvision v2.
 
-Applied to RGB uint8 images before :class:`runtime.preprocess.Preprocess` resizes and normalises them
+Applied to RGB uint8 images before :class:`runtime.engines.preprocess.Preprocess` resizes and normalises them
 (the one preprocessing definition). Following the official code (which uses albumentations), each view
 independently gets JPEG compression (quality 90-100, p=0.5), colour jitter (0.15 brightness, contrast,
 saturation and hue, p=0.5), blur or sharpen (p=0.3), and grid dropout (ratio 0.4) or coarse dropout

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from .config import TrainConfig
-from .model import GeoModel
+from train.config import TrainConfig
+from train.model import GeoModel
 
 OFFLINE_HINT = ("give local weights with --set model.pretrained=/path/to/weights.pth, or train offline with "
                 "--model tf_efficientnet_lite0 --set model.pretrained=lite0-offline")
@@ -60,7 +60,7 @@ def check_inputs(cfg: TrainConfig) -> None:
 
 
 def build_dataset(cfg: TrainConfig, preprocess, augment=None):
-    from .datasets import GeoTiffPairs, SUES200Pairs, University1652Pairs, ViewJitter
+    from train.datasets import GeoTiffPairs, SUES200Pairs, University1652Pairs, ViewJitter
 
     d = cfg.data
     if d.kind == "sues200":

@@ -41,7 +41,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .augment import AugmentConfig
+from train.augment import AugmentConfig
 
 REPO = Path(__file__).resolve().parents[1]
 NAIP_DIR = REPO / "data" / "naip"
@@ -61,7 +61,7 @@ class ModelConfig:
 class JitterConfig:
     offset_frac: float | None = None  # centre offset, fraction of the footprint (None: the whole stride cell)
     heading_deg: float = 180.0  # camera heading within +- this of north (180: any); frames are then turned
-    compass_error_deg: float = 3.0  # north-up by runtime.preprocess.north_up with this much compass error
+    compass_error_deg: float = 3.0  # north-up by runtime.engines.preprocess.north_up with this much compass error
     tilt_deg: float = 5.0
     altitude_frac: float = 0.05
     photometric: float = 0.5

@@ -1,6 +1,6 @@
 """Training pairs (drone view, satellite view, location) read from the real on-disk layouts.
 
-- :class:`SUES200Pairs`: SUES-200 in the raw archive or split layout (through :mod:`runtime.replay.sues200_layout`),
+- :class:`SUES200Pairs`: SUES-200 in the raw archive or split layout (through :mod:`common.sues200_layout`),
   one altitude or several, the official 120 training locations.
 - :class:`University1652Pairs`: ``train/drone/<class>/*`` with ``train/satellite/<class>/*``.
 - :class:`GeoTiffPairs`: drone-like views rendered (:func:`tiles.views.render_view`) from one or more
@@ -10,7 +10,7 @@
 Every dataset exposes ``locations`` (dense location code per sample), ``location_names``, ``xy_m``
 ((L, 2) metres or None), ``load_pair(i) -> (drone, satellite)`` RGB uint8 without augmentation, and
 ``__getitem__(i) -> (drone tensor, satellite tensor, location)`` after augmentation and
-:class:`runtime.preprocess.Preprocess`.
+:class:`runtime.engines.preprocess.Preprocess`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime.preprocess import Preprocess, bgr_to_rgb, north_up
-from runtime.sources import IMAGE_SUFFIXES
+from common.image_files import IMAGE_SUFFIXES
+from runtime.engines.preprocess import Preprocess, bgr_to_rgb, north_up
 
 _logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class SUES200Pairs(PairDataset):
 
     def __init__(self, root, preprocess: Preprocess, altitudes=None, augment=None):
         super().__init__(preprocess, augment)
-        from runtime.replay.sues200_layout import SUES200
+        from common.sues200_layout import SUES200
 
         self.data = SUES200(root)
         pairs = self.data.train_pairs(altitudes)

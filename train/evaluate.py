@@ -1,8 +1,8 @@
-"""Evaluation the papers' way (metrics from :mod:`runtime.replay.metrics`, the project's one definition).
+"""Evaluation the papers' way (metrics from :mod:`common.metrics`, the project's one definition).
 
 - :func:`evaluate_sues200`: per altitude, drone->satellite and satellite->drone, both protocols
   (``official``: every location in the gallery; ``query_only``: only test locations; the sets are
-  defined once in :mod:`runtime.replay.sues200_layout`), labelled ``drone2sat@150m[official]``.
+  defined once in :mod:`common.sues200_layout`), labelled ``drone2sat@150m[official]``.
 - :func:`evaluate_university1652`: drone->satellite and satellite->drone on the test split, both
   protocols, labelled ``drone2sat[official]`` (every gallery class kept: the benchmark's own
   evaluation, distractor classes included) and ``drone2sat[query_only]`` (gallery classes without a
@@ -25,28 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.replay.metrics import one_percent_k, retrieval_metrics
-
-from .evaluate_geotiff import evaluate_geotiff
+from common.metrics import one_percent_k, retrieval_metrics
+from train.embed import embed_images
+from train.evaluate_geotiff import evaluate_geotiff
 
 _logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def embed_images(model, images, batch_size: int = 64, device="cpu") -> np.ndarray:
-    """Embed RGB uint8 arrays or image paths with the model's own preprocessing -> float32 (N, D)."""
-    from .datasets import read_image
-
-    model.eval()
-    out = []
-    for s in range(0, len(images), batch_size):
-        chunk = [read_image(x) if isinstance(x, (str, Path)) else x for x in images[s:s + batch_size]]
-        x = torch.from_numpy(model.preprocess.batch(chunk)).to(device)
-        out.append(model(x).float().cpu().numpy())
-    d = getattr(model, "embedding_dim", 0)
-    return np.concatenate(out) if out else np.zeros((0, d), np.float32)
-
-
 # ---- SUES-200 and University-1652 -----------------------------------------------------------------------
 
 
@@ -63,7 +49,7 @@ def labelled_metrics(sim, query_labels, gallery_labels, junk=None) -> dict:
 def evaluate_sues200(model, root, altitudes=None, protocols=("official", "query_only"),
                      directions=("drone2sat", "sat2drone"), batch_size: int = 64, device="cpu") -> dict:
     """``{"drone2sat@150m[official]": {"R@1": ..., ...}, ...}`` (percent)."""
-    from runtime.replay.sues200_layout import SUES200
+    from common.sues200_layout import SUES200
 
     data = SUES200(root)
     alts = data.altitudes if altitudes is None else [int(a) for a in altitudes]
@@ -94,7 +80,7 @@ UNIVERSITY1652_PROTOCOLS = ("official", "query_only")
 
 def evaluate_university1652(model, root, batch_size: int = 64, device="cpu") -> dict:
     """``{"drone2sat[official]": metrics, "drone2sat[query_only]": ..., "sat2drone[...]": ...}``."""
-    from .datasets import university1652_retrieval
+    from train.datasets import university1652_retrieval
 
     results = {}
     for direction in ("drone2sat", "sat2drone"):
@@ -141,9 +127,8 @@ def main(argv=None) -> int:
     import sys
 
     from tiles.io import atomic_write_json
-
-    from .config import apply_overrides, from_dict, preset
-    from .model import load_checkpoint
+    from train.config import apply_overrides, from_dict, preset
+    from train.model import load_checkpoint
 
     ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", help="our checkpoint, or an official Sample4Geo state dict (with --model)")

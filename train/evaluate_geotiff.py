@@ -16,7 +16,7 @@ Query positions (``positions``):
 Metrics: ``R@k`` is the share of queries whose true position lies inside one of the top-``k`` gallery
 tiles (north-up squares: ``|dx|, |dy| <= footprint / 2``), exactly as ``replay geotiff`` counts a hit;
 with overlapping tiles several tiles contain a position and any of them counts. ``AP`` and ``R@1%``
-(:func:`runtime.replay.metrics.retrieval_metrics`) take the tile nearest to the true position as the one
+(:func:`common.metrics.retrieval_metrics`) take the tile nearest to the true position as the one
 positive. ``median_error_m``/``p95_error_m``: ground distance from the top-1 tile centre to the truth.
 """
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.preprocess import north_up
-from runtime.replay.metrics import retrieval_metrics
+from common.metrics import retrieval_metrics
+from runtime.engines.preprocess import north_up
 
 _logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _name(path) -> str:
 def query_positions(reference, altitude_m: float, hfov_deg: float, n: int | None, rng: np.random.Generator,
                     positions: str = "uniform", offset_frac: float = 0.25, stride_frac: float = 1.0):
     """(n, 2) true query positions in metres (see the module docstring)."""
-    from .datasets import geotiff_locations
+    from train.datasets import geotiff_locations
 
     if positions == "centred":
         tiles = [t for _, t in geotiff_locations(reference, [altitude_m], hfov_deg, stride_frac)]
@@ -111,9 +111,8 @@ def evaluate_geotiff(model, reference, query_rasters, altitudes_m, hfov_deg: flo
     """
     from tiles.grid import read_tile
     from tiles.raster import open_raster
-
-    from .datasets import geotiff_locations
-    from .evaluate import embed_images
+    from train.datasets import geotiff_locations
+    from train.embed import embed_images
 
     size = model.preprocess.input_size[0]
     per_alt: dict = {}

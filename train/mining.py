@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .neighbours import mine_similar_neighbours
+from train.neighbours import mine_similar_neighbours
 
 
 def neighbour_geometry(dataset, cfg) -> dict:
@@ -29,7 +29,7 @@ def neighbour_geometry(dataset, cfg) -> dict:
 def embed_location_queries(model, dataset, per_location: int, batch_size: int, device,
                            rng: np.random.Generator) -> np.ndarray:
     """(L, D): the normalised mean embedding of ``per_location`` query views of every location."""
-    from .evaluate import embed_images
+    from train.embed import embed_images
 
     samples = dataset.mining_samples(per_location, rng)
     owner = np.repeat(np.arange(len(samples)), [len(s) for s in samples])
@@ -47,7 +47,7 @@ def embed_location_queries(model, dataset, per_location: int, batch_size: int, d
 @torch.no_grad()
 def mine_neighbours(model, dataset, cfg, device, epoch: int = 0) -> list[np.ndarray]:
     """Each location's ``sampler.neighbour_range`` hardest real negatives, hardest first."""
-    from .evaluate import embed_images
+    from train.embed import embed_images
 
     rng = np.random.default_rng([cfg.seed, epoch, 0x3141])
     bs = cfg.eval.batch_size

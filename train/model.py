@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.preprocess import INTERPOLATIONS, Preprocess
-from tiles.cli import UserError
+from common.cli import UserError
+from runtime.engines.preprocess import INTERPOLATIONS, Preprocess
 from tiles.io import atomic_path
 
 _logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .neighbours import haversine_m, mine_similar_neighbours, neighbours_by_distance  # noqa: F401 (re-exported)
+from train.neighbours import haversine_m, mine_similar_neighbours, neighbours_by_distance  # noqa: F401 (re-exported)
 
 _logger = logging.getLogger(__name__)
 

@@ -34,9 +34,8 @@ import torch
 import torch.distributed as dist
 
 from tiles.io import atomic_write_json, atomic_write_text
-
-from .augment import PairAugment
-from .build import (
+from train.augment import PairAugment
+from train.build import (
     PairForward,
     TrainSetupError,
     build_dataset,
@@ -45,12 +44,12 @@ from .build import (
     has_training_batchnorm,
     lr_lambda,
 )
-from .config import TrainConfig, validate
-from .distributed import amp_settings, any_rank, barrier, loader_seed, seed_process, setup_distributed
-from .loss import InfoNCELoss
-from .mining import mine_neighbours, neighbour_geometry
-from .model import GeoModel, save_checkpoint
-from .run_dir import (
+from train.config import TrainConfig, validate
+from train.distributed import amp_settings, any_rank, barrier, loader_seed, seed_process, setup_distributed
+from train.loss import InfoNCELoss
+from train.mining import mine_neighbours, neighbour_geometry
+from train.model import GeoModel, save_checkpoint
+from train.run_dir import (
     CHECKPOINT,
     RunExistsError,
     prepare_run_dir,
@@ -59,7 +58,7 @@ from .run_dir import (
     tensorboard,
     write_run_files,
 )
-from .samplers import build_sampler
+from train.samplers import build_sampler
 
 
 class TrainingInterrupted(RuntimeError):
@@ -299,7 +298,7 @@ def end_of_epoch(run: Run, record: dict, completed: bool) -> None:
             record["mined"] = "similarity"
         if cfg.eval.every_epochs and run.epoch % cfg.eval.every_epochs == 0 and more:
             if run.main:
-                from .evaluate import evaluate_config
+                from train.evaluate import evaluate_config
 
                 record["eval"] = evaluate_config(cfg, run.model, run.device)
             barrier(run.world)
@@ -315,7 +314,7 @@ def finish(run: Run) -> None:
     cfg = run.cfg
     if run.main and cfg.eval.every_epochs >= 0:
         if _has_eval_data(cfg):
-            from .evaluate import evaluate_config
+            from train.evaluate import evaluate_config
 
             results = evaluate_config(cfg, run.model, run.device)
             atomic_write_json(run.run_dir / "eval.json", json.loads(json.dumps(results, default=float)))

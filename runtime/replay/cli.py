@@ -6,10 +6,9 @@ import argparse
 import logging
 import os
 
-from tiles.cli import add_dataclass_options, dataclass_values
-
-from ..localizer import LocalizerConfig
-from .geotiff import FlightSpec
+from common.cli import add_dataclass_options, dataclass_values
+from runtime.localisation.localizer import LocalizerConfig
+from runtime.replay.geotiff import FlightSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +50,11 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Entry point of ``python -m runtime replay``: run, write results, print the table; 0 on success."""
+    from common.sues200_layout import SUES200LayoutError
+    from runtime.engines.bundle import BundleError
+    from runtime.replay.geotiff import geotiff_table, replay_geotiff
+    from runtime.replay.sues200 import replay_sues200, sues200_table
     from tiles.db import DatabaseError
-
-    from ..bundle import BundleError
-    from .geotiff import geotiff_table, replay_geotiff
-    from .sues200 import replay_sues200, sues200_table
-    from .sues200_layout import SUES200LayoutError
 
     try:
         if args.replay_kind == "sues200":

@@ -15,7 +15,7 @@ from tiles.io import atomic_path
 def load_engine_or_use(bundle_or_engine, precision="auto", backend="auto", threads=None):
     if hasattr(bundle_or_engine, "embed_prepared"):
         return bundle_or_engine
-    from ..engine import load_engine
+    from runtime.engines.engine import load_engine
 
     return load_engine(bundle_or_engine, precision=precision, backend=backend, threads=threads)
 
@@ -46,7 +46,7 @@ def write_csv(path: Path, rows: list[dict], fields) -> Path:
 
 def embed_images(engine, paths, batch_size: int = 32) -> tuple[np.ndarray, dict]:
     """Embed image files in batches; returns (N, D) float32 and timings (decode, embed seconds)."""
-    from .flights import read_rgb
+    from runtime.replay.flights import read_rgb
 
     out, t_decode, t_embed = [], 0.0, 0.0
     paths = list(paths)

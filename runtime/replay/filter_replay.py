@@ -2,7 +2,7 @@
 
 A flight is recorded once (:func:`record_flight`: each frame turned north-up with its compass heading, as
 the service does, embedded by the engine, and the odometry between consecutive frames), then replayed
-through :class:`runtime.map_filter.MapFilter` as often as needed (:func:`run_filter`): the embedding is
+through :class:`runtime.localisation.map_filter.MapFilter` as often as needed (:func:`run_filter`): the embedding is
 the expensive part, so calibration can try many temperatures and the evaluation many settings on the
 same frames. Every frame is also scored against the whole layer, for R@1/R@5 and so that the filter can
 be given exactly the rows it asks for.
@@ -27,16 +27,16 @@ class FlightRecord:
     t: np.ndarray  # (n,) seconds
     truth: np.ndarray  # (n, 2) metric x, y; NaN where the frame shows no place of the map
     emb: np.ndarray  # (n, D) float32 L2-normalised
-    motions: list = field(default_factory=list)  # runtime.odometry.Motion per frame
+    motions: list = field(default_factory=list)  # runtime.localisation.odometry.Motion per frame
     in_map: bool = True  # False: frames of a place the database does not hold (never to be trusted)
-    texture: np.ndarray | None = None  # (n,) runtime.odometry.frame_texture of each north-up frame
+    texture: np.ndarray | None = None  # (n,) runtime.localisation.odometry.frame_texture of each north-up frame
 
 
 def record_flight(engine, vo, db, frames, *, hfov_deg: float, name: str, in_map: bool = True,
                   batch_size: int = 16) -> FlightRecord:
-    """Embed and odometrise ``frames`` (runtime.sources Frame tuples, ground truth in meta)."""
-    from ..odometry import frame_texture
-    from ..preprocess import north_up
+    """Embed and odometrise ``frames`` (runtime.inputs.sources Frame tuples, ground truth in meta)."""
+    from runtime.engines.preprocess import north_up
+    from runtime.localisation.odometry import frame_texture
 
     images, ts, truth, motions, tex, alt = [], [], [], [], [], None
     vo.reset()
@@ -61,7 +61,7 @@ def _tile_hit(grid, rows_local, x: float, y: float) -> bool:
 
 def run_filter(db, rec: FlightRecord, cfg, likelihood, prior=None, use_odometry: bool = True) -> list[dict]:
     """Replay ``rec`` through a fresh MapFilter; one dict per frame."""
-    from ..map_filter import MapFilter
+    from runtime.localisation.map_filter import MapFilter
 
     mf = MapFilter(db, rec.layer, cfg, likelihood)
     if prior is not None:
@@ -148,7 +148,7 @@ def _jumped(reason: str) -> bool:
 
 
 def load_record(path) -> FlightRecord:
-    from ..odometry import Motion
+    from runtime.localisation.odometry import Motion
 
     z = np.load(path)
     n = len(z["t"])

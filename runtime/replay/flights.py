@@ -7,7 +7,7 @@
 - :class:`SUES200Flight`: the frames of one SUES-200 location and altitude, in flight order; ground
   truth from ``ground_truth.json`` when the dataset was written by ``tools/make_sues200.py``.
 
-Both follow :mod:`runtime.sources`: iterables of ``Frame(t, image, meta)`` (RGB uint8 image) with
+Both follow :mod:`runtime.inputs.sources`: iterables of ``Frame(t, image, meta)`` (RGB uint8 image) with
 ``meta`` holding ``index``, ``altitude_m``, ``source`` and, where known, the ground truth ``x``, ``y`` (metric
 CRS of the map, metres), ``lat``, ``lon``, ``heading_deg``; a ``describe()`` and ``live = False``, so the
 service and replay take them like any other source. rasterio and ``tiles.raster`` are imported only when a
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sources import Frame
+from runtime.inputs.sources import Frame
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class SUES200Flight:
     """The frames of one SUES-200 location at one altitude, in order (``fps`` sets their timestamps)."""
 
     def __init__(self, root, location: str, altitude_m: int, fps: float = 1.0):
-        from .sues200_layout import SUES200, normalize_id
+        from common.sues200_layout import SUES200, normalize_id
 
         self.dataset = root if isinstance(root, SUES200) else SUES200(root)
         self.location = normalize_id(location)
@@ -243,7 +243,7 @@ class SUES200Flight:
     def __iter__(self) -> Iterator[Frame]:
         import cv2
 
-        from ..preprocess import bgr_to_rgb
+        from runtime.engines.preprocess import bgr_to_rgb
 
         for i, p in enumerate(self.paths):
             bgr = cv2.imread(os.fspath(p), cv2.IMREAD_COLOR)
@@ -261,7 +261,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file as RGB uint8; a clear error when it cannot be decoded."""
     import cv2
 
-    from ..preprocess import bgr_to_rgb
+    from runtime.engines.preprocess import bgr_to_rgb
 
     bgr = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
     if bgr is None:

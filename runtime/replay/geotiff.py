@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.localisation.localizer import Localizer, LocalizerConfig, database_hfov
+from runtime.replay.common import bundle_path, jsonable, load_engine_or_use, pct, rnd, write_csv
+from runtime.replay.flights import PATTERNS
 from tiles.io import atomic_write_json
-
-from ..localizer import Localizer, LocalizerConfig, database_hfov
-from .common import bundle_path, jsonable, load_engine_or_use, pct, rnd, write_csv
-from .flights import PATTERNS
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +71,11 @@ def _tile_hit(db, rows, x: float, y: float) -> bool:
 
 def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass: bool = True) -> list[dict]:
     """Run frames (Frame tuples with ground truth in meta) through ``localizer`` (a
-    :class:`runtime.localizer.Localizer`, the service's own chain) and compare with the truth.
+    :class:`runtime.localisation.localizer.Localizer`, the service's own chain) and compare with the truth.
 
     The telemetry of each frame is what an autopilot would report: ``meta["altitude_m"]`` (else
     ``altitude_m``) and ``meta["heading_deg"]`` (the compass heading of the image top)."""
-    from ..localizer import Telemetry
+    from runtime.localisation.localizer import Telemetry
 
     db = localizer.db
     records = []
@@ -165,7 +164,7 @@ def reliability(records: list[dict], levels=RELIABILITY_LEVELS) -> dict | None:
     if not pairs:
         return None
     err, r95 = np.array(pairs, float).T
-    from ..flight_fusion import R95_PER_SIGMA
+    from runtime.localisation.fusion import R95_PER_SIGMA
 
     observed = [rnd(100.0 * float(np.mean(err <= r95 * math.sqrt(-2.0 * math.log(1.0 - p)) / R95_PER_SIGMA)))
                 for p in levels]
@@ -245,10 +244,9 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
     ``altitudes`` and ``hfov_deg`` default to the database's (its layers, the field of view it was cut
     for); ``localizer`` holds the chain's knobs (the service's defaults); ``flight`` any
     :class:`FlightSpec` field."""
+    from runtime.engines.engine import check_engine_database
+    from runtime.search.searcher import Searcher
     from tiles.db import TileDatabase
-
-    from ..engine import check_engine_database
-    from ..search import Searcher
 
     spec = FlightSpec(**flight)
     cfg = localizer or LocalizerConfig()
@@ -330,7 +328,7 @@ def _truth_in_db_crs(frames, to_db):
 
 
 def _flight(raster, alt: float, hfov_deg: float, spec: FlightSpec):
-    from .flights import GeoTiffFlight
+    from runtime.replay.flights import GeoTiffFlight
 
     if spec.compass is not True and spec.compass is not False:
         raise ValueError(f"compass={spec.compass!r} must be true or false")
@@ -353,7 +351,7 @@ def parse_waypoints(text: str | None):
 
 
 def _plot_flight(out: Path, alt: float, records: list[dict], summary: dict, map_path) -> dict:
-    from .plots import plot_error, plot_track
+    from runtime.replay.plots import plot_error, plot_track
 
     nan = float("nan")
     truth = [(r["true_x"], r["true_y"]) for r in records]
@@ -386,14 +384,14 @@ def _write_results(out: Path, results: dict, all_records: list[dict], plots: boo
     files = {"json": str(out / "replay_geotiff.json"), "csv": str(out / "replay_geotiff_frames.csv"),
              "summary_csv": str(out / "replay_geotiff_summary.csv")}
     if plots:
-        from .plots import plot_altitude_bars
+        from runtime.replay.plots import plot_altitude_bars
 
         bars = [{"altitude_m": a, "series": key, "value": s[key]} for a, s in results["altitudes"].items()
                 for key in ("fix_rate", "R@1", "R@5") if s.get(key) is not None]
         files["bars"] = str(plot_altitude_bars(out / "geotiff_altitudes.png", bars, "value",
                                                title="GeoTIFF flights: fix rate and tile recall (%)"))
         if results.get("reliability"):
-            from .plots import plot_reliability
+            from runtime.replay.plots import plot_reliability
 
             files["reliability"] = str(plot_reliability(out / "reliability.png", results["reliability"]))
     return files

@@ -5,7 +5,7 @@ images, or read from a gallery database written by ``python -m export --gallery`
 
 The benchmark's metrics (R@k, AP, both protocols) rank the whole gallery for every query, as the papers
 do. What flies is measured beside them (``flown``): every frame through the service's
-:class:`~runtime.localizer.Localizer` over a gallery database (the one given, else one written from the
+:class:`~runtime.localisation.localizer.Localizer` over a gallery database (the one given, else one written from the
 gallery's embeddings): its search, its top tile, its per-frame gate (a gallery has no map to filter over,
 and SUES-200 frames carry no heading: no derotation). Its R@1 is the official protocol's, up to ties.
 """
@@ -18,10 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from common.metrics import retrieval_metrics
+from runtime.replay.common import (
+    batch1_latency,
+    bundle_path,
+    embed_images,
+    jsonable,
+    load_engine_or_use,
+    rnd,
+    write_csv,
+)
 from tiles.io import atomic_write_json
-
-from .common import batch1_latency, bundle_path, embed_images, jsonable, load_engine_or_use, rnd, write_csv
-from .metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ def replay_sues200(data_root, bundle, *, altitudes=None, db=None, out_dir=None, 
     Returns ``{"dataset", "engine", "altitudes": {alt: {...}}, "rows": [...]}``; with ``out_dir``
     also writes ``replay_sues200.json``, ``replay_sues200.csv`` and ``sues200_r1.png``.
     """
-    from .sues200_layout import SUES200
+    from common.sues200_layout import SUES200
 
     for d in directions:
         if d not in ("drone2sat", "sat2drone"):
@@ -77,9 +84,8 @@ class _Gallery:
         self.engine, self.ds, self.batch_size, self.db = engine, ds, batch_size, None
         self.cache: dict[str, np.ndarray] = {}
         if db is not None:
+            from runtime.engines.engine import check_engine_database
             from tiles.db import TileDatabase
-
-            from ..engine import check_engine_database
 
             self.db = db if isinstance(db, TileDatabase) else TileDatabase.open(db)
             check_engine_database(engine, self.db)
@@ -105,7 +111,7 @@ class _Gallery:
 
 def _replay_altitude(engine, ds, gallery, alt: int, batch_size: int, directions, latency_frames: int):
     """(result, CSV rows) of one altitude: frames, flights (mean embedding, vote), sat->drone, latency."""
-    from .sues200_layout import PROTOCOLS
+    from common.sues200_layout import PROTOCOLS
 
     test = ds.split(alt)["test"]
     if not test:
@@ -147,9 +153,8 @@ def _flown(engine, gallery, g_emb, g_lab, q_emb, q_lab, flight_of, alt: int) -> 
     share whose top match is the frame's location (R@1) and the share the per-frame gate trusted."""
     import tempfile
 
+    from runtime.localisation.localizer import Localizer, LocalizerConfig, Telemetry
     from tiles.db import TileDatabase
-
-    from ..localizer import Localizer, LocalizerConfig, Telemetry
 
     with tempfile.TemporaryDirectory(prefix="sues200-gallery-") as tmp:
         db = gallery.db if gallery.db is not None else TileDatabase.open(_gallery_database(engine, g_emb, g_lab, tmp))
@@ -191,7 +196,7 @@ def _flight_vote(sim, test, g_lab, flight_of, junk) -> dict:
 
 
 def _sat2drone(engine, ds, gallery, alt, test, gallery_ids, q_emb, q_lab, batch_size) -> dict:
-    from .sues200_layout import PROTOCOLS
+    from common.sues200_layout import PROTOCOLS
 
     extra = [c for c in gallery_ids if c not in test]
     extra_paths = [p for c in extra for p in ds.drone_frames(c, alt)]
@@ -205,7 +210,7 @@ def _sat2drone(engine, ds, gallery, alt, test, gallery_ids, q_emb, q_lab, batch_
 
 
 def _latency(engine, paths, timing: dict, batch_size: int) -> dict:
-    from .flights import read_rgb
+    from runtime.replay.flights import read_rgb
 
     imgs = [read_rgb(p) for p in paths]
     return {"batched_fps": rnd(timing["n"] / timing["embed_s"], 2) if timing["embed_s"] > 0 else None,
@@ -220,7 +225,7 @@ def _write(out: Path, results: dict, plots: bool) -> dict:
     write_csv(out / "replay_sues200.csv", results["rows"], SUES_CSV_FIELDS)
     files = {"json": str(out / "replay_sues200.json"), "csv": str(out / "replay_sues200.csv")}
     if plots:
-        from .plots import plot_altitude_bars
+        from runtime.replay.plots import plot_altitude_bars
 
         bars = [{"altitude_m": r["altitude_m"], "series": f"{r['level']} {r['protocol']}", "R@1": r["R@1"]}
                 for r in results["rows"] if r["direction"] == "drone2sat"]

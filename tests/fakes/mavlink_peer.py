@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from runtime.mavlink_link import mavutil
+from runtime.outputs.mavlink_link import mavutil
 
 
 class FakeAutopilot:

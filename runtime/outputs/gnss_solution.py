@@ -100,7 +100,7 @@ class GnssSolution:
 
 def solution_from_fix(fix, *, time_unix: float, altitude_msl_m: float | None = None,
                       satellites: int = DEFAULT_SATELLITES, camera_yaw_offset_deg: float = 0.0) -> GnssSolution:
-    """The receiver's view of ``fix`` (a :class:`runtime.position.Fix` or None). ``time_unix`` is used when
+    """The receiver's view of ``fix`` (a :class:`runtime.localisation.fix.Fix` or None). ``time_unix`` is used when
     the fix carries no capture time."""
     if fix is not None and fix.capture_time_unix is not None and math.isfinite(fix.capture_time_unix):
         time_unix = float(fix.capture_time_unix)

@@ -14,7 +14,7 @@ approximates), plus one number, ``p_out``: the probability that the drone is not
   lets the filter notice a kidnapping and start again; ``jump_spread`` of it when the odometry reports
   that two textured frames do not match (``Motion.jump``: the picture jumped).
 - update (per frame): every grid cell is weighted by the likelihood ratio of the similarity of the tile
-  there (bilinear between tile centres; :class:`runtime.map_grid.Likelihood`, calibrated per model), the
+  there (bilinear between tile centres; :class:`runtime.search.layer_grid.Likelihood`, calibrated per model), the
   off-map hypothesis by 1 (its ratio by definition). Similarities are taken relative to the frame's
   median similarity over the layer (what the likelihood was calibrated on): when only the tiles near the
   posterior are scored, a fixed sample of ``reference_tiles`` tiles spread over the layer (at most a tenth of it) is scored with
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .map_grid import LayerGrid, Likelihood
+from runtime.search.layer_grid import LayerGrid, Likelihood
 
 CHI2_2D_95 = 5.991  # 95 % quantile of chi-square with 2 degrees of freedom
 
@@ -149,7 +149,7 @@ class MapFilter:
 
     # ---- predict --------------------------------------------------------------------------------
     def predict(self, t: float, motion=None) -> None:
-        """Move the posterior to time ``t`` with the odometry ``motion`` (runtime.odometry.Motion) or none."""
+        """Move the posterior to time ``t`` with the odometry ``motion`` (runtime.localisation.odometry.Motion) or none."""
         if self.t is None:
             self.t = float(t)
             return

@@ -33,9 +33,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiles.cli import UserError
-
-from ..sources import IMAGE_SUFFIXES
+from common.cli import UserError
+from common.image_files import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

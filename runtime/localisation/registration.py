@@ -86,7 +86,7 @@ class Registration:
     method: str = ""
     reason: str = ""
     tentative: bool = False  # correlation: every check passed but the parts' votes (confirmed over frames:
-    #                          runtime.frame_agreement)
+    #                          runtime.localisation.frame_agreement)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +106,7 @@ def _blurred(grey: np.ndarray, blur_px: float) -> np.ndarray:
 
 
 def _grey_and_gradient(grey: np.ndarray, blur_px: float) -> np.ndarray:
-    from .registration_methods import gradient_image
+    from runtime.localisation.registration_methods import gradient_image
 
     a, b = _blurred(grey, blur_px), gradient_image(grey, blur_px)
     return np.dstack([(a - a.mean()) / (a.std() + 1e-6), (b - b.mean()) / (b.std() + 1e-6)])
@@ -116,7 +116,7 @@ def _local_and_gradient(grey: np.ndarray, blur_px: float) -> np.ndarray:
     """Grey normalised by its local mean and spread (8 px), and the gradient magnitude."""
     import cv2
 
-    from .registration_methods import gradient_image
+    from runtime.localisation.registration_methods import gradient_image
 
     a = _blurred(grey, blur_px)
     mu = cv2.GaussianBlur(a, (0, 0), 8.0)
@@ -221,7 +221,7 @@ class Registrar:
             return Registration(False, method=method, reason="candidate is off the map imagery")
         img, mask, P = prepare_frame(frame_rgb, frame_gsd, win.gsd_m, heading_deg)
         if method == "features":
-            from .registration_methods import match_features
+            from runtime.localisation.registration_methods import match_features
 
             est = match_features(img, mask, _grey(win.rgb), win.valid, kind=cfg.features, ratio=cfg.ratio,
                                  mutual=cfg.mutual, n_features=cfg.n_features, thresh_px=cfg.thresh_px,
@@ -263,7 +263,7 @@ class Registrar:
     def _correlate(self, img, mask, win, tol_deg: float | None):
         import cv2
 
-        from .registration_methods import gradient_image, match_correlation
+        from runtime.localisation.registration_methods import gradient_image, match_correlation
 
         cfg = self.cfg
         hh, ww = img.shape

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from .outputs import json_line
+from runtime.outputs.json_lines import json_line
 
 logger = logging.getLogger(__name__)
 

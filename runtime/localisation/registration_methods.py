@@ -1,4 +1,4 @@
-"""The two ways :mod:`runtime.registration` aligns a prepared frame with a map window (OpenCV only).
+"""The two ways :mod:`runtime.localisation.registration` aligns a prepared frame with a map window (OpenCV only).
 
 - :func:`match_features`: local features (SIFT, RootSIFT, ORB, AKAZE), ratio test and mutual check, then a
   robust similarity (RANSAC with Levenberg-Marquardt refinement: OpenCV's partial affine has no USAC) or a

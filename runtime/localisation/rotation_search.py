@@ -1,7 +1,7 @@
 """Retrieval without a heading: the frame embedded at several rotations, the best one kept.
 
 Tiles are north-up and the model learnt north-up frames (with a few degrees of compass error). A frame
-whose heading is unknown is turned by ``n`` headings evenly spread (:func:`runtime.preprocess.north_up`),
+whose heading is unknown is turned by ``n`` headings evenly spread (:func:`runtime.engines.preprocess.north_up`),
 embedded in one batch, and each rotation scored against the layer; the rotation whose best tile scores
 highest wins. Its embedding is the frame's descriptor (one descriptor per frame, as the calibrated
 likelihood expects) and its angle a coarse heading hypothesis (the heading the image top faces), within
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .preprocess import north_up
+from runtime.engines.preprocess import north_up
 
 
 def rotation_angles(n: int) -> np.ndarray:

@@ -7,7 +7,7 @@ descriptors (memory-mapped float16 rows) so the returned scores are exact cosine
 the candidates is exact. Only the candidate rows of the database are read per query.
 
 FAISS (``pip install faiss-cpu``, wheels for x86_64 and aarch64) is an optional extra: without it, or for
-a layer without an index, :meth:`runtime.search.Searcher.search_global` falls back to exact search.
+a layer without an index, :meth:`runtime.search.searcher.Searcher.search_global` falls back to exact search.
 """
 
 from __future__ import annotations

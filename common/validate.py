@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from .cli import UserError
+from common.cli import UserError
 
 ALTITUDE_MAX_M = 10000.0
 HFOV_MAX_DEG = 150.0

@@ -1,18 +1,18 @@
 """From frames to a track: odometry, the map filter and registration, fused per altitude layer.
 
-:class:`MapFusion` is the sequential part of the :class:`~runtime.localizer.Localizer`: per frame it
+:class:`MapFusion` is the sequential part of the :class:`~runtime.localisation.localizer.Localizer`: per frame it
 
-1. measures the motion since the previous frame (:class:`runtime.odometry.VisualOdometry`, on the north-up
+1. measures the motion since the previous frame (:class:`runtime.localisation.odometry.VisualOdometry`, on the north-up
    frame);
-2. moves the posterior of the layer's :class:`runtime.map_filter.MapFilter` with it, scores the tiles the
+2. moves the posterior of the layer's :class:`runtime.localisation.map_filter.MapFilter` with it, scores the tiles the
    filter asks for (near the posterior when it is concentrated, the whole layer otherwise) and weighs the
    posterior by them (the likelihood calibrated for this model at export, from the bundle's manifest);
 3. when the database carries the map imagery, registers the frame to the map around the posterior's two
    strongest peaks (the evidence of every frame so far: right far more often than one frame's retrieval,
    measured: first fix at 300 m after 1-2 frames instead of 18-54) and then the frame's top retrieved tiles,
-   three windows at most (:class:`runtime.registration.Registrar`): a verified registration is a precise
+   three windows at most (:class:`runtime.localisation.registration.Registrar`): a verified registration is a precise
    position measurement, and it measures the heading;
-4. turns the filter's estimate into the :class:`~runtime.position.Fix` the outputs send: position,
+4. turns the filter's estimate into the :class:`~runtime.localisation.fix.Fix` the outputs send: position,
    covariance, 95 % radius, velocity, trusted or not and why.
 
 Trust. The filter trusts a concentrated, unimodal posterior that is on the map. Off the map, look-alike
@@ -40,11 +40,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from .frame_agreement import AgreementConfig, FrameAgreement
-from .map_filter import MapFilter, MapFilterConfig
-from .odometry import OdometryConfig, VisualOdometry, frame_texture
-from .position import Fix
-from .search import Matches
+from runtime.localisation.fix import Fix
+from runtime.localisation.frame_agreement import AgreementConfig, FrameAgreement
+from runtime.localisation.map_filter import MapFilter, MapFilterConfig
+from runtime.localisation.odometry import OdometryConfig, VisualOdometry, frame_texture
+from runtime.search.searcher import Matches
 
 logger = logging.getLogger(__name__)
 MEASURE = object()  # MapFusion.step's default: measure the odometry on the north-up frame itself
@@ -100,7 +100,7 @@ class MapFusion:
         """One frame (``up``: north-up image or None when only the embedding is known); returns the fused fix,
         the frame's top-``k`` tiles of the layer, and what happened (odometry, rows scored, registration,
         ``search_ms``) for the record. ``motion``: the east/north motion the caller measured (a drone without
-        a compass: :mod:`runtime.heading_track`), else measured here on ``up``; ``heading_tol_deg``: how far
+        a compass: :mod:`runtime.localisation.heading_track`), else measured here on ``up``; ``heading_tol_deg``: how far
         around ``heading_deg`` registration searches; ``register_rows``: the tiles registration tries after
         the filter's mode (default: the frame's top-k); ``compass``: False when the heading is the tracked one
         (no compass), then the fix is the filter's mean (see ``_position``)."""

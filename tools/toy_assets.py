@@ -1,7 +1,7 @@
 """Test helper: a tiny real model bundle and a tiny real tile database from the bundled NAIP imagery.
 
 ``make_bundle(dir)`` exports timm's ``test_efficientnet`` (random weights, seeded) with torch.onnx, the
-output L2-normalised in the graph, and writes the manifest through ``runtime.bundle``. The model
+output L2-normalised in the graph, and writes the manifest through ``runtime.engines.bundle``. The model
 fingerprint is the hash of a checkpoint file saved beside it, as CONTRACTS.md §4 says.
 ``make_tile_db(engine, dir, raster)`` cuts a grid of tiles from a NAIP GeoTIFF (rasterio directly),
 embeds them with the runtime engine and writes a database with ``tiles.db.write_database``.
@@ -18,6 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+NAIP_DIR = REPO / "data" / "naip"
+
+
+def naip_files() -> dict[int, Path]:
+    """Bundled NAIP GeoTIFFs by year."""
+    return {int(p.stem.rsplit("_", 1)[-1][:4]): p for p in sorted(NAIP_DIR.glob("*.tif"))}
+
 INPUT_PX = 64
 
 
@@ -33,8 +41,8 @@ def make_bundle(
     import timm
     import torch
 
-    from runtime.bundle import new_manifest, write_manifest
-    from runtime.preprocess import Preprocess
+    from runtime.engines.bundle import new_manifest, write_manifest
+    from runtime.engines.preprocess import Preprocess
     from tiles.io import atomic_path, file_sha256
 
     out_dir = Path(out_dir)
@@ -192,8 +200,7 @@ def tiny_assets() -> dict:
     import shutil
     import tempfile
 
-    from runtime.engine import load_engine
-    from tests.conftest import naip_files
+    from runtime.engines.engine import load_engine
 
     root = Path(tempfile.mkdtemp(prefix="geoloc-runtime-"))
     atexit.register(shutil.rmtree, root, True)

@@ -1,10 +1,10 @@
 """Where the service's altitude and heading come from, frame by frame.
 
 The altitude picks the database layer; the heading turns the frame north-up. Each comes from the autopilot
-(:class:`runtime.autopilot.AutopilotReader`) while its reading is fresh, else from a fixed value given on
+(:class:`runtime.inputs.autopilot.AutopilotReader`) while its reading is fresh, else from a fixed value given on
 the command line, else from nowhere. :class:`TelemetryPolicy` applies that order, logs when the source
 changes (a warning when there is none), and describes itself for the service's self-check and health
-endpoint. Readings are :class:`~runtime.autopilot.AltitudeReading` / :class:`~runtime.autopilot.HeadingReading`;
+endpoint. Readings are :class:`~runtime.inputs.autopilot.AltitudeReading` / :class:`~runtime.inputs.autopilot.HeadingReading`;
 a given value has source ``given`` and no age (``age_s`` None).
 """
 
@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import time
 
-from .autopilot import AltitudeReading, HeadingReading, compass_deg
-from .localizer import Telemetry
+from runtime.inputs.autopilot import AltitudeReading, HeadingReading, compass_deg
+from runtime.localisation.localizer import Telemetry
 
 logger = logging.getLogger(__name__)
 
 
 class TelemetryPolicy:
     """Altitude and heading for each frame. ``cfg`` is a :class:`runtime.config.ServiceConfig`. A reader
-    on the same address as the GPS output shares its link (:func:`runtime.mavlink_link.shared_link`)."""
+    on the same address as the GPS output shares its link (:func:`runtime.outputs.mavlink_link.shared_link`)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -33,7 +33,7 @@ class TelemetryPolicy:
 
     # ---- readers ------------------------------------------------------------------------------
     def _open_reader(self, url: str):
-        from .autopilot import AutopilotReader
+        from runtime.inputs.autopilot import AutopilotReader
 
         cfg = self.cfg
         return AutopilotReader(url, baud=cfg.altitude_from_baud or cfg.mavlink_baud,

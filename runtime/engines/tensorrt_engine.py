@@ -26,8 +26,8 @@ import threading
 
 import numpy as np
 
-from .bundle import Bundle
-from .engine import Engine, EngineError
+from runtime.engines.base import Engine, EngineError
+from runtime.engines.bundle import Bundle
 
 logger = logging.getLogger(__name__)
 

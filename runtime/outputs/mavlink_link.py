@@ -1,7 +1,7 @@
 """One MAVLink link to the autopilot, shared by everything that talks to it.
 
-A serial port cannot be opened twice, and the autopilot reader (:mod:`runtime.autopilot`) and the GPS
-outputs (:mod:`runtime.mavlink_gps`) often use the same one. :func:`shared_link` returns the open
+A serial port cannot be opened twice, and the autopilot reader (:mod:`runtime.inputs.autopilot`) and the GPS
+outputs (:mod:`runtime.outputs.mavlink_gps`) often use the same one. :func:`shared_link` returns the open
 :class:`MavlinkLink` for an address (or opens it): one pymavlink connection, one send lock (pymavlink's
 encoder is not thread-safe), one heartbeat of our own (rate-limited, whoever calls it; a ``udpout:``
 peer such as a MAVLink router learns from it where to send), and a use count so that the last user's

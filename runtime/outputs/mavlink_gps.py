@@ -2,7 +2,7 @@
 ``MAV_CMD_EXTERNAL_POSITION_ESTIMATE`` (occasional position resets).
 
 ``GPS_INPUT`` (ArduPilot ``GPS1_TYPE`` = 14, "MAV"; PX4 has no handler for it: use
-:mod:`runtime.gnss_serial` there). Field by field, from :func:`runtime.gnss_solution.solution_from_fix`:
+:mod:`runtime.outputs.gnss_serial` there). Field by field, from :func:`runtime.outputs.gnss_solution.solution_from_fix`:
 
 - ``time_usec``: the frame's capture time (UTC unix, microseconds); ``time_week``/``time_week_ms`` from the
   same instant (ArduPilot's jitter correction reads the week fields);
@@ -33,8 +33,8 @@ import logging
 import math
 import time
 
-from .gnss_solution import DEFAULT_SATELLITES, GnssSolution, solution_from_fix
-from .mavlink_link import mavlink_dialect, shared_link
+from runtime.outputs.gnss_solution import DEFAULT_SATELLITES, GnssSolution, solution_from_fix
+from runtime.outputs.mavlink_link import mavlink_dialect, shared_link
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def external_position_args(s: GnssSolution, now_unix: float, target_system: int 
 class MavlinkGpsOutput:
     """Fixes to the autopilot at ``url`` (``udpout:HOST:PORT``, ``udpin:...``, ``tcp:...`` or a serial
     device with ``baud``), as ``GPS_INPUT`` or external position estimates (``mode``). The link is
-    :func:`runtime.mavlink_link.shared_link`: the autopilot reader on the same address shares it."""
+    :func:`runtime.outputs.mavlink_link.shared_link`: the autopilot reader on the same address shares it."""
 
     def __init__(self, url: str, *, baud: int = 57600, mode: str = "gps_input", gps_id: int = 0,
                  satellites_visible: int = DEFAULT_SATELLITES, camera_yaw_offset_deg: float = 0.0,

@@ -17,7 +17,7 @@ autopilot's GPS port (or run PX4 SITL on a pseudo-terminal) and it writes, per f
   so without a velocity from the filter PX4 would fuse "standing still" as exact; prefer UBX for PX4.
 
 The values and their stand-ins (satellites, DOPs, accuracy, the capture time) are those of
-:func:`runtime.gnss_solution.solution_from_fix`; velocities are NED (``velN`` north, ``velE`` east, mm/s;
+:func:`runtime.outputs.gnss_solution.solution_from_fix`; velocities are NED (``velN`` north, ``velE`` east, mm/s;
 ``velD`` 0: NAV-PVT has no "unknown"; without a filter velocity ``velN``/``velE`` are 0 with ``sAcc``
 ``SACC_UNKNOWN_MPS``). The vertical is not measured: ``hMSL`` is the given MSL
 altitude or 0, ``vAcc`` and the GST height error are ``VACC_UNKNOWN_M`` so no EKF trusts it (PX4: keep
@@ -35,7 +35,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from .gnss_solution import DEFAULT_SATELLITES, VACC_UNKNOWN_M, GnssSolution, solution_from_fix
+from runtime.outputs.gnss_solution import DEFAULT_SATELLITES, VACC_UNKNOWN_M, GnssSolution, solution_from_fix
 
 logger = logging.getLogger(__name__)
 

@@ -28,13 +28,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tiles.cli import UserError
-
-from .preprocess import bgr_to_rgb
+from common.cli import UserError
+from common.image_files import IMAGE_SUFFIXES
+from runtime.engines.preprocess import bgr_to_rgb
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_FILE_READ_ERRORS = 20  # reads in a row that raise before a file source gives up
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "udp://", "tcp://", "http://", "https://", "srt://")
 

@@ -232,9 +232,9 @@ class Searcher:
 
     # ---- global search (relocalisation) -------------------------------------------------------
     def ann(self, nprobe: int | None = None, rerank: int | None = None):
-        """The database's approximate index (:class:`runtime.ann.AnnIndex`), or None when the database has
+        """The database's approximate index (:class:`runtime.search.ann.AnnIndex`), or None when the database has
         none or FAISS is not installed (then :meth:`search_global` is exact)."""
-        from .ann import AnnIndex, faiss_available
+        from runtime.search.ann import AnnIndex, faiss_available
 
         if self._ann is None and self.db.manifest.get("ann") is not None:
             if not faiss_available():

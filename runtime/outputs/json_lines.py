@@ -1,7 +1,7 @@
 """Where fixes go: JSON lines (file, stdout, UDP), MAVLink to an ArduPilot autopilot, and an emulated GNSS
 receiver on a serial port (PX4, or any autopilot that reads a u-blox/NMEA GPS).
 
-Every output has ``emit(record, fix)`` (the frame's JSON record and its fused :class:`runtime.position.Fix`;
+Every output has ``emit(record, fix)`` (the frame's JSON record and its fused :class:`runtime.localisation.fix.Fix`;
 ``fix`` is None for the final summary record), ``describe()`` and ``close()``; :func:`open_outputs` builds
 them all from the service's config.
 
@@ -13,9 +13,9 @@ A record (one JSON object per line)::
      "matches": [{"row", "label", "score", "lat", "lon"}, ...],
      "latency_ms": {"preprocess", "inference", "search", "fusion", "total"}}
 
-The autopilot outputs live in their own modules: :mod:`runtime.mavlink_gps` (``GPS_INPUT`` or
-``MAV_CMD_EXTERNAL_POSITION_ESTIMATE``, field by field) and :mod:`runtime.gnss_serial` (UBX NAV-PVT and
-NMEA); what they send for a fix is decided once in :mod:`runtime.gnss_solution`.
+The autopilot outputs live in their own modules: :mod:`runtime.outputs.mavlink_gps` (``GPS_INPUT`` or
+``MAV_CMD_EXTERNAL_POSITION_ESTIMATE``, field by field) and :mod:`runtime.outputs.gnss_serial` (UBX NAV-PVT and
+NMEA); what they send for a fix is decided once in :mod:`runtime.outputs.gnss_solution`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import sys
 import threading
 import time
 
-from .gnss_solution import gps_week_ms  # noqa: F401  (re-exported: the time helper of the outputs)
-from .mavlink_gps import MavlinkGpsOutput, gps_input_fields  # noqa: F401  (re-exported)
+from runtime.outputs.gnss_solution import gps_week_ms  # noqa: F401  (re-exported: the time helper of the outputs)
+from runtime.outputs.mavlink_gps import MavlinkGpsOutput, gps_input_fields  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def open_outputs(cfg) -> list:
                                                mode=getattr(cfg, "mavlink_mode", "gps_input"),
                                                satellites_visible=sats, camera_yaw_offset_deg=yaw_offset))
     if getattr(cfg, "gnss_serial", None):
-        from .gnss_serial import GnssSerialOutput
+        from runtime.outputs.gnss_serial import GnssSerialOutput
 
         makers.append(lambda: GnssSerialOutput(cfg.gnss_serial, baud=getattr(cfg, "gnss_baud", 115200),
                                                protocols=getattr(cfg, "gnss_protocols", "ubx,nmea"),

@@ -2,7 +2,7 @@
 
 The tile database has one layer per altitude; the service picks the layer for the height the drone flies
 at now. Its tiles are north-up, so the service also turns every frame north-up by the heading the camera
-faces (:func:`runtime.preprocess.north_up`). :class:`AutopilotReader` (also importable under its first
+faces (:func:`runtime.engines.preprocess.north_up`). :class:`AutopilotReader` (also importable under its first
 name, ``AutopilotAltitude``) listens to the autopilot in a daemon thread (pymavlink, the same
 connection strings as ``--mavlink``: ``udpin:0.0.0.0:14551``, ``udpout:HOST:PORT``, ``tcp:HOST:PORT``,
 or a serial device such as ``/dev/ttyTHS1`` with a baud rate) and keeps the latest value of each source,
@@ -40,11 +40,11 @@ with ``MAV_CMD_SET_MESSAGE_INTERVAL`` once it has seen the autopilot's heartbeat
 autopilot restarts). It sends a heartbeat of its own every second, so that a ``udpout:`` peer (a
 MAVLink router) learns where to send.
 
-The link is a :class:`runtime.mavlink_link.MavlinkLink` (``link=``, or opened by address through
-:func:`runtime.mavlink_link.shared_link`), so the reader and the GPS outputs on one address share one
+The link is a :class:`runtime.outputs.mavlink_link.MavlinkLink` (``link=``, or opened by address through
+:func:`runtime.outputs.mavlink_link.shared_link`), so the reader and the GPS outputs on one address share one
 connection, one send lock and one heartbeat (one serial port cannot be opened twice). An already open
 pymavlink connection can still be given as ``conn`` with the ``send_lock`` its other sender holds.
-Message ids, commands and enum values are pymavlink's (``runtime.mavlink_link.mavlink_dialect``).
+Message ids, commands and enum values are pymavlink's (``runtime.outputs.mavlink_link.mavlink_dialect``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .mavlink_link import MavlinkLink, mavlink_dialect, shared_link
+from runtime.outputs.mavlink_link import MavlinkLink, mavlink_dialect, shared_link
 
 logger = logging.getLogger(__name__)
 

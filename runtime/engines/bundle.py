@@ -42,10 +42,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiles.cli import UserError
+from common.cli import UserError
+from runtime.engines.preprocess import Preprocess
 from tiles.io import atomic_write_json
-
-from .preprocess import Preprocess
 
 FORMAT = "geoloc-bundle"
 FORMAT_VERSION = 1

@@ -2,7 +2,7 @@
 
 On a coarse map a low flight's frame spans few map pixels (150 m over the 5 m/px NAIP: 35 px a
 footprint): the whole frame's correlation peak is often right, but its parts (17 px each) are too small
-to agree on it, so the single-frame check of :mod:`runtime.registration` refuses it (measured: 0 of 30
+to agree on it, so the single-frame check of :mod:`runtime.localisation.registration` refuses it (measured: 0 of 30
 frames at 150 m registered around the true position, docs/results/localizer.md). A flight gives what a
 frame lacks: the drone moves over new ground, and the odometry says by how much. A *tentative*
 registration (every single-frame check passed but the parts' votes) is confirmed when the peaks of
@@ -53,7 +53,7 @@ class FrameAgreement:
         self.pending = []
 
     def carry(self, motion) -> None:
-        """Move the pending peaks with this frame's odometry (``runtime.odometry.Motion``); drop them when
+        """Move the pending peaks with this frame's odometry (``runtime.localisation.odometry.Motion``); drop them when
         there is none."""
         self.frame += 1
         if motion is None or not motion.ok:

@@ -13,17 +13,17 @@ The stages:
 
 1. ``preprocess``: the frame is turned north-up by the heading (tiles are north-up; the camera faces
    wherever the drone flies) unless ``derotate`` is off, then resized and normalised by the engine's own
-   preprocessing. Without a compass heading (``heading_track``, :mod:`runtime.heading_track`) the heading
+   preprocessing. Without a compass heading (``heading_track``, :mod:`runtime.localisation.heading_track`) the heading
    is the tracked one (registration's, carried by the odometry's turns); while none is known the frame is
-   embedded at ``heading_search_angles`` rotations and the best kept (:mod:`runtime.rotation_search`).
+   embedded at ``heading_search_angles`` rotations and the best kept (:mod:`runtime.localisation.rotation_search`).
 2. ``inference``: the engine's descriptor (skipped when the caller passes one it computed in a batch).
 3. ``search``: the altitude picks the database layer (:meth:`Localizer.choose_layer`): the only layer of a
    one-layer database, else the layer nearest the altitude when it lies within ``layer_tolerance_frac`` of
    it; otherwise there is no fix (a frame matched at the wrong scale is worse than none). With
    ``search_radius_m``, only tiles around the last trusted fix are searched, and the whole layer when none
    lies there.
-4. ``fusion``: :func:`runtime.position.estimate_fix` turns the matches into a position with a confidence,
-   and :class:`runtime.position.PositionFilter` decides whether it is trusted.
+4. ``fusion``: :func:`runtime.localisation.fix.estimate_fix` turns the matches into a position with a confidence,
+   and :class:`runtime.localisation.fix.PositionFilter` decides whether it is trusted.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .flight_fusion import MEASURE
-from .heading_track import HeadingTrackConfig, HeadingTracker
-from .map_filter import MapFilterConfig
-from .odometry import OdometryConfig
-from .position import Fix, PositionFilter, estimate_fix
-from .preprocess import north_up
-from .rotation_search import best_rotation
-from .search import Matches, Searcher
+from runtime.engines.preprocess import north_up
+from runtime.localisation.fix import Fix, PositionFilter, estimate_fix
+from runtime.localisation.fusion import MEASURE
+from runtime.localisation.heading_track import HeadingTrackConfig, HeadingTracker
+from runtime.localisation.map_filter import MapFilterConfig
+from runtime.localisation.odometry import OdometryConfig
+from runtime.localisation.rotation_search import best_rotation
+from runtime.search.searcher import Matches, Searcher
 
 logger = logging.getLogger(__name__)
 FUSIONS = ("map_filter", "gate")
@@ -116,7 +116,7 @@ class LocalizerConfig:
         "help": "1-sigma uncertainty of the prior position, metres (its age x the speed flown, at least)"})
 
     def __post_init__(self):
-        from tiles import validate
+        from common import validate
 
         validate.speed_mps(self.max_speed_mps, "--max-speed-mps")
         if self.search_radius_m is not None:
@@ -210,15 +210,15 @@ class Localizer:
         self._engine_lock = threading.Lock()  # embed_ahead() in another thread; a TensorRT context is not shared
 
     def _map_fusion(self):
-        from .flight_fusion import MapFusion
-        from .map_grid import Likelihood
+        from runtime.localisation.fusion import MapFusion
+        from runtime.search.layer_grid import Likelihood
 
         cfg = self.cfg
         bundle = getattr(self.engine, "bundle", None)
         lik = Likelihood.from_manifest(getattr(bundle, "manifest", None))
         registrar = None
         if cfg.registration:
-            from .registration import Registrar
+            from runtime.localisation.registration import Registrar
 
             registrar = Registrar.from_database(self.db)
             if registrar is None:
@@ -228,7 +228,7 @@ class Localizer:
         scale = Likelihood.fix_r95_scale(getattr(bundle, "manifest", None), registrar is not None)
         agreement = None
         if cfg.registration_frames:
-            from .frame_agreement import AgreementConfig
+            from runtime.localisation.frame_agreement import AgreementConfig
 
             agreement = AgreementConfig(frames=cfg.registration_frames, min_span_footprints=cfg.registration_span)
         return MapFusion(self.db, self.searcher, lik, filter_cfg=replace(cfg.map_filter, max_speed_mps=cfg.max_speed_mps),
@@ -375,7 +375,7 @@ class Localizer:
         return Localization(raw=raw, fix=fused, matches=matches, layer=layer, timings_ms=timings,
                             telemetry=telemetry, fusion=info)
 
-    # ---- without a compass (runtime.heading_track) ----------------------------------------------------
+    # ---- without a compass (runtime.localisation.heading_track) ----------------------------------------------------
     def _tracking(self, telemetry: Telemetry) -> bool:
         """The heading comes from the tracker: no compass heading, derotation and tracking on, a map filter."""
         return (telemetry.heading_deg is None and self.cfg.derotate and self.cfg.heading_track

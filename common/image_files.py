@@ -1,0 +1,3 @@
+"""Which files are images, for every folder the project reads (frame folders, galleries, datasets)."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
