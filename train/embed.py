@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 
+@torch.no_grad()
 def embed_images(model, images, batch_size: int = 64, device="cpu") -> np.ndarray:
     """Embed RGB uint8 arrays or image paths with the model's own preprocessing -> float32 (N, D)."""
     from train.datasets import read_image

@@ -32,7 +32,6 @@ from train.evaluate_geotiff import evaluate_geotiff
 _logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 # ---- SUES-200 and University-1652 -----------------------------------------------------------------------
 
 
