@@ -91,3 +91,22 @@ def dataclass_values(cls, namespace: argparse.Namespace) -> dict:
     """The options of ``cls``'s fields that were given (not None) in a parsed namespace."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(namespace).items() if k in names and v is not None}
+
+
+class _RemovedOption(argparse.Action):
+    """An option that no longer exists: refused by name with the reason (never silently accepted)."""
+
+    def __init__(self, option_strings, dest, why: str = "", **kw):
+        kw.update(nargs="?", help=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kw)
+        self.why = why
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was removed: {self.why}")
+
+
+def add_removed_options(parser: argparse.ArgumentParser, removed: dict[str, str]) -> None:
+    """Options ``--name`` (from ``removed``: field name -> why) that exit 2 with the reason when given."""
+    for name, why in removed.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", action=_RemovedOption, why=why,
+                            dest=f"removed_{name}", default=None)

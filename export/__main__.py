@@ -185,7 +185,7 @@ def main(argv=None) -> int:
             if db is not None:
                 log.info("tile database %s", db)
         if args.likelihood_tif:
-            from export.calibrate_likelihood import calibrate_bundle
+            from export.calibrate import calibrate_bundle
 
             db = args.db_out or Path(bundle) / "tiledb"
             lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov)

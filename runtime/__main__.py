@@ -16,12 +16,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     with the same names as in ``replay``)."""
     from common.cli import add_dataclass_options
     from runtime.config import ServiceConfig
-    from runtime.localisation.localizer import LocalizerConfig
+    from runtime.localisation.config import LocalizerConfig, add_localizer_options
 
     p.add_argument("--config", help="settings file (.json or .toml); command-line options override it")
     chain = {f.name for f in dataclasses.fields(LocalizerConfig)}
     add_dataclass_options(p, ServiceConfig, skip=chain)
-    add_dataclass_options(p, LocalizerConfig, group="localisation (the same options as replay)")
+    add_localizer_options(p)
 
 
 def serve(args) -> int:

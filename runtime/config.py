@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from common.cli import UserError
-from runtime.localisation.localizer import LocalizerConfig
+from runtime.localisation.config import REMOVED_OPTIONS, LocalizerConfig
 
 
 def _opt(default, help: str, **meta):
@@ -116,6 +116,10 @@ def load_config_file(path) -> dict:
     else:
         raise ConfigError(f"config file {path} must end in .json or .toml")
     data = {k.replace("-", "_"): v for k, v in data.items()}
+    removed = [k for k in data if k in REMOVED_OPTIONS]
+    if removed:
+        raise ConfigError(f"{path}: the setting {removed[0]!r} was removed: {REMOVED_OPTIONS[removed[0]]}; "
+                          "delete it from the file")
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(f"{path}: unknown settings {unknown}; known: {', '.join(FIELD_NAMES)}")

@@ -29,3 +29,11 @@ def frame_embedding(db, x: float, y: float, noise: float, rng) -> np.ndarray:
     i = int(np.argmin((ent["x"] - x) ** 2 + (ent["y"] - y) ** 2))
     q = np.asarray(db.embeddings[i], np.float32) + noise * rng.normal(size=db.embedding_dim).astype(np.float32) / np.sqrt(db.embedding_dim)
     return q / np.linalg.norm(q)
+
+
+def track_step(track, searcher, t: float, q, layer: int = 0, motion=None, compass: bool = True):
+    """One frame of a MapTrack as the Localizer runs it (no image: no texture check, no registration)."""
+    track.predict(t, layer, motion)
+    rows = track.rows_to_score()
+    track.update(rows, searcher.score_layer(q, layer) if rows is None else searcher.score_rows(q, rows))
+    return track.fix(t, None, compass)[0]

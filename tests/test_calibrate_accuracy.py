@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from export.calibrate_accuracy import calibrate_fix_accuracy, chi2_quantile, fit_fix_scale
-from runtime.search.layer_grid import Likelihood
+from export.calibrate_accuracy import fit_fix_scale, fix_accuracy
+from runtime.localisation.likelihood import Likelihood
 
 
 def _rayleigh_flights(n_flights: int, sigma: float, seed: int, fixes: int = 30):
@@ -22,20 +22,15 @@ def _rayleigh_flights(n_flights: int, sigma: float, seed: int, fixes: int = 30):
     return out
 
 
-def test_chi2_quantile_matches_tables():
-    # chi-square table values (Abramowitz & Stegun 26.8): 0.10 quantile, 14 dof 7.790; 0.90, 4 dof 7.779
-    assert chi2_quantile(0.10, 14) == pytest.approx(7.790, rel=0.01)
-    assert chi2_quantile(0.90, 4) == pytest.approx(7.779, rel=0.01)
-
-
-def test_scale_estimates_the_flights_95th_percentile():
+def test_scale_is_the_95th_percentile_with_each_flight_weighing_the_same():
     true_q95 = 0.3 * math.sqrt(-2 * math.log(0.05))
     few = np.array([fit_fix_scale(_rayleigh_flights(7, 0.3, s))[0] for s in range(40)])
-    assert 0.85 * true_q95 <= np.median(few) <= 1.15 * true_q95  # the median estimate: right on average
-    bound = np.array([fit_fix_scale(_rayleigh_flights(7, 0.3, s), confidence=0.9)[0] for s in range(40)])
-    assert np.mean(bound >= true_q95) >= 0.8 and np.all(bound > few)  # a 90 % bound: rarely below the truth
+    assert 0.8 * true_q95 <= np.median(few) <= 1.2 * true_q95  # right on average
     many = fit_fix_scale(_rayleigh_flights(400, 0.3, 1))[0]
-    assert 0.95 * true_q95 <= many <= 1.1 * true_q95
+    assert 0.93 * true_q95 <= many <= 1.07 * true_q95
+    # a flight of many fixes counts as one flight: 900 fixes at 0.1 do not outvote 19 flights at 1.0
+    flights = [[0.1] * 900] + [[1.0] * 10 for _ in range(19)]
+    assert fit_fix_scale(flights)[0] == pytest.approx(1.0)
 
 
 def test_too_few_trusted_fixes_keep_the_posterior_radius():
@@ -53,24 +48,24 @@ def test_the_scale_applies_only_with_the_registration_setting_it_was_fitted_with
 
 
 def test_fusion_reports_the_scaled_radius_and_covariance(tmp_path):
-    from runtime.localisation.fusion import MapFusion
+    from runtime.localisation.config import LocalizerConfig
     from runtime.localisation.map_filter import MapFilterConfig
-    from runtime.localisation.odometry import OdometryConfig
+    from runtime.localisation.track import MapTrack
     from runtime.search.searcher import Searcher
-    from tests.mapdb import frame_embedding, grid_database
+    from tests.mapdb import frame_embedding, grid_database, track_step
     from tiles.db import TileDatabase
 
     db = TileDatabase.open(grid_database(tmp_path / "db"))
     lik = Likelihood(temperature=0.1, offset=0.2)
     fixes = {}
     for k in (1.0, 0.5):
-        fusion = MapFusion(db, Searcher(db), lik, filter_cfg=MapFilterConfig(independent_frac=0.0),
-                           odometry_cfg=OdometryConfig(), hfov_deg=60.0, fix_r95_scale=k)
+        cfg = LocalizerConfig(map_filter=MapFilterConfig(independent_frac=0.0))
+        track, searcher = MapTrack(db, lik, cfg, verify=False, fix_r95_scale=k), Searcher(db)
         rng = np.random.default_rng(0)
         out = []
         for i in range(8):
             q = frame_embedding(db, 500300.0, 5199500.0, 1.5, rng)
-            out.append(fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5)[0])
+            out.append(track_step(track, searcher, float(i), q))
         fixes[k] = out
     for a, b in zip(fixes[1.0], fixes[0.5]):
         assert (a.x, a.y, a.trusted) == (b.x, b.y, b.trusted)  # the scale changes the radius, not the track
@@ -79,51 +74,18 @@ def test_fusion_reports_the_scaled_radius_and_covariance(tmp_path):
     assert all(math.isfinite(f.r95_m) for f in fixes[1.0])
 
 
-def test_export_step_flies_the_localizer_on_a_real_bundle(tiny):
-    from runtime.engines.engine import load_engine
-    from tiles.db import TileDatabase
-
-    engine = load_engine(tiny["bundle"])
-    try:
-        db = TileDatabase.open(tiny["db"])
-        rec = calibrate_fix_accuracy(engine, db, [tiny["raster"]], hfov_deg=60.0, frames=4)
-    finally:
-        engine.close()
-    assert rec["frames"] == 4 * len(db.layers)
-    from tiles.map_imagery import open_database_imagery
-
-    assert rec["registration"] is (open_database_imagery(db) is not None)
-    assert rec["trusted"] < 20 and rec["r95_scale"] == 1.0 and rec["note"].startswith("only")
-
-
-def test_a_bundle_calibrated_before_is_refitted_on_the_unscaled_radius(tiny, monkeypatch):
-    """Re-calibrating a bundle whose manifest already carries a scale flies the chain unscaled: a fit on
-    radii already scaled would return a scale relative to the old one (1.43 then 0.78 on one bundle)."""
-    import runtime.replay.geotiff as replay
-    from runtime.engines.engine import load_engine
-    from tiles.db import TileDatabase
-
-    engine = load_engine(tiny["bundle"])
-    from runtime.search.layer_grid import Likelihood
-
-    lik = Likelihood.from_manifest(None).to_dict()  # the fallback's values, as if calibrated
-    from tiles.map_imagery import open_database_imagery
-
-    db = TileDatabase.open(tiny["db"])
-    lik["fix_accuracy"] = {"r95_scale": 3.0, "registration": open_database_imagery(db) is not None}
-    monkeypatch.setitem(engine.bundle.manifest, "likelihood", lik)
-    scales, fly = [], replay.replay_flight
-
-    def spy(loc, frames, *a, **kw):
-        scales.append(loc.fusion.fix_r95_scale)
-        return fly(loc, frames, *a, **kw)
-
-    monkeypatch.setattr(replay, "replay_flight", spy)
-    try:
-        calibrate_fix_accuracy(engine, db, [tiny["raster"]], hfov_deg=60.0, frames=2)
-    finally:
-        engine.close()
-    assert scales and set(scales) == {1.0}
+def test_fix_accuracy_is_fitted_per_flight_from_the_records():
+    rng = np.random.default_rng(1)
+    records = []
+    for f in range(4):  # four flights, errors of a 2-D Gaussian of 3 m per axis, reported r95 of 20 m
+        for e in np.hypot(*rng.normal(0.0, 3.0, (2, 30))):
+            records.append({"flight": f"f{f}", "trusted": True, "error_m": float(e), "r95_m": 20.0,
+                            "footprint_m": 170.0})
+    records.append({"flight": "f0", "trusted": False, "error_m": None, "r95_m": 20.0, "footprint_m": 170.0})
+    rec = fix_accuracy(records, registration=True)
+    assert rec["trusted"] == 120 and rec["frames"] == 121 and rec["wrong_trusted"] == 0
+    assert rec["registration"] is True and set(rec["ratios"]) == {"f0", "f1", "f2", "f3"}
+    assert rec["r95_scale"] == pytest.approx(3.0 * math.sqrt(-2 * math.log(0.05)) / 20.0, rel=0.25)
 
 
 def test_reliability_curve_of_calibrated_and_overcautious_radii():

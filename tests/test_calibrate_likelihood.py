@@ -1,20 +1,15 @@
-"""The likelihood calibration: the logistic fit, the temperature search on recorded flights, the manifest."""
+"""The calibration flies the Localizer that flies: the logistic fit, the grid of likelihood settings judged
+by the chain's own fixes, the manifest, and a change to the chain's settings changing what is fitted."""
 
 from __future__ import annotations
 
 import json
-import math
+import shutil
 
 import numpy as np
 import pytest
 
-from export.calibrate_likelihood import fit_likelihood, fit_logistic
-from runtime.localisation.map_filter import MapFilter, MapFilterConfig
-from runtime.localisation.odometry import Motion
-from runtime.replay.filter_replay import FlightRecord, load_record, run_filter, save_record, summarize
-from runtime.search.layer_grid import Likelihood
-from tests.mapdb import frame_embedding, grid_database
-from tiles.db import TileDatabase
+from export.calibrate_likelihood import fit_logistic
 
 
 def test_logistic_fit_recovers_the_likelihood_ratio():
@@ -25,53 +20,64 @@ def test_logistic_fit_recovers_the_likelihood_ratio():
     assert a == pytest.approx(40.0, rel=0.1) and -b / a == pytest.approx(0.2, abs=0.01)
 
 
-def _record(db, start, n, seed, noise=1.5, in_map=True):
-    rng = np.random.default_rng(seed)
-    pos, truth, emb, mot = np.array(start, float), [], [], []
-    for k in range(n):
-        if k:
-            pos = pos + (20.0, 5.0)
-        truth.append(pos.copy())
-        if in_map:
-            emb.append(frame_embedding(db, pos[0], pos[1], noise, rng))
-        else:
-            q = rng.normal(size=db.embedding_dim).astype(np.float32)
-            emb.append(q / np.linalg.norm(q))
-        mot.append(Motion(True, 20.0, 5.0, 0.0, 1.0, 50, 60, 1.0, 1.0, "ok") if k else Motion(False, reason="first"))
-    return FlightRecord(f"s{seed}", 0, np.arange(n, dtype=float), np.array(truth), np.array(emb, np.float32), mot,
-                        in_map)
+@pytest.fixture(scope="module")
+def calibrated(tiny, tmp_path_factory):
+    """The thumbnail bundle (a copy) calibrated on flights over the 2020 image it is cut from."""
+    from export.calibrate import calibrate_bundle
+
+    root = tmp_path_factory.mktemp("calib")
+    bundle = root / "bundle"
+    shutil.copytree(tiny["bundle_thumb"], bundle)
+    lik = calibrate_bundle(bundle, tiny["db_thumb"], [tiny["raster"]], hfov_deg=60.0, frames=40,
+                           report_path=root / "report.json", work_dir=root / "work")
+    return bundle, lik, json.loads((root / "report.json").read_text())
 
 
-def test_fit_likelihood_on_recorded_flights(tmp_path):
-    db = TileDatabase.open(grid_database(tmp_path / "db"))
-    recs = [_record(db, (500100.0 + 60 * i, 5199600.0 - 40 * i), 25, seed=i) for i in range(4)]
-    lik, report = fit_likelihood(db, recs)
-    assert lik["temperature"] > 0 and 0.0 < lik["offset"] < report["pos_median"]
-    assert report["final"]["wrong"] == 0 and report["final"]["trusted"] > 0
-    assert 0.5 <= lik["r95_scale"] <= 4.0
-    # held-out flights of the same kind: no wrong trusted fix, the truth inside r95 for most of them
-    held = [_record(db, (500200.0 + 50 * i, 5199500.0 - 30 * i), 25, seed=10 + i) for i in range(3)]
-    frames = [f for r in held for f in run_filter(db, r, MapFilterConfig(), Likelihood.from_dict(lik))]
-    s = summarize(frames)
-    assert s["wrong_trusted"] == 0 and s["trusted"] > 20 and s["calibration_pct"] >= 80
-    off = summarize(run_filter(db, _record(db, (500100.0, 5199600.0), 30, 99, in_map=False), MapFilterConfig(),
-                               Likelihood.from_dict(lik)))
-    assert off["trusted"] == 0
+def test_the_bundle_is_calibrated_on_the_localizers_own_fixes(calibrated):
+    from runtime.engines.bundle import read_bundle
+    from runtime.localisation.likelihood import Likelihood
+
+    bundle, lik, report = calibrated
+    stored = read_bundle(bundle).manifest["likelihood"]
+    assert stored == json.loads(json.dumps(lik))  # the manifest carries what was fitted
+    assert Likelihood.from_manifest(read_bundle(bundle).manifest).source == "bundle"
+    final = report["final"]
+    assert final["wrong"] == 0 and final["offmap_trusted"] == 0 and final["trusted"] >= 8
+    assert final["offmap_frames"] == final["frames"] == 40  # one flight over the map, one off it
+    assert 0.0 < lik["offset"] < report["pos_median"] and 1.0 <= lik["r95_scale"] <= 4.0
+    assert {(t["k"], t["clip"]) for t in report["tried"]} >= {(1.0, 2.0), (1.5, 3.0)}
+    fa = lik["fix_accuracy"]
+    assert fa["trusted"] == final["trusted"] and fa["wrong_trusted"] == 0 and fa["registration"] is False
+    assert lik["fitted_on"]["localizer"]["registration_every_tracking"] == 5  # the settings it flew with
 
 
-def test_record_round_trip_and_replay_figures(tmp_path):
-    db = TileDatabase.open(grid_database(tmp_path / "db"))
-    rec = _record(db, (500100.0, 5199600.0), 12, seed=3)
-    save_record(tmp_path / "r.npz", rec)
-    back = load_record(tmp_path / "r.npz")
-    assert back.name == rec.name and np.array_equal(back.emb, rec.emb) and back.motions[1] == rec.motions[1]
-    assert back.motions[0].reason == "first" and not back.motions[0].ok
-    lik = Likelihood(temperature=0.1, offset=0.2)
-    frames = run_filter(db, back, MapFilterConfig(independent_frac=0.0), lik)  # independent synthetic frames
-    s = summarize(frames)
-    assert s["frames"] == 12 and s["R@1"] > 50 and s["ttff_frames"] is not None
-    trusted_err = [f["error_m"] for f in frames if f["trusted"]]
-    assert s["error_max_m"] == pytest.approx(max(trusted_err))
-    json.dumps(s)  # plain JSON types
-    mf = MapFilter(db, 0, MapFilterConfig(), lik)
-    assert math.isnan(mf.estimate().vel_e_mps)  # no velocity before any odometry
+def test_the_chain_settings_change_what_the_calibration_flies(tiny, tmp_path):
+    """Without odometry the chain trusts other frames: the calibration input follows the chain's settings."""
+    from export.calibration_flights import embed_flights, fly, render_flights
+    from runtime.engines.engine import load_engine
+    from runtime.localisation.config import LocalizerConfig
+    from tiles.db import TileDatabase
+
+    engine = load_engine(tiny["bundle_thumb"])
+    db = TileDatabase.open(tiny["db_thumb"])
+    flights = render_flights(db, [tiny["raster"]], hfov_deg=60.0, frames=12)
+    out = {}
+    for odometry in (True, False):
+        cfg = LocalizerConfig(odometry=odometry)
+        fl = embed_flights(engine, db, cfg, flights)[0]
+        out[odometry] = [(r["trusted"], r["odometry_ok"]) for r in fly(engine, db, fl, cfg)]
+    engine.close()
+    assert any(ok for _, ok in out[True]) and not any(ok for _, ok in out[False])
+    assert out[True] != out[False]
+
+
+def test_recalibrating_a_calibrated_bundle_fits_the_same_scales(calibrated, tiny, tmp_path):
+    """The chain is flown with the reported radius unscaled: a fit on radii the bundle already scales would
+    return a scale relative to the old one (1.43 then 0.78 on one bundle, before this was so)."""
+    from export.calibrate import calibrate_bundle
+
+    bundle, lik, _ = calibrated
+    again = calibrate_bundle(bundle, tiny["db_thumb"], [tiny["raster"]], hfov_deg=60.0, frames=40,
+                             work_dir=tmp_path / "work")
+    assert again["fix_accuracy"]["r95_scale"] == pytest.approx(lik["fix_accuracy"]["r95_scale"])
+    assert (again["temperature"], again["offset"], again["clip"]) == (lik["temperature"], lik["offset"], lik["clip"])

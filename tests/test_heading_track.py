@@ -146,7 +146,7 @@ def test_config_errors_name_the_value():
         HeadingTrackConfig(search_tol_max_deg=120.0)
     from runtime.localisation.localizer import LocalizerConfig
 
-    with pytest.raises(ValueError, match="heading_search_angles"):
+    with pytest.raises(ValueError, match="heading[-_]search[-_]angles"):
         LocalizerConfig(heading_search_angles=-2)
     assert LocalizerConfig(heading_settings={"agree_deg": 15.0}).heading_settings.agree_deg == 15.0
 
@@ -154,8 +154,8 @@ def test_config_errors_name_the_value():
 def test_undirected_odometry_spreads_the_filter_instead_of_moving_it(tmp_path):
     """The bug this replaces: camera-axis displacements taken as east/north move the posterior the wrong
     way. Without a heading the posterior's centre stays and its spread grows by the distance flown."""
+    from runtime.localisation.likelihood import Likelihood
     from runtime.localisation.map_filter import MapFilter, MapFilterConfig
-    from runtime.search.layer_grid import Likelihood
     from tests.mapdb import grid_database
     from tiles.db import TileDatabase
 

@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from runtime.localisation.likelihood import FALLBACK, Likelihood
 from runtime.localisation.map_filter import MapFilter, MapFilterConfig
 from runtime.localisation.odometry import Motion
-from runtime.search.layer_grid import FALLBACK, LayerGrid, Likelihood
+from runtime.search.layer_grid import LayerGrid
 from tests.mapdb import frame_embedding, grid_database
 from tiles.db import TileDatabase
 
@@ -114,8 +115,8 @@ def test_search_is_local_when_concentrated(db):
 
 
 def test_no_odometry_spreads_within_max_speed_and_a_precise_fix_sharpens(db):
-    cfg = MapFilterConfig(max_speed_mps=20.0, kidnap_rate=0.0, **INDEP)
-    mf = MapFilter(db, 0, cfg, LIK)
+    cfg = MapFilterConfig(kidnap_rate=0.0, **INDEP)
+    mf = MapFilter(db, 0, cfg, LIK, max_speed_mps=20.0)
     mf.reset(prior=(500500.0, 5199400.0, 5.0))
     mf.predict(0.0)
     r0 = mf.estimate().r95_m

@@ -241,7 +241,7 @@ def test_serve_picks_and_switches_the_layer_from_the_autopilot_then_no_altitude(
         fc.alt_mm = 150000
         proc = subprocess.Popen(
             [sys.executable, "-m", "runtime", "serve", "--bundle", str(a["bundle"]), "--db", str(a["db"]),
-             "--source", str(video), "--loop", "--jsonl", str(out), "--min-confidence", "0",
+             "--source", str(video), "--loop", "--jsonl", str(out),
              "--altitude-from", link, "--mavlink", link, "--altitude-stale-s", "0.5",
              "--health-port", str(health_port), "--health-log-s", "0.2"],
             stderr=subprocess.PIPE, text=True, env=env)

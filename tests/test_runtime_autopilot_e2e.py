@@ -4,8 +4,8 @@ the reported accuracy.
 
 The flight: frames that are exact tiles of a small real map (NAIP 2020, 5 m/px), 4 px (20 m) apart
 diagonally, one per second (the folder source's clock), so the truth is a straight line flown at 20 m/s
-south and 20 m/s east. The model is the tests' random-weights one, so the accuracies it reports are wide:
-the test checks that they are honest (the truth inside them), not that they are small.
+south and 20 m/s east. The model is the tests' thumbnail descriptor, which finds crops of the map's own
+image; the test checks that the reported accuracies are honest (the truth inside them).
 
 Skipped until the service accepts the output options (`--gnss-serial`, `--mavlink-mode`): it needs the
 service wiring described in runtime/outputs.py's `open_outputs`.
@@ -24,12 +24,13 @@ import pytest
 
 from tests.loopback import free_port
 from tests.trajectory import ground_m
+from tools.toy_assets import THUMB_ALTITUDE_M
 
 pytest.importorskip("pyubx2")
 pytest.importorskip("pynmea2")
 mavutil = pytest.importorskip("pymavlink.mavutil")
 
-N_FRAMES, STEP_PX, TILE_PX, ORIGIN_RC = 12, 4, 64, (40, 40)
+N_FRAMES, STEP_PX, TILE_PX, ORIGIN_RC = 30, 8, 64, (40, 40)
 
 
 def _serve_accepts_outputs() -> bool:
@@ -51,12 +52,13 @@ def _flight(tmp_path):
     a = tiny_assets()
     sub = tmp_path / "map.tif"
     with rasterio.open(a["raster"]) as src:
-        win = Window(300, 300, 200, 200)
-        prof = src.profile | {"width": 200, "height": 200, "transform": src.window_transform(win)}
+        win = Window(200, 200, 400, 400)
+        prof = src.profile | {"width": 400, "height": 400, "transform": src.window_transform(win)}
         with rasterio.open(sub, "w", **prof) as dst:
             dst.write(src.read(window=win))
         crs, tr = src.crs, prof["transform"]
-    db = make_tile_db(load_engine(a["bundle"]), tmp_path / "db", sub, tile_px=TILE_PX, stride_px=STEP_PX)
+    db = make_tile_db(load_engine(a["bundle_thumb"]), tmp_path / "db", sub, tile_px=TILE_PX, stride_px=STEP_PX,
+                      altitudes_m=(a["thumb_altitude_m"],))
     with rasterio.open(sub) as r:
         rgb = np.moveaxis(r.read([1, 2, 3]), 0, -1)
     frames = tmp_path / "frames"
@@ -70,7 +72,7 @@ def _flight(tmp_path):
         lon, lat = to_wgs.transform(x, y)
         truth.append((lat, lon))
     step_m = STEP_PX * tr.a
-    return a["bundle"], db, frames, truth, (-step_m, step_m)  # rows go south (north -), columns east
+    return a["bundle_thumb"], db, frames, truth, (-step_m, step_m)  # rows go south (north -), columns east
 
 
 def _collect(listener, pty, proc, n):
@@ -95,7 +97,7 @@ def test_serve_streams_match_the_flight_truth_within_the_reported_accuracy(tmp_p
     t_start = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle), "--db", str(db), "--source",
-         str(frames), "--altitude", "150", "--fusion", "gate", "--min-confidence", "0", "--acquire-frames", "1",
+         str(frames), "--altitude", str(THUMB_ALTITUDE_M), "--no-derotate",
          "--max-speed-mps", "100", "--jsonl", str(out), "--mavlink", f"udpout:127.0.0.1:{port}",
          "--mavlink-mode", "gps_input", "--gnss-serial", pty.path, "--gnss-protocols", "ubx,nmea"],
         stderr=subprocess.PIPE, text=True)
@@ -116,7 +118,7 @@ def test_serve_streams_match_the_flight_truth_within_the_reported_accuracy(tmp_p
     gsts = [s for s in nmea if s.sentence_type == "GST"]
     assert len(recs) == len(gps) == len(pvts) == len(ggas) == N_FRAMES, (len(recs), len(gps), len(pvts), len(ggas))
     trusted = [i for i, r in enumerate(recs) if r["fix"]["trusted"]]
-    assert len(trusted) >= N_FRAMES // 2, [r["fix"]["reason"] for r in recs]
+    assert len(trusted) >= 10, [r["fix"]["reason"] for r in recs]  # the filter needs a third to converge
     gst_iter = iter(gsts)
     ratios = []  # position error / reported accuracy, per stream and trusted fix
     for i, (rec, g, p, gga) in enumerate(zip(recs, gps, pvts, ggas)):

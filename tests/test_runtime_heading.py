@@ -138,7 +138,7 @@ def _service(cfg_kwargs, jsonl=None, source=()):
 
     a = tiny_assets()
     cfg = ServiceConfig(bundle=str(a["bundle"]), db=str(a["db"]), source="unused", altitude_m=150.0,
-                        min_confidence=0.0, jsonl=jsonl, **cfg_kwargs)
+                        jsonl=jsonl, **cfg_kwargs)
     return Service(cfg, source=list(source))
 
 

@@ -2,7 +2,7 @@
 
 SUES-200 replay on a dataset generated in the real layout by tools/make_sues200.py: the metrics must equal
 a direct computation with common.metrics on embeddings computed independently. GeoTIFF replay: a flight
-through the onboard chain (engine, Searcher, estimate_fix, PositionFilter) writing JSON, CSV and PNG.
+through the onboard chain (the service's Localizer) writing JSON, CSV and PNG.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_sues200_replay_equals_direct_computation(sues, engine, tmp_path):
         g16 /= np.linalg.norm(g16, axis=1, keepdims=True)
         flown = retrieval_metrics(q @ g16.T, q_lab, allids)
         assert r["flown"]["R@1"] == pytest.approx(flown["R@1"]) and r["flown"]["n_queries"] == 18
-        assert r["flown"]["n_gallery"] == 8 and 0.0 <= r["flown"]["trusted_pct"] <= 100.0
+        assert r["flown"]["n_gallery"] == 8
         # flights: the mean embedding of the 6 frames of each location
         f = q.reshape(3, 6, -1).mean(1)
         f /= np.linalg.norm(f, axis=1, keepdims=True)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime.localisation.fix import Fix, PositionFilter, estimate_fix
+from runtime.localisation.fix import estimate_fix
 from runtime.search.searcher import Searcher
 from tiles.db import TileDatabase, empty_entries, write_database
 from tools.toy_assets import tiny_assets
@@ -107,54 +107,3 @@ def test_confidence_follows_the_margin_to_a_distant_match():
     assert clear.confidence > 0.9 and ambiguous.confidence < 0.2
     assert ambiguous.accuracy_m > clear.accuracy_m
     assert 0 < clear.x < 50 and clear.source_rows == [0, 1]  # weighted inside the consistent cluster only
-
-
-def test_filter_rejects_jumps_and_low_confidence_then_reacquires():
-    f = PositionFilter(max_speed_mps=30, min_confidence=0.5, reacquire_frames=3, acquire_frames=1)
-
-    def fx(t, x, conf=0.9, acc=20.0):
-        return Fix(t=t, x=x, y=0.0, lat=47.0, lon=-99.0 + x * 1e-5, confidence=conf, accuracy_m=acc)
-
-    assert f.update(fx(0, 0)).trusted
-    out = f.update(fx(1, 25))
-    assert out.trusted and 0 < out.x <= 25
-    low = f.update(fx(2, 50, conf=0.2))
-    assert not low.trusted and "low confidence" in low.reason
-    jump = f.update(fx(3, 5000))
-    assert not jump.trusted and jump.reason.startswith("jump")
-    assert f.last.x < 100  # the track was not dragged by the outlier
-    assert not f.update(fx(4, 5010)).trusted
-    again = f.update(fx(5, 5020))  # three mutually consistent fixes far away: the old track was wrong
-    assert again.trusted and again.reason == "re-acquired" and again.x == 5020
-    assert not f.update(Fix(t=6)).trusted  # no position, no trust
-
-
-def test_filter_acquires_only_on_consistent_fixes():
-    """A lone confident outlier at start-up must not become the track the right fixes are judged against."""
-    f = PositionFilter(max_speed_mps=30, min_confidence=0.5, acquire_frames=3)
-
-    def fx(t, x, conf=0.9, acc=20.0):
-        return Fix(t=t, x=x, y=0.0, lat=47.0, lon=-99.0, confidence=conf, accuracy_m=acc)
-
-    first = f.update(fx(0, 4000))  # a wrong match
-    assert not first.trusted and first.reason.startswith("acquiring (1/3")
-    assert f.last is None
-    assert not f.update(fx(1, 0)).trusted  # disagrees with the outlier: the count starts again
-    assert not f.update(fx(2, 20)).trusted
-    third = f.update(fx(3, 45))
-    assert third.trusted and third.reason == "acquired" and third.x == 45
-    assert f.update(fx(4, 70)).trusted  # then tracked as usual
-
-
-def test_low_confidence_accuracy_does_not_make_scattered_fixes_consistent():
-    """Accuracy grows as confidence falls; consistency is judged on the spatial spread instead, so three
-    scattered, barely-confident fixes kilometres apart do not start a track."""
-    f = PositionFilter(max_speed_mps=30, min_confidence=0.3, acquire_frames=3)
-
-    def fx(t, x, y):
-        return Fix(t=t, x=x, y=y, lat=47.0, lon=-99.0, confidence=0.35, accuracy_m=2000.0)  # spread 700 m
-
-    assert not f.update(fx(0, 0, 0)).trusted
-    assert not f.update(fx(1, 1500, 0)).trusted  # 1.5 km in 1 s: not the same track
-    assert not f.update(fx(2, 1500, 1500)).trusted
-    assert f.last is None

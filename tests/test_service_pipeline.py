@@ -25,7 +25,7 @@ def _frames(n=8):
 def _run(frames, **kw) -> tuple[Service, list[dict]]:
     a = tiny_assets()
     cfg = ServiceConfig(bundle=str(a["bundle"]), db=str(a["db"]), source="unused", altitude_m=150.0,
-                        heading_deg=30.0, min_confidence=0.0, **kw)
+                        heading_deg=30.0, **kw)
     svc = Service(cfg, source=list(frames))
     records: list[dict] = []
     svc.outputs = [type("Keep", (), {"emit": lambda self, r, f: records.append(r), "close": lambda self: None,
@@ -111,7 +111,7 @@ def test_without_a_compass_heading_the_frame_is_embedded_in_the_fusion_thread():
     a = tiny_assets()
     frames = _frames(4)
     cfg = ServiceConfig(bundle=str(a["bundle"]), db=str(a["db"]), source="unused", altitude_m=150.0,
-                        min_confidence=0.0, heading_search_angles=4)
+                        heading_search_angles=4)
     svc = Service(cfg, source=list(frames))
     names = _spy_threads(svc)
     assert svc.run() == 0

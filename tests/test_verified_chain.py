@@ -1,4 +1,4 @@
-"""A verified track's chain of odometry (runtime.localisation.fusion): bland frames (too few features) are coasted
+"""A verified track's chain of odometry (runtime.localisation.track): bland frames (too few features) are coasted
 through by the filter's velocity for ``coast_frames`` and the fix stays trusted with a growing radius; a
 picture that jumps breaks the chain at once; past the limit the filter's own rule applies again."""
 
@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from runtime.localisation.fusion import MapFusion
+from runtime.localisation.config import LocalizerConfig
+from runtime.localisation.likelihood import Likelihood
 from runtime.localisation.map_filter import MapFilterConfig
-from runtime.localisation.odometry import Motion, OdometryConfig
-from runtime.search.layer_grid import Likelihood
+from runtime.localisation.odometry import Motion
+from runtime.localisation.track import MapTrack
 from runtime.search.searcher import Searcher
-from tests.mapdb import frame_embedding, grid_database
+from tests.mapdb import frame_embedding, grid_database, track_step
 from tiles.db import TileDatabase
 
 X0, Y0, V = 500300.0, 5199500.0, 10.0  # start, and metres east per frame
@@ -28,20 +29,20 @@ def db(tmp_path_factory):
 def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off=(0.0, 0.0), compass=True):
     """A drone flying east at 10 m/frame; the track verified by 'registration' on frame 5 (set as a
     registration would); from frame 8 the odometry fails as ``failures`` says ({frame: Motion})."""
-    fusion = MapFusion(db, Searcher(db), Likelihood(temperature=0.1, offset=0.2),
-                       filter_cfg=MapFilterConfig(independent_frac=0.0), odometry_cfg=OdometryConfig(),
-                       hfov_deg=60.0, coast_frames=coast_frames)
-    fusion.verify_lock = True  # as with a registrar: trust needs the verified point
+    cfg = LocalizerConfig(map_filter=MapFilterConfig(independent_frac=0.0), coast_frames=coast_frames,
+                          map_sigma_m=0.0)
+    track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), cfg, verify=True)  # as with a registrar
+    searcher = Searcher(db)
     rng = np.random.default_rng(0)
     out = []
     for i in range(frames):
         x = X0 + V * i
         motion = failures.get(i, Motion(True, V, 0.0, 0.0, 1.0, 50, 60, 1.0))
         q = frame_embedding(db, x, Y0, 1.0, rng)
-        fix = fusion.step(float(i), None, None, q, 0, 100.0, 0.0, 5, motion=motion, compass=compass)[0]
-        if i == 5:
-            fusion.verified = np.array([x + registered_off[0], Y0 + registered_off[1]])
-            fusion.chain_ok, fusion.coasted, fusion.verified_var = True, 0, 3.0**2  # a 3 m registration
+        fix = track_step(track, searcher, float(i), q, motion=motion, compass=compass)
+        if i == 5:  # set as a 3 m registration would
+            track.verified = np.array([x + registered_off[0], Y0 + registered_off[1]])
+            track.chain_ok, track.coasted, track.verified_var = True, 0, 3.0**2
         out.append(fix)
     return out
 
@@ -87,7 +88,8 @@ def test_a_registered_point_the_filter_does_not_follow_keeps_the_filter_mean(db)
 def test_the_registered_track_reports_its_own_growing_radius(db):
     """The registration's variance grown by each odometry step (its residual sigma, 1 m here, and 2 % of the
     distance for the altitude's scale): not the grid's spread, which cannot be below a cell's."""
-    from runtime.localisation.fusion import ODOMETRY_SCALE_SIGMA, R95_PER_SIGMA
+    from runtime.localisation.geo import R95_PER_SIGMA
+    from runtime.localisation.track import ODOMETRY_SCALE_SIGMA
 
     fixes = _fly(db, {}, coast_frames=10)
     for n, f in enumerate(fixes[6:16], start=1):
@@ -108,8 +110,7 @@ def test_without_a_compass_the_fix_is_the_filter_mean(db):
 def test_a_registration_that_conflicts_with_the_track_widens_its_radius(db):
     """Agreeing registrations are fused (the map's georeferencing stays: both share it); one 24 m off a track
     whose spreads allow ~8 m (a demo flight at 200 m) moves the fix and its distance enters the variance."""
-    fusion = MapFusion(db, Searcher(db), Likelihood(temperature=0.1, offset=0.2), filter_cfg=MapFilterConfig(),
-                       odometry_cfg=OdometryConfig(), hfov_deg=60.0, map_sigma_m=4.0)
+    fusion = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), LocalizerConfig(map_sigma_m=4.0), verify=True)
     fusion.chain_ok = True
     fusion._register_point(np.array([0.0, 0.0]), 3.0**2)
     assert fusion.verified_var == pytest.approx(9.0 + 16.0)

@@ -83,8 +83,7 @@ def main(argv=None) -> int:
                 "map_filter + registration on every frame": {"registration_every_tracking": 1},
                 "map_filter + registration every 5th frame": {"registration_every": 5},
                 "map_filter, no registration": no_reg,
-                "map_filter, no registration, --no-pipeline": {**no_reg, "pipeline": False},
-                "gate (first version)": {"fusion": "gate"}}
+                "map_filter, no registration, --no-pipeline": {**no_reg, "pipeline": False}}
     for name, knobs in settings.items():
         r = service_rate(args.bundle, args.db, folder, args.altitude_m, heading, threads=args.threads, **knobs)
         r["ratio_to_engine"] = r["fps"] / res["engine_alone_fps"]

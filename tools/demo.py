@@ -146,7 +146,7 @@ def export_and_index(cfg: DemoConfig, ckpt: Path, work: Path) -> tuple[Path, Pat
                             hfov_deg=hfov, stride_frac=cfg.stride_frac, overwrite=True, progress=False)
     if "likelihood" not in json.loads((bundle / MANIFEST).read_text()):
         # the map filter's likelihood, calibrated for this model on flights of the training years only
-        from export.calibrate_likelihood import calibrate_bundle
+        from export.calibrate import calibrate_bundle
 
         calibrate_bundle(bundle, db, [naip(y) for y in cfg.train_years], hfov_deg=hfov, precision="fp32",
                          frames=cfg.calib_frames)
@@ -179,11 +179,10 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
     elsewhere between two frames), through the same Localizer; the frames' records (cached as JSON)."""
     from runtime.engines.engine import load_engine
     from runtime.localisation.localizer import Localizer, database_hfov
-    from runtime.replay.flights import GeoTiffFlight
+    from runtime.replay.flights import GeoTiffFlight, Kidnapping
     from runtime.replay.geotiff import replay_flight
     from tiles.db import TileDatabase
     from tiles.io import atomic_write_json
-    from tools.eval_filter import _Chain
 
     cached = out / "kidnap.json"
     if cached.is_file():
@@ -195,7 +194,7 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
     for year in cfg.flight_years:
         a = GeoTiffFlight(naip(year), alt, seed=year, **kw)
         b = GeoTiffFlight(naip(year), alt, seed=year + 7, **kw)
-        flights.append(replay_flight(Localizer(engine, tdb), _Chain(a, b, cfg.flight_frames // 2)))
+        flights.append(replay_flight(Localizer(engine, tdb), Kidnapping(a, b, cfg.flight_frames // 2)))
     engine.close()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cached, flights)

@@ -46,16 +46,15 @@ def _config(pairs):
 
 
 def _cases(years, altitudes, frames: int, hfov: float, west_db):
-    from runtime.replay.flights import GeoTiffFlight, curve_waypoints
+    from runtime.replay.flights import GeoTiffFlight, Kidnapping, curve_waypoints, frames_of_nothing
     from tiles.raster import open_raster
-    from tools.eval_filter import _Chain, _nothing_frames
 
     common = dict(hfov_deg=hfov, speed_mps=40.0, fps=1.0, photometric=0.3, max_frames=frames)
     for year in years:
         for alt in altitudes:
             a = GeoTiffFlight(naip(year), alt, pattern="curve", seed=year, **common)
             b = GeoTiffFlight(naip(year), alt, pattern="curve", seed=year + 7, **common)
-            yield f"{year}_{alt}_kidnap", "full", _Chain(a, b, frames // 2), True
+            yield f"{year}_{alt}_kidnap", "full", Kidnapping(a, b, frames // 2), True
             fp = 2 * alt * np.tan(np.radians(hfov / 2))
             xe = float(np.asarray(west_db.entries["x"]).max()) + 1.5 * fp
             with open_raster(naip(year)) as r:
@@ -63,7 +62,7 @@ def _cases(years, altitudes, frames: int, hfov: float, west_db):
             wp = curve_waypoints((xe, bnd[1], bnd[2], bnd[3]), margin_m=0.75 * fp, seed=year)
             yield f"{year}_{alt}_offmap", "west", GeoTiffFlight(naip(year), alt, waypoints=wp, seed=year, **common), True
     for alt in altitudes:
-        yield f"nothing_{alt}", "full", _nothing_frames(frames, float(alt), int(alt)), False
+        yield f"nothing_{alt}", "full", frames_of_nothing(frames, float(alt), int(alt)), False
 
 
 def main(argv=None) -> int:
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
     if set(args.years) & {2010, 2012, 2014, 2018}:
         raise SystemExit("evaluate on the held-out years only (2016, 2020)")
 
-    from export.calibrate_likelihood import half_database
+    from export.calibration_flights import half_database
     from runtime.engines.engine import load_engine
     from runtime.localisation.localizer import Localizer, database_hfov
     from runtime.replay.geotiff import flight_figures, replay_flight
@@ -94,7 +93,6 @@ def main(argv=None) -> int:
     db = TileDatabase.open(args.db)
     args.out.mkdir(parents=True, exist_ok=True)
     west_path = half_database(db, args.out / "west_db")
-    _copy_imagery(db, west_path)
     dbs = {"full": db, "west": TileDatabase.open(west_path)}
     rows, t0 = [], time.perf_counter()
     for key, which, frames, has_truth in _cases(args.years, args.altitudes, args.frames, database_hfov(db),
@@ -116,22 +114,6 @@ def main(argv=None) -> int:
         print(f"{r['flight']:>20} | {r['trusted']:>7} {r['wrong_trusted']:>5} {str(r['availability_pct']):>6} "
               f"{str(r['ttff_frames']):>5} {str(r['error_median_m'] and round(r['error_median_m'], 1)):>8}")
     return 0
-
-
-def _copy_imagery(db, west_path: Path) -> None:
-    """The half database flies with the whole map's imagery (registration may only verify where the
-    filter's candidates are: inside the half)."""
-    import shutil
-
-    from tiles.io import atomic_write_json
-
-    src = Path(db.path) / "imagery"
-    man_path = west_path / "manifest.json"
-    man = json.loads(man_path.read_text())
-    if src.is_dir() and "imagery" not in man and "imagery" in db.manifest:
-        shutil.copytree(src, west_path / "imagery", dirs_exist_ok=True)
-        man["imagery"] = db.manifest["imagery"]
-        atomic_write_json(man_path, man)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def naip_files() -> dict[int, Path]:
     return {int(p.stem.rsplit("_", 1)[-1][:4]): p for p in sorted(NAIP_DIR.glob("*.tif"))}
 
 INPUT_PX = 64
+# the height at which a 60-degree camera sees a 64 px tile of the 5 m NAIP image (320 m): the thumbnail
+# database's layer, so that the odometry's metres and the tiles' agree
+THUMB_ALTITUDE_M = 64 * 5.0 / (2.0 * 0.5773502691896257)
 
 
 def make_bundle(
@@ -37,7 +40,8 @@ def make_bundle(
     uint8_input: bool = False,
     seed: int = 0,
 ) -> Path:
-    """Export a timm model (random weights) to ``out_dir/model.onnx`` with a manifest; returns out_dir."""
+    """Export a timm model (random weights), or ``"thumbnail"`` (:class:`Thumbnail`), to
+    ``out_dir/model.onnx`` with a manifest; returns out_dir."""
     import timm
     import torch
 
@@ -48,8 +52,12 @@ def make_bundle(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    backbone = timm.create_model(model_name, pretrained=False, num_classes=0).eval()
-    cfg = timm.data.resolve_data_config(model=backbone)
+    if model_name == "thumbnail":
+        backbone = thumbnail_model()
+        cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
+    else:
+        backbone = timm.create_model(model_name, pretrained=False, num_classes=0).eval()
+        cfg = timm.data.resolve_data_config(model=backbone)
     interp = cfg.get("interpolation", "bilinear")
     pre = Preprocess(input_size=(input_px, input_px), mean=cfg["mean"], std=cfg["std"],
                      interpolation=interp if interp in ("bilinear", "bicubic") else "bilinear")
@@ -94,6 +102,25 @@ def make_bundle(
     )
     write_manifest(out_dir, manifest)
     return out_dir
+
+
+def thumbnail_model(side: int = 8):
+    """A descriptor without learning: the grey level of the frame's central half (inside the circle a frame
+    turned north-up keeps: no black corners) averaged over ``side`` x ``side`` cells, its mean removed
+    (L2-normalised by the bundle's graph). It finds a view of the map's own image on the map (the same
+    pixels, no season or year between them), which is what tests of the flight chain need from a model:
+    fixes that the map filter trusts, on imagery a test can generate, with a real ONNX file."""
+    import torch
+
+    q = INPUT_PX // 4  # the input is INPUT_PX square: its central half, pooled in cells of (INPUT_PX / 2) / side
+
+    class Thumbnail(torch.nn.Module):
+        def forward(self, x):
+            grey = x[:, :, q:INPUT_PX - q, q:INPUT_PX - q].mean(dim=1, keepdim=True)
+            t = torch.nn.functional.avg_pool2d(grey, (INPUT_PX // 2) // side).flatten(1)
+            return t - t.mean(dim=1, keepdim=True)
+
+    return Thumbnail().eval()
 
 
 def read_rgb(raster_path: str | os.PathLike) -> tuple[np.ndarray, object, str]:
@@ -188,11 +215,14 @@ _ASSETS: dict = {}
 
 
 def tiny_assets() -> dict:
-    """Built once per test process (cached): {"bundle", "bundle_u8", "db", "raster", "root"} paths.
+    """Built once per test process (cached): {"bundle", "bundle_u8", "db", "raster", "root", "bundle_thumb",
+    "db_thumb"} paths.
 
     The database is cut from the 2020 NAIP image at two altitudes with the float32-input bundle. The
     uint8-input bundle has the same weights (same seed) but its own checkpoint file, so its fingerprint
-    differs from the database's.
+    differs from the database's. ``bundle_thumb`` is :func:`thumbnail_model`, with its database
+    ``db_thumb`` of the 2020 image's tiles every 8 px at ``thumb_altitude_m``, the height at which a
+    60-degree camera sees a tile's 320 m: flights of :func:`flight_crops` there get trusted fixes.
     """
     if _ASSETS:
         return _ASSETS
@@ -208,5 +238,9 @@ def tiny_assets() -> dict:
     bundle = make_bundle(root / "bundle")
     bundle_u8 = make_bundle(root / "bundle_u8", uint8_input=True)
     db = make_tile_db(load_engine(bundle), root / "db", raster, altitudes_m=(150.0, 300.0))
-    _ASSETS.update(bundle=bundle, bundle_u8=bundle_u8, db=db, raster=raster, root=root)
+    thumb = make_bundle(root / "bundle_thumb", model_name="thumbnail")
+    db_thumb = make_tile_db(load_engine(thumb), root / "db_thumb", raster, altitudes_m=(THUMB_ALTITUDE_M,),
+                            stride_px=8)
+    _ASSETS.update(bundle=bundle, bundle_u8=bundle_u8, db=db, raster=raster, root=root, bundle_thumb=thumb,
+                   db_thumb=db_thumb, thumb_altitude_m=THUMB_ALTITUDE_M)
     return _ASSETS

@@ -23,7 +23,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.metrics import one_percent_k, retrieval_metrics
 from train.embed import embed_images

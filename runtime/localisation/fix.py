@@ -1,4 +1,4 @@
-"""From the best-matching tiles to a position, a confidence, an honest accuracy, and fusion over frames.
+"""From the best-matching tiles to a position, a confidence and an honest accuracy: one frame's own estimate.
 
 One frame (:func:`estimate_fix`):
 - the top match's tile centre is the anchor; matches whose centres lie within ``cluster_m`` (default: the
@@ -11,17 +11,14 @@ One frame (:func:`estimate_fix`):
 - the accuracy (metres, a 1-sigma-like radius) starts at half the stride-limited tile error, a quarter of
   the footprint, adds the cluster's spread, and is divided by the confidence (so it grows as trust falls).
 
-Over frames (:class:`PositionFilter`): a fix is trusted only when its confidence reaches
-``min_confidence`` and it is reachable from the last trusted fix at ``max_speed_mps`` (plus both
-accuracies). Trusted fixes are blended with the prediction (constant position, process noise from
-``cruise_speed_mps``). ``reacquire_frames`` consecutive rejected fixes that agree with each other replace
-a track that went wrong. Otherwise the answer is "no trusted fix", never a made-up position.
+This estimate is the record's ``raw`` (what one frame says); the fix the outputs send comes from the track
+over the map (:mod:`runtime.localisation.track`), which alone decides what is trusted.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -114,97 +111,3 @@ def estimate_fix(
     return Fix(t=t, x=x, y=y, lat=lat, lon=lon, confidence=float(confidence), accuracy_m=float(accuracy),
                trusted=False, source_rows=idx[in_cluster].tolist(), scores=sc[in_cluster].tolist(),
                label=label, reason="not filtered")
-
-
-class PositionFilter:
-    """Gate and smooth per-frame fixes; the output is trusted only when it passes every check."""
-
-    def __init__(
-        self,
-        max_speed_mps: float = 30.0,
-        min_confidence: float = 0.3,
-        max_accuracy_m: float | None = None,
-        cruise_speed_mps: float = 10.0,
-        reacquire_frames: int = 3,
-        acquire_frames: int = 3,
-    ):
-        if max_speed_mps <= 0:
-            raise ValueError(f"max_speed_mps must be > 0, got {max_speed_mps}")
-        if not 0 <= min_confidence <= 1:
-            raise ValueError(f"min_confidence must be in 0..1, got {min_confidence}")
-        self.max_speed_mps = float(max_speed_mps)
-        self.min_confidence = float(min_confidence)
-        self.max_accuracy_m = max_accuracy_m
-        self.cruise_speed_mps = float(cruise_speed_mps)
-        self.reacquire_frames = int(reacquire_frames)
-        # A first fix has nothing to be checked against: one confident but wrong match would be trusted
-        # and then defended against the right ones. So the track starts only once ``acquire_frames``
-        # consecutive fixes agree with each other (the same rule as re-acquisition after a jump).
-        self.acquire_frames = max(1, int(acquire_frames))
-        self.last: Fix | None = None  # last trusted (filtered) fix
-        self._rejected: list[Fix] = []
-
-    def reset(self) -> None:
-        self.last = None
-        self._rejected = []
-
-    def _reachable(self, a: Fix, b: Fix) -> tuple[bool, float, float]:
-        """Could the drone have moved from ``a`` to ``b``? Allowed: flight at ``max_speed_mps`` plus the
-        spatial spread of both estimates. The spread is ``accuracy_m * confidence`` (tile size and the
-        spread of the matched cluster), not ``accuracy_m`` itself, which is inflated for low confidence:
-        judging consistency with kilometre-wide accuracies let scattered wrong fixes look consistent."""
-        dt = max(abs(b.t - a.t), 1e-3)
-        dist = math.hypot(b.x - a.x, b.y - a.y)
-        allowed = self.max_speed_mps * dt + _spread(a) + _spread(b)
-        return dist <= allowed, dist, dt
-
-    def update(self, fix: Fix) -> Fix:
-        if not fix.has_position:
-            return replace(fix, trusted=False, reason=fix.reason or "no position")
-        if fix.confidence < self.min_confidence:
-            return replace(fix, trusted=False,
-                           reason=f"low confidence {fix.confidence:.2f} < {self.min_confidence:.2f}")
-        if self.max_accuracy_m is not None and fix.accuracy_m > self.max_accuracy_m:
-            return replace(fix, trusted=False,
-                           reason=f"accuracy {fix.accuracy_m:.0f} m > {self.max_accuracy_m:.0f} m")
-        if self.last is None:
-            return self._candidate(fix, self.acquire_frames, "acquired",
-                                   f"acquiring ({len(self._rejected) + 1}/{self.acquire_frames} consistent fixes)")
-        ok, dist, dt = self._reachable(self.last, fix)
-        if not ok:
-            return self._candidate(fix, self.reacquire_frames, "re-acquired", f"jump {dist:.0f} m in {dt:.1f} s")
-        self._rejected = []
-        # constant-position Kalman step, isotropic: prediction variance grows with cruise speed
-        p = _finite(self.last.accuracy_m) ** 2 + (self.cruise_speed_mps * dt) ** 2
-        r = _finite(fix.accuracy_m) ** 2
-        g = p / (p + r) if p + r > 0 else 1.0
-        x = self.last.x + g * (fix.x - self.last.x)
-        y = self.last.y + g * (fix.y - self.last.y)
-        lat = self.last.lat + g * (fix.lat - self.last.lat)
-        lon = self.last.lon + g * (fix.lon - self.last.lon)
-        acc = math.sqrt(p * r / (p + r)) if p + r > 0 else fix.accuracy_m
-        # never claim better than the measurement's own tile-level floor
-        acc = max(acc, 0.5 * _finite(fix.accuracy_m) * fix.confidence)
-        self.last = replace(fix, x=x, y=y, lat=lat, lon=lon, accuracy_m=acc, trusted=True, reason="")
-        return self.last
-
-
-    def _candidate(self, fix: Fix, needed: int, ok_reason: str, wait_reason: str) -> Fix:
-        """Collect fixes that disagree with the track (or precede it); a run of ``needed`` mutually
-        consistent ones becomes the new track."""
-        if self._rejected and not self._reachable(self._rejected[-1], fix)[0]:
-            self._rejected = []
-        self._rejected.append(fix)
-        if len(self._rejected) >= needed:
-            self._rejected = []
-            self.last = replace(fix, trusted=True, reason=ok_reason)
-            return self.last
-        return replace(fix, trusted=False, reason=wait_reason)
-
-
-def _spread(f: Fix) -> float:
-    return _finite(f.accuracy_m) * max(f.confidence, 0.05)
-
-
-def _finite(v: float, big: float = 1e6) -> float:
-    return float(v) if math.isfinite(v) else big

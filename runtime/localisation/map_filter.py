@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.search.layer_grid import LayerGrid, Likelihood
+from runtime.localisation.likelihood import Likelihood
+from runtime.search.layer_grid import LayerGrid
 
 CHI2_2D_95 = 5.991  # 95 % quantile of chi-square with 2 degrees of freedom
 
@@ -48,7 +49,6 @@ CHI2_2D_95 = 5.991  # 95 % quantile of chi-square with 2 degrees of freedom
 @dataclass
 class MapFilterConfig:
     cell_frac: float = 0.25  # grid cell, fraction of the tile stride
-    max_speed_mps: float = 50.0  # bound of the random walk without odometry
     odo_rel_sigma: float = 0.1  # odometry noise: share of the distance (1 sigma per axis)
     odo_abs_sigma_m: float = 3.0  # plus this (metres, 1 sigma per axis)
     accel_mps2: float = 2.0  # velocity random walk (1 sigma per second)
@@ -77,8 +77,8 @@ class MapFilterConfig:
             raise ValueError(f"cell_frac must be in (0, 1], got {self.cell_frac}")
         if not 0 < self.in_map_prior < 1 or not 0 < self.trust_mass < 1:
             raise ValueError(f"in_map_prior and trust_mass must be in (0, 1): {self.in_map_prior}, {self.trust_mass}")
-        if self.max_speed_mps <= 0 or self.kidnap_rate < 0:
-            raise ValueError(f"max_speed_mps must be > 0 and kidnap_rate >= 0: {self.max_speed_mps}, {self.kidnap_rate}")
+        if self.kidnap_rate < 0:
+            raise ValueError(f"kidnap_rate must be >= 0, got {self.kidnap_rate}")
 
 
 @dataclass
@@ -101,8 +101,11 @@ class MapFilter:
     """Posterior over one layer (module docstring). Per frame: predict, rows_to_score, update, estimate."""
 
     def __init__(self, db, layer: int | str, cfg: MapFilterConfig | None = None,
-                 likelihood: Likelihood | None = None, seed: int = 0):
+                 likelihood: Likelihood | None = None, seed: int = 0, *, max_speed_mps: float = 50.0):
         self.cfg = cfg or MapFilterConfig()
+        if not max_speed_mps > 0:
+            raise ValueError(f"max_speed_mps must be > 0, got {max_speed_mps}")
+        self.max_speed_mps = float(max_speed_mps)  # bound of the random walk without odometry
         self.lik = likelihood or Likelihood.from_manifest(None)
         self.grid = LayerGrid(db, layer)
         self.seed = seed  # the filter is deterministic; kept for the API's sake
@@ -119,11 +122,12 @@ class MapFilter:
         self.reset()
 
     # ---- state ----------------------------------------------------------------------------------
-    def reset(self, prior: tuple[float, float, float] | None = None) -> None:
-        """Start again: global (no prior) or from a position (x, y, sigma_m) that may be wrong."""
+    def reset(self, prior: tuple[float, float, float] | None = None, t: float | None = None) -> None:
+        """Start again: global (no prior) or from a position (x, y, sigma_m) that may be wrong; ``t``: the
+        time the filter stands at (None: the next predict starts it)."""
         self.off = np.zeros(2)  # sub-cell offset of the grid (metres, east/north)
-        self.t: float | None = None
-        self.v, self.pv = np.zeros(2), np.eye(2) * (self.cfg.max_speed_mps / 2.0) ** 2
+        self.t: float | None = t
+        self.v, self.pv = np.zeros(2), np.eye(2) * (self.max_speed_mps / 2.0) ** 2
         self.vel_known = False
         self.n_updates, self.since_global, self.blind = 0, 10**9, 0
         self.moved_m: float | None = None  # ground distance since the last update (None: unknown)
@@ -169,9 +173,9 @@ class MapFilter:
         elif self.vel_known:
             d = self.v * dt
             sigma = min(math.sqrt(float(np.trace(self.pv)) / 2.0) * dt + cfg.odo_abs_sigma_m,
-                        cfg.max_speed_mps * dt)
+                        self.max_speed_mps * dt)
         else:
-            d, sigma = np.zeros(2), cfg.max_speed_mps * dt / 2.0
+            d, sigma = np.zeros(2), self.max_speed_mps * dt / 2.0
         self.last_displacement = np.asarray(d, float)
         self.last_sigma_m = float(sigma)  # its 1-sigma per axis
         self._translate(d)

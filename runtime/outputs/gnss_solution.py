@@ -8,8 +8,8 @@ What each value is (and what it is not):
   it (GPS epoch 1980-01-06, GPS = UTC + 18 s since 2017), so every time field of a message agrees.
 - ``h_acc_m``: ``Fix.accuracy_m``, the localiser's 1-sigma-like horizontal radius in metres (the EKFs
   use it as the measurement's standard deviation: ArduPilot's ``horiz_accuracy``, PX4's ``eph`` from
-  UBX ``hAcc`` or NMEA ``GST``). ``sigma_n_m``/``sigma_e_m`` split it per axis (from ``cov_xy`` when known,
-  else ``h_acc_m / sqrt(2)`` each).
+  UBX ``hAcc`` or NMEA ``GST``). ``sigma_n_m``/``sigma_e_m`` split it per axis in the shape of ``cov_xy`` when
+  known (else ``h_acc_m / sqrt(2)`` each), so that ``sqrt(sigma_n^2 + sigma_e^2) = h_acc_m``.
 - ``vel_n_mps``/``vel_e_mps``: velocity over ground, NED (north, east; positive north/east), from the
   filter; ``None`` when unknown. ``speed_acc_mps``: its 1-sigma, ``None`` when unknown. The vertical
   velocity is never known (``vel_d`` is always reported unknown where the protocol allows it).
@@ -108,8 +108,12 @@ def solution_from_fix(fix, *, time_unix: float, altitude_msl_m: float | None = N
     if fix is None or not fix.trusted or _finite(fix.lat) is None or _finite(fix.lon) is None or acc is None:
         return GnssSolution(time_unix=float(time_unix), valid=False)
     sn = se = acc / math.sqrt(2.0)
-    if fix.cov_xy is not None and all(math.isfinite(v) for v in fix.cov_xy) and min(fix.cov_xy[:2]) >= 0:
-        se, sn = math.sqrt(fix.cov_xy[0]), math.sqrt(fix.cov_xy[1])  # x east, y north
+    cov = fix.cov_xy
+    if cov is not None and all(math.isfinite(v) for v in cov) and min(cov[:2]) >= 0 and cov[0] + cov[1] > 0:
+        # the covariance's shape (x east, y north), scaled so that sqrt(sn^2 + se^2) is the accuracy: the
+        # horizontal error PX4 computes from GST is then the same number every other field carries
+        k = acc / math.sqrt(cov[0] + cov[1])
+        se, sn = k * math.sqrt(cov[0]), k * math.sqrt(cov[1])
     vn, ve = _finite(fix.vel_n_mps), _finite(fix.vel_e_mps)
     if vn is None or ve is None:
         vn = ve = None

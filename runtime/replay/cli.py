@@ -7,7 +7,7 @@ import logging
 import os
 
 from common.cli import add_dataclass_options, dataclass_values
-from runtime.localisation.localizer import LocalizerConfig
+from runtime.localisation.config import LocalizerConfig, add_localizer_options
 from runtime.replay.geotiff import FlightSpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                         "--altitudes-m 150 200 250 300 --hfov-deg 60 --db-out DB`")
     g.add_argument("--flight-raster", default=None, help="GeoTIFF the frames are rendered from (default: --map)")
     add_dataclass_options(g, FlightSpec, group="the rendered flights")
-    add_dataclass_options(g, LocalizerConfig, group="localisation (the same options as serve)")
+    add_localizer_options(g)
 
 
 def run_replay(args: argparse.Namespace) -> int:

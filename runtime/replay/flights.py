@@ -267,3 +267,33 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     if bgr is None:
         raise ValueError(f"cannot read an image from {path} (missing, empty or not an image file)")
     return bgr_to_rgb(bgr)
+
+
+class Kidnapping:
+    """Frames of two flights: the first ``cut`` of ``a``, then ``b`` from ``cut`` on (the drone carried
+    elsewhere between two frames)."""
+
+    def __init__(self, a, b, cut: int):
+        self.a, self.b, self.cut = a, b, cut
+
+    def __iter__(self):
+        for i, fr in enumerate(self.a):
+            if i >= self.cut:
+                break
+            yield fr
+        for i, fr in enumerate(self.b):
+            if i >= self.cut:
+                yield fr
+
+
+def frames_of_nothing(n: int, alt: float, seed: int):
+    """Noise, then uniform colours: frames that show no place at all (never to be trusted)."""
+    from runtime.inputs.sources import Frame
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        if i < n // 2:
+            img = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        else:
+            img = np.full((256, 256, 3), rng.integers(0, 256, 3), np.uint8)
+        yield Frame(float(i), img, {"index": i, "altitude_m": alt, "heading_deg": float(rng.uniform(0, 360))})

@@ -69,22 +69,28 @@ def _tile_hit(db, rows, x: float, y: float) -> bool:
     return False
 
 
-def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass: bool = True) -> list[dict]:
-    """Run frames (Frame tuples with ground truth in meta) through ``localizer`` (a
-    :class:`runtime.localisation.localizer.Localizer`, the service's own chain) and compare with the truth.
-
-    The telemetry of each frame is what an autopilot would report: ``meta["altitude_m"]`` (else
-    ``altitude_m``) and ``meta["heading_deg"]`` (the compass heading of the image top)."""
+def flight_telemetry(t: float, meta: dict, altitude_m: float | None = None, compass: bool = True):
+    """What an autopilot would report with a replayed frame: ``meta["altitude_m"]`` (else ``altitude_m``) and,
+    with a compass, ``meta["heading_deg"]`` (the compass heading of the image top)."""
     from runtime.localisation.localizer import Telemetry
 
+    alt = meta.get("altitude_m", altitude_m)
+    hdg = meta.get("heading_deg") if compass else None
+    return Telemetry(t=float(t), altitude_m=alt, altitude_source="flight" if alt is not None else None,
+                     heading_deg=hdg, heading_source="flight" if hdg is not None else None)
+
+
+def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass: bool = True,
+                  aheads=None) -> list[dict]:
+    """Run frames (Frame tuples with ground truth in meta) through ``localizer`` (a
+    :class:`runtime.localisation.localizer.Localizer`, the service's own chain) and compare with the truth.
+    ``aheads``: each frame's :meth:`~runtime.localisation.localizer.Localizer.embed_ahead` when computed
+    before (a calibration flies the same frames with several settings; None where not)."""
     db = localizer.db
     records = []
-    for t, image, meta in frames:
-        alt = meta.get("altitude_m", altitude_m)
-        hdg = meta.get("heading_deg") if compass else None
-        tel = Telemetry(t=float(t), altitude_m=alt, altitude_source="flight" if alt is not None else None,
-                        heading_deg=hdg, heading_source="flight" if hdg is not None else None)
-        loc = localizer.locate(image, tel)
+    for k, (t, image, meta) in enumerate(frames):
+        tel = flight_telemetry(t, meta, altitude_m, compass)
+        loc = localizer.locate(image, tel, ahead=aheads[k] if aheads is not None else None)
         rec = frame_record(db, loc, meta, len(records))
         true_hdg = meta.get("heading_deg")
         used = loc.telemetry.heading_deg
@@ -164,7 +170,7 @@ def reliability(records: list[dict], levels=RELIABILITY_LEVELS) -> dict | None:
     if not pairs:
         return None
     err, r95 = np.array(pairs, float).T
-    from runtime.localisation.fusion import R95_PER_SIGMA
+    from runtime.localisation.geo import R95_PER_SIGMA
 
     observed = [rnd(100.0 * float(np.mean(err <= r95 * math.sqrt(-2.0 * math.log(1.0 - p)) / R95_PER_SIGMA)))
                 for p in levels]

@@ -6,8 +6,9 @@ images, or read from a gallery database written by ``python -m export --gallery`
 The benchmark's metrics (R@k, AP, both protocols) rank the whole gallery for every query, as the papers
 do. What flies is measured beside them (``flown``): every frame through the service's
 :class:`~runtime.localisation.localizer.Localizer` over a gallery database (the one given, else one written from the
-gallery's embeddings): its search, its top tile, its per-frame gate (a gallery has no map to filter over,
-and SUES-200 frames carry no heading: no derotation). Its R@1 is the official protocol's, up to ties.
+gallery's embeddings): its search and its top tile (a gallery has no map to track over, so no fix is
+trusted, and SUES-200 frames carry no heading: no derotation). Its R@1 is the official protocol's, up to
+ties.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def _replay_altitude(engine, ds, gallery, alt: int, batch_size: int, directions,
 
 def _flown(engine, gallery, g_emb, g_lab, q_emb, q_lab, flight_of, alt: int) -> dict:
     """Every frame through the Localizer the service runs, one flight (test location) after another: the
-    share whose top match is the frame's location (R@1) and the share the per-frame gate trusted."""
+    share whose top match is the frame's location (R@1)."""
     import tempfile
 
     from runtime.localisation.localizer import Localizer, LocalizerConfig, Telemetry
@@ -158,17 +159,15 @@ def _flown(engine, gallery, g_emb, g_lab, q_emb, q_lab, flight_of, alt: int) -> 
 
     with tempfile.TemporaryDirectory(prefix="sues200-gallery-") as tmp:
         db = gallery.db if gallery.db is not None else TileDatabase.open(_gallery_database(engine, g_emb, g_lab, tmp))
-        loc = Localizer(engine, db, LocalizerConfig(fusion="gate", derotate=False))
+        loc = Localizer(engine, db, LocalizerConfig(derotate=False))
         labels = db.entries["label"]
-        hits, trusted = [], []
+        hits = []
         for i in range(len(q_emb)):
             if i == 0 or flight_of[i] != flight_of[i - 1]:
                 loc.reset()
             r = loc.locate(None, Telemetry(t=float(i), altitude_m=float(alt)), embedding=q_emb[i])
             hits.append(str(labels[int(r.matches.indices[0][0])]) == str(q_lab[i]))
-            trusted.append(bool(r.fix.trusted))
-    return {"R@1": 100.0 * float(np.mean(hits)), "trusted_pct": 100.0 * float(np.mean(trusted)),
-            "n_queries": len(hits), "n_gallery": len(db.entries)}
+    return {"R@1": 100.0 * float(np.mean(hits)), "n_queries": len(hits), "n_gallery": len(db.entries)}
 
 
 def _gallery_database(engine, g_emb, g_lab, folder) -> Path:

@@ -1,16 +1,16 @@
-"""Pieces of tools/eval_filter.py that need no model: the western-half database and the no-place frames."""
+"""Pieces of the calibration and evaluation flights that need no model: the half database, the no-place frames."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from export.calibrate_likelihood import half_database
+from export.calibration_flights import half_database
 from runtime.engines.preprocess import north_up
 from runtime.localisation.map_filter import MapFilter, MapFilterConfig
 from runtime.localisation.odometry import VisualOdometry, frame_texture
+from runtime.replay.flights import frames_of_nothing
 from tests.mapdb import grid_database
 from tiles.db import TileDatabase
-from tools.eval_filter import _nothing_frames
 
 
 def test_west_half_database_keeps_the_western_tiles(tmp_path):
@@ -28,7 +28,7 @@ def test_west_half_database_keeps_the_western_tiles(tmp_path):
 
 
 def test_nothing_frames_have_no_motion_and_uniform_ones_no_texture():
-    frames = list(_nothing_frames(6, 200.0, seed=1))
+    frames = list(frames_of_nothing(6, 200.0, seed=1))
     assert len(frames) == 6 and all(f.meta["altitude_m"] == 200.0 for f in frames)
     vo = VisualOdometry()
     assert not any(vo.update(f.image, f.t, 200.0, 60.0).ok for f in frames)

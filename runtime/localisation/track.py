@@ -1,0 +1,249 @@
+"""The track over the map: the layer's map filter, the registered point that verified it, and the fix.
+
+:class:`MapTrack` is the state the :class:`~runtime.localisation.localizer.Localizer` keeps between frames
+besides odometry, heading and registration (which the Localizer owns and runs). Per frame the Localizer
+
+1. moves it with the odometry's motion (:meth:`MapTrack.predict`: the posterior of the layer's
+   :class:`runtime.localisation.map_filter.MapFilter`, and the registered point carried along);
+2. weighs it by the frame's similarities to the tiles it asks for (:meth:`rows_to_score`, :meth:`update`;
+   the likelihood calibrated for this model at export, from the bundle's manifest);
+3. gives it a verified registration when there is one (:meth:`register`: a precise position measurement);
+4. asks it for the fix the outputs send (:meth:`fix`: position, covariance, 95 % radius, velocity,
+   trusted or not and why).
+
+Trust. The filter trusts a concentrated, unimodal posterior that is on the map. Off the map, look-alike
+ground can still form such a posterior along a track that agrees with the odometry (measured: 22 of 480
+off-map frames, docs/results/filter.md). Registration is the check that retrieval cannot fool: with
+``verify_lock`` (and imagery in the database) a track is trusted only once a registration has verified
+the filter's mode, and stays trusted while the mode stays within one footprint of that verified point
+carried along by the odometry (by the filter's velocity where the odometry fails). A track that jumps
+elsewhere must be verified again. While the chain from the registration is odometry alone, the filter's
+doubt that the drone is over the map at all (``p_out``: frames that match nothing in particular) does not
+untrust it: registration showed it is, and only a picture that jumps can take it elsewhere. Once the
+odometry failed (a jump, a blind stretch), the filter's own trust rule applies again until the next
+registration: a kidnapped track loses trust as its retrieval evidence fades.
+
+A layer change (the altitude moved to another layer) starts that layer's filter from the last trusted
+position, with its uncertainty; before any trusted fix, from the prior position when one is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from runtime.localisation.fix import Fix
+from runtime.localisation.geo import R95_PER_SIGMA, latlon_at, xy_at
+from runtime.localisation.map_filter import MapFilter
+
+logger = logging.getLogger(__name__)
+# the odometry's displacement is scaled by the altitude: a barometric altitude a few % off scales it as much
+ODOMETRY_SCALE_SIGMA = 0.02
+
+
+class MapTrack:
+    """The map filter of the current layer and the registered track (module docstring).
+
+    ``cfg``: the :class:`~runtime.localisation.config.LocalizerConfig` (``map_filter``, ``max_speed_mps``,
+    ``coast_frames``, ``map_sigma_m``, the prior); ``verify``: trust needs a verified registration;
+    ``fix_r95_scale``: the reported radius's calibrated scale (export.calibrate_accuracy)."""
+
+    def __init__(self, db, likelihood, cfg, *, verify: bool, fix_r95_scale: float = 1.0):
+        self.db, self.lik, self.cfg = db, likelihood, cfg
+        self.verify = bool(verify)
+        self.fix_r95_scale = float(fix_r95_scale)
+        self.prior = None if cfg.prior_lat is None else (cfg.prior_lat, cfg.prior_lon, cfg.prior_sigma_m)
+        self.reset()
+
+    def reset(self) -> None:
+        self.layer: int | None = None
+        self.filter: MapFilter | None = None
+        self.last_trusted: Fix | None = None
+        self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
+        self.verified_var = 0.0  # its variance per axis (m^2): registration's, grown by each step carrying it
+        self.chain_ok = False  # carried by odometry alone since that registration (and bland frames: coasted)
+        self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
+        self.trusted = False  # the last frame's fix was trusted
+
+    # ---- what the Localizer asks --------------------------------------------------------------------
+    @property
+    def footprint_m(self) -> float:
+        return self.filter.grid.footprint_m
+
+    @property
+    def carried(self) -> bool:
+        """A trusted track carried by the odometry from a verified registration (registration may run less
+        often: ``registration_every_tracking``)."""
+        return self.trusted and self.verified is not None and self.chain_ok
+
+    def modes(self, n: int) -> list[tuple[float, float, float]]:
+        """The posterior's ``n`` strongest peaks (x, y, share): where registration looks first."""
+        return self.filter.modes(n) if self.filter is not None else []
+
+    def restart_at(self, x: float, y: float, sigma_m: float, t: float | None) -> bool:
+        """Start the layer's filter again as a Gaussian at (x, y) (the no-compass heading just locked on
+        registrations: what the filter gathered came from frames embedded at guessed rotations). ``t``: the
+        time that point belongs to when the filter already moved to it (None: before this frame's predict).
+        False when the point lies off the layer."""
+        mf = self.filter
+        if mf is None:
+            return False
+        try:
+            mf.reset(prior=(x, y, max(float(sigma_m), mf.cell_m)), t=t)
+        except ValueError:  # the point lies off this layer's grid
+            return False
+        return True
+
+    # ---- per frame --------------------------------------------------------------------------------------
+    def predict(self, t: float, layer: int, motion) -> None:
+        """Move the track to time ``t`` on ``layer`` with the odometry's east/north ``motion`` (or None)."""
+        mf = self._filter_for(layer)
+        mf.predict(t, motion)
+        self._carry_verified(motion)
+
+    def rows_to_score(self):
+        return self.filter.rows_to_score()
+
+    def update(self, rows, scores) -> None:
+        self.filter.update(rows, scores)
+
+    def register(self, reg) -> None:
+        """A verified registration of this frame (a position measurement of the filter)."""
+        self.filter.update_position(reg.x, reg.y, reg.sigma_m)
+
+    def fix(self, t: float, reg, compass: bool) -> tuple[Fix, object]:
+        """The fix of this frame (``reg``: its registration or None) and the filter's estimate."""
+        est = self.filter.estimate()
+        self._note_verification(est, reg)
+        fix = self._fix(t, est, reg, compass)
+        self.trusted = bool(fix.trusted)
+        return fix, est
+
+    # ---- internals --------------------------------------------------------------------------------------
+    def _filter_for(self, layer: int) -> MapFilter:
+        if self.filter is not None and layer == self.layer:
+            return self.filter
+        mf = MapFilter(self.db, layer, self.cfg.map_filter, self.lik, max_speed_mps=self.cfg.max_speed_mps)
+        prior = self._start_point(mf)
+        if prior is not None:
+            try:
+                mf.reset(prior=prior)
+            except ValueError:  # the position lies off this layer: start global
+                pass
+        self.layer, self.filter, self.verified = layer, mf, None
+        return mf
+
+    def _start_point(self, mf: MapFilter):
+        """Where a new layer's filter starts: the last trusted fix, else the prior, else anywhere (None)."""
+        last = self.last_trusted
+        if last is not None and last.has_position and math.isfinite(last.r95_m):
+            return last.x, last.y, last.r95_m / R95_PER_SIGMA
+        if self.prior is None:
+            return None
+        lat, lon, sigma = self.prior
+        x, y = xy_at(self.db, mf.grid, lat, lon)
+        gap = float(np.sqrt(np.min((mf.grid.x - x) ** 2 + (mf.grid.y - y) ** 2)))
+        if gap <= 3.0 * sigma + mf.grid.footprint_m:
+            return x, y, sigma
+        logger.warning("the prior position %.6f, %.6f lies %.0f m from this layer's nearest tile (sigma %.0f m): "
+                       "starting anywhere on the map", lat, lon, gap, sigma)
+        return None
+
+    def _carry_verified(self, motion) -> None:
+        if self.verified is None:
+            return
+        if motion is not None and motion.ok:
+            self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
+            ms = motion.sigma_m if math.isfinite(motion.sigma_m) else 0.0
+            self.verified_var += ms**2 + (ODOMETRY_SCALE_SIGMA * math.hypot(motion.dx_e_m, motion.dy_n_m)) ** 2
+            self.coasted = 0
+            return
+        # no odometry: moved as the filter predicted (its velocity). Over bland ground (too few features: no
+        # picture contradicts the track) the chain coasts for coast_frames; any other failure (a picture that
+        # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
+        self.verified = self.verified + self.filter.last_displacement
+        self.verified_var += self.filter.last_sigma_m**2
+        if motion is not None and motion.bland and self.coasted < self.cfg.coast_frames:
+            self.coasted += 1
+        else:
+            self.chain_ok = False
+
+    def _note_verification(self, est, reg) -> None:
+        fp = self.filter.grid.footprint_m
+        if reg is not None and reg.ok and math.hypot(reg.x - est.x, reg.y - est.y) <= est.r95_m + fp:
+            self._register_point(np.array([reg.x, reg.y]), float(reg.sigma_m) ** 2)
+            self.chain_ok, self.coasted = True, 0
+        elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
+            self.verified = None  # the track moved away from where it was verified
+
+    def _register_point(self, point: np.ndarray, noise_var: float) -> None:
+        """A verified registration and the registered track: fused (Kalman, the registration's own noise; the
+        map's georeferencing is shared by both and stays) when they agree within the 95 % gate of their
+        spreads; when they do not, one of them is off by about their distance, which enters the variance
+        (measured on a demo flight: a 200 m registration 24 m off replaced a track 3.5 m off, its radius
+        claiming 14 m)."""
+        map_var = self.cfg.map_sigma_m**2
+        if self.verified is None or not self.chain_ok:
+            self.verified, self.verified_var = point, noise_var + map_var
+            return
+        old_noise = max(self.verified_var - map_var, 1e-6)
+        d2 = float(np.sum((point - self.verified) ** 2))
+        if d2 <= R95_PER_SIGMA**2 * (old_noise + noise_var):  # chi-square, 2 degrees of freedom, 95 %
+            k = old_noise / (old_noise + noise_var)
+            self.verified = self.verified + k * (point - self.verified)
+            self.verified_var = old_noise * noise_var / (old_noise + noise_var) + map_var
+        else:
+            self.verified, self.verified_var = point, noise_var + map_var + d2 / 2.0
+
+    def _verified_on_map(self, est) -> bool:
+        """A track that registration verified on this map and the odometry carried since (unbroken) is on the
+        map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, nor
+        do a few bland frames coasted through by the filter's velocity (the radius grows meanwhile), as long
+        as the posterior on the map is one concentrated mode at the verified point."""
+        doubts = ("off_map",) + (("blind",) if self.coasted else ())
+        if not (self.verify and self.verified is not None and self.chain_ok and est.doubt in doubts):
+            return False
+        cfg, fp = self.filter.cfg, self.filter.grid.footprint_m
+        on_map = est.mass / max(1e-12, 1.0 - est.p_out)
+        return on_map >= cfg.trust_mass and est.r95_m <= cfg.trust_r95_frac * fp
+
+    def _position(self, est, compass: bool) -> tuple[float, float, float, tuple]:
+        """The fix's position, 95 % radius and covariance (before the calibrated scale): the registered point
+        carried by the odometry (its variance grown by each step) while that chain holds and the filter agrees
+        with it within one grid cell or half its 95 % radius; else the filter's mean and spread. The grid's
+        cells are a quarter stride wide (43 m at 300 m): a measurement much sharper than a cell pulls the mean
+        towards a cell centre (measured: a constant 16 m on a 300 m flight) and the spread cannot be below a
+        cell's; a registration the filter does not follow (150 m, one frame's peak 61 m off on a calibration
+        flight) keeps the mean. Without a compass the odometry is turned by a tracked heading whose drift
+        moves the carried point sideways (measured: median errors 9 -> 18 m on a 200 m flight): the mean."""
+        if self.verified is not None and self.chain_ok and compass:
+            vx, vy = float(self.verified[0]), float(self.verified[1])
+            if math.hypot(vx - est.x, vy - est.y) <= max(self.filter.cell_m, 0.5 * est.r95_m):
+                v = self.verified_var
+                return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0)
+        return float(est.x), float(est.y), float(est.r95_m), tuple(est.cov_xy)
+
+    def _fix(self, t: float, est, reg, compass: bool) -> Fix:
+        trusted, reason = bool(est.trusted), est.reason
+        if not trusted and self._verified_on_map(est):
+            trusted, reason = True, ""
+        if trusted and self.verify and self.verified is None:
+            trusted, reason = False, "not yet verified by registration to the map"
+        x, y, r95, cov = self._position(est, compass)
+        lat, lon = latlon_at(self.db, self.filter.grid, x, y)
+        # the reported radius: the registered track's or the posterior's (_position), scaled as calibrated on
+        # flights through this chain; accuracy_m is the 1-sigma-like radius (GPS_INPUT's horiz_accuracy)
+        k = self.fix_r95_scale
+        r95 = r95 * k
+        fix = Fix(t=t, x=x, y=y, lat=lat, lon=lon, confidence=float(est.mass), accuracy_m=r95 / 2.45,
+                  trusted=trusted, reason="" if trusted else reason, vel_n_mps=est.vel_n_mps,
+                  vel_e_mps=est.vel_e_mps, speed_accuracy_mps=est.speed_accuracy_mps,
+                  cov_xy=tuple(float(v) * k * k for v in cov), r95_m=r95)
+        if reg is not None and reg.ok and math.isfinite(reg.heading_deg):
+            fix = replace(fix, yaw_deg=float(reg.heading_deg))
+        if trusted:
+            self.last_trusted = fix
+        return fix
