@@ -12,22 +12,25 @@ fitted per model:
 2. Consecutive frames overlap and one year's look differs from the map's in the same way frame after
    frame, so their evidence is not independent, and the linear logit overrates the rare very similar
    wrong tile: the calibration flights are flown through the :class:`~runtime.localisation.localizer.Localizer`
-   (odometry, filter, registration, the trust rule: the service's chain and settings) with ``T = k * T0``
-   and a bound ``clip`` on the evidence of one frame, over a small grid; flights off the map are flown
-   too. Kept: among the settings with no wrong trusted fix over the map, none off it, and the posterior's
-   95 % radius holding its mean's error for ``min_coverage`` of the trusted frames, the one with the most
-   trusted fixes (measured on the filter alone: bounding one frame's evidence is what removes wrong locks; a
-   higher temperature only delays them). When off-map fixes are trusted, the offset is raised (``shift``).
-3. ``r95_scale`` (>= 1) makes the posterior's 95 % radius hold the truth for 95 % of the trusted frames.
+   (the service's chain and settings) with ``T = k * T0`` and a bound ``clip`` on the evidence of one
+   frame, over a small grid; flights off the map are flown too. The grid is judged by the filter's own
+   trust, registration off: registration's check would hide a likelihood that locks onto look-alike
+   ground (and it costs most of a frame). Kept: among the settings with no wrong trusted fix over the map
+   and none off it, the one with the most trusted fixes (measured: bounding one frame's evidence is what
+   removes wrong locks; a higher temperature only delays them). When off-map fixes are trusted, the
+   offset is raised (``shift``).
+3. ``r95_scale`` (>= 1) makes the posterior's 95 % radius hold its mean's error for 95 % of the trusted
+   frames.
 
-The reported accuracy of the fix is fitted afterwards on the kept setting's flights
-(:mod:`export.calibrate_accuracy`).
+Then the kept setting flies the whole chain, registration included, as the service runs it: the reported
+accuracy of the fix is fitted on those records (:mod:`export.calibrate_accuracy`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -113,8 +116,12 @@ def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9) -> tuple[di
                          "nothing to calibrate; is the database built with this bundle?")
     t0, offset = 1.0 / a, -b / a
 
-    def run(lik):
-        records = [r for cdb, fls in cases for fl in fls for r in fly(engine, cdb, fl, cfg, likelihood=lik,
+    # the filter's evidence is judged by the filter's own trust (registration's check would hide a likelihood
+    # that locks onto look-alike ground; it also costs most of a frame): the chain without registration
+    filter_only = replace(cfg, registration=False, verify_lock=False)
+
+    def run(lik, chain=filter_only):
+        records = [r for cdb, fls in cases for fl in fls for r in fly(engine, cdb, fl, chain, likelihood=lik,
                                                                      fix_r95_scale=1.0)]
         return records, evaluate(records)
 
@@ -138,13 +145,13 @@ def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9) -> tuple[di
         log.warning("no setting gave zero wrong trusted fixes on the calibration flights; using the most cautious")
         records, ev = run(lik)
     scale = float(np.clip(ev["ratio_q95"] or 1.0, 1.0, 4.0))  # never narrower than the posterior
-    if scale > 1.0:  # the posterior's radius decides trust (its spread): fly the kept setting with it
-        lik = Likelihood(**{**lik.to_dict(), "r95_scale": scale})
-        records, ev = run(lik)
+    lik = Likelihood(**{**lik.to_dict(), "r95_scale": scale})
+    filter_ev = run(lik)[1] if scale > 1.0 else ev
+    records, chain_ev = run(lik, cfg)  # the whole chain, as it flies: what the reported accuracy is fitted on
     report = {"t0": t0, "offset": offset, "n_pos": len(pos), "n_neg": len(neg), "pos_median": float(np.median(pos)),
-              "neg_p99": float(np.quantile(neg, 0.99)), "tried": tried, "final": ev,
+              "neg_p99": float(np.quantile(neg, 0.99)), "tried": tried, "final": filter_ev, "chain": chain_ev,
               "min_coverage": min_coverage}
-    if (ev["coverage"] or 0.0) < min_coverage:
+    if (filter_ev["coverage"] or 0.0) < min_coverage:
         log.warning("the posterior's radius holds the truth for %s of trusted frames (wanted %s)",
-                    ev["coverage"], min_coverage)
+                    filter_ev["coverage"], min_coverage)
     return lik.to_dict(), report, [r for r in records if r["in_map"]]

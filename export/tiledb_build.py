@@ -123,8 +123,6 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     None writes none (retrieval only).
     """
     from runtime.engines.bundle import read_bundle
-    from tiles.db import write_database
-    from tiles.grid import tiles_to_entries
     from tiles.raster import open_raster
 
     out = Path(out)
@@ -169,31 +167,43 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     if rank != 0:
         return None
     _wait_for_chunks(work, len(chunks), chunk_path, wait_timeout_s)
-    embeddings = np.concatenate([np.load(chunk_path(i)) for i in range(len(chunks))])
-    entries = np.concatenate([tiles_to_entries(tiles, layer=l_idx, altitude_m=alt, source=s)
-                              for s, l_idx, alt, tiles in jobs if tiles])
-    from export.ann_build import DEFAULT_MIN_ROWS, ann_indexes
-
-    per_layer = np.bincount(entries["layer"], minlength=len(layers))
-    indexes = ann_indexes(ann, int(per_layer.max()), ann_min_rows or DEFAULT_MIN_ROWS)
-    path = write_database(
-        out, embeddings, entries, layers=layers, indexes=indexes,
-        model={"fingerprint": bundle.model_fingerprint, "name": bundle.manifest["model_name"],
-               "embedding_dim": bundle.embedding_dim},
-        preprocess=p.to_dict(), crs=crs, sources=sources,
-        extra={"hfov_deg": float(hfov_deg), "stride_frac": float(stride_frac), "min_valid": float(min_valid),
-               "built_by": "export.tiledb_build", "embedded_with": "onnxruntime fp32" if embedder is None
-               else "custom embedder"},
-        overwrite=overwrite,
-    )
+    chunk_arrays = [np.load(chunk_path(i)) for i in range(len(chunks))]
+    n_rows = sum(len(c) for c in chunk_arrays)
+    path = _write(out, bundle, chunk_arrays, jobs, layers, crs, sources,
+                  ann=ann, ann_min_rows=ann_min_rows, hfov_deg=hfov_deg, stride_frac=stride_frac,
+                  min_valid=min_valid, custom_embedder=embedder is not None, overwrite=overwrite)
     if imagery_px:
         _attach_imagery(path, rasters, min(float(a) for a in altitudes_m), hfov_deg, int(imagery_px))
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):
             work.parent.rmdir()  # only when no other build's work is in it
-    _log.info("tile database %s: %d tiles in %d layers", path, len(embeddings), len(layers))
+    _log.info("tile database %s: %d tiles in %d layers", path, n_rows, len(layers))
     return path
+
+
+def _write(out, bundle, chunks, jobs, layers, crs, sources, *, ann, ann_min_rows, hfov_deg, stride_frac, min_valid,
+           custom_embedder: bool, overwrite: bool) -> Path:
+    """The database from the embedded chunks: entries, ANN indexes where they pay, the manifest."""
+    from export.ann_build import DEFAULT_MIN_ROWS, ann_indexes
+    from tiles.db import write_database
+    from tiles.grid import tiles_to_entries
+
+    embeddings = np.concatenate(chunks)
+    entries = np.concatenate([tiles_to_entries(tiles, layer=l_idx, altitude_m=alt, source=s)
+                              for s, l_idx, alt, tiles in jobs if tiles])
+    per_layer = np.bincount(entries["layer"], minlength=len(layers))
+    indexes = ann_indexes(ann, int(per_layer.max()), ann_min_rows or DEFAULT_MIN_ROWS)
+    return write_database(
+        out, embeddings, entries, layers=layers, indexes=indexes,
+        model={"fingerprint": bundle.model_fingerprint, "name": bundle.manifest["model_name"],
+               "embedding_dim": bundle.embedding_dim},
+        preprocess=bundle.preprocess.to_dict(), crs=crs, sources=sources,
+        extra={"hfov_deg": float(hfov_deg), "stride_frac": float(stride_frac), "min_valid": float(min_valid),
+               "built_by": "export.tiledb_build",
+               "embedded_with": "custom embedder" if custom_embedder else "onnxruntime fp32"},
+        overwrite=overwrite,
+    )
 
 
 def _embed_chunks(mine, chunks, jobs, rasters, tile_px, chunk_tiles, chunk_path, embed, n_tiles, rank, progress):

@@ -54,7 +54,8 @@ def add_check_arguments(p) -> None:
 
 
 def check(args) -> int:
-    from tiles.db import TileDatabase, memory_footprint
+    from tiles.db import TileDatabase
+    from tiles.db_footprint import memory_footprint
 
     db = TileDatabase.open(args.db, verify=True)
     report = {"database": str(db.path), "verified": True, **memory_footprint(db)}

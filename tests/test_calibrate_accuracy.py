@@ -89,7 +89,7 @@ def test_fix_accuracy_is_fitted_per_flight_from_the_records():
 
 
 def test_reliability_curve_of_calibrated_and_overcautious_radii():
-    from runtime.replay.geotiff import RELIABILITY_LEVELS, reliability
+    from runtime.replay.figures import RELIABILITY_LEVELS, reliability
 
     rng = np.random.default_rng(0)
     sigma = 4.0

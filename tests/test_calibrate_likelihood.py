@@ -47,7 +47,7 @@ def test_the_bundle_is_calibrated_on_the_localizers_own_fixes(calibrated):
     assert 0.0 < lik["offset"] < report["pos_median"] and 1.0 <= lik["r95_scale"] <= 4.0
     assert {(t["k"], t["clip"]) for t in report["tried"]} >= {(1.0, 2.0), (1.5, 3.0)}
     fa = lik["fix_accuracy"]
-    assert fa["trusted"] == final["trusted"] and fa["wrong_trusted"] == 0 and fa["registration"] is False
+    assert fa["trusted"] == report["chain"]["trusted"] and fa["wrong_trusted"] == 0 and fa["registration"] is False
     assert lik["fitted_on"]["localizer"]["registration_every_tracking"] == 5  # the settings it flew with
 
 

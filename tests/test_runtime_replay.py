@@ -186,8 +186,9 @@ def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
 def test_flight_over_the_map_itself_is_localised(engine, naip_paths, tmp_path):
     """Frames rendered nadir, north-up, at tile centres of the reference map match their own tile."""
     from runtime.localisation.localizer import Localizer
+    from runtime.replay.figures import summarize_flight
     from runtime.replay.flights import GeoTiffFlight
-    from runtime.replay.geotiff import replay_flight, summarize_flight
+    from runtime.replay.geotiff import replay_flight
     from tiles.db import TileDatabase
 
     alt, fp_frac = 250, 0.5

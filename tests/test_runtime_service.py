@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from runtime.config import build_config, load_config_file
-from runtime.service import FrameSlot
+from runtime.inputs.frame_slot import FrameSlot
 from tests.loopback import free_port as _free_port
 from tools.toy_assets import tiny_assets, write_flight_video
 

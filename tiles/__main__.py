@@ -120,7 +120,8 @@ def _view(args) -> int:
 
 
 def _describe_db(args) -> int:
-    from tiles.db import TileDatabase, memory_footprint
+    from tiles.db import TileDatabase
+    from tiles.db_footprint import memory_footprint
 
     db = TileDatabase.open(args.db)
     fp = memory_footprint(db)
@@ -142,7 +143,7 @@ def _describe_db(args) -> int:
           ", ".join(f"{k} {v / mb:.1f}" for k, v in fp["files"].items()))
     r = fp["resident_bytes"]
     print(f"  resident       local search {r['local'] / mb:.1f} MB, + approximate global {r['approximate'] / mb:.1f}"
-          f" MB, exact global {r['exact'] / mb:.1f} MB (memory-mapped: pages touched; see tiles.db.memory_footprint)")
+          f" MB, exact global {r['exact'] / mb:.1f} MB (memory-mapped: pages touched; see tiles.db_footprint.memory_footprint)")
     return 0
 
 

@@ -23,17 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import UserError
 from tiles.io import file_sha256
+from tiles.raster_checks import check_complete, check_file, corrupt_message
+from tiles.raster_errors import RasterError
 
 _logger = logging.getLogger(__name__)
 
 STRETCH_PERCENTILES = (2.0, 98.0)
 _STATS_MAX_SIDE = 1024  # decimated read used for percentile statistics and coarse validity
-
-
-class RasterError(UserError, ValueError):
-    """A file that cannot be used as a map raster; the message names the file and the fix."""
 
 
 def _rasterio():
@@ -63,7 +60,7 @@ class GeoRaster:
         from pyproj import CRS, Transformer
 
         self.path = Path(path)
-        _check_file(self.path)
+        check_file(self.path)
         try:
             self.ds = rasterio.open(self.path)
         except rasterio.errors.RasterioIOError as e:
@@ -72,7 +69,7 @@ class GeoRaster:
                 "or gdal_translate another format to GeoTIFF); a file cut short by a copy shows the same"
             ) from e
         ds = self.ds
-        _check_complete(ds, self.path)
+        check_complete(ds, self.path)
         if ds.crs is None:
             self.ds.close()
             raise RasterError(
@@ -233,7 +230,7 @@ class GeoRaster:
         try:
             return self._read_raw(window, out_shape)
         except rasterio.errors.RasterioIOError as e:
-            raise RasterError(_corrupt_message(self.path, e)) from e
+            raise RasterError(corrupt_message(self.path, e)) from e
 
     def _read_raw(self, window, out_shape=None):
         from rasterio.enums import Resampling
@@ -368,39 +365,6 @@ class GeoRaster:
             "bounds_wgs84": [round(lat0, 7), round(lon0, 7), round(lat1, 7), round(lon1, 7)],
             "valid_fraction": round(self.valid_fraction(), 4),
         }
-
-
-def _check_file(path: Path) -> None:
-    """Refuse, with the reason, what is not a readable raster file before GDAL gives a vaguer message."""
-    if not path.exists():
-        raise RasterError(f"{path}: no such file; give the path of a GeoTIFF of your area")
-    if path.is_dir():
-        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".vrt"))[:5]
-        found = f" (it holds {', '.join(inside)})" if inside else ""
-        raise RasterError(f"{path} is a folder, not a raster file{found}; give the path of one GeoTIFF "
-                          "(several maps: build a mosaic with gdalbuildvrt and give the .vrt)")
-    if not os.access(path, os.R_OK):
-        raise RasterError(f"{path}: permission denied; make it readable by this user (chmod a+r)")
-    if path.stat().st_size == 0:
-        raise RasterError(f"{path} is empty (0 bytes): an interrupted download or copy; copy it again")
-
-
-def _corrupt_message(path: Path, err) -> str:
-    err = err.__cause__ or err  # rasterio's own message only says "see previous exception"
-    return (f"{path}: reading pixels failed ({err}): the file is truncated or damaged (e.g. an interrupted "
-            "copy); copy it again, and check it with `gdalinfo -checksum`")
-
-
-def _check_complete(ds, path: Path) -> None:
-    """Read the last block of each band: a file cut short fails here, at open, not mid-build."""
-    rasterio = _rasterio()
-    from rasterio.windows import Window
-
-    try:
-        ds.read(window=Window(ds.width - 1, ds.height - 1, 1, 1))
-    except rasterio.errors.RasterioIOError as e:
-        ds.close()
-        raise RasterError(_corrupt_message(path, e)) from e
 
 
 def open_raster(path: str | os.PathLike) -> GeoRaster:

@@ -203,7 +203,7 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
 
 def pooled_by_altitude(results: dict, altitudes) -> dict:
     """Per altitude, the frames of every flight year pooled into one summary."""
-    from runtime.replay.geotiff import pooled_figures, summarize_flight
+    from runtime.replay.figures import pooled_figures, summarize_flight
 
     out = {}
     for alt in altitudes:
@@ -331,7 +331,7 @@ def run(cfg: DemoConfig) -> dict:
     timings["replay"] = time.perf_counter() - t
 
     _stage("5/5 report")
-    from runtime.replay.geotiff import pooled_figures, summarize_flight
+    from runtime.replay.figures import pooled_figures, summarize_flight
 
     summaries = {"frozen": pooled_by_altitude(res_frozen, cfg.altitudes_m),
                  "trained": pooled_by_altitude(res_trained, cfg.altitudes_m)}

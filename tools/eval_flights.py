@@ -12,7 +12,7 @@ Per year and altitude (held-out years only: 2016, 2020), against the 2018 map's 
 - ``nothing``: noise and uniform frames: never a trusted fix.
 
 Every frame goes through :func:`runtime.replay.geotiff.replay_flight` (the Localizer the service runs);
-figures per flight come from :func:`runtime.replay.geotiff.flight_figures`. ``--set`` changes a
+figures per flight come from :func:`runtime.replay.figures.flight_figures`. ``--set`` changes a
 :class:`runtime.localisation.localizer.LocalizerConfig` field (e.g. ``--set verify_lock=false``); ``--no-compass``
 flies without the compass heading (the heading then comes from registration, :mod:`runtime.localisation.heading_track`).
 """
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     from export.calibration_flights import half_database
     from runtime.engines.engine import load_engine
     from runtime.localisation.localizer import Localizer, database_hfov
-    from runtime.replay.geotiff import flight_figures, replay_flight
+    from runtime.replay.figures import flight_figures
+    from runtime.replay.geotiff import replay_flight
     from tiles.db import TileDatabase
 
     cfg = _config(args.set)

@@ -109,7 +109,7 @@ def plot_altitude_bars(path, rows: list[dict], metric: str = "R@1", group: str =
 
 def plot_reliability(path, curve: dict, title: str = "") -> Path:
     """Observed share of trusted fixes within the radius of each nominal probability, against the nominal
-    (``runtime.replay.geotiff.reliability``): on the diagonal when the reported accuracy is calibrated."""
+    (``runtime.replay.figures.reliability``): on the diagonal when the reported accuracy is calibrated."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 100], [0, 100], color="0.6", lw=1, ls="--", label="calibrated")
