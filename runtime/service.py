@@ -58,7 +58,7 @@ class Service:
         self.db = db or TileDatabase.open(cfg.db, verify=cfg.verify_db)
         check_engine_database(self.engine, self.db)  # DatabaseMismatchError names the differing fields
         self._check_layers()
-        self.localizer = Localizer(self.engine, self.db, cfg.localizer_config())
+        self.localizer = Localizer(self.engine, self.db, cfg.localizer_config(), registration_worker=True)
         self.health = Health()
         self.source_stats = SourceStats()
         self.source = self._open_source(source)
@@ -233,8 +233,11 @@ class Service:
         self.last = loc
         lat = dict(loc.timings_ms)
         lat["total"] = (time.time() - cap) * 1000 if cap else sum(lat.values())
-        for k, v in lat.items():
-            self.health.observe(k, v)
+        keyframe = loc.fusion.get("keyframe", True)
+        for k, v in lat.items():  # between keyframes nothing is embedded or searched: not a 0 ms sample
+            if keyframe or k in ("fusion", "total"):
+                self.health.observe(k, v)
+        self.health.count("keyframes" if keyframe else "frames_between_keyframes")
         if tel.altitude_m is None:
             self.health.count("frames_no_altitude")
         elif loc.layer is None:
@@ -352,6 +355,7 @@ class Service:
                 logger.warning("closing %s: %s", out.describe(), e)
         if self.health_server is not None:
             self.health_server.close()
+        self.localizer.close()
         self.engine.close()
         logger.info(self._status_line())
         logger.info("service stopped after %d frames", self.processed)

@@ -197,13 +197,13 @@ def test_service_falls_back_to_the_given_altitude_when_the_autopilot_is_stale():
         # a 400 m lidar reading 155 m: the 150 m layer, from the rangefinder
         tx.mav.distance_sensor_send(0, 20, 40000, 15500, 0, 0, DOWN, 0)
         assert _wait_for(svc.autopilot.current)
-        rec, _ = svc.process((0.1, img, {"index": 1}))
+        rec, _ = svc.process((1.0, img, {"index": 1}))
         assert (rec["layer"], rec["altitude_m"], rec["altitude_source"]) == ("alt150", 155.0, "autopilot:rangefinder")
         assert 0 <= rec["altitude_age_s"] < 0.4 and rec["matches"] and rec["fix"]["reason"] != "no altitude"
         svc._sync_health()
         assert svc.health.snapshot()["info"]["altitude"]["source"] == "autopilot:rangefinder"
         time.sleep(0.5)
-        rec, _ = svc.process((0.2, img, {"index": 2}))
+        rec, _ = svc.process((2.0, img, {"index": 2}))
         assert (rec["layer"], rec["altitude_m"], rec["altitude_source"]) == ("alt300", 300.0, "given")
     finally:
         svc.autopilot.close()
@@ -281,7 +281,8 @@ def test_serve_picks_and_switches_the_layer_from_the_autopilot_then_no_altitude(
             assert f["altitude_m"] is None and f["altitude_source"] is None
         else:
             assert f["altitude_source"] == "autopilot:relative_alt" and 0 <= f["altitude_age_s"] <= 0.5
-            assert {150.0: "alt150", 290.0: "alt300"}[f["altitude_m"]] == f["layer"] and f["matches"]
+            assert {150.0: "alt150", 290.0: "alt300"}[f["altitude_m"]] == f["layer"]
+            assert f["matches"] or f["raw"]["reason"] == "between keyframes"  # 10 fps, keyframes at 5 Hz
     # the shared link carried the stream requests and GPS_INPUT back to the autopilot
     assert {int(c.param1) for c in fc.types("COMMAND_LONG")} == {33, 132, 141, 30}
     gps = fc.types("GPS_INPUT")

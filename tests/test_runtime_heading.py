@@ -148,7 +148,7 @@ def test_service_turns_frames_north_up_with_the_autopilot_heading(tmp_path):
     every JSON line says heading 90 from autopilot:attitude."""
     a = tiny_assets()
     views = _views(a["raster"], 90.0)
-    frames = [(0.1 * i, v, {"index": i}) for i, (v, _) in enumerate(views)]
+    frames = [(1.0 * i, v, {"index": i}) for i, (v, _) in enumerate(views)]  # keyframes (>= keyframe_s apart)
     port = _free_port()
     out = tmp_path / "fixes.jsonl"
     # the heading comes over the --altitude-from link (no --heading-from); the altitude falls back to 150 m
@@ -235,12 +235,12 @@ def test_service_falls_back_to_the_fixed_heading_then_none_warns_once_and_counts
             assert np.array_equal(inputs[-1], north_up(view, 45.0))  # no camera offset on a fixed heading
             tx.yaw_rad = math.radians(80.0)
             assert _wait_for(svc.heading_reader.heading)
-            rec, _ = svc.process((0.1, view, {"index": 1}))
+            rec, _ = svc.process((1.0, view, {"index": 1}))
             assert rec["heading_deg"] == pytest.approx(90.0, abs=1e-3) and rec["heading_source"] == "autopilot:attitude"
             assert _inner_error(inputs[-1], up) < 6
             tx.yaw_rad = None
             time.sleep(0.5)
-            rec, _ = svc.process((0.2, view, {"index": 2}))  # stale: back to the fixed heading
+            rec, _ = svc.process((2.0, view, {"index": 2}))  # stale: back to the fixed heading
             assert (rec["heading_deg"], rec["heading_source"]) == (45.0, "given")
     finally:
         svc.heading_reader.close()
@@ -255,7 +255,7 @@ def test_service_falls_back_to_the_fixed_heading_then_none_warns_once_and_counts
     inputs = _spy_inputs(svc.engine)
     caplog.set_level(logging.WARNING, logger="runtime.service")
     try:
-        recs = [svc.process((0.1 * i, view, {"index": i}))[0] for i in range(3)]
+        recs = [svc.process((1.0 * i, view, {"index": i}))[0] for i in range(3)]
         svc._sync_health()
     finally:
         svc.engine.close()

@@ -47,6 +47,10 @@ def _opt(default, help: str, **meta):
 class LocalizerConfig:
     """The knobs of the flight chain (command-line options are generated from these fields)."""
 
+    keyframe_s: float = _opt(0.2, "the whole chain (descriptor, search, odometry, filter, registration) runs on a "
+                                  "frame at most every this many seconds of the flight's clock; the frames "
+                                  "between get the last keyframe's fix carried by its velocity (0: every "
+                                  "frame)")
     hfov_deg: float | None = _opt(None, "camera horizontal field of view, degrees (default: the tile database's)",
                                   aliases=("--hfov",))
     odometry: bool = _opt(True, "visual odometry between consecutive frames")
@@ -127,7 +131,7 @@ class LocalizerConfig:
                   "map_sigma_m": self.map_sigma_m >= 0, "registration_heading_s": self.registration_heading_s >= 0,
                   "heading_search_angles": self.heading_search_angles >= 0, "max_speed_mps": self.max_speed_mps > 0,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
-                  "prior_sigma_m": self.prior_sigma_m > 0}
+                  "prior_sigma_m": self.prior_sigma_m > 0, "keyframe_s": self.keyframe_s >= 0}
         for name, ok in checks.items():
             v = getattr(self, name)
             if not ok or (isinstance(v, float) and not math.isfinite(v)):

@@ -34,7 +34,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -42,70 +42,43 @@ from runtime.engines.preprocess import north_up
 from runtime.localisation.compassless import CompasslessHeading
 from runtime.localisation.config import LocalizerConfig
 from runtime.localisation.fix import Fix, estimate_fix
+from runtime.localisation.frames import Ahead, Localization, Telemetry
+from runtime.localisation.map_registration import Job
 from runtime.localisation.odometry import VisualOdometry, frame_texture
+from runtime.localisation.prediction import KeyframeClock, predict_fix
 from runtime.localisation.rotation_search import best_rotation
 from runtime.search.searcher import Matches, Searcher
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Telemetry:
-    """What is known about a frame besides its pixels; every field may be unknown (None)."""
-
-    t: float  # seconds on the flight's clock (monotonic within a flight)
-    altitude_m: float | None = None  # height above ground
-    altitude_source: str | None = None  # "given", "autopilot:<message>", "flight" ...
-    altitude_age_s: float | None = None
-    heading_deg: float | None = None  # compass heading the image top faces
-    heading_source: str | None = None
-    heading_age_s: float | None = None
-    capture_time_unix: float | None = None  # when the frame was captured (UTC)
-
-
-@dataclass
-class Localization:
-    raw: Fix  # this frame alone
-    fix: Fix  # fused over the flight: what the outputs send
-    matches: Matches  # (1, k) rows and scores, -1 / -inf where nothing was found
-    layer: int | None
-    timings_ms: dict[str, float]
-    telemetry: Telemetry
-    fusion: dict = field(default_factory=dict)  # what the fusion did (odometry, registration, heading...)
-
-
-@dataclass
-class Ahead:
-    """A frame embedded ahead of :meth:`Localizer.locate` (:meth:`Localizer.embed_ahead`)."""
-
-    embedding: np.ndarray
-    north_up: np.ndarray  # the frame turned north-up by ``heading_deg`` (what registration compares)
-    heading_deg: float | None
-    timings_ms: dict[str, float]
-
-
 class Localizer:
     """The chain (module docstring). ``likelihood`` and ``fix_r95_scale``: what the bundle's manifest says
-    unless given (the export's calibration flies candidate likelihoods, and the reported radius unscaled)."""
+    unless given (the export's calibration flies candidate likelihoods, and the reported radius unscaled).
+    ``registration_worker``: registrations are worked on in a thread of their own, each fused at the first
+    keyframe after it finished (the service); without, at the next keyframe (replays: deterministic)."""
 
     def __init__(self, engine, db, cfg: LocalizerConfig | None = None, *, searcher: Searcher | None = None,
-                 likelihood=None, fix_r95_scale: float | None = None):
+                 likelihood=None, fix_r95_scale: float | None = None, registration_worker: bool = False):
         self.engine, self.db = engine, db
         self.cfg = cfg or LocalizerConfig()
         self.searcher = searcher or Searcher(db)
         self.track = self.odometry = self.registration = None
         self.hfov_deg: float | None = None
         if len(db.entries) and bool(np.all(db.entries["has_geo"])):
-            self._build_chain(likelihood, fix_r95_scale)
+            self._build_chain(likelihood, fix_r95_scale, registration_worker)
         else:  # a gallery of labelled images (SUES-200, University-1652): no map to track over
             logger.warning("%s holds no tile positions (a gallery database): each frame's own match, never "
                            "trusted", getattr(db, "path", "the database"))
         self.heading = CompasslessHeading(self.cfg)
         self.last_registration = None  # the last fused frame's registration (None: not attempted)
         self._t_prev: float | None = None
+        self.clock, self._embed_clock = KeyframeClock(self.cfg.keyframe_s), KeyframeClock(self.cfg.keyframe_s)
+        self._key, self._key_layer = 0, None  # keyframes located, the last one's layer
+        self.last_fix: Fix | None = None  # the last keyframe's fix (what frames between keyframes predict from)
         self._engine_lock = threading.Lock()  # embed_ahead() in another thread; a TensorRT context is not shared
 
-    def _build_chain(self, likelihood, fix_r95_scale: float | None) -> None:
+    def _build_chain(self, likelihood, fix_r95_scale: float | None, registration_worker: bool) -> None:
         from runtime.localisation.likelihood import Likelihood
         from runtime.localisation.map_registration import MapRegistration
         from runtime.localisation.registration import Registrar
@@ -120,12 +93,17 @@ class Localizer:
                         "registration (rebuild it with python -m export --tiles, or add it with "
                         "python -m export.map_imagery DB MAP.tif)", getattr(self.db, "path", "?"))
         if registrar is not None:
-            self.registration = MapRegistration(registrar, cfg, self.hfov_deg)
+            self.registration = MapRegistration(registrar, cfg, self.hfov_deg, worker=registration_worker)
         self.odometry = VisualOdometry(cfg.odometry_settings) if cfg.odometry else None
         if fix_r95_scale is None:
             fix_r95_scale = Likelihood.fix_r95_scale(manifest, registrar is not None)
         self.track = MapTrack(self.db, likelihood or Likelihood.from_manifest(manifest), cfg,
                               verify=cfg.verify_lock and registrar is not None, fix_r95_scale=fix_r95_scale)
+
+    def close(self) -> None:
+        """Stop the registration worker (the service at its end)."""
+        if self.registration is not None:
+            self.registration.close()
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""
@@ -133,7 +111,10 @@ class Localizer:
             if part is not None:
                 part.reset()
         self.heading.reset()
-        self.last_registration = self._t_prev = None
+        self.last_registration = self._t_prev = self.last_fix = None
+        self._key = 0
+        self.clock.reset()
+        self._embed_clock.reset()
 
     def choose_layer(self, altitude_m: float | None) -> tuple[int | None, str]:
         """(layer, "") or (None, why there is no layer for this altitude)."""
@@ -159,6 +140,8 @@ class Localizer:
         """The frame's descriptor, computed before :meth:`locate` (the service embeds frame n+1 in its own
         thread while frame n is fused) when it does not depend on earlier frames: a compass heading (or no
         derotation). ``None`` without one (the heading is the track's, or searched): :meth:`locate` embeds."""
+        if not self._embed_clock.is_key(telemetry.t):
+            return None  # between keyframes: nothing to embed
         if image is None or (self.cfg.derotate and telemetry.heading_deg is None):
             return None
         t0 = time.perf_counter()
@@ -203,6 +186,9 @@ class Localizer:
             if ahead.heading_deg != telemetry.heading_deg:
                 raise ValueError(f"embedded ahead at heading {ahead.heading_deg}, located at {telemetry.heading_deg}")
             embedding = ahead.embedding
+        if not self._keyframe(telemetry):
+            return self._between_keyframes(telemetry)
+        self._key += 1
         t, t_heading = telemetry.t, time.perf_counter()
         compassless = self.heading.tracking(telemetry, self.track is not None)
         motion, reg_tol = None, None
@@ -241,6 +227,7 @@ class Localizer:
         if telemetry.capture_time_unix is not None:
             fused = replace(fused, capture_time_unix=telemetry.capture_time_unix)
         self.heading.remember(t, fused.yaw_deg)
+        self.last_fix, self._key_layer = fused, layer
         fusion_ms = (time.perf_counter() - t2) * 1e3 - search_ms + heading_ms
         timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "search": search_ms,
                    "fusion": fusion_ms}
@@ -248,6 +235,26 @@ class Localizer:
             timings = {k: v + ahead.timings_ms.get(k, 0.0) for k, v in timings.items()}
         return Localization(raw=raw, fix=fused, matches=matches, layer=layer, timings_ms=timings,
                             telemetry=telemetry, fusion=info)
+
+    def _keyframe(self, telemetry: Telemetry) -> bool:
+        """A keyframe: ``keyframe_s`` after the last one, or on another layer than the last one's (the altitude
+        moved: the prediction belongs to the other layer)."""
+        moved = self.last_fix is not None and self.choose_layer(telemetry.altitude_m)[0] != self._key_layer
+        return self.clock.is_key(telemetry.t) or (moved and self.clock.is_key(telemetry.t, force=True))
+
+    def _between_keyframes(self, telemetry: Telemetry) -> Localization:
+        """A frame between keyframes: the last keyframe's fix predicted to its time (runtime.localisation.prediction)."""
+        t0 = time.perf_counter()
+        t, k = telemetry.t, self.cfg.top_k
+        last, grid = self.last_fix, self.track.filter.grid if self.track is not None and self.track.filter else None
+        fix = Fix(t=t, reason="no keyframe yet") if last is None else predict_fix(last, t, self.db, grid)
+        if telemetry.capture_time_unix is not None:
+            fix = replace(fix, capture_time_unix=telemetry.capture_time_unix)
+        matches = Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))
+        timings = {"preprocess": 0.0, "inference": 0.0, "search": 0.0, "fusion": (time.perf_counter() - t0) * 1e3}
+        return Localization(raw=Fix(t=t, reason="between keyframes"), fix=fix, matches=matches,
+                            layer=self.choose_layer(telemetry.altitude_m)[0], timings_ms=timings,
+                            telemetry=telemetry, fusion={"keyframe": False})
 
     def _own_match(self, t: float, emb, layer: int):
         """A gallery database: the frame's own top-k, never trusted (no positions to track)."""
@@ -281,7 +288,7 @@ class Localizer:
         if textured:
             track.update(rows, scores)
             reg = self._register(image, altitude_m, reg_heading, matches.indices[0] if reg_rows is None
-                                 else reg_rows, reg_tol)
+                                 else reg_rows, reg_tol, compass)
         self.last_registration = reg
         if reg is not None and reg.ok:
             track.register(reg)
@@ -305,16 +312,26 @@ class Localizer:
             return scores, self.searcher.top_k(scores, layer, k)
         return self.searcher.score_rows(q, rows), self.searcher.search_global(q, k=k, layer=layer)
 
-    def _register(self, image, altitude_m, heading_deg, top_rows, heading_tol_deg):
-        """This frame's registration when one is due (None otherwise): around the posterior's peaks, then
-        the frame's top tiles."""
+    def _register(self, image, altitude_m, heading_deg, top_rows, heading_tol_deg, compass: bool):
+        """The registration fused at this keyframe (None: none): with a compass, an earlier keyframe's,
+        carried here by the odometry (the registration runs off the frame path: map_registration); without
+        one, this frame's own (the tracked heading needs it now). Registered around the posterior's peaks,
+        then the frame's top tiles."""
         reg = self.registration
-        if reg is None or not reg.due(self.track.carried) or image is None:
+        if reg is None:
             return None
-        ent = self.db.entries
-        cands = [(x, y) for x, y, _ in self.track.modes(2)]
-        cands += [(float(ent["x"][r]), float(ent["y"][r])) for r in top_rows if r >= 0]
-        return reg.register(image, altitude_m, heading_deg, cands, heading_tol_deg)
+        earlier = reg.collect(self._key, heading_deg) if compass else None  # before a new one replaces it
+        due = reg.due(self.track.carried) and image is not None
+        cands = []
+        if due:
+            ent = self.db.entries
+            cands = [(x, y) for x, y, _ in self.track.modes(2)]
+            cands += [(float(ent["x"][r]), float(ent["y"][r])) for r in top_rows if r >= 0]
+        if not compass:
+            return reg.register(image, altitude_m, heading_deg, cands, heading_tol_deg) if cands else None
+        if cands:
+            reg.submit(Job(self._key, image, altitude_m, heading_deg, cands, heading_tol_deg))
+        return earlier
 
     # ---- without a compass (runtime.localisation.compassless) -------------------------------------------
     def _track_heading(self, image, telemetry: Telemetry):

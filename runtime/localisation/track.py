@@ -44,6 +44,13 @@ logger = logging.getLogger(__name__)
 ODOMETRY_SCALE_SIGMA = 0.02
 
 
+def motion_variance(motion) -> float:
+    """The variance per axis (m^2) an odometry step adds to a point it carries: its fit's own residual and
+    the altitude's scale error (``ODOMETRY_SCALE_SIGMA`` of the distance)."""
+    ms = motion.sigma_m if math.isfinite(motion.sigma_m) else 0.0
+    return ms**2 + (ODOMETRY_SCALE_SIGMA * math.hypot(motion.dx_e_m, motion.dy_n_m)) ** 2
+
+
 class MapTrack:
     """The map filter of the current layer and the registered track (module docstring).
 
@@ -157,8 +164,7 @@ class MapTrack:
             return
         if motion is not None and motion.ok:
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
-            ms = motion.sigma_m if math.isfinite(motion.sigma_m) else 0.0
-            self.verified_var += ms**2 + (ODOMETRY_SCALE_SIGMA * math.hypot(motion.dx_e_m, motion.dy_n_m)) ** 2
+            self.verified_var += motion_variance(motion)
             self.coasted = 0
             return
         # no odometry: moved as the filter predicted (its velocity). Over bland ground (too few features: no

@@ -61,8 +61,9 @@ class Health:
             for stage, vals in self.latency_ms.items():
                 if vals:
                     a = np.fromiter(vals, float)
-                    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-                    lat[stage] = {"p50": round(p50, 3), "p90": round(p90, 3), "p99": round(p99, 3), "n": len(a)}
+                    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
+                    lat[stage] = {"p50": round(p50, 3), "p90": round(p90, 3), "p95": round(p95, 3),
+                                  "p99": round(p99, 3), "n": len(a)}
             uptime = time.time() - self.started
             return {"uptime_s": round(uptime, 1), "counters": dict(self.counters),
                     "fps": round(self.counters["frames_processed"] / uptime, 2) if uptime > 0 else 0.0,

@@ -107,6 +107,7 @@ def frame_record(db, loc, meta: dict, index: int) -> dict:
     raw, fix, m = loc.raw, loc.fix, loc.matches
     tx, ty = meta.get("x", math.nan), meta.get("y", math.nan)
     has_truth = math.isfinite(tx) and math.isfinite(ty)
+    searched = has_truth and loc.fusion.get("keyframe", True)  # frames between keyframes search nothing
     err_raw = math.hypot(raw.x - tx, raw.y - ty) if has_truth and raw.has_position else math.nan
     err = math.hypot(fix.x - tx, fix.y - ty) if has_truth and fix.trusted else math.nan
     ms = loc.timings_ms
@@ -116,8 +117,8 @@ def frame_record(db, loc, meta: dict, index: int) -> dict:
         "fix_x": rnd(fix.x) if fix.trusted else None, "fix_y": rnd(fix.y) if fix.trusted else None,
         "trusted": bool(fix.trusted), "confidence": rnd(fix.confidence, 4), "accuracy_m": rnd(fix.accuracy_m, 1),
         "error_raw_m": rnd(err_raw), "error_m": rnd(err),
-        "top1_hit": _tile_hit(db, m.indices[0, :1], tx, ty) if has_truth else None,
-        "top5_hit": _tile_hit(db, m.indices[0, :5], tx, ty) if has_truth else None,
+        "top1_hit": _tile_hit(db, m.indices[0, :1], tx, ty) if searched else None,
+        "top5_hit": _tile_hit(db, m.indices[0, :5], tx, ty) if searched else None,
         "top1_score": rnd(float(m.scores[0, 0]), 4), "reason": fix.reason,
         "r95_m": rnd(fix.r95_m, 1), "vel_e_mps": rnd(fix.vel_e_mps, 3), "vel_n_mps": rnd(fix.vel_n_mps, 3),
         "yaw_deg": rnd(fix.yaw_deg, 2), "footprint_m": rnd(_footprint(db, loc.layer), 1),
