@@ -132,7 +132,7 @@ def test_the_registration_worker_never_stalls_the_frames(thumb_imagery):
     runs, fused = _spy_registration(loc, delay_s=0.6)
     times = []
     try:
-        for i, (_, img, tel) in enumerate(_flight(tiny, 40, 1)):
+        for _, img, tel in _flight(tiny, 40, 1):
             t0 = time.perf_counter()
             loc.locate(img, tel)
             times.append(time.perf_counter() - t0)
