@@ -57,8 +57,10 @@ def main(argv=None) -> int:
         # One query at a time: multi-threaded BLAS only fights the engine and capture threads for the cores
         # (measured: search p50 11 ms -> 0.4 ms on 2 cores). Set before numpy is imported; env overrides.
         if "numpy" not in sys.modules:
-            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-            os.environ.setdefault("MKL_NUM_THREADS", "1")
+            from runtime.threads import BLAS_ENV
+
+            for name in BLAS_ENV:
+                os.environ.setdefault(name, "1")
         return run_main(serve, args, logger_name="runtime")
     if args.command == "check":
         from runtime.check import check

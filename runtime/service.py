@@ -49,8 +49,10 @@ class Service:
     """The onboard service: a frame source, the :class:`~runtime.localisation.localizer.Localizer`, outputs, health."""
 
     def __init__(self, cfg: ServiceConfig, *, source=None, engine=None, db=None):
+        from runtime.threads import limit_blas_threads
         from tiles.db import TileDatabase
 
+        self._blas = limit_blas_threads(1)  # the service's threads share the cores (runtime.threads)
         self.cfg = cfg
         self._stop = threading.Event()
         self.engine = engine or load_engine(cfg.bundle, precision=cfg.precision, backend=cfg.backend,

@@ -19,8 +19,7 @@ def xy_at(db, grid, lat: float, lon: float) -> tuple[float, float]:
     ent = db.entries
     la = np.asarray(ent["lat"][grid.rows], np.float64)
     lo = np.asarray(ent["lon"][grid.rows], np.float64)
-    d2 = (la - lat) ** 2 + ((lo - lon) * math.cos(math.radians(lat))) ** 2
-    near = np.argsort(np.where(np.isfinite(d2), d2, np.inf))[:6]
+    near = _nearest(la, lo * math.cos(math.radians(lat)), lat, lon * math.cos(math.radians(lat)), 6)
     return _affine_at(la[near], lo[near], (grid.x[near], grid.y[near]), lat, lon)
 
 
@@ -36,8 +35,7 @@ def latlon_at(db, grid, x: float, y: float) -> tuple[float, float]:
     board; exact to centimetres over a few tiles)."""
     if not (math.isfinite(x) and math.isfinite(y)):
         return math.nan, math.nan
-    d2 = (grid.x - x) ** 2 + (grid.y - y) ** 2
-    near = np.argsort(d2)[:6]
+    near = _nearest(grid.x, grid.y, x, y, 6)
     if len(near) < 3:
         return math.nan, math.nan
     rows = grid.rows[near]
@@ -47,3 +45,13 @@ def latlon_at(db, grid, x: float, y: float) -> tuple[float, float]:
     if not (np.all(np.isfinite(lat)) and np.all(np.isfinite(lon))):
         return math.nan, math.nan
     return _affine_at(grid.x[near], grid.y[near], (lat, lon), x, y)
+
+
+def _nearest(xs: np.ndarray, ys: np.ndarray, x: float, y: float, n: int) -> np.ndarray:
+    """Indices of the ``n`` points nearest (x, y), nearest first (a partial sort: the layer can be large)."""
+    d2 = (xs - x) ** 2 + (ys - y) ** 2
+    d2 = np.where(np.isfinite(d2), d2, np.inf)
+    if len(d2) > n:
+        part = np.argpartition(d2, n - 1)[:n]
+        return part[np.argsort(d2[part])]
+    return np.argsort(d2)
