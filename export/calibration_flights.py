@@ -32,6 +32,7 @@ class CalibrationFlight:
     frames: list  # (t, image, meta) with the truth (x, y in the database's CRS) in meta
     in_map: bool = True  # False: the database does not hold the ground flown (no fix may be trusted)
     aheads: list = field(default_factory=list)  # each frame's Localizer.embed_ahead
+    features: dict = field(default_factory=dict)  # each frame's odometry features, detected once
 
 
 def render_flights(db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
@@ -78,7 +79,8 @@ def fly(engine, db, flight: CalibrationFlight, cfg, *, likelihood=None, fix_r95_
     from runtime.localisation.localizer import Localizer
     from runtime.replay.geotiff import replay_flight
 
-    loc = Localizer(engine, db, cfg, likelihood=likelihood, fix_r95_scale=fix_r95_scale)
+    loc = Localizer(engine, db, cfg, likelihood=likelihood, fix_r95_scale=fix_r95_scale,
+                    odometry_features=flight.features)
     records = replay_flight(loc, flight.frames, aheads=flight.aheads or None)
     for r in records:
         r["in_map"], r["flight"] = flight.in_map, flight.name

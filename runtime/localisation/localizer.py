@@ -56,17 +56,19 @@ class Localizer:
     """The chain (module docstring). ``likelihood`` and ``fix_r95_scale``: what the bundle's manifest says
     unless given (the export's calibration flies candidate likelihoods, and the reported radius unscaled).
     ``registration_worker``: registrations are worked on in a thread of their own, each fused at the first
-    keyframe after it finished (the service); without, at the next keyframe (replays: deterministic)."""
+    keyframe after it finished (the service); without, at the next keyframe (replays: deterministic).
+    ``odometry_features``: see :class:`~runtime.localisation.odometry.VisualOdometry` (a calibration)."""
 
     def __init__(self, engine, db, cfg: LocalizerConfig | None = None, *, searcher: Searcher | None = None,
-                 likelihood=None, fix_r95_scale: float | None = None, registration_worker: bool = False):
+                 likelihood=None, fix_r95_scale: float | None = None, registration_worker: bool = False,
+                 odometry_features: dict | None = None):
         self.engine, self.db = engine, db
         self.cfg = cfg or LocalizerConfig()
         self.searcher = searcher or Searcher(db)
         self.track = self.odometry = self.registration = None
         self.hfov_deg: float | None = None
         if len(db.entries) and bool(np.all(db.entries["has_geo"])):
-            self._build_chain(likelihood, fix_r95_scale, registration_worker)
+            self._build_chain(likelihood, fix_r95_scale, registration_worker, odometry_features)
         else:  # a gallery of labelled images (SUES-200, University-1652): no map to track over
             logger.warning("%s holds no tile positions (a gallery database): each frame's own match, never "
                            "trusted", getattr(db, "path", "the database"))
@@ -78,7 +80,8 @@ class Localizer:
         self.last_fix: Fix | None = None  # the last keyframe's fix (what frames between keyframes predict from)
         self._engine_lock = threading.Lock()  # embed_ahead() in another thread; a TensorRT context is not shared
 
-    def _build_chain(self, likelihood, fix_r95_scale: float | None, registration_worker: bool) -> None:
+    def _build_chain(self, likelihood, fix_r95_scale: float | None, registration_worker: bool,
+                     odometry_features: dict | None) -> None:
         from runtime.localisation.likelihood import Likelihood
         from runtime.localisation.map_registration import MapRegistration
         from runtime.localisation.registration import Registrar
@@ -94,7 +97,7 @@ class Localizer:
                         "python -m export.map_imagery DB MAP.tif)", getattr(self.db, "path", "?"))
         if registrar is not None:
             self.registration = MapRegistration(registrar, cfg, self.hfov_deg, worker=registration_worker)
-        self.odometry = VisualOdometry(cfg.odometry_settings) if cfg.odometry else None
+        self.odometry = VisualOdometry(cfg.odometry_settings, odometry_features) if cfg.odometry else None
         if fix_r95_scale is None:
             fix_r95_scale = Likelihood.fix_r95_scale(manifest, registrar is not None)
         self.track = MapTrack(self.db, likelihood or Likelihood.from_manifest(manifest), cfg,

@@ -109,10 +109,14 @@ def _detector(cfg: OdometryConfig):
 class VisualOdometry:
     """Frame-to-frame motion (module docstring). One instance per camera stream; not thread-safe."""
 
-    def __init__(self, cfg: OdometryConfig | None = None):
+    def __init__(self, cfg: OdometryConfig | None = None, features: dict | None = None):
+        """``features``: a dict kept by a caller that flies the same frames several times (the export's
+        calibration tries several likelihoods on one set of flights): each frame's features are detected once
+        and found there again (keyed by the image object, alive as long as the caller keeps the frames)."""
         import cv2
 
         self.cfg = cfg or OdometryConfig()
+        self.features = features
         self._cv2 = cv2
         self._det, norm = _detector(self.cfg)
         self._matcher = cv2.BFMatcher(norm)
@@ -123,9 +127,21 @@ class VisualOdometry:
 
     def _keyframe(self, image: np.ndarray, t: float, altitude_m: float, hfov_deg: float,
                   heading_deg: float | None) -> _Keyframe:
-        cv2 = self._cv2
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"odometry expects an RGB uint8 (H, W, 3) frame, got {image.dtype} {image.shape}")
+        footprint = 2.0 * float(altitude_m) * math.tan(math.radians(float(hfov_deg)) / 2.0)
+        key = (id(image), image.shape)
+        found = self.features.get(key) if self.features is not None else None
+        if found is None:
+            found = self._detect(image)
+            if self.features is not None:
+                self.features[key] = found
+        pts, desc, size = found
+        return _Keyframe(float(t), pts, desc, size, footprint / size[0], heading_deg)
+
+    def _detect(self, image: np.ndarray):
+        """(keypoints (N, 2), descriptors, downscaled size) of a frame."""
+        cv2 = self._cv2
         h, w = image.shape[:2]
         f = min(1.0, self.cfg.max_side_px / max(h, w))
         size = (max(1, round(w * f)), max(1, round(h * f)))
@@ -138,9 +154,7 @@ class VisualOdometry:
             k = 2 * self.cfg.mask_erode_px + 1
             mask = cv2.erode(mask, np.ones((k, k), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=255)
         kps, desc = self._det.detectAndCompute(grey, mask)
-        pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-        footprint = 2.0 * float(altitude_m) * math.tan(math.radians(float(hfov_deg)) / 2.0)
-        return _Keyframe(float(t), pts, desc, size, footprint / size[0], heading_deg)
+        return np.array([k.pt for k in kps], np.float32).reshape(-1, 2), desc, size
 
     def update(self, image_rgb: np.ndarray, t: float, altitude_m: float, hfov_deg: float,
                heading_deg: float | None = None) -> Motion:
