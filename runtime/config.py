@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common.cli import UserError
 from runtime.localisation.config import REMOVED_OPTIONS, LocalizerConfig
+from runtime.outputs.settings import OutputConfig
 
 
 def _opt(default, help: str, **meta):
@@ -23,7 +24,7 @@ def _opt(default, help: str, **meta):
 
 
 @dataclass
-class ServiceConfig(LocalizerConfig):
+class ServiceConfig(LocalizerConfig, OutputConfig):
     bundle: str = _opt("", "model bundle folder (python -m export)")
     db: str = _opt("", "tile database folder")
     source: str = _opt("", "camera index, video file, rtsp://, udp://, GStreamer pipeline, or image folder")
@@ -51,12 +52,14 @@ class ServiceConfig(LocalizerConfig):
     spin: bool = _opt(False, "ONNX Runtime idle threads spin (lower latency alone, steals CPU from capture)")
     jsonl: str | None = _opt(None, "write JSON lines to PATH (its folder is created), or '-' for stdout")
     udp_json: str | None = _opt(None, "send JSON datagrams to HOST:PORT")
-    mavlink: str | None = _opt(None, "GPS_INPUT to udpout:HOST:PORT, udpin:HOST:PORT or a serial device")
+    mavlink: str | None = _opt(None, "the track to an ArduPilot autopilot (--mavlink-mode) over udpout:HOST:PORT, "
+                                     "udpin:HOST:PORT, tcp:HOST:PORT or a serial device")
     mavlink_baud: int = _opt(57600, "serial baud for --mavlink")
-    satellites_visible: int = _opt(10, "satellites_visible sent in GPS_INPUT")
-    mavlink_mode: str = _opt("gps_input", "gps_input: a GPS (ArduPilot GPS1_TYPE=14); external_position: "
-                                          "MAV_CMD_EXTERNAL_POSITION_ESTIMATE (ArduPilot 4.5+, sparse resets)",
-                             choices=("gps_input", "external_position"))
+    mavlink_mode: str = _opt("gps_input", "gps_input: GPS_INPUT, a GPS (GPSn_TYPE=14, instance --gps-id); odometry: "
+                                          "ODOMETRY, external navigation (VISO_TYPE=1, EK3_SRC1_POSXY=6) from an "
+                                          "origin set with SET_GPS_GLOBAL_ORIGIN; external_position: "
+                                          "MAV_CMD_EXTERNAL_POSITION_ESTIMATE (resets while dead-reckoning only)",
+                             choices=("gps_input", "odometry", "external_position"))
     gnss_serial: str | None = _opt(None, "emulated GNSS receiver (UBX/NMEA) on this serial port or pseudo-terminal "
                                          "(PX4, or any autopilot's GPS port)", metavar="PORT")
     gnss_baud: int = _opt(115200, "serial baud for --gnss-serial")
@@ -73,6 +76,7 @@ class ServiceConfig(LocalizerConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.check_outputs()
         from common import validate
 
         if self.altitude_m is not None:

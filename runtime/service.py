@@ -4,7 +4,9 @@ Four threads overlap the work:
 
     capture thread ──► FrameSlot (1 frame; the newest wins on live sources) ──► embed thread (north-up,
         engine: Localizer.embed_ahead) ──► FrameSlot ──► fusion (caller's thread: Localizer.locate: search,
-        odometry, map filter, registration) ──► output queue ──► output thread (JSON, MAVLink)
+        odometry, map filter, registration) ──► output queue ──► output thread (JSON lines per frame; the
+        autopilot outputs at their own steady rate, the last fix predicted between frames: its scheduler;
+        health keeps each message's capture-to-send time, ``capture_to_send``, next to ``total``)
 
 The engine embeds frame n+1 while frame n is fused (``pipeline``; on a Jetson the engine runs on the GPU
 and the fusion on the CPU, so the slower of the two sets the frame rate, not their sum). A frame whose
@@ -41,6 +43,7 @@ from runtime.inputs.telemetry import TelemetryPolicy
 from runtime.localisation.localizer import Localization, Localizer
 from runtime.outputs.health import Health, HealthServer
 from runtime.outputs.json_lines import fix_record, open_outputs
+from runtime.outputs.scheduler import build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,9 @@ class Service:
         self.source = self._open_source(source)
         self.drop_frames = bool(getattr(self.source, "live", False)) if cfg.drop_frames is None else cfg.drop_frames
         self.outputs = self._open_outputs()
+        self.frame_outputs = [o for o in self.outputs if not hasattr(o, "send_solution")]
         self.telemetry = TelemetryPolicy(cfg)
+        self.scheduler = self._open_scheduler([o for o in self.outputs if hasattr(o, "send_solution")])
         self.health_server = self._open_health_server()
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
         self.last: Localization | None = None
@@ -106,6 +111,14 @@ class Service:
             return open_outputs(cfg)
         except OSError as e:
             raise ValueError(f"cannot open an output: {e}") from e
+
+    def _open_scheduler(self, autopilot_outputs):
+        """The steady-rate driver of the autopilot outputs (None without any)."""
+        if not autopilot_outputs:
+            return None
+        return build_scheduler(self.cfg, autopilot_outputs, accel_mps2=self.cfg.map_filter.accel_mps2,
+                               camera_yaw_offset_deg=self.cfg.camera_yaw_offset_deg,
+                               reader=self.telemetry.altitude_reader, health=self.health)
 
     def _open_health_server(self):
         if self.cfg.health_port is None:
@@ -162,6 +175,8 @@ class Service:
             f"{'newest frame wins' if self.drop_frames else 'every frame processed'}",
             "outputs: " + (", ".join(o.describe() for o in self.outputs) or "none (give --jsonl/--mavlink)"),
         ]
+        if self.scheduler is not None:
+            lines.append(f"autopilot stream: {self.scheduler.describe()}")
         if self.health_server is not None:
             lines.append(f"health: http://127.0.0.1:{self.health_server.port}/health")
         self.health.info = {"engine": self.engine.name, "database": str(self.db.path)}
@@ -187,19 +202,32 @@ class Service:
             slot.close()
 
     def _output(self) -> None:
+        """Each frame's record to the JSON outputs as it comes; the autopilot outputs when their tick is due."""
+        sched = self.scheduler
         while True:
-            item = self._out_q.get()
+            timeout = None if sched is None else max(0.0, sched.next_due() - time.time())
+            try:
+                item = self._out_q.get(timeout=timeout)
+            except queue.Empty:
+                item = ()
             if item is None:
                 return
-            record, fix = item
             t0 = time.perf_counter()
-            for out in self.outputs:
-                try:
-                    out.emit(record, fix)
-                except Exception as e:  # an output failing must not stop positioning
-                    self.health.count("output_errors")
-                    logger.warning("output %s failed: %s", out.describe(), e)
+            if item:
+                self._emit_frame(*item)
+            if sched is not None:
+                sched.run_due()
             self.health.observe("output", (time.perf_counter() - t0) * 1000)
+
+    def _emit_frame(self, record: dict, fix) -> None:
+        for out in self.frame_outputs:
+            try:
+                out.emit(record, fix)
+            except Exception as e:  # an output failing must not stop positioning
+                self.health.count("output_errors")
+                logger.warning("output %s failed: %s", out.describe(), e)
+        if fix is not None and self.scheduler is not None:
+            self.scheduler.update(fix, fix.capture_time_unix, record.get("altitude_m"))
 
     def _embed(self, slot: FrameSlot, feed: FrameSlot) -> None:
         """Frames from capture -> (frame, telemetry, embedded ahead or None) to the fusion loop."""
@@ -350,11 +378,13 @@ class Service:
         self._out_q.put(None)
         out_t.join(timeout=10.0)
         self.telemetry.close()  # before the outputs: a reader may read through the MAVLink output's link
-        for out in self.outputs:
+        for out in self.frame_outputs:
             try:
                 out.close()
             except Exception as e:
                 logger.warning("closing %s: %s", out.describe(), e)
+        if self.scheduler is not None:
+            self.scheduler.close()
         if self.health_server is not None:
             self.health_server.close()
         self.localizer.close()

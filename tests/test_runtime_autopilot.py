@@ -286,4 +286,4 @@ def test_serve_picks_and_switches_the_layer_from_the_autopilot_then_no_altitude(
     # the shared link carried the stream requests and GPS_INPUT back to the autopilot
     assert {int(c.param1) for c in fc.types("COMMAND_LONG")} == {33, 132, 141, 30}
     gps = fc.types("GPS_INPUT")
-    assert gps and any(m.fix_type == 0 for m in gps)  # the "no altitude" frames reach it as no fix
+    assert gps and any(m.fix_type == 1 for m in gps)  # the "no altitude" frames reach it as no fix (NO_FIX)

@@ -1,5 +1,6 @@
 """The emulated GNSS receiver over a real pseudo-terminal pair (os.openpty): what the runtime writes is
-decoded with pyubx2 (UBX) and pynmea2 (NMEA), and it answers a u-blox driver's configuration."""
+decoded with pyubx2 (UBX) and pynmea2 (NMEA), in the order PX4's drivers complete an epoch, and it answers
+a u-blox driver's configuration (CFG-VALSET included)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from runtime.localisation.fix import Fix
-from runtime.outputs.gnss_solution import VACC_UNKNOWN_M, gps_week_ms
+from runtime.outputs.gnss_solution import VACC_UNKNOWN_M, gps_week_ms, solution_from_fix
 from tests.trajectory import fix_for, ground_m, truth
 
 pyubx2 = pytest.importorskip("pyubx2")
@@ -30,10 +31,12 @@ def pty():
     p.close()
 
 
-def _epochs(pty, fixes, protocols="ubx,nmea", **kw):
+def _epochs(pty, fixes, protocols="ubx,nmea", altitude=None, **kw):
     out = GnssSerialOutput(pty.path, protocols=protocols, **kw)
     try:
-        sizes = [len(out.write_solution(out.solution(f, unix_time=0.0))) for f in fixes]
+        sizes = [len(out.send_solution(solution_from_fix(f, time_unix=0.0, camera_yaw_offset_deg=3.0,
+                                                         altitude_msl_m=altitude, v_acc_m=3.0)))
+                 for f in fixes]
         data = pty.wait_bytes(sum(sizes))
     finally:
         out.close()
@@ -43,9 +46,10 @@ def _epochs(pty, fixes, protocols="ubx,nmea", **kw):
 
 def test_ubx_nav_pvt_matches_the_trajectory(pty):
     fixes = [fix_for(i) for i in range(4)]
-    ubx, nmea = _epochs(pty, fixes, protocols="ubx", camera_yaw_offset_deg=3.0)
-    assert nmea == [] and [m.identity for m in ubx] == ["NAV-PVT", "NAV-DOP"] * 4
-    for i, (pvt, dop) in enumerate(zip(ubx[0::2], ubx[1::2])):
+    ubx, nmea = _epochs(pty, fixes, protocols="ubx")
+    # NAV-DOP first: PX4's driver publishes at NAV-PVT, a NAV-DOP after it would go into the next epoch
+    assert nmea == [] and [m.identity for m in ubx] == ["NAV-DOP", "NAV-PVT"] * 4
+    for i, (dop, pvt) in enumerate(zip(ubx[0::2], ubx[1::2])):
         tr = truth(i)
         d = datetime.fromtimestamp(tr["time_unix"], tz=timezone.utc)
         # time of the capture: calendar fields, nanoseconds, and iTOW of the same instant
@@ -73,27 +77,29 @@ def dop_itow(dop) -> int:
 
 def test_nmea_sentences_match_the_trajectory(pty):
     fixes = [fix_for(i) for i in range(3)]
-    ubx, nmea = _epochs(pty, fixes, protocols="nmea")
-    assert ubx == [] and [s.sentence_type for s in nmea] == ["GGA", "RMC", "GSA", "VTG", "GST"] * 3
+    ubx, nmea = _epochs(pty, fixes, protocols="nmea", altitude=412.5)
+    # PX4's NMEA driver publishes once a position and a velocity came (RMC): GST and GSA before it
+    assert ubx == [] and [s.sentence_type for s in nmea] == ["GST", "GSA", "GGA", "RMC"] * 3
     for i in range(3):
-        gga, rmc, gsa, vtg, gst = nmea[5 * i:5 * i + 5]
+        gst, gsa, gga, rmc = nmea[4 * i:4 * i + 4]
         tr = truth(i)
         d = datetime.fromtimestamp(tr["time_unix"], tz=timezone.utc)
         assert gga.timestamp == d.timetz().replace(microsecond=d.microsecond // 10000 * 10000)
         assert rmc.datestamp == d.date() and rmc.timestamp == gga.timestamp
-        # PX4's NMEA driver: eph from GST's latitude/longitude errors = the reported accuracy
-        eph = math.hypot(gst.std_dev_latitude, gst.std_dev_longitude)
-        assert eph == pytest.approx(12.0, abs=0.01) and gst.std_dev_altitude == VACC_UNKNOWN_M
+        # GST: each axis's 1-sigma is the accuracy (PX4 takes eph as their root-sum-square: sqrt(2) x 12 m),
+        # the height's the altitude source's
+        assert gst.std_dev_latitude == gst.std_dev_longitude == pytest.approx(12.0, abs=0.01)
+        assert gst.std_dev_altitude == pytest.approx(3.0) and float(gga.altitude) == pytest.approx(412.5)
         for s in (gga, rmc):
-            assert ground_m(tr["lat"], tr["lon"], s.latitude, s.longitude) <= eph
+            assert ground_m(tr["lat"], tr["lon"], s.latitude, s.longitude) <= gst.std_dev_latitude
         assert gga.gps_qual == 1 and int(gga.num_sats) == 10 and float(gga.horizontal_dil) == pytest.approx(2.4)
-        assert rmc.status == "A" and gsa.mode_fix_type == "3" and float(gsa.pdop) == pytest.approx(3.39, abs=0.01)
+        # PDOP from HDOP (12 / 5) and VDOP (3 m / 5)
+        assert rmc.status == "A" and gsa.mode_fix_type == "3"
+        assert float(gsa.pdop) == pytest.approx(math.hypot(2.4, 0.6), abs=0.01)
         # speed in knots and the course over ground give back the NED velocity
         v = rmc.spd_over_grnd * KNOT
         c = math.radians(rmc.true_course)
         assert v * math.cos(c) == pytest.approx(6.2, abs=0.01) and v * math.sin(c) == pytest.approx(-8.2, abs=0.01)
-        assert float(vtg.spd_over_grnd_kmph) == pytest.approx(v * 3.6, abs=0.01)
-        assert vtg.true_track == pytest.approx(rmc.true_course, abs=0.01)
 
 
 def test_no_trusted_fix_is_reported_as_no_fix(pty):
@@ -105,48 +111,37 @@ def test_no_trusted_fix_is_reported_as_no_fix(pty):
     assert all(p.lat == 0 and p.lon == 0 for p in pvts)
     ggas = [s for s in nmea if s.sentence_type == "GGA"]
     rmcs = [s for s in nmea if s.sentence_type == "RMC"]
+    gsas = [s for s in nmea if s.sentence_type == "GSA"]
     assert [g.gps_qual for g in ggas] == [0, 0] and [r.status for r in rmcs] == ["V", "V"]
+    assert [g.mode_fix_type for g in gsas] == ["1", "1"]
     assert not [s for s in nmea if s.sentence_type == "GST"]  # no error ellipse for no position
 
 
-def test_epoch_rate_follows_the_fixes(pty):
-    """One epoch (NAV-PVT + NAV-DOP) per fix as the fixes come, 10 Hz here: times 100 ms apart."""
-    out = GnssSerialOutput(pty.path, protocols="ubx")
-    n, period = 12, 0.1
-    try:
-        t0 = time.monotonic()
-        for i in range(n):
-            out.emit({"time_utc": time.time()}, fix_for(i))
-            time.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
-        out.emit({"type": "summary"}, None)  # not an epoch
-        data = pty.wait_bytes(n * 108)
-    finally:
-        out.close()
-    pvts = [m for m in decode(data)[0] if m.identity == "NAV-PVT"]
-    assert len(pvts) == n == out.epochs
-    itows = [int.from_bytes(p.serialize()[6:10], "little") for p in pvts]
-    assert all(b - a == 100 for a, b in zip(itows, itows[1:]))
-    span = pty.arrivals[-1][0] - pty.arrivals[0][0]
-    assert 0.8 * (n - 1) * period <= span <= 3 * (n - 1) * period  # they arrive as they were emitted
-
-
 def test_answers_a_ublox_drivers_configuration(pty):
-    """PX4's u-blox driver waits for ACK-ACK to its CFG messages and for a MON-VER answer to its poll."""
+    """PX4's u-blox driver waits for ACK-ACK to its CFG messages and for a MON-VER answer to its poll. It
+    starts with a CFG-VALSET (protocol 27+) and waits 2 s for its ACK before falling back: the answering
+    reader must take the messages a receiver is sent (a parser of its output dropped CFG-VALSET), with
+    keys pyubx2 may not know (PX4's jamming-detection key), and skip garbage and a bad checksum."""
     out = GnssSerialOutput(pty.path, protocols="ubx,nmea")
-    polls = [pyubx2.UBXMessage("CFG", "CFG-MSG", pyubx2.SET, msgClass=0x01, msgID=0x07, rateUART1=1),
-             pyubx2.UBXMessage("CFG", "CFG-RATE", pyubx2.SET, measRate=100, navRate=1, timeRef=0),
-             pyubx2.UBXMessage("MON", "MON-VER", pyubx2.POLL)]
+    valset = pyubx2.UBXMessage.config_set(1, 0, [("CFG_UART1_BAUDRATE", 115200), (0x10F60051, 0)]).serialize()
+    broken = bytearray(pyubx2.UBXMessage("CFG", "CFG-MSG", pyubx2.SET, msgClass=1, msgID=3, rateUART1=1).serialize())
+    broken[-1] ^= 0xFF
+    polls = [valset, b"\x00garbage$GPXXX", bytes(broken),
+             pyubx2.UBXMessage("CFG", "CFG-MSG", pyubx2.SET, msgClass=0x01, msgID=0x07, rateUART1=1).serialize(),
+             pyubx2.UBXMessage("CFG", "CFG-RATE", pyubx2.SET, measRate=100, navRate=1, timeRef=0).serialize(),
+             pyubx2.UBXMessage("MON", "MON-VER", pyubx2.POLL).serialize()]
     try:
         for p in polls:
-            pty.write(p.serialize())
+            pty.write(p)
         deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and pty.data.count(b"\xb5\x62") < 3:
+        while time.monotonic() < deadline and pty.data.count(b"\xb5\x62") < 4:
             time.sleep(0.02)
         ubx, _ = decode(bytes(pty.data))
     finally:
         out.close()
     acks = [m for m in ubx if m.identity == "ACK-ACK"]
-    assert [(a.clsID, a.msgID) for a in acks] == [(0x06, 0x01), (0x06, 0x08)] and out.acks == 2
+    assert [(a.clsID, a.msgID) for a in acks] == [(0x06, 0x8A), (0x06, 0x01), (0x06, 0x08)] and out.acks == 3
+    assert out.answered == {"CFG-VALSET": 1, "CFG-0x01": 1, "CFG-0x08": 1, "MON-VER": 1}
     ver = [m for m in ubx if m.identity == "MON-VER"]
     assert len(ver) == 1 and ver[0].hwVersion.rstrip(b"\0") == b"00190000"
     assert b"PROTVER=" in ver[0].extension_02
@@ -170,16 +165,18 @@ def test_open_outputs_builds_every_output_from_the_config(tmp_path, pty):
     port = free_port()
     listener = mavutil.mavlink_connection(f"udpin:127.0.0.1:{port}")
     cfg = ServiceConfig(bundle="b", db="d", source="s", jsonl=str(tmp_path / "f.jsonl"),
-                        mavlink=f"udpout:127.0.0.1:{port}", mavlink_mode="gps_input", gnss_serial=pty.path,
-                        gnss_protocols="nmea")
+                        mavlink=f"udpout:127.0.0.1:{port}", mavlink_mode="gps_input", gps_id=1,
+                        gnss_serial=pty.path, gnss_protocols="nmea")
     outs = open_outputs(cfg)
     try:
         assert [type(o).__name__ for o in outs] == ["JsonLinesOutput", "MavlinkGpsOutput", "GnssSerialOutput"]
         assert outs[2].describe() == f"GNSS receiver (NMEA) on {pty.path} at 115200 baud"
         f = fix_for(0)
-        for o in outs:
-            o.emit({"type": "fix", "time_utc": 1.0, "fix": f.as_dict()}, f)
-            o.emit({"type": "summary"}, None)
+        outs[0].emit({"type": "fix", "time_utc": 1.0, "fix": f.as_dict()}, f)
+        outs[0].emit({"type": "summary"}, None)
+        for o in outs[1:]:  # the autopilot outputs take the scheduler's solutions
+            assert not hasattr(o, "emit") and hasattr(o, "send_solution")
+            o.send_solution(solution_from_fix(f, time_unix=1.0))
         gps = listener.recv_match(type="GPS_INPUT", blocking=True, timeout=3)
         data = pty.wait_bytes(300)
     finally:
@@ -187,9 +184,9 @@ def test_open_outputs_builds_every_output_from_the_config(tmp_path, pty):
             o.close()
         listener.close()
     lines = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines()]
-    assert [r["type"] for r in lines] == ["fix", "summary"]  # JSON gets the summary, the receivers do not
-    assert gps is not None and gps.fix_type == 3
-    assert [s.sentence_type for s in decode(data)[1]] == ["GGA", "RMC", "GSA", "VTG", "GST"]
+    assert [r["type"] for r in lines] == ["fix", "summary"]
+    assert gps is not None and gps.fix_type == 3 and gps.gps_id == 1
+    assert [s.sentence_type for s in decode(data)[1]] == ["GST", "GSA", "GGA", "RMC"]
     cfg.gnss_protocols = "sbf"
     with pytest.raises(ValueError, match="GNSS protocols"):
         open_outputs(cfg)
@@ -199,8 +196,9 @@ def test_a_fix_without_velocity_says_so(pty):
     bare = Fix(t=0.0, x=0, y=0, lat=47.0, lon=-99.0, confidence=0.8, accuracy_m=20.0, trusted=True,
                capture_time_unix=truth(0)["time_unix"])
     ubx, nmea = _epochs(pty, [bare])
-    pvt = ubx[0]
+    pvt = ubx[1]
     assert pvt.fixType == 3 and (pvt.velN, pvt.velE, pvt.gSpeed) == (0, 0, 0)
     assert pvt.sAcc == SACC_UNKNOWN_MPS * 1000 and pvt.headVehValid == 0  # no velocity, no heading claimed
     rmc = next(s for s in nmea if s.sentence_type == "RMC")
     assert rmc.spd_over_grnd is None and rmc.true_course is None
+    assert pvt.vAcc == VACC_UNKNOWN_M * 1000 and pvt.hMSL == 0  # no altitude source: an unknown vertical

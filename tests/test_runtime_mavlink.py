@@ -1,16 +1,17 @@
-"""MAVLink to the autopilot: GPS_INPUT and MAV_CMD_EXTERNAL_POSITION_ESTIMATE sent by the runtime over
-loopback UDP, received and decoded by pymavlink (a simulated autopilot, tests/fakes/mavlink_peer.py), and
-the reader and the GPS output sharing one link."""
+"""MAVLink to the autopilot: GPS_INPUT, ODOMETRY (ExternalNav) and MAV_CMD_EXTERNAL_POSITION_ESTIMATE sent by
+the runtime over loopback UDP, received and decoded by pymavlink (a simulated autopilot,
+tests/fakes/mavlink_peer.py), and the reader and the outputs sharing one link."""
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import pytest
 
 from runtime.localisation.fix import Fix
-from runtime.outputs.gnss_solution import gps_week_ms
+from runtime.outputs.gnss_solution import GnssSolution, gps_week_ms, solution_from_fix
 from runtime.outputs.mavlink_gps import MavlinkGpsOutput, ignore_flags
 from tests.fakes.mavlink_peer import FakeAutopilot
 from tests.loopback import free_port
@@ -53,12 +54,11 @@ def test_flags_are_pymavlinks_own():
 
 def test_gps_input_carries_velocity_accuracy_capture_time_and_yaw(udp_pair):
     listener, port = udp_pair
-    out = MavlinkGpsOutput(f"udpout:127.0.0.1:{port}", camera_yaw_offset_deg=3.0)
+    out = MavlinkGpsOutput(f"udpout:127.0.0.1:{port}")
     fixes = [fix_for(i) for i in range(5)]
     try:
-        for f in fixes:
-            out.emit({"time_utc": T0_UNIX + 99.0}, f)  # the send time is not the capture time
-        out.emit({"type": "summary"}, None)  # the summary record is no fix: nothing sent
+        for f in fixes:  # at each fix's capture time (no prediction), a camera turned 3 deg
+            out.send_fix(f, unix_time=T0_UNIX + 99.0, camera_yaw_offset_deg=3.0)
         msgs = _receive(listener, "GPS_INPUT", 6, timeout=3)
     finally:
         out.close()
@@ -102,35 +102,71 @@ def test_gps_input_yaw_north_is_36000_and_unknowns_are_flagged(udp_pair):
     assert a.yaw == 36000  # north: 0 would mean "no yaw" to ArduPilot
     assert b.yaw == 0 and b.ignore_flags & F["VEL_HORIZ"] and b.ignore_flags & F["SPEED_ACCURACY"]
     assert b.vn == 0 and b.fix_type == 3 and b.time_usec == round(T0_UNIX * 1e6)
-    for m in (c, d):  # no trusted fix: nothing usable
-        assert m.fix_type == 0 and m.ignore_flags == sum(F.values()) and m.lat == 0 and m.lon == 0
+    for m in (c, d):  # no trusted fix: ArduPilot's NO_FIX (1; 0 would be "no GPS"), nothing usable
+        assert m.fix_type == 1 and m.ignore_flags == sum(F.values()) and m.lat == 0 and m.lon == 0
         assert m.satellites_visible == 0 and m.yaw == 0
 
 
-def test_gps_input_message_rate_follows_the_fixes(udp_pair):
-    """One GPS_INPUT per fix, as fast as the fixes come (10 Hz here), plus a 1 Hz heartbeat."""
+def test_gps_input_instance_altitude_and_vertical_velocity(udp_pair):
+    """``gps_id`` is the configured GPS instance (ArduPilot drops a GPS_INPUT for another instance); with an
+    altitude source the altitude, its accuracy, VDOP and the vertical velocity are given, not ignored."""
     listener, port = udp_pair
-    out = MavlinkGpsOutput(f"udpout:127.0.0.1:{port}")
-    n, period = 15, 0.1
+    out = MavlinkGpsOutput(f"udpout:127.0.0.1:{port}", gps_id=1)
+    s = GnssSolution(time_unix=T0_UNIX, valid=True, lat_deg=47.0, lon_deg=-99.0, h_acc_m=2.0, sigma_n_m=2.0,
+                     sigma_e_m=2.0, vel_n_mps=3.0, vel_e_mps=-4.0, speed_acc_mps=0.3, vel_d_mps=-0.5,
+                     alt_msl_m=512.25, v_acc_m=2.5, satellites=10, age_s=0.1)
     try:
-        t0 = time.monotonic()
-        for i in range(n):
-            out.emit({"time_utc": time.time()}, fix_for(i))
-            time.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
-        msgs, beats, deadline = [], 0, time.monotonic() + 3
-        while len(msgs) < n and time.monotonic() < deadline:
-            m = listener.recv_match(blocking=True, timeout=0.5)
-            if m is not None and m.get_type() == "GPS_INPUT":
-                msgs.append((time.monotonic(), m))
-            elif m is not None and m.get_type() == "HEARTBEAT":
-                beats += 1
+        out.send_solution(s)
+        m = _receive(listener, "GPS_INPUT", 1)[0]
     finally:
         out.close()
-    assert len(msgs) == n and 1 <= beats <= 3 < n  # the heartbeat is once a second, not once a message
-    times_ms = [m.time_week_ms for _, m in msgs]
-    assert all(b - a == 100 for a, b in zip(times_ms, times_ms[1:]))  # capture times 0.1 s apart
+    F = ignore_flags()
+    assert m.gps_id == 1 and m.fix_type == 3 and m.ignore_flags == 0  # every field given
+    assert m.alt == pytest.approx(512.25) and m.vert_accuracy == pytest.approx(2.5) and m.vd == pytest.approx(-0.5)
+    assert m.vdop == pytest.approx(0.5) and m.hdop == pytest.approx(0.4) and m.horiz_accuracy == pytest.approx(2.0)
+    assert not m.ignore_flags & (F["ALT"] | F["VEL_VERT"] | F["VERTICAL_ACCURACY"])
+    with pytest.raises(ValueError, match="--gps-id 300"):
+        MavlinkGpsOutput("udpout:127.0.0.1:9", gps_id=300)
+
+
+def test_odometry_is_external_navigation_from_a_set_origin(udp_pair):
+    """ODOMETRY in ArduPilot's ExternalNav form: the origin set once with SET_GPS_GLOBAL_ORIGIN, then local NED
+    positions from it (frame LOCAL_FRD, child BODY_FRD), the velocity in the body frame of the heading,
+    per-axis variances, a quality, and reset_counter raised when the track is trusted again."""
+    from runtime.outputs.mavlink_odometry import MavlinkOdometryOutput, local_ned
+
+    listener, port = udp_pair
     M = mavutil.mavlink
-    assert msgs[0][1].get_srcComponent() == M.MAV_COMP_ID_ONBOARD_COMPUTER
+    out = MavlinkOdometryOutput(f"udpout:127.0.0.1:{port}")
+    base = dict(valid=True, h_acc_m=4.0, sigma_n_m=4.0, sigma_e_m=4.0, vel_n_mps=10.0, vel_e_mps=0.0,
+                speed_acc_mps=0.4, vel_d_mps=0.0, alt_msl_m=500.0, v_acc_m=3.0, yaw_deg=90.0, satellites=10)
+    try:
+        assert out.send_solution(GnssSolution(time_unix=T0_UNIX, valid=False)) is None  # no origin yet: nothing
+        first = out.send_solution(GnssSolution(time_unix=T0_UNIX + 0.1, lat_deg=47.0, lon_deg=-99.0, **base))
+        north = GnssSolution(time_unix=T0_UNIX + 0.2, lat_deg=47.0 + 1e-4, lon_deg=-99.0, **{**base, "alt_msl_m": 510.0})
+        second = out.send_solution(north)
+        lost = out.send_solution(GnssSolution(time_unix=T0_UNIX + 0.3, valid=False))
+        back = out.send_solution(north)
+        got = _receive(listener, ["ODOMETRY", "SET_GPS_GLOBAL_ORIGIN"], 5)
+        odo = [m for m in got if m.get_type() == "ODOMETRY"]
+        origin = [m for m in got if m.get_type() == "SET_GPS_GLOBAL_ORIGIN"]
+    finally:
+        out.close()
+    assert len(odo) == 4 and len(origin) == 1  # the origin is repeated once a second, not per message
+    assert (origin[0].latitude, origin[0].longitude, origin[0].altitude) == (470000000, -990000000, 500000)
+    o1, o2, o3, o4 = odo
+    assert {(m.frame_id, m.child_frame_id) for m in odo} == {(M.MAV_FRAME_LOCAL_FRD, M.MAV_FRAME_BODY_FRD)}
+    assert (o1.x, o1.y, o1.z) == (0.0, 0.0, 0.0) and first["quality"] == 25  # 100 / 4 m
+    n, e, d = local_ned((47.0, -99.0, 500.0), 47.0 + 1e-4, -99.0, 510.0)
+    assert (o2.x, o2.y, o2.z) == pytest.approx((n, e, d), abs=1e-3) and 11.1 < o2.x < 11.2 and o2.z == -10.0
+    # heading east: 10 m/s north is 10 m/s to the left of the nose (body y negative)
+    assert (o2.vx, o2.vy) == pytest.approx((0.0, -10.0), abs=1e-4)
+    assert o2.q == pytest.approx([math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)], abs=1e-6)
+    assert o2.pose_covariance[0] == o2.pose_covariance[6] == 16.0 and o2.pose_covariance[11] == 9.0
+    assert o2.velocity_covariance[0] == pytest.approx(0.16) and math.isnan(o2.rollspeed)
+    assert o3.quality == -1 and lost["quality"] == -1 and math.isnan(o3.x)  # no fix: "failed", not fused
+    assert (o1.reset_counter, o2.reset_counter, o4.reset_counter) == (0, 0, 1) and back["reset_counter"] == 1
+    assert second["time_usec"] == round((T0_UNIX + 0.2) * 1e6)
 
 
 def test_external_position_estimate_command(udp_pair):
@@ -138,10 +174,9 @@ def test_external_position_estimate_command(udp_pair):
     out = MavlinkGpsOutput(f"udpout:127.0.0.1:{port}", mode="external_position")
     f = fix_for(3)
     captured = time.time() - 0.35  # the frame was captured 0.35 s before the send
-    f.capture_time_unix = captured
     try:
         assert out.send_fix(Fix(t=0.0)) is None  # no trusted fix: the command has no "no fix", nothing sent
-        sent = out.send_fix(f)
+        sent = out.send_solution(replace(solution_from_fix(f, time_unix=0.0), time_unix=captured))
         msgs = _receive(listener, "COMMAND_INT", 1)
     finally:
         out.close()
@@ -151,7 +186,7 @@ def test_external_position_estimate_command(udp_pair):
     assert m.command == M.MAV_CMD_EXTERNAL_POSITION_ESTIMATE and m.frame == M.MAV_FRAME_GLOBAL
     assert (m.x, m.y) == (round(f.lat * 1e7), round(f.lon * 1e7))  # degE7, exact
     assert math.isnan(m.z) and math.isnan(m.param4)
-    assert m.param2 == pytest.approx(0.35, abs=0.05)  # processing delay = now - capture
+    assert m.param2 == pytest.approx(0.35, abs=0.05)  # the age when sent = now - the instant it describes
     assert m.param3 == pytest.approx(12.0)  # 1-sigma accuracy
     assert 0 <= m.param1 < 36000 and m.param1 == pytest.approx(sent["param1"], abs=1e-2)
     with pytest.raises(ValueError, match="mavlink mode must be one of"):
@@ -177,7 +212,7 @@ def test_reader_and_output_share_one_link_with_a_simulated_autopilot():
             assert hdg and hdg.source == "attitude" and hdg.heading_deg == pytest.approx(270.0)
             assert alt and alt.source == "relative_alt" and alt.altitude_m == pytest.approx(123.45)
             for i in range(3):
-                out.emit({"time_utc": time.time()}, fix_for(i, yaw_deg=hdg.heading_deg))
+                out.send_fix(fix_for(i, yaw_deg=hdg.heading_deg))
             assert _wait_for(lambda: len(ap.types("GPS_INPUT")) >= 3
                              and len(ap.types("COMMAND_LONG")) >= 4, timeout=5)
             gps = ap.types("GPS_INPUT")

@@ -179,6 +179,8 @@ class AutopilotReader:
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[float, float, int]] = {}  # source -> (metres, monotonic time, sysid)
         self._headings: dict[str, tuple[float, float, int]] = {}  # source -> (degrees, monotonic time, sysid)
+        self._global: tuple | None = None  # GLOBAL_POSITION_INT: (alt MSL m or None, relative alt m, vz m/s, time)
+        self._origin: tuple[float, float, float] | None = None  # GPS_GLOBAL_ORIGIN: lat, lon, alt MSL
         self._requested: set[tuple[int, int]] = set()
         self._last_boot_ms: dict[int, int] = {}
         self._stop = threading.Event()
@@ -201,6 +203,7 @@ class AutopilotReader:
             return
         if self.system_id is not None and sysid != self.system_id:
             return
+        self._note_global(msg, kind, now)
         values = readings_from_message(msg)
         headings = headings_from_message(msg)
         if not values and not headings:
@@ -234,6 +237,39 @@ class AutopilotReader:
                     if age <= self.stale_s:
                         return HeadingReading(deg, source, max(age, 0.0), sysid)
         return None
+
+    # ---- what the autopilot outputs need: MSL altitude, height above home, the EKF origin --------------
+    def _note_global(self, msg, kind: str, now: float) -> None:
+        """Keep GLOBAL_POSITION_INT's altitudes and vertical velocity, and the autopilot's GPS_GLOBAL_ORIGIN."""
+        if kind == "GLOBAL_POSITION_INT":
+            known = msg.lat != 0 or msg.lon != 0  # ArduPilot sends zeros while it has no position
+            with self._lock:
+                self._global = (msg.alt / 1000.0 if known else None, msg.relative_alt / 1000.0, msg.vz / 100.0, now)
+        elif kind == "GPS_GLOBAL_ORIGIN":
+            with self._lock:
+                self._origin = (msg.latitude * 1e-7, msg.longitude * 1e-7, msg.altitude / 1000.0)
+
+    def _fresh_global(self, now: float | None):
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            g = self._global
+        return g if g is not None and now - g[3] <= self.stale_s else None
+
+    def msl(self, now: float | None = None) -> tuple[float, float] | None:
+        """(altitude above mean sea level m, vertical velocity m/s positive down) from GLOBAL_POSITION_INT
+        while fresh and while the autopilot has a position; else None."""
+        g = self._fresh_global(now)
+        return None if g is None or g[0] is None else (g[0], g[2])
+
+    def above_home(self, now: float | None = None) -> tuple[float, float] | None:
+        """(height above home m, vertical velocity m/s positive down) from GLOBAL_POSITION_INT while fresh."""
+        g = self._fresh_global(now)
+        return None if g is None else (g[1], g[2])
+
+    def origin(self) -> tuple[float, float, float] | None:
+        """The autopilot's EKF origin (lat, lon deg, altitude m MSL) once it reported one (GPS_GLOBAL_ORIGIN)."""
+        with self._lock:
+            return self._origin
 
     def status(self, now: float | None = None) -> dict:
         """For health: the readings in use (or None) and every source's last value and age."""

@@ -1,5 +1,11 @@
 """The service's health: counters, per-stage latency percentiles, the last fix.
 
+Latencies (ms, p50/p90/p95/p99 of the last ``window``): each stage of a frame, ``total`` (capture to fix),
+``output`` (the output thread's work per turn) and ``capture_to_send`` (for every autopilot message carrying
+a fix: from the capture of the frame it was predicted from to its send; the delay to tell the autopilot is
+chosen from it and ``total``, README "Telling the autopilot"). Counters include ``autopilot_messages`` and
+``autopilot_no_fix``.
+
 :class:`Health` is updated by the service threads; ``snapshot()`` returns a JSON-able dict that is logged
 periodically and served on ``http://127.0.0.1:PORT/health`` by :class:`HealthServer` (loopback only,
 ``http.server`` in a daemon thread). Latencies keep the last ``window`` samples per stage.
@@ -19,7 +25,7 @@ from runtime.outputs.json_lines import json_line
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("decode", "preprocess", "inference", "search", "fusion", "output", "total")
+STAGES = ("decode", "preprocess", "inference", "search", "fusion", "output", "total", "capture_to_send")
 
 
 class Health:

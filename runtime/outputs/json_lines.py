@@ -13,9 +13,12 @@ A record (one JSON object per line)::
      "matches": [{"row", "label", "score", "lat", "lon"}, ...],
      "latency_ms": {"preprocess", "inference", "search", "fusion", "total"}}
 
-The autopilot outputs live in their own modules: :mod:`runtime.outputs.mavlink_gps` (``GPS_INPUT`` or
-``MAV_CMD_EXTERNAL_POSITION_ESTIMATE``, field by field) and :mod:`runtime.outputs.gnss_serial` (UBX NAV-PVT and
-NMEA); what they send for a fix is decided once in :mod:`runtime.outputs.gnss_solution`.
+JSON lines are written per frame. The autopilot outputs live in their own modules and are driven at their
+own steady rate by :mod:`runtime.outputs.scheduler` (``send_solution(solution, now)``, the track predicted
+between frames): :mod:`runtime.outputs.mavlink_gps` (``GPS_INPUT`` or
+``MAV_CMD_EXTERNAL_POSITION_ESTIMATE``), :mod:`runtime.outputs.mavlink_odometry` (``ODOMETRY``, ExternalNav)
+and :mod:`runtime.outputs.gnss_serial` (UBX, NMEA); what they send is decided once in
+:mod:`runtime.outputs.gnss_solution`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import threading
 import time
 
 from runtime.outputs.gnss_solution import gps_week_ms  # noqa: F401  (re-exported: the time helper of the outputs)
-from runtime.outputs.mavlink_gps import MavlinkGpsOutput, gps_input_fields  # noqa: F401  (re-exported)
+from runtime.outputs.mavlink_gps import MavlinkGpsOutput
 
 logger = logging.getLogger(__name__)
 
@@ -176,26 +179,22 @@ def fix_record(fix, raw, db, matches_rows, matches_scores, *, frame_index: int, 
 
 
 def open_outputs(cfg) -> list:
-    """Every output the config asks for, in order: ``jsonl``, ``udp_json``, ``mavlink`` (mode
-    ``mavlink_mode``: ``gps_input`` or ``external_position``) and ``gnss_serial`` (``gnss_baud``,
-    ``gnss_protocols``). Outputs already opened are closed again if a later one fails to open."""
+    """Every output the config asks for, in order: ``jsonl``, ``udp_json`` (per frame), ``mavlink`` (mode
+    ``mavlink_mode``: ``gps_input`` with ``gps_id``, ``odometry`` or ``external_position``) and
+    ``gnss_serial`` (``gnss_baud``, ``gnss_protocols``), the last two for the scheduler (``send_solution``).
+    Outputs already opened are closed again if a later one fails to open."""
     makers = []
     if getattr(cfg, "jsonl", None):
         makers.append(lambda: JsonLinesOutput(cfg.jsonl))
     if getattr(cfg, "udp_json", None):
         makers.append(lambda: UdpJsonOutput(cfg.udp_json))
-    yaw_offset = float(getattr(cfg, "camera_yaw_offset_deg", 0.0) or 0.0)
-    sats = int(getattr(cfg, "satellites_visible", 10))
     if getattr(cfg, "mavlink", None):
-        makers.append(lambda: MavlinkGpsOutput(cfg.mavlink, baud=getattr(cfg, "mavlink_baud", 57600),
-                                               mode=getattr(cfg, "mavlink_mode", "gps_input"),
-                                               satellites_visible=sats, camera_yaw_offset_deg=yaw_offset))
+        makers.append(lambda: mavlink_output(cfg))
     if getattr(cfg, "gnss_serial", None):
         from runtime.outputs.gnss_serial import GnssSerialOutput
 
         makers.append(lambda: GnssSerialOutput(cfg.gnss_serial, baud=getattr(cfg, "gnss_baud", 115200),
-                                               protocols=getattr(cfg, "gnss_protocols", "ubx,nmea"),
-                                               satellites=sats, camera_yaw_offset_deg=yaw_offset))
+                                               protocols=getattr(cfg, "gnss_protocols", "ubx,nmea")))
     outputs = []
     try:
         for make in makers:
@@ -205,3 +204,15 @@ def open_outputs(cfg) -> list:
             out.close()
         raise
     return outputs
+
+
+def mavlink_output(cfg, link=None):
+    """The MAVLink output of ``cfg.mavlink_mode`` (on ``link``, else the shared link of ``cfg.mavlink``)."""
+    mode = getattr(cfg, "mavlink_mode", "gps_input")
+    baud = getattr(cfg, "mavlink_baud", 57600)
+    if mode == "odometry":
+        from runtime.outputs.mavlink_odometry import MavlinkOdometryOutput
+
+        return MavlinkOdometryOutput(cfg.mavlink if link is None else None, baud=baud, link=link)
+    return MavlinkGpsOutput(cfg.mavlink if link is None else None, baud=baud, mode=mode,
+                            gps_id=getattr(cfg, "gps_id", 0), link=link)

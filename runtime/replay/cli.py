@@ -8,6 +8,7 @@ import os
 
 from common.cli import add_dataclass_options, dataclass_values
 from runtime.localisation.config import LocalizerConfig, add_localizer_options
+from runtime.outputs.settings import OutputConfig
 from runtime.replay.geotiff import FlightSpec
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,19 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--flight-raster", default=None, help="GeoTIFF the frames are rendered from (default: --map)")
     add_dataclass_options(g, FlightSpec, group="the rendered flights")
     add_localizer_options(g)
+    rec = g.add_argument_group("autopilot recordings (--record-autopilot)")
+    rec.add_argument("--record-autopilot", action="store_true",
+                     help="per flight under --out: the byte streams the autopilot outputs would send, timed on the "
+                          "flight's clock (mavlink.tlog, mavlink_odometry.tlog, gnss_ubx.cap, gnss_nmea.cap), "
+                          "with the output settings below")
+    add_dataclass_options(rec, OutputConfig)
 
 
 def run_replay(args: argparse.Namespace) -> int:
     """Entry point of ``python -m runtime replay``: run, write results, print the table; 0 on success."""
     from common.sues200_layout import SUES200LayoutError
     from runtime.engines.bundle import BundleError
-    from runtime.replay.geotiff import geotiff_table, replay_geotiff
+    from runtime.replay.geotiff import autopilot_table, geotiff_table, replay_geotiff
     from runtime.replay.sues200 import replay_sues200, sues200_table
     from tiles.db import DatabaseError
 
@@ -65,13 +72,19 @@ def run_replay(args: argparse.Namespace) -> int:
                 backend=args.backend, threads=args.threads)
             print(sues200_table(res))
         else:
+            rec = None
+            if args.record_autopilot:
+                rec = OutputConfig(**dataclass_values(OutputConfig, args))
+                rec.check_outputs()
             res = replay_geotiff(
                 args.bundle, args.map, flight_raster=args.flight_raster, altitudes=args.altitudes_m, db=args.db,
                 out_dir=args.out, hfov_deg=args.hfov_deg,
                 localizer=LocalizerConfig(**dataclass_values(LocalizerConfig, args)),
                 plots=not args.no_plots, precision=args.precision, backend=args.backend, threads=args.threads,
-                **dataclass_values(FlightSpec, args))
+                record_autopilot=rec, **dataclass_values(FlightSpec, args))
             print(geotiff_table(res))
+            if rec is not None:
+                print(autopilot_table(res))
     except (SUES200LayoutError, BundleError, DatabaseError, FileNotFoundError, ValueError) as e:
         log.error("%s", str(e).splitlines()[0] if str(e) else type(e).__name__)
         return 2

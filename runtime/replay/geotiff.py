@@ -82,16 +82,22 @@ def flight_telemetry(t: float, meta: dict, altitude_m: float | None = None, comp
 
 
 def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass: bool = True,
-                  aheads=None) -> list[dict]:
+                  aheads=None, keep: list | None = None) -> list[dict]:
     """Run frames (Frame tuples with ground truth in meta) through ``localizer`` (a
     :class:`runtime.localisation.localizer.Localizer`, the service's own chain) and compare with the truth.
     ``aheads``: each frame's :meth:`~runtime.localisation.localizer.Localizer.embed_ahead` when computed
-    before (a calibration flies the same frames with several settings; None where not)."""
+    before (a calibration flies the same frames with several settings; None where not). ``keep``: a list
+    that gets, per frame, what an autopilot recording needs (:func:`runtime.replay.autopilot_record.record_flight`)."""
     db = localizer.db
     records = []
     for k, (t, image, meta) in enumerate(frames):
         tel = flight_telemetry(t, meta, altitude_m, compass)
+        t0 = time.perf_counter()
         loc = localizer.locate(image, tel, ahead=aheads[k] if aheads is not None else None)
+        if keep is not None:
+            keep.append({"t": float(t), "processing_ms": (time.perf_counter() - t0) * 1000.0, "fix": loc.fix,
+                         "height_m": tel.altitude_m, "true_lat": meta.get("lat", math.nan),
+                         "true_lon": meta.get("lon", math.nan)})
         rec = frame_record(db, loc, meta, len(records))
         true_hdg = meta.get("heading_deg")
         used = loc.telemetry.heading_deg
@@ -156,12 +162,17 @@ class FlightSpec:
 
 def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=None, out_dir=None,
                    hfov_deg: float | None = None, localizer: LocalizerConfig | None = None, plots: bool = True,
-                   precision: str = "auto", backend: str = "auto", threads: int | None = None, **flight) -> dict:
+                   precision: str = "auto", backend: str = "auto", threads: int | None = None,
+                   record_autopilot=None, **flight) -> dict:
     """GeoTIFF flight replay (see the module docstring); returns per-altitude summaries and frames.
 
     ``altitudes`` and ``hfov_deg`` default to the database's (its layers, the field of view it was cut
     for); ``localizer`` holds the chain's knobs (the service's defaults); ``flight`` any
-    :class:`FlightSpec` field."""
+    :class:`FlightSpec` field. ``record_autopilot``: an :class:`runtime.outputs.settings.OutputConfig`:
+    each flight's autopilot streams are recorded under ``out_dir/autopilot_<alt>m``
+    (:mod:`runtime.replay.autopilot_record`) and summarized as the flight's ``autopilot``."""
+    if record_autopilot is not None and out_dir is None:
+        raise ValueError("--record-autopilot writes its recordings under --out DIR: give --out")
     from runtime.engines.engine import check_engine_database
     from runtime.search.searcher import Searcher
     from tiles.db import TileDatabase
@@ -188,10 +199,16 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
     out = Path(out_dir) if out_dir is not None else None
     for alt in altitudes:
         frames = _truth_in_db_crs(_flight(flight_raster, alt, hfov_deg, spec), to_db)
-        t0 = time.perf_counter()
+        t0, kept = time.perf_counter(), ([] if record_autopilot is not None else None)
+        start_unix = round(time.time())
         records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher), frames, altitude_m=alt,
-                                compass=spec.compass)
+                                compass=spec.compass, keep=kept)
         summary = summarize_flight(records, time.perf_counter() - t0)
+        if kept:
+            from runtime.replay.autopilot_record import record_flight
+
+            summary["autopilot"] = record_flight(out / f"autopilot_{alt:g}m", kept, record_autopilot,
+                                                 accel_mps2=cfg.map_filter.accel_mps2, start_unix=start_unix)
         results["altitudes"][f"{alt:g}"] = summary
         all_records += records
         med = summary["error_m_median"]
@@ -332,3 +349,27 @@ def geotiff_table(results: dict) -> str:
                      f"{f(s['registered_pct'], 6)} | {f(s['total_ms_median'], 8, 2)}")
     return "\n".join(lines)
 
+
+
+def autopilot_table(results: dict) -> str:
+    """The autopilot recordings of each flight: what was sent and how it compares with the truth."""
+    head = (f"{'alt':>5} | {'msgs':>5} {'fixes':>5} {'Hz':>5} {'gap s':>5} {'1st fix':>7} | {'calib':>6} "
+            f"{'err med':>7} {'err max':>7} | {'hAcc med':>8} {'p95':>5} | {'sAcc med':>8} {'p95':>5} "
+            f"{'v err':>5} | {'c2s p50':>7} {'p95':>5}")
+    lines = ["Autopilot streams (per message carrying a fix: calib = truth inside its 95 % radius; hAcc 1-sigma m; "
+             "sAcc, v err m/s; c2s = capture to send, ms)", head, "-" * len(head)]
+
+    def f(v, w, nd=1):
+        return f"{v:{w}.{nd}f}" if v is not None else f"{'-':>{w}}"
+
+    for alt, s in results["altitudes"].items():
+        a = s.get("autopilot")
+        if not a:
+            continue
+        lines.append(f"{alt:>5} | {a['messages']:>5} {a['fixes_sent']:>5} {f(a['rate_hz'], 5, 2)} "
+                     f"{f(a['max_gap_s'], 5, 2)} {f(a['first_fix_s'], 7)} | {f(a['calibration_pct'], 6)} "
+                     f"{f(a['error_m_median'], 7)} {f(a['error_m_max'], 7)} | {f(a['h_acc_m_median'], 8, 2)} "
+                     f"{f(a['h_acc_m_p95'], 5, 2)} | {f(a['speed_acc_mps_median'], 8, 2)} "
+                     f"{f(a['speed_acc_mps_p95'], 5, 2)} {f(a['speed_error_mps_median'], 5, 2)} | "
+                     f"{f(a['capture_to_send_ms_p50'], 7, 0)} {f(a['capture_to_send_ms_p95'], 5, 0)}")
+    return "\n".join(lines)
