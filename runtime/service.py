@@ -69,7 +69,6 @@ class Service:
         self.source = self._open_source(source)
         self.drop_frames = bool(getattr(self.source, "live", False)) if cfg.drop_frames is None else cfg.drop_frames
         self.outputs = self._open_outputs()
-        self.frame_outputs = [o for o in self.outputs if not hasattr(o, "send_solution")]
         self.telemetry = TelemetryPolicy(cfg)
         self.scheduler = self._open_scheduler([o for o in self.outputs if hasattr(o, "send_solution")])
         self.health_server = self._open_health_server()
@@ -114,11 +113,10 @@ class Service:
 
     def _open_scheduler(self, autopilot_outputs):
         """The steady-rate driver of the autopilot outputs (None without any)."""
-        if not autopilot_outputs:
-            return None
-        return build_scheduler(self.cfg, autopilot_outputs, accel_mps2=self.cfg.map_filter.accel_mps2,
-                               camera_yaw_offset_deg=self.cfg.camera_yaw_offset_deg,
-                               reader=self.telemetry.altitude_reader, health=self.health)
+        cfg = self.cfg
+        return None if not autopilot_outputs else build_scheduler(
+            cfg, autopilot_outputs, accel_mps2=cfg.map_filter.accel_mps2, health=self.health,
+            camera_yaw_offset_deg=cfg.camera_yaw_offset_deg, reader=self.telemetry.altitude_reader)
 
     def _open_health_server(self):
         if self.cfg.health_port is None:
@@ -128,6 +126,11 @@ class Service:
         except OSError as e:
             raise ValueError(f"--health-port {self.cfg.health_port}: cannot listen there ({e.strerror or e}); "
                              "pick a free port, or 0 for any") from e
+
+    @property
+    def frame_outputs(self) -> list:
+        """The outputs written per frame (JSON lines); the autopilot outputs belong to the scheduler."""
+        return [o for o in self.outputs if not hasattr(o, "send_solution")]
 
     @property
     def autopilot(self):

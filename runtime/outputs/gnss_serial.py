@@ -113,7 +113,7 @@ def _dm(deg: float, lat: bool) -> tuple[str, str]:
 def nmea_sentences(s: GnssSolution, talker: str = "GP") -> list[str]:
     """GST (valid only), GSA, GGA and RMC for a solution, each rendered with its checksum (no line ending)."""
     pynmea2 = _libs()[1]
-    d = _utc(s.time_unix)
+    d = _utc(round(s.time_unix * 100.0) / 100.0)  # NMEA's hundredths of a second, rounded (not cut)
     hms = d.strftime("%H%M%S") + f".{d.microsecond // 10000:02d}"
     lat, ns = _dm(s.lat_deg, True) if s.valid else ("", "")
     lon, ew = _dm(s.lon_deg, False) if s.valid else ("", "")
@@ -244,8 +244,12 @@ class GnssSerialOutput:
     def _answer(self) -> None:
         """Answer the autopilot's receiver configuration: ACK-ACK every CFG-*, MON-VER to its poll."""
         pyubx2 = _libs()[0]
+        def read(_n: int) -> bytes:  # what has come, waiting at most the port's timeout for its first byte
+            first = self.ser.read(1)
+            return first + self.ser.read(self.ser.in_waiting) if first else first
+
         try:
-            for frame in ubx_frames(self.ser.read, self._stop):
+            for frame in ubx_frames(read, self._stop):
                 cls, mid = frame[2], frame[3]
                 if cls == 0x06:  # CFG
                     out = pyubx2.UBXMessage("ACK", "ACK-ACK", pyubx2.GET, clsID=cls, msgID=mid)

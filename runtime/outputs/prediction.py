@@ -14,9 +14,10 @@ for any instant ``t`` with a :class:`~runtime.outputs.gnss_solution.GnssSolution
       sigma_h(t)^2 = accuracy^2 + (sigma_v(t) * h)^2
 
   where ``a`` is the acceleration the track shows: the root mean square of the change of the fixes'
-  velocities per second (exponentially weighted, ``ACCEL_GAIN`` per fix; at least ``ACCEL_FLOOR_MPS2``;
-  the filter's ``accel_mps2`` until two velocities are known). A straight flight keeps it near the
-  odometry's noise; a turn raises it for as long as it lasts;
+  velocities per second, less what their own errors explain (``(dv^2 / 2 - sacc_1^2 - sacc_2^2) / dt^2``
+  per axis; exponentially weighted, ``ACCEL_GAIN`` per fix; at least ``ACCEL_FLOOR_MPS2``; the filter's
+  ``accel_mps2`` until two velocities are known). A straight flight keeps it at the floor; a turn raises
+  it for as long as it lasts;
 - **the one "no fix" rule**: no trusted fix, or the fix is older than ``max_age_s`` at ``t`` (frames
   stopped: the camera or the chain stalled). The filter alone decides what is trusted; the outputs only
   refuse to predict beyond ``max_age_s``.
@@ -52,7 +53,7 @@ class FixPredictor:
         self.capture_unix: float | None = None
         self.dt_s = 0.0  # the interval the fix's velocity was measured over
         self._accel2: float | None = None  # the track's mean square acceleration per axis
-        self._prev: tuple[float, float, float] | None = None  # (capture time, vel north, vel east)
+        self._prev: tuple | None = None  # (capture time, vel north, vel east, speed accuracy)
 
     @property
     def accel_mps2(self) -> float:
@@ -65,15 +66,17 @@ class FixPredictor:
         capture time)."""
         t = _finite(capture_unix if capture_unix is not None else getattr(fix, "capture_time_unix", None))
         vn, ve = (_finite(getattr(fix, "vel_n_mps", None)), _finite(getattr(fix, "vel_e_mps", None)))
+        sv = _finite(getattr(fix, "speed_accuracy_mps", None)) or 0.0
         prev = self._prev
         self.dt_s = 0.0
         if t is not None and vn is not None and ve is not None:
             if prev is not None and t > prev[0]:
                 dt = t - prev[0]
                 self.dt_s = dt
-                a2 = ((vn - prev[1]) ** 2 + (ve - prev[2]) ** 2) / (2.0 * dt * dt)
+                change2 = ((vn - prev[1]) ** 2 + (ve - prev[2]) ** 2) / 2.0 - sv**2 - prev[3] ** 2
+                a2 = max(change2, 0.0) / (dt * dt)
                 self._accel2 = a2 if self._accel2 is None else (1 - ACCEL_GAIN) * self._accel2 + ACCEL_GAIN * a2
-            self._prev = (t, vn, ve)
+            self._prev = (t, vn, ve, sv)
         else:
             self._prev = None  # the velocity's run broke: its changes are unknown
         self.fix, self.capture_unix = fix, t

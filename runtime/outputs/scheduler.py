@@ -49,7 +49,7 @@ class OutputScheduler:
         self.recorders = list(recorders)
         self.origin_source = origin_source
         self.on_sent, self.on_error = on_sent, on_error
-        self._next: float | None = None
+        self._next: int | None = None  # the next tick's number (its time: number x period)
         self.sent = self.valid = self.skipped = 0
         self.last: GnssSolution | None = None
 
@@ -64,11 +64,11 @@ class OutputScheduler:
         self.vertical.observe(cap, height_m)
 
     def next_due(self, now_unix: float | None = None) -> float:
-        """When the next tick is due (unix seconds)."""
+        """When the next tick is due (unix seconds; ticks are whole multiples of the period)."""
         if self._next is None:
             now = time.time() if now_unix is None else now_unix
-            self._next = math.ceil(now / self.period) * self.period
-        return self._next
+            self._next = math.ceil(now / self.period)
+        return self._next * self.period
 
     def run_due(self, now_unix: float | None = None) -> int:
         """Send the tick that is due by ``now_unix`` (live: the wall clock); returns the number sent (0 or 1)."""
@@ -77,11 +77,9 @@ class OutputScheduler:
         if now < due:
             return 0
         missed = int((now - due) // self.period)
-        if missed:
-            self.skipped += missed
-            due += missed * self.period
-        self._next = due + self.period
-        self.send_at(now, tick_unix=due)
+        self.skipped += missed
+        self._next += missed + 1
+        self.send_at(now, tick_unix=(self._next - 1) * self.period)
         return 1
 
     def send_at(self, now_unix: float, tick_unix: float | None = None) -> GnssSolution:

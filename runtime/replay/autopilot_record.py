@@ -95,16 +95,17 @@ def record_flight(folder, frames: list[dict], settings, *, accel_mps2: float, st
     truth = _Truth(frames, start_unix)
     interval = (frames[-1]["t"] - frames[0]["t"]) / max(len(frames) - 1, 1) if frames else 0.0
     sent, k = [], 0
-    t = math.ceil(ready[0] / sched.period) * sched.period if frames else 0.0
+    tick = math.ceil(ready[0] / sched.period) if frames else 0
     end = (ready[-1] + interval) if frames else 0.0
-    while frames and t <= end:
+    while frames and tick * sched.period <= end:
+        t = tick * sched.period  # ticks are whole multiples of the period, as live
         while k < len(frames) and ready[k] <= t:
             f = frames[k]
             sched.update(f["fix"], start_unix + f["t"], f.get("height_m"))
             k += 1
         s = sched.send_at(t)
         sent.append((t, s, truth.error(s) if s.valid else None))
-        t += sched.period
+        tick += 1
     sched.close()
     return summarize_recording(sent, start_unix, folder)
 
