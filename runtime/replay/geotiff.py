@@ -355,9 +355,9 @@ def autopilot_table(results: dict) -> str:
     """The autopilot recordings of each flight: what was sent and how it compares with the truth."""
     head = (f"{'alt':>5} | {'msgs':>5} {'fixes':>5} {'Hz':>5} {'gap s':>5} {'1st fix':>7} | {'calib':>6} "
             f"{'err med':>7} {'err max':>7} | {'hAcc med':>8} {'p95':>5} | {'sAcc med':>8} {'p95':>5} "
-            f"{'v err':>5} | {'c2s p50':>7} {'p95':>5}")
+            f"{'v err':>5} {'v cal':>5} | {'c2s p50':>7} {'p95':>5}")
     lines = ["Autopilot streams (per message carrying a fix: calib = truth inside its 95 % radius; hAcc 1-sigma m; "
-             "sAcc, v err m/s; c2s = capture to send, ms)", head, "-" * len(head)]
+             "sAcc, v err m/s; v cal = truth's velocity inside 2.45 sAcc, %; c2s = capture to send, ms)", head, "-" * len(head)]
 
     def f(v, w, nd=1):
         return f"{v:{w}.{nd}f}" if v is not None else f"{'-':>{w}}"
@@ -370,6 +370,7 @@ def autopilot_table(results: dict) -> str:
                      f"{f(a['max_gap_s'], 5, 2)} {f(a['first_fix_s'], 7)} | {f(a['calibration_pct'], 6)} "
                      f"{f(a['error_m_median'], 7)} {f(a['error_m_max'], 7)} | {f(a['h_acc_m_median'], 8, 2)} "
                      f"{f(a['h_acc_m_p95'], 5, 2)} | {f(a['speed_acc_mps_median'], 8, 2)} "
-                     f"{f(a['speed_acc_mps_p95'], 5, 2)} {f(a['speed_error_mps_median'], 5, 2)} | "
+                     f"{f(a['speed_acc_mps_p95'], 5, 2)} {f(a['speed_error_mps_median'], 5, 2)} "
+                     f"{f(a['speed_calibration_pct'], 5, 0)} | "
                      f"{f(a['capture_to_send_ms_p50'], 7, 0)} {f(a['capture_to_send_ms_p95'], 5, 0)}")
     return "\n".join(lines)
