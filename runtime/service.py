@@ -43,7 +43,7 @@ from runtime.inputs.telemetry import TelemetryPolicy
 from runtime.localisation.localizer import Localization, Localizer
 from runtime.outputs.health import Health, HealthServer
 from runtime.outputs.json_lines import fix_record, open_outputs
-from runtime.outputs.scheduler import build_scheduler
+from runtime.outputs.scheduler import service_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class Service:
         self.drop_frames = bool(getattr(self.source, "live", False)) if cfg.drop_frames is None else cfg.drop_frames
         self.outputs = self._open_outputs()
         self.telemetry = TelemetryPolicy(cfg)
-        self.scheduler = self._open_scheduler([o for o in self.outputs if hasattr(o, "send_solution")])
+        self.scheduler = service_scheduler(cfg, self.outputs, reader=self.telemetry.altitude_reader,
+                                           health=self.health)  # the autopilot outputs' (None: none)
         self.health_server = self._open_health_server()
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
         self.last: Localization | None = None
@@ -110,13 +111,6 @@ class Service:
             return open_outputs(cfg)
         except OSError as e:
             raise ValueError(f"cannot open an output: {e}") from e
-
-    def _open_scheduler(self, autopilot_outputs):
-        """The steady-rate driver of the autopilot outputs (None without any)."""
-        cfg = self.cfg
-        return None if not autopilot_outputs else build_scheduler(
-            cfg, autopilot_outputs, accel_mps2=cfg.map_filter.accel_mps2, health=self.health,
-            camera_yaw_offset_deg=cfg.camera_yaw_offset_deg, reader=self.telemetry.altitude_reader)
 
     def _open_health_server(self):
         if self.cfg.health_port is None:

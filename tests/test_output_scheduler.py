@@ -39,15 +39,16 @@ def test_prediction_moves_the_fix_and_grows_its_accuracy():
     """Between frames the fix moves with its velocity; sigma_v^2 = sacc^2 + (a (h + dt/2))^2 and
     sigma_h^2 = acc^2 + (sigma_v h), h the time since the capture, dt the interval the velocity spans."""
     p = FixPredictor(accel_mps2=2.0, max_age_s=2.0)
-    f0, f1 = fix_for(0, accuracy_m=4.0), fix_for(5, accuracy_m=4.0)  # 0.5 s apart, constant velocity
+    f0, f1 = fix_for(0, accuracy_m=4.0), fix_for(5, accuracy_m=4.0)  # 0.5 s apart, a straight flight
+    f1.vel_n_mps += 0.01  # measured again: within its own accuracy (0.5 m/s), no acceleration shown
     p.update(f0)
     assert p.accel_mps2 == 2.0  # no velocity change seen yet: the filter's acceleration
     p.update(f1)
     a = p.accel_mps2
-    assert a == ACCEL_FLOOR_MPS2  # the same velocity twice: the floor
+    assert a == ACCEL_FLOOR_MPS2 and p.dt_s == pytest.approx(0.5)
     for h in (0.0, 0.3, -0.1):
         s = p.solution(f1.capture_time_unix + h)
-        lat, lon = offset_latlon(f1.lat, f1.lon, f1.vel_n_mps * h, f1.vel_e_mps * h)
+        lat, lon = offset_latlon(f1.lat, f1.lon, f1.vel_n_mps * h, f1.vel_e_mps * h)  # (backwards too)
         assert (s.lat_deg, s.lon_deg) == pytest.approx((lat, lon), abs=1e-9) and s.age_s == pytest.approx(h)
         sv = math.hypot(0.5, a * (abs(h) + 0.25))
         assert s.speed_acc_mps == pytest.approx(sv) and s.h_acc_m == pytest.approx(math.hypot(4.0, sv * h))
@@ -56,6 +57,22 @@ def test_prediction_moves_the_fix_and_grows_its_accuracy():
     s = p.solution(f1.capture_time_unix + 0.3)
     tr = truth(8)
     assert ground_m(tr["lat"], tr["lon"], s.lat_deg, s.lon_deg) <= s.r95_m
+
+
+def test_frames_between_keyframes_carry_the_keyframes_velocity_and_its_age():
+    """Frames between keyframes carry their keyframe's velocity on (runtime.localisation.prediction): the
+    velocity's age counts from that keyframe, and they show no acceleration of their own."""
+    from dataclasses import replace
+
+    p = FixPredictor(accel_mps2=2.0)
+    key = fix_for(0, accuracy_m=3.0)
+    p.update(key)
+    for k in range(1, 6):  # 30 fps for 0.17 s: the same velocity, later capture times
+        p.update(replace(key, capture_time_unix=key.capture_time_unix + k / 30.0))
+    s = p.solution(key.capture_time_unix + 0.3)
+    assert p.accel_mps2 == 2.0 and p.dt_s == 0.0  # still no second measurement
+    assert s.speed_acc_mps == pytest.approx(math.hypot(0.5, 2.0 * 0.3))  # 0.3 s since the keyframe, not 0.13
+    assert s.age_s == pytest.approx(0.3 - 5 / 30.0)  # the position from the last frame's own prediction
 
 
 def test_a_turn_raises_the_acceleration_and_the_speed_accuracy():

@@ -6,11 +6,13 @@ pace. :class:`FixPredictor` keeps the last fix (position, covariance, velocity, 
 for any instant ``t`` with a :class:`~runtime.outputs.gnss_solution.GnssSolution`:
 
 - position: the fix moved by its velocity over ``h = t - capture time`` (constant velocity);
-- velocity: the fix's. It was measured over the last frame interval ``dt`` (the odometry's displacement /
-  dt), so it describes the middle of that interval: its age at ``t`` is ``h + dt/2``;
+- velocity: the fix's. It was measured over the last keyframe interval ``dt`` (the odometry's displacement /
+  dt), so it describes the middle of that interval: its age at ``t`` is ``h_v + dt/2``, ``h_v`` the time
+  since that keyframe (frames between keyframes carry its velocity on:
+  :mod:`runtime.localisation.prediction`, which also grew their position's accuracy to their own time);
 - accuracy, from the fix's 1-sigma (``accuracy_m = r95_m / 2.45``) and speed accuracy::
 
-      sigma_v(t)^2 = speed_accuracy^2 + (a * (h + dt/2))^2
+      sigma_v(t)^2 = speed_accuracy^2 + (a * (h_v + dt/2))^2
       sigma_h(t)^2 = accuracy^2 + (sigma_v(t) * h)^2
 
   where ``a`` is the acceleration the track shows: the root mean square of the change of the fixes'
@@ -21,6 +23,10 @@ for any instant ``t`` with a :class:`~runtime.outputs.gnss_solution.GnssSolution
 - **the one "no fix" rule**: no trusted fix, or the fix is older than ``max_age_s`` at ``t`` (frames
   stopped: the camera or the chain stalled). The filter alone decides what is trusted; the outputs only
   refuse to predict beyond ``max_age_s``.
+
+The output's instant may lie before the last frame's capture (it describes ``output_delay_ms`` before it
+leaves, and a camera's frames come faster): the prediction then runs backwards, which the Localizer's
+``predict_fix`` (forward only, from the map's coordinates) does not do; the speed accuracy grows here too.
 """
 
 from __future__ import annotations
@@ -68,17 +74,16 @@ class FixPredictor:
         vn, ve = (_finite(getattr(fix, "vel_n_mps", None)), _finite(getattr(fix, "vel_e_mps", None)))
         sv = _finite(getattr(fix, "speed_accuracy_mps", None)) or 0.0
         prev = self._prev
-        self.dt_s = 0.0
-        if t is not None and vn is not None and ve is not None:
+        if t is None or vn is None or ve is None:
+            self._prev, self.dt_s = None, 0.0  # the velocity's run broke: its changes are unknown
+        elif prev is None or (vn, ve) != (prev[1], prev[2]):  # a new measurement (not a frame between keyframes,
+            self.dt_s = 0.0                                   # which carries its keyframe's velocity on)
             if prev is not None and t > prev[0]:
-                dt = t - prev[0]
-                self.dt_s = dt
+                dt = self.dt_s = t - prev[0]
                 change2 = ((vn - prev[1]) ** 2 + (ve - prev[2]) ** 2) / 2.0 - sv**2 - prev[3] ** 2
                 a2 = max(change2, 0.0) / (dt * dt)
                 self._accel2 = a2 if self._accel2 is None else (1 - ACCEL_GAIN) * self._accel2 + ACCEL_GAIN * a2
             self._prev = (t, vn, ve, sv)
-        else:
-            self._prev = None  # the velocity's run broke: its changes are unknown
         self.fix, self.capture_unix = fix, t
 
     def age_s(self, t_unix: float) -> float | None:
@@ -98,7 +103,8 @@ class FixPredictor:
         if vn is not None and ve is not None:
             sv0 = _finite(fix.speed_accuracy_mps)
             sv0 = sv0 if sv0 is not None else 0.0
-            sacc = math.hypot(sv0, self.accel_mps2 * (abs(age) + self.dt_s / 2.0))
+            since = t_unix - self._prev[0] if self._prev is not None else age  # since the velocity was measured
+            sacc = math.hypot(sv0, self.accel_mps2 * (abs(since) + self.dt_s / 2.0))
             lat, lon = offset_latlon(lat, lon, vn * age, ve * age)
             h_acc = math.hypot(acc, sacc * age)
         else:

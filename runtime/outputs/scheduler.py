@@ -147,3 +147,13 @@ def build_scheduler(settings, outputs, *, accel_mps2: float, camera_yaw_offset_d
     return OutputScheduler(outputs, predictor, vertical, rate_hz=settings.output_rate_hz,
                            delay_s=settings.output_delay_ms / 1000.0, recorders=recorders, origin_source=origin,
                            on_sent=on_sent, on_error=on_error)
+
+
+def service_scheduler(cfg, outputs, *, reader=None, health=None) -> OutputScheduler | None:
+    """The service's scheduler (a :class:`runtime.config.ServiceConfig` ``cfg``) of those ``outputs`` that
+    take solutions (``send_solution``); None without any."""
+    autopilot = [o for o in outputs if hasattr(o, "send_solution")]
+    if not autopilot:
+        return None
+    return build_scheduler(cfg, autopilot, accel_mps2=cfg.map_filter.accel_mps2, reader=reader, health=health,
+                           camera_yaw_offset_deg=cfg.camera_yaw_offset_deg)
