@@ -1,9 +1,10 @@
 """Where fixes go: JSON lines (file, stdout, UDP), MAVLink to an ArduPilot autopilot, and an emulated GNSS
 receiver on a serial port (PX4, or any autopilot that reads a u-blox/NMEA GPS).
 
-Every output has ``emit(record, fix)`` (the frame's JSON record and its fused :class:`runtime.localisation.fix.Fix`;
-``fix`` is None for the final summary record), ``describe()`` and ``close()``; :func:`open_outputs` builds
-them all from the service's config.
+Every output has ``describe()`` and ``close()``; the JSON ones ``emit(record, fix)`` (the frame's JSON record
+and its fused :class:`runtime.localisation.fix.Fix`; ``fix`` is None for the final summary record), the
+autopilot ones ``send_solution(solution, now)``. :func:`open_outputs` builds them all from the service's
+config.
 
 A record (one JSON object per line)::
 
