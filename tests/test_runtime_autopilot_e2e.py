@@ -155,5 +155,9 @@ def test_service_streams_are_steady_consistent_and_honest(tmp_path):
         assert abs(m.vn - vn_true * FPS) <= 3 * m.speed_accuracy and abs(m.ve - ve_true * FPS) <= 3 * m.speed_accuracy
     # per-axis sigma: the 95 % radius is 2.45 of them; three of them (4.2 per axis... in 2-D: 99 %)
     assert same >= len(trusted) - 3  # every route carried each instant (the last ones may be cut off)
+    health = svc.health.snapshot()  # capture to send, per message carrying a fix, for the delay parameters
+    c2s = health["latency_ms"]["capture_to_send"]
+    assert c2s["n"] >= len(trusted) - 3 and 200.0 <= c2s["p50"] <= c2s["p95"] <= 200.0 + 1000.0 / FPS + 300.0
+    assert health["counters"]["autopilot_messages"] >= len(msgs) and health["counters"]["autopilot_no_fix"] >= 1
     ratios = np.array(ratios)
     assert len(ratios) >= 50 and np.mean(ratios <= 2.45) >= 0.9 and np.all(ratios <= 4.0), np.round(ratios, 2)
