@@ -110,6 +110,8 @@ def _database_options(ap: argparse.ArgumentParser) -> None:
                          "lowest altitude (never finer than the map; default 512)")
     ap.add_argument("--no-imagery", action="store_true", help="no map imagery in the database (retrieval only)")
     ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
+    ap.add_argument("--dem", type=Path, help="DEM GeoTIFF of ground heights above mean sea level (any CRS): stored in "
+                    "the tile database so the runtime knows the ground's height (without it the ground is flat)")
     ap.add_argument("--likelihood-tif", type=Path, nargs="+", default=[],
                     help="GeoTIFF(s) of the database's area from other dates than those you evaluate on: fit the map "
                          "filter's likelihood on flights rendered from them (stored in the bundle manifest)")
@@ -184,6 +186,10 @@ def main(argv=None) -> int:
                                      imagery_px=None if args.no_imagery else args.imagery_px)
             if db is not None:
                 log.info("tile database %s", db)
+        if args.dem:
+            from export.terrain import attach_terrain
+
+            attach_terrain(args.db_out or Path(bundle) / "tiledb", args.dem)
         if args.likelihood_tif:
             from export.calibrate import calibrate_bundle
 

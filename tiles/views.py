@@ -3,7 +3,10 @@
 Camera model: a pinhole camera at ``(x, y, altitude_m)`` above a flat ground plane (z = 0) in the
 metric frame of :mod:`tiles.raster` (x east, y north, metres). ``heading_deg`` is the direction the top of
 the image faces (0 = north, clockwise, like a compass); ``tilt_deg`` pitches the optical axis forward from
-nadir (0 = looking straight down). The focal length in pixels is ``(width / 2) / tan(hfov / 2)``.
+nadir (0 = looking straight down; negative looks back), then ``roll_deg`` leans it towards the image right.
+These three *view angles* describe any attitude without the gimbal lock Euler angles have at nadir
+(:class:`runtime.inputs.attitude.CameraAttitude` converts an airframe's attitude and camera mount to them).
+The focal length in pixels is ``(width / 2) / tan(hfov / 2)``.
 
 Because the ground is a plane, image -> ground is exactly a homography, so a view is rendered by mapping
 the four image corners to the ground (:func:`image_to_ground`) and warping that quadrilateral out of the
@@ -12,6 +15,11 @@ that a ground point lands where the geometry says.
 
 The ground truth of a view is ``(pose.x, pose.y)``: the point directly below the drone. With tilt the
 image centre looks at ``centre_xy``, ``altitude_m * tan(tilt)`` ahead of it.
+
+On request :func:`render_view` renders through a real lens (``lens``: distortion, e.g. a
+:class:`runtime.inputs.camera.CameraModel`) and over relief (``terrain``: the map draped on a height
+field), ray by ray (:mod:`tiles.view_rays`); the camera is then ``altitude_m`` above the plane z = 0 the
+terrain's heights are measured from.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ class CameraPose:
     heading_deg: float = 0.0
     tilt_deg: float = 0.0
     hfov_deg: float = 60.0
+    roll_deg: float = 0.0
 
     def __post_init__(self):
         # the project's one rule for each number (common.validate); raises InputError (a ValueError)
@@ -40,7 +49,8 @@ class CameraPose:
         validate.finite("y", self.y)
         validate.altitude_m(self.altitude_m)
         validate.hfov_deg(self.hfov_deg)
-        validate.tilt_deg(self.tilt_deg)
+        validate.tilt_deg(abs(self.tilt_deg), "tilt_deg (either way)")
+        validate.tilt_deg(abs(self.roll_deg), "roll_deg (either way)")
         validate.heading_deg(self.heading_deg)
 
 
@@ -52,6 +62,9 @@ def _axes(pose: CameraPose):
     down = np.array([0.0, 0.0, -1.0])
     axis = math.cos(t) * down + math.sin(t) * fwd
     up = math.cos(t) * fwd + math.sin(t) * np.array([0.0, 0.0, 1.0])
+    if pose.roll_deg:
+        r = math.radians(pose.roll_deg)
+        axis, right = math.cos(r) * axis + math.sin(r) * right, math.cos(r) * right - math.sin(r) * axis
     return axis, right, up
 
 
@@ -105,16 +118,58 @@ def render_view(
     size_px: tuple[int, int] = (256, 256),
     photometric: float | None = None,
     rng: np.random.Generator | None = None,
+    *,
+    lens=None,
+    terrain=None,
 ) -> View:
     """Render what the camera at ``pose`` sees of ``raster``; ``photometric`` (a strength, e.g. 1.0)
-    applies random appearance changes drawn from ``rng`` (see :func:`photometric_jitter`)."""
+    applies random appearance changes drawn from ``rng`` (see :func:`photometric_jitter`).
+
+    ``lens``: an object with ``pixel_rays(u, v)`` and ``size`` == ``size_px`` (e.g. a
+    :class:`runtime.inputs.camera.CameraModel`): the view through it (distortion included; its
+    intrinsics replace ``pose.hfov_deg``). ``terrain``: ``f(x, y) -> z``, the ground's height above the
+    plane the camera's altitude is measured from (see :mod:`tiles.view_rays`)."""
     w, h = int(size_px[0]), int(size_px[1])
+    if lens is not None or terrain is not None:
+        return _render_rays(raster, pose, (w, h), lens, terrain, photometric, rng)
     corners = image_to_ground(pose, (w, h), [0, w, w, 0], [0, 0, h, h])
     image, valid = raster.sample_quad(corners, (w, h))
     if photometric:
         image = photometric_jitter(image, rng if rng is not None else np.random.default_rng(), photometric)
     centre = image_to_ground(pose, (w, h), [w / 2.0], [h / 2.0])[0]
     return View(image, valid, pose, (float(centre[0]), float(centre[1])), corners)
+
+
+def camera_rays(pose: CameraPose, size_px: tuple[int, int], u, v, lens=None) -> np.ndarray:
+    """World rays (N, 3; ENU) through image points (u, v) (continuous, corner at 0), through ``lens``
+    when given, else the pinhole of ``pose.hfov_deg``."""
+    w, h = size_px
+    u, v = np.ravel(np.asarray(u, float)), np.ravel(np.asarray(v, float))
+    if lens is not None:
+        if tuple(lens.size) != (w, h):
+            raise ValueError(f"the lens is calibrated for {lens.size[0]}x{lens.size[1]}, the view is {w}x{h}: "
+                             "render at the lens's size (or scale the lens)")
+        cam = lens.pixel_rays(u, v)  # x right, y down, z along the optical axis
+    else:
+        f = focal_px(pose, w)
+        cam = np.stack([u - w / 2.0, v - h / 2.0, np.full(u.shape, f)], axis=1)
+    axis, right, up = _axes(pose)
+    return cam[:, :1] * right[None] - cam[:, 1:2] * up[None] + cam[:, 2:3] * axis[None]
+
+
+def _render_rays(raster, pose, size_px, lens, terrain, photometric, rng) -> View:
+    from tiles.view_rays import intersect_terrain, sample_ground
+
+    w, h = size_px
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    origin = (pose.x, pose.y, pose.altitude_m)
+    ground = intersect_terrain(origin, camera_rays(pose, (w, h), u, v, lens), terrain)
+    image, valid = sample_ground(raster, ground[:, 0].reshape(h, w), ground[:, 1].reshape(h, w))
+    if photometric:
+        image = photometric_jitter(image, rng if rng is not None else np.random.default_rng(), photometric)
+    edge = intersect_terrain(origin, camera_rays(pose, (w, h), [0, w, w, 0, w / 2.0], [0, 0, h, h, h / 2.0],
+                                                 lens), terrain)
+    return View(image, valid, pose, (float(edge[4, 0]), float(edge[4, 1])), edge[:4])
 
 
 def photometric_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:

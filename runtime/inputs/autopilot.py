@@ -33,6 +33,11 @@ heading, degrees clockwise from north in ``[0, 360)``, from the first fresh of:
 This is the nose's heading; a camera mounted turned relative to the nose adds its own offset (the
 service's ``camera_yaw_offset_deg``).
 
+The full attitude is kept too, as a short history put on this computer's clock
+(:mod:`runtime.inputs.attitude_history`): ``ATTITUDE`` (the airframe) and
+``GIMBAL_DEVICE_ATTITUDE_STATUS`` (a gimbal's own attitude). :meth:`AutopilotReader.attitude_at` and
+:meth:`AutopilotReader.gimbal_at` interpolate them to a frame's capture time, given the link's delay.
+
 The autopilot must stream these messages. ArduPilot: ``SRn_POSITION`` (GLOBAL_POSITION_INT),
 ``SRn_EXTRA1`` (ATTITUDE), ``SRn_EXTRA2`` (VFR_HUD) and ``SRn_EXTRA3`` (DISTANCE_SENSOR) on the serial port the companion computer uses; PX4: the MAVLink
 instance's mode or ``mavlink stream``. Unless ``request_hz`` is 0, the reader also asks for them itself
@@ -55,6 +60,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from runtime.inputs.attitude_history import AttitudeAt, AttitudeHistory
 from runtime.outputs.mavlink_link import MavlinkLink, mavlink_dialect, shared_link
 
 logger = logging.getLogger(__name__)
@@ -181,6 +187,8 @@ class AutopilotReader:
         self._headings: dict[str, tuple[float, float, int]] = {}  # source -> (degrees, monotonic time, sysid)
         self._global: tuple | None = None  # GLOBAL_POSITION_INT: (alt MSL m or None, relative alt m, vz m/s, time)
         self._origin: tuple[float, float, float] | None = None  # GPS_GLOBAL_ORIGIN: lat, lon, alt MSL
+        self.attitudes = AttitudeHistory("attitude")  # ATTITUDE: the airframe
+        self.gimbal = AttitudeHistory("gimbal")  # GIMBAL_DEVICE_ATTITUDE_STATUS
         self._requested: set[tuple[int, int]] = set()
         self._last_boot_ms: dict[int, int] = {}
         self._stop = threading.Event()
@@ -204,6 +212,10 @@ class AutopilotReader:
         if self.system_id is not None and sysid != self.system_id:
             return
         self._note_global(msg, kind, now)
+        if kind == "ATTITUDE":
+            self.attitudes.add_message(msg, now)
+        elif kind == "GIMBAL_DEVICE_ATTITUDE_STATUS":
+            self.gimbal.add_message(msg, now)
         values = readings_from_message(msg)
         headings = headings_from_message(msg)
         if not values and not headings:
@@ -270,6 +282,15 @@ class AutopilotReader:
         """The autopilot's EKF origin (lat, lon deg, altitude m MSL) once it reported one (GPS_GLOBAL_ORIGIN)."""
         with self._lock:
             return self._origin
+    def attitude_at(self, t: float, link_delay_s: float = 0.0) -> AttitudeAt | None:
+        """The airframe's attitude (``ATTITUDE``) at capture time ``t`` (``time.monotonic()`` clock), the
+        samples placed on that clock with the link's one-way delay; None when none is near enough."""
+        return self.attitudes.at(t, link_delay_s)
+
+    def gimbal_at(self, t: float, link_delay_s: float = 0.0) -> AttitudeAt | None:
+        """The gimbal's attitude (``GIMBAL_DEVICE_ATTITUDE_STATUS``) at capture time ``t``, as
+        :meth:`attitude_at`."""
+        return self.gimbal.at(t, link_delay_s)
 
     def status(self, now: float | None = None) -> dict:
         """For health: the readings in use (or None) and every source's last value and age."""

@@ -29,7 +29,7 @@ from runtime.inputs.sources import Frame
 
 log = logging.getLogger(__name__)
 
-PATTERNS = ("lawnmower", "curve", "line")
+PATTERNS = ("lawnmower", "curve", "line", "weave")
 
 
 # ---- paths ------------------------------------------------------------------------------------------
@@ -66,6 +66,28 @@ def curve_waypoints(bounds_m, n_points: int = 200, margin_m: float = 0.0, seed: 
     return np.stack([x, y], 1)
 
 
+def weave_waypoints(bounds_m, radius_m: float, margin_m: float = 0.0, step_m: float = 2.0) -> np.ndarray:
+    """S-turns west to east across the area: arcs of ``radius_m`` turning 120 degrees, alternately right and
+    left (the heading swings between 30 and 150 degrees), so the airframe is always in a turn of that
+    radius (a fixed wing banked ``atan(v^2 / (g r))``) except where the turn reverses."""
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds_m)
+    xmin, ymin, xmax, ymax = xmin + margin_m, ymin + margin_m, xmax - margin_m, ymax - margin_m
+    if xmax <= xmin or ymax - ymin < radius_m:
+        raise ValueError(f"the area {bounds_m} leaves no room for turns of radius {radius_m:.0f} m inside a "
+                         f"margin of {margin_m:.0f} m")
+    x, y, h = xmin, (ymin + ymax) / 2, math.radians(30.0)
+    pts, turned, sign = [(x, y)], 0.0, 1.0
+    dh = step_m / radius_m
+    while x < xmax:
+        h += sign * dh
+        turned += dh
+        x, y = x + step_m * math.sin(h), y + step_m * math.cos(h)
+        pts.append((x, y))
+        if turned >= math.radians(120.0) - 1e-9:
+            turned, sign = 0.0, -sign
+    return np.array(pts)
+
+
 def sample_path(waypoints, step_m: float) -> tuple[np.ndarray, np.ndarray]:
     """Points every ``step_m`` metres along the polyline, and the track heading there (compass degrees)."""
     wp = np.asarray(waypoints, float).reshape(-1, 2)
@@ -95,7 +117,9 @@ class GeoTiffFlight:
     inside the raster, keeping a margin of one view footprint. ``speed_mps`` and ``fps`` set the spacing
     of frames along the path and their timestamps. ``heading_deg``: None to face along the track, or a
     fixed compass heading. ``photometric``: a strength for :func:`tiles.views.photometric_jitter` (one
-    appearance per flight, seeded) or None.
+    appearance per flight, seeded) or None. ``effects``: a :class:`runtime.replay.real_camera.CameraEffects`
+    (attitude, lens, relief, barometer, blur, exposure); frames then carry ``truth`` and ``reported`` in
+    their meta (see that module). The ``weave`` pattern turns at the radius of ``effects.bank_deg``.
     """
 
     def __init__(
@@ -115,6 +139,7 @@ class GeoTiffFlight:
         spacing_m: float | None = None,
         max_frames: int | None = None,
         seed: int = 0,
+        effects=None,
     ):
         if pattern not in PATTERNS:
             raise ValueError(f"pattern {pattern!r} is not one of {PATTERNS}")
@@ -136,6 +161,7 @@ class GeoTiffFlight:
         self.spacing_m = spacing_m
         self.max_frames = max_frames
         self.seed = int(seed)
+        self.effects = effects
         self.footprint_m = 2.0 * self.altitude_m * math.tan(math.radians(self.hfov_deg) / 2.0)
         self._path: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -158,6 +184,11 @@ class GeoTiffFlight:
                     wp = lawnmower_waypoints(raster.bounds_m, self.spacing_m or self.footprint_m, margin)
                 elif self.pattern == "curve":
                     wp = curve_waypoints(raster.bounds_m, margin_m=margin, seed=self.seed)
+                elif self.pattern == "weave":
+                    from runtime.replay.airframe import turn_radius_m
+
+                    bank = self.effects.bank_deg if self.effects is not None else 25.0
+                    wp = weave_waypoints(raster.bounds_m, turn_radius_m(self.speed_mps, bank), margin)
                 else:
                     xmin, ymin, xmax, ymax = raster.bounds_m
                     wp = np.array([[xmin + margin, ymin + margin], [xmax - margin, ymax - margin]])
@@ -181,6 +212,11 @@ class GeoTiffFlight:
 
         with open_raster(self.raster_path) as raster:
             pts, heading = self.path(raster)
+            if self.effects is not None and self.effects.active:
+                from runtime.replay.real_camera import render_frames
+
+                yield from render_frames(self, self.effects, raster, pts, heading)
+                return
             look_seed = int(np.random.default_rng(self.seed).integers(2**31))
             for i, ((x, y), trk) in enumerate(zip(pts, heading)):
                 hdg = float(trk) if self.heading_deg is None else float(self.heading_deg)

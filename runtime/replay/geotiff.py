@@ -20,6 +20,7 @@ from runtime.localisation.localizer import Localizer, LocalizerConfig, database_
 from runtime.replay.common import bundle_path, jsonable, load_engine_or_use, rnd, write_csv
 from runtime.replay.figures import reliability, summarize_flight
 from runtime.replay.flights import PATTERNS
+from runtime.replay.real_camera import CameraEffects
 from tiles.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,12 @@ def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass
                          "height_m": tel.altitude_m, "true_lat": meta.get("lat", math.nan),
                          "true_lon": meta.get("lon", math.nan)})
         rec = frame_record(db, loc, meta, len(records))
-        true_hdg = meta.get("heading_deg")
+        true_hdg = meta.get("truth", {}).get("camera_heading_deg", meta.get("heading_deg"))
         used = loc.telemetry.heading_deg
         rec["heading_source"] = loc.telemetry.heading_source
+        if "truth" in meta:  # a real camera's flight: how far off nadir and how high it really was
+            rec["true_off_nadir_deg"] = rnd(meta["truth"]["camera_off_nadir_deg"], 2)
+            rec["true_hag_m"] = rnd(meta["truth"]["height_above_ground_m"], 2)
         rec["heading_error_deg"] = (rnd(abs((used - true_hdg + 180.0) % 360.0 - 180.0), 2)
                                     if used is not None and true_hdg is not None else None)
         records.append(rec)
@@ -142,8 +146,9 @@ def _footprint(db, layer) -> float:
 
 
 @dataclass
-class FlightSpec:
-    """How the replayed flights are rendered (command-line options are generated from these fields)."""
+class FlightSpec(CameraEffects):
+    """How the replayed flights are rendered (command-line options are generated from these fields; those of
+    a real camera, :class:`runtime.replay.real_camera.CameraEffects`, come first)."""
 
     pattern: str = field(default="curve", metadata={"help": "flight path", "choices": PATTERNS})
     waypoints: str | None = field(default=None, metadata={"help": "'x,y;x,y;...' in metres of the map's CRS "
@@ -270,7 +275,7 @@ def _flight(raster, alt: float, hfov_deg: float, spec: FlightSpec):
     return GeoTiffFlight(raster, alt, waypoints=parse_waypoints(spec.waypoints), pattern=spec.pattern,
                          hfov_deg=hfov_deg, size_px=spec.size_px, speed_mps=spec.speed_mps, fps=spec.fps,
                          tilt_deg=spec.tilt_deg, photometric=spec.photometric, max_frames=spec.max_frames,
-                         seed=spec.seed)
+                         seed=spec.seed, effects=CameraEffects.from_spec(spec))
 
 
 def parse_waypoints(text: str | None):
