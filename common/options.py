@@ -1,0 +1,83 @@
+"""The options several commands share, each defined once: one name, one default, one help text, one check.
+
+A config dataclass of any package declares a shared knob as ``hfov_deg: float | None = shared("hfov_deg")``
+and its command line gets it through :func:`common.cli.add_dataclass_options`, so ``--hfov-deg`` reads
+the same, defaults the same and is range-checked the same (``common.validate``) in ``tiles``, ``export``,
+``runtime serve``/``replay`` and the tools (``tests/test_cli_options.py`` builds every command's parser
+and holds them to it). An option only one command has is declared in that command's own dataclass with
+:func:`option`.
+
+Where commands need different values of one quantity, the default is None and each says what None means
+in the one help text (the field of view: the database's when flying, 60 degrees when cutting one).
+
+Standard library only (with :mod:`common.validate`): every package may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from common import validate
+
+DEFAULT_HFOV_DEG = 60.0
+DEFAULT_ALTITUDES_M = (150.0, 200.0, 250.0, 300.0)
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+def option(default, help: str, **meta) -> dataclasses.Field:
+    """A config field with its command-line metadata (``help``, ``aliases``, ``choices``, ``metavar``,
+    ``check``, ``required``); a list default is copied for each instance."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+_whole = validate.int_rule
+
+SHARED: dict[str, dict] = {
+    # the camera and the map's layers
+    "hfov_deg": dict(default=None, help="camera horizontal field of view, degrees (default: what the tile database "
+                                        f"was cut for; {DEFAULT_HFOV_DEG:g} where there is none)",
+                     aliases=("--hfov",), check=validate.hfov_deg),
+    "altitudes_m": dict(default=None, help="flight heights above ground, metres (default: every layer of the tile "
+                                           "database; " + " ".join(f"{a:g}" for a in DEFAULT_ALTITUDES_M)
+                                           + " where there is none)",
+                        aliases=("--altitudes",), check=validate.altitude_m),
+    "altitude_m": dict(default=None, help="flight height above ground, metres (serve: picks the layer; the fallback "
+                                          "while --altitude-from is stale)",
+                       aliases=("--altitude",), check=validate.altitude_m),
+    "stride_frac": dict(default=0.5, help="tile stride as a fraction of the footprint",
+                        check=validate.fraction_rule()),
+    "tilt_deg": dict(default=0.0, help="camera tilt from nadir, degrees", aliases=("--tilt",), check=validate.tilt_deg),
+    "photometric": dict(default=None, help="strength of the appearance changes of rendered frames, 0-1 (e.g. 0.5; "
+                                           "default: none)", check=validate.range_rule(0.0, 1.0)),
+    "seed": dict(default=0, help="random seed", check=_whole(None)),
+    # the engine
+    "precision": dict(default="auto", help="engine precision (auto: fp16 on a GPU, fp32 on the CPU, "
+                                           "the nearest the bundle holds)", choices=PRECISIONS),
+    "backend": dict(default="auto", help="engine backend (auto: TensorRT when the bundle has an engine and "
+                                         "tensorrt is installed, else ONNX Runtime)", choices=BACKENDS),
+    "threads": dict(default=None, help="ONNX Runtime intra-op threads (default: its own choice)", check=_whole(1)),
+    # artifacts
+    "bundle": dict(default=None, help="model bundle folder (written by python -m export)"),
+    "db": dict(default=None, help="tile database folder (written by python -m export --tiles; a gallery database "
+                                  "for replay sues200)"),
+    "max_frames": dict(default=None, help="stop after N frames (of each flight, in a replay)", check=_whole(1)),
+}
+
+
+def shared(name: str) -> dataclasses.Field:
+    """The one definition of the shared option ``name`` as a fresh dataclass field."""
+    spec = dict(SHARED[name])
+    return option(spec.pop("default"), spec.pop("help"), **spec)
+
+
+@dataclass
+class EngineOptions:
+    """How the model runs: the same three options in serve, replay and the tools."""
+
+    precision: str = shared("precision")
+    backend: str = shared("backend")
+    threads: int | None = shared("threads")
