@@ -5,7 +5,7 @@
 - :func:`setup_logging`: one format, ``-v`` for debug.
 - :func:`run_main`: calls an entry point; a user error is printed as one line (exit code 2), a file that
   cannot be read or written as one line naming it (exit code 1), never a traceback; Ctrl-C exits 130,
-  SIGTERM 143 (:func:`terminate_on_sigterm` turns the signal into :class:`Terminated`, so ``finally``
+  SIGTERM 143 (:func:`sigterm_raises` turns the signal into :class:`Terminated`, so ``finally``
   blocks and the caller's handlers run and what was finished is written).
 - :func:`add_dataclass_options`: command-line options generated from a config dataclass, so a knob that
   exists once in the config has the same name (the field with ``-``) everywhere it is exposed; a field's
@@ -20,6 +20,7 @@ interrupted (Ctrl-C), 143 stopped by SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -47,15 +48,26 @@ class Terminated(BaseException):
     """SIGTERM arrived (raised in the main thread by :func:`terminate_on_sigterm`): stop, keep what is done."""
 
 
-def terminate_on_sigterm() -> None:
-    """From now on SIGTERM raises :class:`Terminated` in the main thread (as Ctrl-C raises
-    KeyboardInterrupt), so a command unwinds, writes what it finished and exits 143 through :func:`run_main`."""
+@contextlib.contextmanager
+def sigterm_raises():
+    """Inside this block SIGTERM raises :class:`Terminated` in the main thread (as Ctrl-C raises
+    KeyboardInterrupt), so a command unwinds, writes what it finished and exits 143 through
+    :func:`run_main`; the previous handler is restored after it (outside the main thread: nothing changes)."""
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def raise_terminated(signum, frame):
         raise Terminated("stopped by SIGTERM")
 
-    signal.signal(signal.SIGTERM, raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(e: BaseException) -> str:

@@ -51,8 +51,9 @@ SHARED: dict[str, dict] = {
     "stride_frac": dict(default=0.5, help="tile stride as a fraction of the footprint",
                         check=validate.fraction_rule()),
     "tilt_deg": dict(default=0.0, help="camera tilt from nadir, degrees", aliases=("--tilt",), check=validate.tilt_deg),
-    "photometric": dict(default=None, help="strength of the appearance changes of rendered frames, 0-1 (e.g. 0.5; "
-                                           "default: none)", check=validate.range_rule(0.0, 1.0)),
+    "photometric": dict(default=None, help="strength of the appearance changes of rendered frames (0 = none, 1 = "
+                                           "another camera on another day; default: none)",
+                        check=validate.range_rule(0.0, 2.0, hint="0 = none, 1 = another camera on another day")),
     "seed": dict(default=0, help="random seed", check=_whole(None)),
     # the engine
     "precision": dict(default="auto", help="engine precision (auto: fp16 on a GPU, fp32 on the CPU, "
@@ -68,9 +69,12 @@ SHARED: dict[str, dict] = {
 }
 
 
-def shared(name: str) -> dataclasses.Field:
-    """The one definition of the shared option ``name`` as a fresh dataclass field."""
+def shared(name: str, *, required: bool = False) -> dataclasses.Field:
+    """The one definition of the shared option ``name`` as a fresh dataclass field (``required``: a command
+    that cannot run without it says so at parse)."""
     spec = dict(SHARED[name])
+    if required:
+        spec["required"] = True
     return option(spec.pop("default"), spec.pop("help"), **spec)
 
 

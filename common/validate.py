@@ -146,8 +146,8 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None, hint
     if v is None:
         raise InputError(f"{name} must be a whole number, got {value!r}{_hint(hint)}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise InputError(f"{name} must be in {rng}, got {value!r}{_hint(hint)}")
+        rng = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
+        raise InputError(f"{name} must be a whole number {rng}, got {value!r}{_hint(hint)}")
     return v
 
 

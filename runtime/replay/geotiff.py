@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common import validate
+from common.cli import check_fields
+from common.options import shared
 from runtime.localisation.localizer import Localizer, LocalizerConfig, database_hfov
 from runtime.replay.common import bundle_path, jsonable, load_engine_or_use, rnd, write_csv
 from runtime.replay.figures import reliability, summarize_flight
@@ -141,16 +144,21 @@ class FlightSpec:
     pattern: str = field(default="curve", metadata={"help": "flight path", "choices": PATTERNS})
     waypoints: str | None = field(default=None, metadata={"help": "'x,y;x,y;...' in metres of the map's CRS "
                                                                   "(overrides --pattern)"})
-    speed_mps: float = field(default=15.0, metadata={"help": "ground speed"})
-    fps: float = field(default=1.0, metadata={"help": "frames per second"})
-    size_px: int = field(default=256, metadata={"help": "rendered frame side in pixels"})
-    tilt_deg: float = field(default=0.0, metadata={"help": "camera tilt from nadir"})
-    photometric: float | None = field(default=None, metadata={"help": "appearance change strength (e.g. 0.5)"})
-    max_frames: int | None = field(default=None, metadata={"help": "frames per flight"})
-    seed: int = field(default=0, metadata={"help": "random seed of the path and the appearance changes"})
+    speed_mps: float = field(default=15.0, metadata={"help": "ground speed, m/s", "check": validate.speed_mps})
+    fps: float = field(default=1.0, metadata={"help": "frames per second",
+                                              "check": validate.range_rule(0.0, 1000.0, lo_open=True)})
+    size_px: int = field(default=256, metadata={"help": "rendered frame side in pixels",
+                                                "check": validate.int_rule(16, 8192)})
+    tilt_deg: float = shared("tilt_deg")
+    photometric: float | None = shared("photometric")
+    max_frames: int | None = shared("max_frames")
+    seed: int = shared("seed")
     compass: bool = field(default=True, metadata={
         "help": "frames come with the compass heading (--no-compass: a drone without one; the heading then "
                 "comes from registration)"})
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=None, out_dir=None,
@@ -199,11 +207,12 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
                  "-" if med is None else f"{med:.1f} m", summary["R@1"])
         if out is not None and plots:
             files.update(_plot_flight(out, alt, records, summary, map_path))
-    results["frames"] = all_records
-    results["reliability"] = reliability(all_records)
-    if out is not None:
-        files.update(_write_results(out, results, all_records, plots))
-        results["files"] = files
+        results["frames"] = all_records
+        results["reliability"] = reliability(all_records)
+        results["complete"] = alt == altitudes[-1]
+        if out is not None:  # after each flight: a replay stopped later keeps the flights it finished
+            files.update(_write_results(out, results, all_records, plots and results["complete"]))
+            results["files"] = files
     return results
 
 
@@ -227,12 +236,34 @@ def _check_flight_raster(map_path, flight_raster, tdb):
     from tiles.raster import open_raster
 
     with open_raster(map_path) as m, open_raster(flight_raster) as f:
+        _check_database_on_map(tdb, m)
         if str(flight_raster) != str(map_path):
             check_overlap(m, f)
         flight_crs = f.metric_crs
     if CRS.from_user_input(flight_crs) == CRS.from_user_input(tdb.crs):
         return None
     return Transformer.from_crs(flight_crs, tdb.crs, always_xy=True).transform
+
+
+def _check_database_on_map(tdb, raster, sample: int = 4096) -> None:
+    """Refuse a map that shows another place than the database's tiles (none of their centres on it): the
+    flights would be rendered where the database has no tile."""
+    geo = np.flatnonzero(np.asarray(tdb.entries["has_geo"]))
+    if not len(geo):
+        return
+    rows = geo[np.linspace(0, len(geo) - 1, min(sample, len(geo))).astype(int)]
+    lat, lon = np.asarray(tdb.entries["lat"][rows], float), np.asarray(tdb.entries["lon"][rows], float)
+    x, y = raster.from_wgs84(lat, lon)
+    xmin, ymin, xmax, ymax = raster.bounds_m
+    inside = np.isfinite(x) & np.isfinite(y) & (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
+    if inside.any():
+        return
+    names = [src.get("name") for src in tdb.manifest.get("sources", [])]
+    la0, lo0, la1, lo1 = raster.describe()["bounds_wgs84"]
+    raise ValueError(f"the map {raster.path.name} (lat {la0}..{la1}, lon {lo0}..{lo1}) holds none of the tiles of "
+                     f"{tdb.path} (built from {', '.join(map(str, names)) or 'unknown maps'}, around lat "
+                     f"{np.median(lat):.5f}, lon {np.median(lon):.5f}): they show different places; give --map the "
+                     "GeoTIFF the database was cut from, or --db the database of this map")
 
 
 def _truth_in_db_crs(frames, to_db):

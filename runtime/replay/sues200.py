@@ -66,15 +66,17 @@ def replay_sues200(data_root, bundle, *, altitudes=None, db=None, out_dir=None, 
     results: dict = {"dataset": {"root": str(ds.root), "layout": ds.layout}, "engine": engine.name,
                      "gallery": "database" if gallery.db is not None else "embedded on the fly",
                      "altitudes": {}, "rows": []}
-    for alt in (ds.altitudes if altitudes is None else tuple(int(a) for a in altitudes)):
+    todo = ds.altitudes if altitudes is None else tuple(int(a) for a in altitudes)
+    for alt in todo:
         res, rows = _replay_altitude(engine, ds, gallery, alt, batch_size, directions, latency_frames)
         results["altitudes"][str(alt)] = res
         results["rows"] += rows
         log.info("SUES-200 %d m: frame R@1 %.2f (official) / %.2f (query-only), flight R@1 %.2f, through the "
                  "Localizer R@1 %.2f", alt, res["frame"]["official"]["R@1"], res["frame"]["query_only"]["R@1"],
                  res["flight_mean"]["official"]["R@1"], res["flown"]["R@1"])
-    if out_dir is not None:
-        results["files"] = _write(Path(out_dir), results, plots)
+        results["complete"] = alt == todo[-1]
+        if out_dir is not None:  # after each altitude: a replay stopped later keeps what it finished
+            results["files"] = _write(Path(out_dir), results, plots and results["complete"])
     return results
 
 
