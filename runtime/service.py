@@ -70,6 +70,7 @@ class Service:
         self.last: Localization | None = None
         self.processed = 0
         self.capture_failed: str | None = None
+        self.output_failed: dict[str, str] = {}  # output -> its first error: the run then exits 1
         self._stop_requested = False  # a stop (signal, max_frames) rather than the source's end
         self.t_first: float | None = None  # perf_counter at the first frame's start, the last frame's end
         self.t_last: float | None = None
@@ -194,9 +195,11 @@ class Service:
             for out in self.outputs:
                 try:
                     out.emit(record, fix)
-                except Exception as e:  # an output failing must not stop positioning
+                except Exception as e:  # an output failing must not stop positioning; the exit status says it
                     self.health.count("output_errors")
-                    logger.warning("output %s failed: %s", out.describe(), e)
+                    if out.describe() not in self.output_failed:
+                        self.output_failed[out.describe()] = str(e)
+                        logger.error("output %s failed: %s", out.describe(), e)
             self.health.observe("output", (time.perf_counter() - t0) * 1000)
 
     def _embed(self, slot: FrameSlot, feed: FrameSlot) -> None:
@@ -307,6 +310,9 @@ class Service:
             self._sync_counts(slot)
             self._finish(out_t)
         if code == 0 and self.capture_failed:
+            code = 1
+        if code == 0 and self.output_failed:
+            logger.error("records were lost: %s", "; ".join(f"{k}: {v}" for k, v in self.output_failed.items()))
             code = 1
         if code == 0 and self.processed == 0 and not self._stop_requested:
             logger.error("the source %s gave no frame", self.cfg.source or "given")
