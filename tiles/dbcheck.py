@@ -69,25 +69,21 @@ def verify_files(path: Path, manifest: dict, *, hashes: bool = True) -> None:
 
 
 def imagery_note(path: Path, manifest: dict) -> tuple[int, str] | None:
-    """(log level, message) saying what a database of map tiles lacks of its imagery, or None: no imagery
-    means no registration (fixes from retrieval alone, several times less precise), and imagery without
-    hashes cannot be checked for changes."""
+    """(log level, message) when a database's imagery cannot be trusted or is missing by accident, or None:
+    imagery without hashes cannot be checked for changes, and a build stopped before its imagery step leaves
+    a database without registration (fixes from retrieval alone, several times less precise)."""
     import logging
 
     fix = f"`python -m export.map_imagery {path} MAP.tif`"
     if unverifiable_imagery(manifest):
         return logging.WARNING, (f"{path}: its map imagery carries no hashes (built before they were recorded), so a "
                                  f"change to it cannot be detected; rewrite it with {fix}")
-    if manifest.get("imagery") or not any(lay.get("altitude_m") for lay in manifest.get("layers", [])):
-        return None
     extra = manifest.get("extra", {})
-    off = "registration to the map is off and fixes come from retrieval alone (several times less precise)"
-    if extra.get("imagery") == "none":
-        return logging.INFO, f"{path} was built without map imagery (--no-imagery): {off}"
-    if extra.get("imagery_px"):
-        return logging.WARNING, (f"{path}: its map imagery was never written (the build stopped before that step): "
-                                 f"{off}; re-run the same `python -m export` command to complete it")
-    return logging.WARNING, f"{path} has no map imagery: {off}; add it with {fix}"
+    if manifest.get("imagery") or not extra.get("imagery_px"):
+        return None  # the Localizer says when a database has none (built --no-imagery, or before imagery existed)
+    return logging.WARNING, (f"{path}: its map imagery was never written (the build stopped before that step): "
+                             "registration to the map is off and fixes come from retrieval alone (several times "
+                             "less precise); re-run the same `python -m export` command to complete it")
 
 
 def check_finite(embeddings: np.ndarray, path: Path | str = "embeddings", chunk_rows: int = 1 << 16) -> None:
