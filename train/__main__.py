@@ -22,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
+from common.cli import run_main
 from train.config import PRESETS, apply_overrides, from_dict, preset
-from train.trainer import CHECKPOINT, RunExistsError, TrainingInterrupted, TrainSetupError, train
+from train.trainer import CHECKPOINT, TrainingInterrupted, train
 
 
 def main(argv=None) -> int:
@@ -65,17 +66,17 @@ def main(argv=None) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    return run_main(_train, cfg, args, argv, logger_name="train")
+
+
+def _train(cfg, args, argv) -> int:
     try:
         run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, command=["python", "-m", "train", *argv])
-    except (RunExistsError, TrainSetupError) as e:
-        logging.getLogger("train").error("%s", e)
-        return 2
     except TrainingInterrupted as e:
         logging.getLogger("train").warning("%s", e)
         return 130
     logging.getLogger("train").info("done: %s", run_dir / CHECKPOINT)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
