@@ -136,13 +136,14 @@ def _option_type(tp, check, name: str):
 
 
 def option_names(f: dataclasses.Field) -> list[str]:
-    """A field's option strings: ``--field-name`` and its ``aliases``."""
+    """A field's option strings: ``--field-name`` and its ``aliases`` (``-v`` is an alias, so it follows)."""
     return [f"--{f.name.replace('_', '-')}", *f.metadata.get("aliases", ())]
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, *, skip=(), group: str | None = None) -> None:
     """One ``--field-name`` option per field of dataclass ``cls`` (``metadata``: ``help``, ``aliases``,
-    ``choices``, ``metavar``, ``check``, ``required``). Every default is None, so an option that is not given
+    ``choices``, ``metavar``, ``check``, ``required``, ``append`` for a repeatable option of a ``list[str]``;
+    ``positional`` with its ``nargs`` for an argument). Every default is None, so an option that is not given
     overrides nothing (the dataclass default, or a config file's value, stays; :func:`with_defaults` fills
     them in); booleans get ``--x/--no-x``."""
     target = parser.add_argument_group(group) if group else parser
@@ -151,6 +152,11 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, *, skip=(), grou
         if f.name in skip or f.metadata.get("cli") is False:
             continue
         tp, is_list = _base_type(hints[f.name])
+        if f.metadata.get("positional"):  # an argument, not an option: FILE, or FILE... (nargs)
+            target.add_argument(f.name, type=_option_type(tp, f.metadata.get("check"), f.name), default=None,
+                                nargs=f.metadata.get("nargs", "+" if is_list else None), help=option_help(f),
+                                **({"metavar": f.metadata["metavar"]} if "metavar" in f.metadata else {}))
+            continue
         names = option_names(f)
         kw = {"dest": f.name, "default": None, "help": option_help(f)}
         if f.metadata.get("required"):
@@ -161,6 +167,10 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, *, skip=(), grou
         for key in ("choices", "metavar"):
             if key in f.metadata:
                 kw[key] = f.metadata[key]
+        if f.metadata.get("append"):  # repeatable: --set a=1 --set b=2
+            target.add_argument(*names, action="append", type=_option_type(tp, f.metadata.get("check"), f.name),
+                                **kw)
+            continue
         target.add_argument(*names, type=_option_type(tp, f.metadata.get("check"), f.name),
                             nargs="+" if is_list else None, **kw)
 

@@ -61,6 +61,22 @@ SHARED: dict[str, dict] = {
     "backend": dict(default="auto", help="engine backend (auto: TensorRT when the bundle has an engine and "
                                          "tensorrt is installed, else ONNX Runtime)", choices=BACKENDS),
     "threads": dict(default=None, help="ONNX Runtime intra-op threads (default: its own choice)", check=_whole(1)),
+    # the model
+    "model_name": dict(default=None, help="timm model name (an official Sample4Geo state dict needs it; default: the "
+                                          "checkpoint's, or the preset's)", aliases=("--model",)),
+    "batch_size": dict(default=None, help="images per batch (training: distinct locations per step and process, the "
+                                          "global batch is this x the processes; default: the preset's, or 32)",
+                       check=_whole(1)),
+    "imagery_px": dict(default=512, help="map imagery for registration at the resolution of a frame this many pixels "
+                                         "wide at the lowest altitude (never finer than the map)", check=_whole(16)),
+    # every command
+    "overwrite": dict(default=False, help="replace what the output folder holds (without it an existing result is "
+                                          "never overwritten)"),
+    "verbose": dict(default=False, help="debug logging", aliases=("-v",)),
+    "progress": dict(default=True, help="show progress bars (--no-progress: none, e.g. in logs)"),
+    "set": dict(default=[], help="override a setting of the command's config tree, KEY=VALUE, e.g. optim.lr=1e-4 "
+                                 "(repeatable; the keys: see the command's description)", metavar="KEY=VALUE",
+                append=True),
     # artifacts
     "bundle": dict(default=None, help="model bundle folder (written by python -m export)"),
     "db": dict(default=None, help="tile database folder (written by python -m export --tiles; a gallery database "
