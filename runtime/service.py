@@ -100,7 +100,11 @@ class Service:
     def _open_outputs(self) -> list:
         cfg = self.cfg
         if cfg.jsonl and cfg.jsonl != "-":
-            Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"--jsonl {cfg.jsonl}: cannot create the folder {e.filename} ({e.strerror}); give a "
+                                 "path in a folder this user can write") from e
         try:
             return open_outputs(cfg)
         except OSError as e:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import whole_writes
 from common.metrics import retrieval_metrics
 from runtime.replay.common import (
     batch1_latency,
@@ -221,6 +222,11 @@ def _latency(engine, paths, timing: dict, batch_size: int) -> dict:
 
 
 def _write(out: Path, results: dict, plots: bool) -> dict:
+    with whole_writes():  # a SIGTERM waits until the JSON and the CSV are written
+        return _write_files(out, results, plots)
+
+
+def _write_files(out: Path, results: dict, plots: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "replay_sues200.json", jsonable(results))
     write_csv(out / "replay_sues200.csv", results["rows"], SUES_CSV_FIELDS)
