@@ -48,6 +48,18 @@ class Terminated(BaseException):
     """SIGTERM arrived (raised in the main thread by :func:`terminate_on_sigterm`): stop, keep what is done."""
 
 
+_held = 0  # > 0 while results are written whole (see :func:`whole_writes`)
+_pending = False  # a SIGTERM arrived meanwhile
+
+
+def _raise_terminated(signum, frame):
+    global _pending
+    if _held:
+        _pending = True  # raised when the write in progress is done
+        return
+    raise Terminated("stopped by SIGTERM")
+
+
 @contextlib.contextmanager
 def sigterm_raises():
     """Inside this block SIGTERM raises :class:`Terminated` in the main thread (as Ctrl-C raises
@@ -59,15 +71,28 @@ def sigterm_raises():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def raise_terminated(signum, frame):
-        raise Terminated("stopped by SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def whole_writes():
+    """A set of result files written together: a SIGTERM that arrives meanwhile stops the command only once
+    they are all written (never a JSON of this flight beside a CSV of the last)."""
+    global _held, _pending
+    _held += 1
+    try:
+        yield
+    except BaseException:
+        _held -= 1
+        raise
+    _held -= 1
+    if not _held and _pending:
+        _pending = False
+        raise Terminated("stopped by SIGTERM")
 
 
 def one_line(e: BaseException) -> str:
@@ -142,7 +167,8 @@ def option_names(f: dataclasses.Field) -> list[str]:
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, *, skip=(), group: str | None = None) -> None:
     """One ``--field-name`` option per field of dataclass ``cls`` (``metadata``: ``help``, ``aliases``,
-    ``choices``, ``metavar``, ``check``, ``required``, ``append`` for a repeatable option of a ``list[str]``;
+    ``choices``, ``metavar``, ``check``, ``required``, ``hidden`` (not in --help), ``append`` for a repeatable
+    option of a ``list[str]``;
     ``positional`` with its ``nargs`` for an argument). Every default is None, so an option that is not given
     overrides nothing (the dataclass default, or a config file's value, stays; :func:`with_defaults` fills
     them in); booleans get ``--x/--no-x``."""
@@ -158,7 +184,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, *, skip=(), grou
                                 **({"metavar": f.metadata["metavar"]} if "metavar" in f.metadata else {}))
             continue
         names = option_names(f)
-        kw = {"dest": f.name, "default": None, "help": option_help(f)}
+        kw = {"dest": f.name, "default": None,
+              "help": argparse.SUPPRESS if f.metadata.get("hidden") else option_help(f)}
         if f.metadata.get("required"):
             kw["required"] = True
         if tp is bool:
@@ -200,6 +227,17 @@ def check_fields(obj) -> None:
             setattr(obj, f.name, type(value)(check(v, f"--{f.name.replace('_', '-')}") for v in value))
         else:
             setattr(obj, f.name, check(value, f"--{f.name.replace('_', '-')}"))
+
+
+def parse_options(parser: argparse.ArgumentParser, argv, *classes, **own_defaults) -> argparse.Namespace:
+    """Parse ``argv``: an option not given takes its dataclass default, then, for a shared option whose
+    default is None (the size of an experiment: ``--frames``, ``--runs``...), the command's own default
+    from ``own_defaults`` (stated in the command's description)."""
+    args = with_defaults(parser.parse_args(argv), *classes)
+    for name, value in own_defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
 
 
 def with_defaults(namespace: argparse.Namespace, *classes) -> argparse.Namespace:

@@ -82,6 +82,36 @@ SHARED: dict[str, dict] = {
     "db": dict(default=None, help="tile database folder (written by python -m export --tiles; a gallery database "
                                   "for replay sues200)"),
     "max_frames": dict(default=None, help="stop after N frames (of each flight, in a replay)", check=_whole(1)),
+    "map": dict(default=None, help="the reference GeoTIFF: the map the tile database and its imagery were cut from"),
+    "flight_raster": dict(default=None, help="GeoTIFF the frames are rendered from (another date of the map's area; "
+                                             "default: --map)"),
+    "query": dict(default=None, help="GeoTIFF the query frames are rendered from (another date of the map's area)"),
+    "heading_deg": dict(default=None, help="compass heading the image top faces, degrees clockwise from north (serve: "
+                                           "fixed, e.g. 0 for a gimbal locked north, the fallback while the "
+                                           "autopilot's heading is stale; a rendered view: default 0)",
+                        aliases=("--heading",), metavar="DEG", check=validate.heading_deg),
+    "compass": dict(default=True, help="frames come with the compass heading (--no-compass: a drone without one; the "
+                                       "heading then comes from registration)"),
+    "compass_sigma": dict(default=3.0, help="compass noise of the rendered frames, degrees (1 sigma)",
+                          check=validate.range_rule(0.0, 180.0)),
+    "size": dict(default=512, help="side of the rendered image in pixels", check=_whole(16, 8192)),
+    "json": dict(default=False, help="print one JSON object on stdout"),
+    "preset": dict(default=None, help="named config of python -m train (train: default sues200; evaluate: instead of "
+                                      "the checkpoint's own)"),
+    "resume": dict(default=False, help="continue where the last run in the output folder stopped (train: from its "
+                                       "checkpoint; a benchmark: its finished rows)"),
+    # the sizes of an experiment: each tool's own default, stated in its description
+    "frames": dict(default=None, help="frames per flight, or of the generated video (default: see the description)",
+                   check=_whole(1)),
+    "frame_px": dict(default=None, help="side of the generated frames in pixels (default: see the description)",
+                     check=_whole(16, 8192)),
+    "n": dict(default=None, help="how many samples are measured: frames per altitude, tiles per timed run "
+                                 "(default: see the description)", check=_whole(1)),
+    "runs": dict(default=None, help="timed repetitions (default: see the description)", check=_whole(1)),
+    "calib_n": dict(default=None, help="INT8 calibration images (default: 128 for an export; the benchmarks use "
+                                       "fewer, see their description)", check=_whole(1)),
+    "eval_n": dict(default=256, help="held-out queries per altitude of the FP16/INT8 accuracy gate", check=_whole(1)),
+    "work": dict(default=None, help="folder for the inputs the tool generates (default: runs/<the tool's name>)"),
 }
 
 

@@ -63,14 +63,14 @@ class BundleOptions:
     int8: bool = option(False, "also write model.int8.onnx (Q/DQ), needs calibration")
     calib: str | None = option(None, "folder of real drone frames for INT8 calibration")
     calib_tif: list[str] = option([], "GeoTIFF(s) to render calibration views")
-    calib_n: int = option(128, "number of calibration images", check=_whole(1))
+    calib_n: int | None = shared("calib_n")
     calib_method: str = option("minmax", "INT8 calibration method", choices=("minmax", "entropy", "percentile"))
     int8_full_range: bool = option(False, "8-bit weights (TensorRT or VNNI CPUs only; default 7-bit, exact on every "
                                           "ORT CPU)")
     eval_tifs: list[str] | None = option(None, "held-out years of one area, the reference map last (QUERY.tif "
                                                "[QUERY2.tif ...] MAP.tif): parity check and FP16/INT8 accuracy gate, "
                                                "at the footprints of --altitudes/--hfov", metavar="TIF")
-    eval_n: int = option(256, "gate queries per altitude", check=_whole(1))
+    eval_n: int = shared("eval_n")
     max_r1_drop: float | None = option(None, "reject a variant unless its R@1 drop (points) is shown, at 95%% "
                                              "confidence, to be at most this; a rejected variant is deleted, the rest "
                                              "is still built, and the exit code is 3",
@@ -129,6 +129,7 @@ def parse_args(argv=None):
     args = with_defaults(ap.parse_args(argv), BundleOptions, DatabaseOptions)
     args.hfov_deg = DEFAULT_HFOV_DEG if args.hfov_deg is None else args.hfov_deg
     args.altitudes_m = list(DEFAULT_ALTITUDES_M if args.altitudes_m is None else args.altitudes_m)
+    args.calib_n = 128 if args.calib_n is None else args.calib_n
     if args.precision == "auto":
         args.precision = "fp16"  # a TensorRT build runs on a GPU: auto is fp16 there
     setup_logging(args.verbose)

@@ -18,10 +18,14 @@ import math
 import os
 import shutil
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common import validate
+from common.cli import add_dataclass_options, run_main, setup_logging, with_defaults
+from common.options import option, shared
 from tiles.io import atomic_write_json, default_mode, file_sha256
 from tiles.map_imagery import BLOCKS, FORMAT, FORMAT_VERSION, IMAGERY_DIR, META, RGB, VALID
 
@@ -221,23 +225,32 @@ def attach_to_database(db_path, rasters, *, imagery_px: int = 512, gsd_m: float 
     return attach_imagery(db_path, rasters, gsd_m=gsd_m, **kw)
 
 
-def main(argv=None) -> int:
+@dataclass
+class ImageryOptions:
+    db: str | None = option(None, "tile database folder (built by python -m export)", positional=True)
+    tiles: list[str] | None = option(None, "the GeoTIFF(s) the database was cut from", positional=True)
+    imagery_px: int = shared("imagery_px")
+    gsd: float | None = option(None, "metres per pixel (overrides --imagery-px)", check=validate.positive_rule("m/px"))
+
+
+def build_parser():
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m export.map_imagery",
-                                 description="Add the map imagery registration needs to an existing tile database.")
-    ap.add_argument("db", type=Path, help="tile database folder (built by python -m export)")
-    ap.add_argument("tiles", type=Path, nargs="+", help="the GeoTIFF(s) the database was cut from")
-    ap.add_argument("--imagery-px", type=int, default=512, help="frame width in pixels at the lowest altitude")
-    ap.add_argument("--gsd", type=float, help="metres per pixel (overrides --imagery-px)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        out = attach_to_database(args.db, args.tiles, imagery_px=args.imagery_px, gsd_m=args.gsd)
-    except (ValueError, FileNotFoundError) as e:
-        _log.error("%s", e)
-        return 2
-    print(out)
+                                 description="Add the map imagery registration needs to an existing tile database "
+                                             "(resumable: a killed run continues where it stopped).")
+    add_dataclass_options(ap, ImageryOptions)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = with_defaults(build_parser().parse_args(argv), ImageryOptions)
+    setup_logging()
+    return run_main(_attach, args, logger_name="export.map_imagery")
+
+
+def _attach(args) -> int:
+    print(attach_to_database(args.db, args.tiles, imagery_px=args.imagery_px, gsd_m=args.gsd))
     return 0
 
 

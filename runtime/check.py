@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import add_dataclass_options, with_defaults
-from common.options import option, shared
+from common.options import shared
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,8 @@ def measure_search_memory(db) -> dict:
 @dataclass
 class CheckOptions:
     db: str | None = shared("db", required=True)
-    bundle: str | None = option(None, "model bundle folder: every model file checked against its hash too, and the "
-                                      "bundle against the database")
-    json: bool = option(False, "one JSON object on stdout")
+    bundle: str | None = shared("bundle")  # checked too: every model file, and against the database
+    json: bool = shared("json")
 
 
 def add_check_arguments(p) -> None:

@@ -19,7 +19,11 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from common.cli import add_dataclass_options, parse_options
+from common.options import option, shared
 
 
 def engine_alone(bundle, frames, threads: int | None = None) -> float:
@@ -50,17 +54,29 @@ def service_rate(bundle, db, folder, altitude_m: float, heading_deg: float, **kn
             "median_ms": {k: v.get("p50") for k, v in lat.items()}}
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --altitude-m 200, --frames 60."""
+
+    bundle: str | None = shared("bundle", required=True)
+    db: str | None = shared("db", required=True)
+    flight_raster: str | None = shared("flight_raster", required=True)
+    altitude_m: float | None = shared("altitude_m")
+    frames: int | None = shared("frames")
+    threads: int | None = shared("threads")
+    work: str | None = shared("work")
+    out: str | None = option(None, "results JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--flight-raster", required=True)
-    ap.add_argument("--altitude-m", type=float, default=200.0)
-    ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
-    ap.add_argument("--work", type=Path, default=Path("runs/bench_flight_rate"))
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options, altitude_m=200.0, frames=60, work="runs/bench_flight_rate")
+    args.work, args.out = Path(args.work), args.out and Path(args.out)
 
     import cv2
 

@@ -55,16 +55,16 @@ class ReplayOptions:
 class Sues200Options:
     data: str | None = option(None, "SUES-200 root (raw archive or split layout)", required=True)
     db: str | None = shared("db")
-    batch_size: int = option(32, "images embedded per batch", check=validate.int_rule(1))
+    batch_size: int | None = shared("batch_size")
     sat2drone: bool = option(False, "also evaluate satellite->drone")
     latency_frames: int = option(20, "frames timed one by one (batch 1)", check=validate.int_rule(0))
 
 
 @dataclass
 class GeotiffOptions:
-    map: str | None = option(None, "reference GeoTIFF (the tile database's map)", required=True)
+    map: str | None = shared("map", required=True)
     db: str | None = shared("db")
-    flight_raster: str | None = option(None, "GeoTIFF the frames are rendered from (default: --map)")
+    flight_raster: str | None = shared("flight_raster")
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     with_defaults(args, ReplayOptions, EngineOptions, Sues200Options if args.replay_kind == "sues200" else
                   GeotiffOptions)
     engine = dict(precision=args.precision, backend=args.backend, threads=args.threads)
+    if getattr(args, "batch_size", 0) is None:
+        args.batch_size = 32
     if args.replay_kind == "geotiff":  # every value is checked before the results folder is touched
         localizer = LocalizerConfig(**dataclass_values(LocalizerConfig, args))
         flight = FlightSpec(**dataclass_values(FlightSpec, args))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common import validate
-from common.cli import check_fields
+from common.cli import check_fields, whole_writes
 from common.options import shared
 from runtime.localisation.localizer import Localizer, LocalizerConfig, database_hfov
 from runtime.replay.common import bundle_path, jsonable, load_engine_or_use, rnd, write_csv
@@ -153,9 +153,7 @@ class FlightSpec:
     photometric: float | None = shared("photometric")
     max_frames: int | None = shared("max_frames")
     seed: int = shared("seed")
-    compass: bool = field(default=True, metadata={
-        "help": "frames come with the compass heading (--no-compass: a drone without one; the heading then "
-                "comes from registration)"})
+    compass: bool = shared("compass")
 
     def __post_init__(self):
         check_fields(self)
@@ -323,6 +321,11 @@ SUMMARY_CSV_FIELDS = ("altitude_m", "n_frames", "fix_rate", "availability_pct", 
 
 
 def _write_results(out: Path, results: dict, all_records: list[dict], plots: bool) -> dict:
+    with whole_writes():  # a SIGTERM waits until the JSON and both CSVs are written
+        return _write_result_files(out, results, all_records, plots)
+
+
+def _write_result_files(out: Path, results: dict, all_records: list[dict], plots: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "replay_geotiff.json", jsonable(results))
     write_csv(out / "replay_geotiff_frames.csv", all_records, FRAME_CSV_FIELDS)
