@@ -4,6 +4,7 @@ read its verdict: the exit status and the one line that says what went wrong."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def popen(module: str, *args, **kw) -> subprocess.Popen:
 def error_line(stderr: str) -> str:
     """The one line a failed command printed as its error (asserted: exactly one, and no traceback)."""
     assert "Traceback" not in stderr, stderr[-3000:]
-    errors = [ln for ln in stderr.splitlines() if " ERROR " in ln or ": error: " in ln]
+    errors = [ln for ln in stderr.splitlines() if re.search(r" ERROR[ :]|: error: ", ln)]
     assert len(errors) == 1, stderr[-3000:]
     return errors[0]
 
