@@ -9,7 +9,9 @@ ONNX model, the same graph and preprocessing the runtime runs, then written with
 Resumable: the work is split into chunks of ``chunk_tiles`` tiles; each chunk's embeddings are saved
 atomically in a work folder whose name carries the model fingerprint and a hash of the rasters and
 settings, so a killed build continues with the first missing chunk, and a changed model or map starts
-afresh.
+afresh. A database already written by the same build is kept (its manifest's ``extra.build_key``), and its
+map imagery, when the build stopped before or during that step, is completed (``export.map_imagery``
+resumes at its first unfinished row of blocks).
 
 Parallel: chunk ``i`` belongs to rank ``i % world_size``. Under ``torchrun --nproc-per-node N -m export
 ...`` (or any launcher that sets ``RANK``/``WORLD_SIZE``) every process embeds its own chunks (on GPU
