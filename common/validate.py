@@ -134,6 +134,55 @@ def fraction(name: str, value, *, zero_ok: bool = False) -> float:
     return in_range(name, value, 0.0, 1.0, lo_open=not zero_ok)
 
 
+def integer(name: str, value, lo: int | None = None, hi: int | None = None, hint: str = "") -> int:
+    """A whole number within ``lo..hi`` (closed; ``None`` = unbounded): a count, a port, a number of threads."""
+    whole = "" if isinstance(value, bool) else value
+    if isinstance(whole, float) and whole.is_integer():
+        whole = int(whole)
+    try:
+        v = int(whole) if isinstance(whole, (int, str)) else None
+    except ValueError:
+        v = None
+    if v is None:
+        raise InputError(f"{name} must be a whole number, got {value!r}{_hint(hint)}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
+        raise InputError(f"{name} must be a whole number {rng}, got {value!r}{_hint(hint)}")
+    return v
+
+
+# ---- rules for config fields: ``check(value, name) -> value`` (field metadata "check", common.cli) ---------
+
+
+def int_rule(lo: int | None = 1, hi: int | None = None, hint: str = ""):
+    """A field's check: a whole number in ``[lo, hi]``."""
+    def check(value, name: str = "value") -> int:
+        return integer(name, value, lo, hi, hint)
+    return check
+
+
+def range_rule(lo: float | None, hi: float | None, *, lo_open: bool = False, hi_open: bool = False, unit: str = "",
+               hint: str = ""):
+    """A field's check: a finite number in the range (see :func:`in_range`)."""
+    def check(value, name: str = "value") -> float:
+        return in_range(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, unit=unit, hint=hint)
+    return check
+
+
+def fraction_rule(zero_ok: bool = False):
+    """A field's check: a fraction in ``(0, 1]`` (``[0, 1]`` with ``zero_ok``)."""
+    def check(value, name: str = "value") -> float:
+        return fraction(name, value, zero_ok=zero_ok)
+    return check
+
+
+def positive_rule(unit: str = "", hint: str = ""):
+    """A field's check: a finite number ``> 0``."""
+    def check(value, name: str = "value") -> float:
+        return positive(name, value, unit, hint)
+    return check
+
+
 def arg(check):
     """An ``argparse`` ``type=`` from a check: ``ap.add_argument("--altitude", type=arg(altitude_m))``."""
     import argparse

@@ -38,96 +38,108 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import validate
-from common.cli import UserError
+from common.cli import add_dataclass_options, run_main, setup_logging, with_defaults
+from common.options import DEFAULT_ALTITUDES_M, DEFAULT_HFOV_DEG, option, shared
+
+_whole = validate.int_rule
+
+
+@dataclass
+class BundleOptions:
+    """The bundle: ONNX, FP16/INT8 with their gate, the compact descriptor, TensorRT."""
+
+    ckpt: str | None = option(None, "checkpoint (ours or an official Sample4Geo state dict)", positional=True,
+                              nargs="?")
+    out: str | None = option(None, "bundle folder to write")
+    bundle: str | None = shared("bundle")
+    model_name: str | None = shared("model_name")
+    input_format: str = option("float32", "graph input: float NCHW normalised, or uint8 NHWC normalised in the graph",
+                               choices=("float32", "uint8"))
+    fp16: bool = option(False, "also write model.fp16.onnx")
+    int8: bool = option(False, "also write model.int8.onnx (Q/DQ), needs calibration")
+    calib: str | None = option(None, "folder of real drone frames for INT8 calibration")
+    calib_tif: list[str] = option([], "GeoTIFF(s) to render calibration views")
+    calib_n: int | None = shared("calib_n")
+    calib_method: str = option("minmax", "INT8 calibration method", choices=("minmax", "entropy", "percentile"))
+    int8_full_range: bool = option(False, "8-bit weights (TensorRT or VNNI CPUs only; default 7-bit, exact on every "
+                                          "ORT CPU)")
+    eval_tifs: list[str] | None = option(None, "held-out years of one area, the reference map last (QUERY.tif "
+                                               "[QUERY2.tif ...] MAP.tif): parity check and FP16/INT8 accuracy gate, "
+                                               "at the footprints of --altitudes/--hfov", metavar="TIF")
+    eval_n: int = shared("eval_n")
+    max_r1_drop: float | None = option(None, "reject a variant unless its R@1 drop (points) is shown, at 95%% "
+                                             "confidence, to be at most this; a rejected variant is deleted, the rest "
+                                             "is still built, and the exit code is 3",
+                                       check=validate.range_rule(0.0, 100.0))
+    int8_per_tensor: bool = option(False, "one INT8 weight scale per tensor (default per channel)")
+    descriptor_dim: int | None = option(None, "compact descriptor size: a PCA-whitening projection appended to the "
+                                              "graph (default 256 when fitting images are given; 0 = the network's "
+                                              "full embedding)", check=_whole(0))
+    projection_tifs: list[str] = option([], "GeoTIFFs of the TRAINING years to fit the projection on (drone views "
+                                            "rendered from them; with the map tiles of --tiles); never the held-out "
+                                            "years")
+    projection_n: int = option(2000, "images to fit the projection on", check=_whole(1))
+    trt: bool = option(False, "build a TensorRT engine (run on the Jetson/GPU)")
+    precision: str = shared("precision")
+    max_batch: int = option(8, "TensorRT profile max batch (min 1, opt 1)", check=_whole(1))
+    workspace_mib: int = option(1024, "TensorRT builder workspace, MiB", check=_whole(1))
+
+
+@dataclass
+class DatabaseOptions:
+    """The tile (or gallery) database: layers, indexes, map imagery, the map filter's calibration."""
+
+    tiles: list[str] = option([], "GeoTIFF(s) for the tile database")
+    altitudes_m: list[float] | None = shared("altitudes_m")
+    hfov_deg: float | None = shared("hfov_deg")
+    stride_frac: float = shared("stride_frac")
+    chunk_tiles: int = option(256, "tiles per resumable chunk", check=_whole(1))
+    ann: str = option("auto", "approximate index for global search: auto = FAISS IVF-PQ on layers of >= "
+                              "--ann-min-rows rows when faiss-cpu is installed, ivfpq = always (needs FAISS), none = "
+                              "exact only", choices=("auto", "ivfpq", "none"))
+    ann_min_rows: int = option(50_000, "smallest layer given an ANN index", check=_whole(1))
+    imagery_px: int = shared("imagery_px")
+    imagery: bool = option(True, "write the map imagery registration needs (--no-imagery: retrieval only)")
+    db_out: str | None = option(None, "tile database folder (default BUNDLE/tiledb)")
+    dem: str | None = shared("dem")
+    likelihood_tif: list[str] = option([], "GeoTIFF(s) of the database's area from other dates than those you "
+                                           "evaluate on: fit the map filter's likelihood on flights rendered from "
+                                           "them (stored in the bundle manifest)")
+    gallery: str | None = option(None, "labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
+                                       "gallery_satellite, or class folders")
+    gallery_out: str | None = option(None, "gallery database folder (default BUNDLE/gallerydb)")
+    overwrite: bool = shared("overwrite")
+    progress: bool = shared("progress")
+    verbose: bool = shared("verbose")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, BundleOptions)
+    add_dataclass_options(ap, DatabaseOptions, group="the tile database")
+    return ap
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    _model_options(ap)
-    _database_options(ap)
-    args = ap.parse_args(argv)
+    ap = build_parser()
+    args = with_defaults(ap.parse_args(argv), BundleOptions, DatabaseOptions)
+    args.hfov_deg = DEFAULT_HFOV_DEG if args.hfov_deg is None else args.hfov_deg
+    args.altitudes_m = list(DEFAULT_ALTITUDES_M if args.altitudes_m is None else args.altitudes_m)
+    args.calib_n = 128 if args.calib_n is None else args.calib_n
+    if args.precision == "auto":
+        args.precision = "fp16"  # a TensorRT build runs on a GPU: auto is fp16 there
+    setup_logging(args.verbose)
     _check(ap, args)
     return args
 
 
-def _model_options(ap: argparse.ArgumentParser) -> None:
-    """The bundle: ONNX, FP16/INT8 with their gate, the compact descriptor, TensorRT."""
-    ap.add_argument("ckpt", nargs="?", type=Path, help="checkpoint (ours or an official Sample4Geo state dict)")
-    ap.add_argument("--out", type=Path, help="bundle folder to write")
-    ap.add_argument("--bundle", type=Path, help="an existing bundle (for --trt / --tiles without a checkpoint)")
-    ap.add_argument("--model-name", help="timm name, required for official Sample4Geo state dicts")
-    ap.add_argument("--input-format", choices=("float32", "uint8"), default="float32",
-                    help="graph input: float NCHW normalised (default) or uint8 NHWC, normalised in the graph")
-    ap.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx")
-    ap.add_argument("--int8", action="store_true", help="also write model.int8.onnx (Q/DQ), needs calibration")
-    ap.add_argument("--calib", type=Path, help="folder of real drone frames for INT8 calibration")
-    ap.add_argument("--calib-tif", type=Path, nargs="+", default=[], help="GeoTIFF(s) to render calibration views")
-    ap.add_argument("--calib-n", type=int, default=128, help="number of calibration images (default 128)")
-    ap.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    ap.add_argument("--int8-full-range", action="store_true",
-                    help="8-bit weights (TensorRT or VNNI CPUs only; default 7-bit, exact on every ORT CPU)")
-    ap.add_argument("--eval-tifs", type=Path, nargs="+", metavar="TIF",
-                    help="held-out years of one area, the reference map last (QUERY.tif [QUERY2.tif ...] MAP.tif): "
-                         "parity check and FP16/INT8 accuracy gate, at the footprints of --altitudes/--hfov")
-    ap.add_argument("--eval-n", type=int, default=256, help="gate queries per altitude (default 256)")
-    ap.add_argument("--max-r1-drop", type=float,
-                    help="reject a variant unless its R@1 drop (points) is shown, at 95%% confidence, to be at most "
-                         "this; a rejected variant is deleted, the rest is still built, and the exit code is 3")
-    ap.add_argument("--int8-per-tensor", action="store_true", help="one INT8 weight scale per tensor (default "
-                    "per channel)")
-    ap.add_argument("--descriptor-dim", type=int, default=None,
-                    help="compact descriptor size: a PCA-whitening projection appended to the graph (default 256 "
-                         "when fitting images are given; 0 = the network's full embedding)")
-    ap.add_argument("--projection-tifs", type=Path, nargs="+", default=[],
-                    help="GeoTIFFs of the TRAINING years to fit the projection on (drone views rendered from them; "
-                         "with the map tiles of --tiles); never the held-out years")
-    ap.add_argument("--projection-n", type=int, default=2000, help="images to fit the projection on (default 2000)")
-    ap.add_argument("--trt", action="store_true", help="build a TensorRT engine (run on the Jetson/GPU)")
-    ap.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="TensorRT precision")
-    ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile max batch (min 1, opt 1)")
-    ap.add_argument("--workspace-mib", type=int, default=1024)
-
-
-def _database_options(ap: argparse.ArgumentParser) -> None:
-    """The tile (or gallery) database: layers, indexes, map imagery, the map filter's calibration."""
-    ap.add_argument("--tiles", type=Path, nargs="+", default=[], help="GeoTIFF(s) for the tile database")
-    ap.add_argument("--altitudes-m", "--altitudes", dest="altitudes", type=float, nargs="+",
-                    default=[150, 200, 250, 300], help="flight heights of the tile database's layers, metres")
-    ap.add_argument("--hfov-deg", "--hfov", dest="hfov", type=float, default=60.0,
-                    help="camera horizontal field of view, degrees")
-    ap.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
-    ap.add_argument("--chunk-tiles", type=int, default=256, help="tiles per resumable chunk (default 256)")
-    ap.add_argument("--ann", choices=("auto", "ivfpq", "none"), default="auto",
-                    help="approximate index for global search: auto = FAISS IVF-PQ on layers of >= --ann-min-rows "
-                         "rows when faiss-cpu is installed (default), ivfpq = always (needs FAISS), none = exact only")
-    ap.add_argument("--ann-min-rows", type=int, default=50_000, help="smallest layer given an ANN index")
-    ap.add_argument("--imagery-px", type=int, default=512,
-                    help="map imagery for registration at the resolution of a frame this many pixels wide at the "
-                         "lowest altitude (never finer than the map; default 512)")
-    ap.add_argument("--no-imagery", action="store_true", help="no map imagery in the database (retrieval only)")
-    ap.add_argument("--db-out", type=Path, help="tile database folder (default BUNDLE/tiledb)")
-    ap.add_argument("--dem", type=Path, help="DEM GeoTIFF of ground heights above mean sea level (any CRS): stored in "
-                    "the tile database so the runtime knows the ground's height (without it the ground is flat)")
-    ap.add_argument("--likelihood-tif", type=Path, nargs="+", default=[],
-                    help="GeoTIFF(s) of the database's area from other dates than those you evaluate on: fit the map "
-                         "filter's likelihood on flights rendered from them (stored in the bundle manifest)")
-    ap.add_argument("--gallery", type=Path, help="labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
-                                                    "gallery_satellite, or class folders")
-    ap.add_argument("--gallery-out", type=Path, help="gallery database folder (default BUNDLE/gallerydb)")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("-v", "--verbose", action="store_true")
-
-
 def _check(ap: argparse.ArgumentParser, args) -> None:
     """Refuse what cannot work before any work starts (argparse's exit code 2 and message)."""
-    validate.check_args(ap, args, {"altitudes": ("--altitudes-m", validate.altitude_m),
-                                   "hfov": ("--hfov-deg", validate.hfov_deg),
-                                   "stride_frac": ("--stride-frac", lambda v: validate.fraction("stride_frac", v))})
     if args.ckpt is None and args.bundle is None:
         ap.error("give a checkpoint (python -m export CKPT --out BUNDLE) or an existing bundle (--bundle BUNDLE)")
     if args.ckpt is not None and args.out is None:
@@ -152,23 +164,18 @@ def _check(ap: argparse.ArgumentParser, args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_main(_run, args, logger_name="export")
+
+
+def _run(args) -> int:
+    """The steps the options ask for, in order; a user error ends in one line (exit 2), a file that cannot
+    be written in one line naming it (exit 1), Ctrl-C in 130 (common.cli.run_main)."""
     log = logging.getLogger("export")
     gate_error = None
     try:
         bundle = args.bundle
         if args.ckpt is not None:
-            from export.bundle_export import export_bundle
-
-            bundle, gate_error = _gated(export_bundle)(
-                args.ckpt, args.out, model_name=args.model_name, input_format=args.input_format, fp16=args.fp16,
-                int8=args.int8, calib_dir=args.calib, calib_tifs=args.calib_tif, calib_n=args.calib_n,
-                calib_method=args.calib_method, hfov_deg=args.hfov, eval_tifs=args.eval_tifs,
-                max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
-                overwrite=args.overwrite, **_gate_options(args),
-                descriptor_dim=args.descriptor_dim or None, projection_tifs=args.projection_tifs,
-                projection_map_tifs=args.tiles, projection_n=args.projection_n)
+            bundle, gate_error = _export_bundle(args)
         if args.trt:
             from export.trt_build import build_bundle_engine
 
@@ -176,36 +183,9 @@ def main(argv=None) -> int:
                                         workspace_mib=args.workspace_mib)
             log.info("engine %s (%s, TensorRT %s, %s)", entry["path"], entry["precision"], entry["trt_version"],
                      entry["gpu"])
-        if args.tiles:
-            from export.tiledb_build import build_tile_database
-
-            db = build_tile_database(bundle, args.tiles, args.db_out or Path(bundle) / "tiledb",
-                                     altitudes_m=args.altitudes, hfov_deg=args.hfov, stride_frac=args.stride_frac,
-                                     chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=not args.no_progress,
-                                     ann=args.ann, ann_min_rows=args.ann_min_rows,
-                                     imagery_px=None if args.no_imagery else args.imagery_px)
-            if db is not None:
-                log.info("tile database %s", db)
-        if args.dem:
-            from export.terrain import attach_terrain
-
-            attach_terrain(args.db_out or Path(bundle) / "tiledb", args.dem)
-        if args.likelihood_tif:
-            from export.calibrate import calibrate_bundle
-
-            db = args.db_out or Path(bundle) / "tiledb"
-            lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov)
-            acc = lik.get("fix_accuracy", {})
-            log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f; reported accuracy scale %.2f (%s)",
-                     lik["temperature"], lik["offset"], lik["r95_scale"], acc.get("r95_scale", 1.0), acc.get("note", ""))
-        if args.gallery:
-            from export.tiledb_build import build_gallery_database
-
-            db = build_gallery_database(bundle, args.gallery, args.gallery_out or Path(bundle) / "gallerydb",
-                                        overwrite=args.overwrite, progress=not args.no_progress)
-            log.info("gallery database %s", db)
-    except (UserError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        log.error("%s", e)
+        _databases(args, bundle, log)
+    except (FileExistsError, RuntimeError) as e:  # an existing result, a missing toolkit: the user's to fix
+        log.error("%s", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         return 2
     if gate_error is not None:
         log.error("done, but the accuracy gate failed (exit 3): %s holds %s only", bundle,
@@ -215,11 +195,56 @@ def main(argv=None) -> int:
     return 0
 
 
+def _export_bundle(args):
+    from export.bundle_export import export_bundle
+
+    return _gated(export_bundle)(
+        args.ckpt, args.out, model_name=args.model_name, input_format=args.input_format, fp16=args.fp16,
+        int8=args.int8, calib_dir=args.calib, calib_tifs=args.calib_tif, calib_n=args.calib_n,
+        calib_method=args.calib_method, hfov_deg=args.hfov_deg, eval_tifs=args.eval_tifs,
+        max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
+        overwrite=args.overwrite, **_gate_options(args),
+        descriptor_dim=args.descriptor_dim or None, projection_tifs=args.projection_tifs,
+        projection_map_tifs=args.tiles, projection_n=args.projection_n)
+
+
+def _databases(args, bundle, log) -> None:
+    """The tile database, the likelihood's calibration over it, the gallery database."""
+    if args.tiles:
+        from export.tiledb_build import build_tile_database
+
+        db = build_tile_database(bundle, args.tiles, args.db_out or Path(bundle) / "tiledb",
+                                 altitudes_m=args.altitudes_m, hfov_deg=args.hfov_deg, stride_frac=args.stride_frac,
+                                 chunk_tiles=args.chunk_tiles, overwrite=args.overwrite, progress=args.progress,
+                                 ann=args.ann, ann_min_rows=args.ann_min_rows,
+                                 imagery_px=args.imagery_px if args.imagery else None)
+        if db is not None:
+            log.info("tile database %s", db)
+    if args.dem:
+        from export.terrain import attach_terrain
+
+        attach_terrain(args.db_out or Path(bundle) / "tiledb", args.dem)
+    if args.likelihood_tif:
+        from export.calibrate import calibrate_bundle
+
+        db = args.db_out or Path(bundle) / "tiledb"
+        lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov_deg)
+        acc = lik.get("fix_accuracy", {})
+        log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f; reported accuracy scale %.2f (%s)",
+                 lik["temperature"], lik["offset"], lik["r95_scale"], acc.get("r95_scale", 1.0), acc.get("note", ""))
+    if args.gallery:
+        from export.tiledb_build import build_gallery_database
+
+        db = build_gallery_database(bundle, args.gallery, args.gallery_out or Path(bundle) / "gallerydb",
+                                    overwrite=args.overwrite, progress=args.progress)
+        log.info("gallery database %s", db)
+
+
 EXIT_GATE_FAILED = 3
 
 
 def _gate_options(args) -> dict:
-    return {"eval_altitudes_m": args.altitudes, "eval_n": args.eval_n, "int8_per_channel": not args.int8_per_tensor}
+    return {"eval_altitudes_m": args.altitudes_m, "eval_n": args.eval_n, "int8_per_channel": not args.int8_per_tensor}
 
 
 def _gated(export_bundle):

@@ -87,10 +87,9 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     _check_inputs(ckpt, out, input_format, eval_tifs, max_r1_drop, overwrite)
     sets = _held_out(eval_tifs, eval_altitudes_m, hfov_deg, eval_crop_px, eval_n,
                      max_r1_drop if (fp16 or int8) else None)
-    _clear(out)
-
-    model, info = load_checkpoint(ckpt, model_name=model_name)
+    model, info = load_checkpoint(ckpt, model_name=model_name)  # a bad checkpoint: nothing written or cleared
     model.eval()
+    _clear(out)
     p = model.preprocess
     fingerprint = file_sha256(ckpt)[:16]
 

@@ -9,7 +9,9 @@ ONNX model, the same graph and preprocessing the runtime runs, then written with
 Resumable: the work is split into chunks of ``chunk_tiles`` tiles; each chunk's embeddings are saved
 atomically in a work folder whose name carries the model fingerprint and a hash of the rasters and
 settings, so a killed build continues with the first missing chunk, and a changed model or map starts
-afresh.
+afresh. A database already written by the same build is kept (its manifest's ``extra.build_key``), and its
+map imagery, when the build stopped before or during that step, is completed (``export.map_imagery``
+resumes at its first unfinished row of blocks).
 
 Parallel: chunk ``i`` belongs to rank ``i % world_size``. Under ``torchrun --nproc-per-node N -m export
 ...`` (or any launcher that sets ``RANK``/``WORLD_SIZE``) every process embeds its own chunks (on GPU
@@ -121,13 +123,15 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
     ``imagery_px``: also write the map imagery registration reads (``export.map_imagery``), at the
     resolution of a frame ``imagery_px`` pixels wide at the lowest altitude (never finer than the map);
     None writes none (retrieval only).
+
+    Every step resumes: the embedded chunks are kept in the work folder, and a database already written
+    by the same build (same model, maps and settings: ``extra.build_key`` in its manifest) is not written
+    again; its imagery, when missing (a build killed during that step), is completed.
     """
     from runtime.engines.bundle import read_bundle
     from tiles.raster import open_raster
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to rebuild it")
     if not altitudes_m:
         raise ValueError("give at least one altitude (e.g. --altitudes 150 200 250 300)")
     if not 0 < stride_frac <= 1:
@@ -143,17 +147,19 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
                                        progress)
     for layer in layers:
         layer["tile_px"] = tile_px
-
     settings = {"model": bundle.model_fingerprint, "preprocess": p.to_dict(), "input": bundle.input,
                 "sources": sources, "layers": layers, "min_valid": min_valid, "chunk_tiles": chunk_tiles}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    imagery = _Imagery(rasters, min(float(a) for a in altitudes_m), hfov_deg, imagery_px)
+    if _already_built(out, key, overwrite, rank, imagery):
+        return out if rank == 0 else None
     work = Path(work_dir or out.parent / f".{out.name}.work") / f"{bundle.model_fingerprint}-{key}"
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "settings.json", settings)
-
     chunks = [(j, k) for j, (_, _, _, tiles) in enumerate(jobs) for k in range(0, len(tiles), chunk_tiles)]
     if not chunks:
         raise ValueError(f"no tile with >= {min_valid:.0%} valid pixels in {[r.path.name for r in rasters]}")
+
     def chunk_path(i):
         return work / f"chunk-{i:06d}.npy"
 
@@ -168,22 +174,62 @@ def build_tile_database(bundle_dir, rasters, out, *, altitudes_m=DEFAULT_ALTITUD
         return None
     _wait_for_chunks(work, len(chunks), chunk_path, wait_timeout_s)
     chunk_arrays = [np.load(chunk_path(i)) for i in range(len(chunks))]
-    n_rows = sum(len(c) for c in chunk_arrays)
     path = _write(out, bundle, chunk_arrays, jobs, layers, crs, sources,
                   ann=ann, ann_min_rows=ann_min_rows, hfov_deg=hfov_deg, stride_frac=stride_frac,
-                  min_valid=min_valid, custom_embedder=embedder is not None, overwrite=overwrite)
-    if imagery_px:
-        _attach_imagery(path, rasters, min(float(a) for a in altitudes_m), hfov_deg, int(imagery_px))
+                  min_valid=min_valid, custom_embedder=embedder is not None, overwrite=True,
+                  build={"build_key": key, "imagery_px": imagery_px, "imagery": "map" if imagery_px else "none"})
+    imagery.attach(path)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(OSError):
             work.parent.rmdir()  # only when no other build's work is in it
-    _log.info("tile database %s: %d tiles in %d layers", path, n_rows, len(layers))
+    _log.info("tile database %s: %d tiles in %d layers", path, sum(len(c) for c in chunk_arrays), len(layers))
     return path
 
 
+class _Imagery:
+    """The build's imagery step: the resolution it needs, and whether a database already has it."""
+
+    def __init__(self, rasters, min_altitude_m: float, hfov_deg: float, imagery_px: int | None):
+        self.rasters, self.min_altitude_m, self.hfov_deg, self.px = rasters, min_altitude_m, hfov_deg, imagery_px
+
+    def missing(self, manifest: dict) -> bool:
+        return bool(self.px) and not manifest.get("imagery")
+
+    def attach(self, db_path: Path) -> None:
+        if not self.px:
+            return
+        from export.map_imagery import attach_imagery, imagery_gsd_m
+
+        gsd = imagery_gsd_m(min(r.gsd_m for r in self.rasters), self.min_altitude_m, self.hfov_deg, int(self.px))
+        out = attach_imagery(db_path, self.rasters, gsd_m=gsd)
+        _log.info("map imagery for registration: %s at %.3g m/px", out, gsd)
+
+
+def _already_built(out: Path, key: str, overwrite: bool, rank: int, imagery: _Imagery) -> bool:
+    """True when ``out`` holds this build's database (its imagery completed here when it was missing);
+    False when it must be built; FileExistsError for another database without ``overwrite``."""
+    if not out.exists() or overwrite:
+        return False
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("extra", {}).get("build_key") != key:
+        raise FileExistsError(f"{out} exists and holds another database; pass overwrite=True (CLI: --overwrite) "
+                              "to rebuild it, or choose another --db-out")
+    if rank != 0:
+        return True
+    if imagery.missing(manifest):
+        _log.info("%s is written but its map imagery is not (the build stopped there): completing it", out)
+        imagery.attach(out)
+    else:
+        _log.info("%s is already built with these settings: nothing to do", out)
+    return True
+
+
 def _write(out, bundle, chunks, jobs, layers, crs, sources, *, ann, ann_min_rows, hfov_deg, stride_frac, min_valid,
-           custom_embedder: bool, overwrite: bool) -> Path:
+           custom_embedder: bool, overwrite: bool, build: dict) -> Path:
     """The database from the embedded chunks: entries, ANN indexes where they pay, the manifest."""
     from export.ann_build import DEFAULT_MIN_ROWS, ann_indexes
     from tiles.db import write_database
@@ -201,7 +247,7 @@ def _write(out, bundle, chunks, jobs, layers, crs, sources, *, ann, ann_min_rows
         preprocess=bundle.preprocess.to_dict(), crs=crs, sources=sources,
         extra={"hfov_deg": float(hfov_deg), "stride_frac": float(stride_frac), "min_valid": float(min_valid),
                "built_by": "export.tiledb_build",
-               "embedded_with": "custom embedder" if custom_embedder else "onnxruntime fp32"},
+               "embedded_with": "custom embedder" if custom_embedder else "onnxruntime fp32", **build},
         overwrite=overwrite,
     )
 
@@ -232,14 +278,6 @@ def _wait_for_chunks(work: Path, n_chunks: int, chunk_path, wait_timeout_s: floa
             raise TimeoutError(f"{len(missing)} chunks still missing in {work} after {wait_timeout_s:.0f} s: did a "
                                "rank die? Re-run the same command to resume")
         time.sleep(2.0)
-
-
-def _attach_imagery(db_path: Path, rasters, min_altitude_m: float, hfov_deg: float, imagery_px: int) -> None:
-    from export.map_imagery import attach_imagery, imagery_gsd_m
-
-    gsd = imagery_gsd_m(min(r.gsd_m for r in rasters), min_altitude_m, hfov_deg, imagery_px)
-    out = attach_imagery(db_path, rasters, gsd_m=gsd)
-    _log.info("map imagery for registration: %s at %.3g m/px", out, gsd)
 
 
 def gallery_classes(folder) -> list[tuple[str, list[Path]]]:

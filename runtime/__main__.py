@@ -7,18 +7,24 @@ import dataclasses
 import os
 import signal
 import sys
+from dataclasses import dataclass
 
-from common.cli import run_main, setup_logging
+from common.cli import add_dataclass_options, run_main, setup_logging
+from common.options import option, shared
+
+
+@dataclass
+class ConfigFileOption:
+    config: str | None = option(None, "settings file (.json or .toml) of serve; command-line options override it")
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``serve``: one per :class:`runtime.config.ServiceConfig` field (the Localizer's knobs
     with the same names as in ``replay``)."""
-    from common.cli import add_dataclass_options
     from runtime.config import ServiceConfig
     from runtime.localisation.config import LocalizerConfig, add_localizer_options
 
-    p.add_argument("--config", help="settings file (.json or .toml); command-line options override it")
+    add_dataclass_options(p, ConfigFileOption)
     chain = {f.name for f in dataclasses.fields(LocalizerConfig)}
     add_dataclass_options(p, ServiceConfig, skip=chain)
     add_localizer_options(p)
@@ -36,23 +42,34 @@ def serve(args) -> int:
     return service.run()
 
 
-def main(argv=None) -> int:
+@dataclass
+class RuntimeOptions:
+    verbose: bool = shared("verbose")
+
+
+def build_parser(replay: bool = True) -> argparse.ArgumentParser:
+    """The parser of ``python -m runtime`` (``replay``: with the replay's options, whose imports serve does
+    not need)."""
     parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    add_dataclass_options(parser, RuntimeOptions)
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_arguments(sub.add_parser("serve", help="run the onboard service on a frame source"))
     from runtime.check import add_check_arguments
 
     add_check_arguments(sub.add_parser("check", help="verify a tile database (and bundle) and measure its memory"))
     replay_parser = sub.add_parser("replay", help="replay recorded flights offline and report metrics")
-    replay_mod = None
-    wants_replay = "replay" in (argv if argv is not None else sys.argv[1:])
-    if wants_replay:
+    if replay:
         from runtime.replay import cli as replay_mod  # the replay engineer's module; serve works without it
 
         replay_mod.add_replay_arguments(replay_parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    wants_replay = "replay" in (argv if argv is not None else sys.argv[1:])
+    parser = build_parser(replay=wants_replay)
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(bool(args.verbose))
     if args.command == "serve":
         # One query at a time: multi-threaded BLAS only fights the engine and capture threads for the cores
         # (measured: search p50 11 ms -> 0.4 ms on 2 cores). Set before numpy is imported; env overrides.
@@ -66,6 +83,8 @@ def main(argv=None) -> int:
         from runtime.check import check
 
         return run_main(check, args, logger_name="runtime")
+    from runtime.replay import cli as replay_mod
+
     return run_main(replay_mod.run_replay, args, logger_name="runtime.replay")
 
 

@@ -1,5 +1,7 @@
 """``python -m runtime check``: open a tile database (and a bundle) the way the service does, verify every file
-against its manifest, and measure what searching it costs this process in memory.
+against its manifest (the database's arrays, indexes and map imagery; every model file of the bundle), and
+measure what searching it costs this process in memory. Run it after copying a database to the drone when
+the service starts with ``--no-verify-db``.
 
     python -m runtime check --db bundle/tiledb [--bundle bundle] [--json]
 """
@@ -8,9 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common.cli import add_dataclass_options, with_defaults
+from common.options import shared
 
 logger = logging.getLogger(__name__)
 
@@ -47,32 +54,51 @@ def measure_search_memory(db) -> dict:
             "global_search": "approximate" if s.ann() is not None else "exact"}
 
 
+@dataclass
+class CheckOptions:
+    db: str | None = shared("db", required=True)
+    bundle: str | None = shared("bundle")  # checked too: every model file, and against the database
+    json: bool = shared("json")
+
+
 def add_check_arguments(p) -> None:
-    p.add_argument("--db", required=True, help="tile database folder")
-    p.add_argument("--bundle", help="model bundle folder: checked too, and against the database")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add_dataclass_options(p, CheckOptions)
 
 
 def check(args) -> int:
+    """Every file of the database (arrays, indexes, map imagery) and of the bundle (every model file, not
+    only the one the service would load) against its manifest's hash, timed; then the search memory."""
     from tiles.db import TileDatabase
     from tiles.db_footprint import memory_footprint
 
+    with_defaults(args, CheckOptions)
+    t0 = time.perf_counter()
     db = TileDatabase.open(args.db, verify=True)
-    report = {"database": str(db.path), "verified": True, **memory_footprint(db)}
+    report = {"database": str(db.path), "verified": True, "verify_s": round(time.perf_counter() - t0, 3),
+              **memory_footprint(db)}
     if args.bundle:
+        from runtime.engines.bundle import read_bundle
         from runtime.engines.engine import check_engine_database, load_engine
 
+        t0 = time.perf_counter()
+        bundle = read_bundle(args.bundle)
+        for entry in bundle.files:
+            bundle.file_path(entry)  # hashed against the manifest
+        verify_s = round(time.perf_counter() - t0, 3)
         engine = load_engine(args.bundle)
         check_engine_database(engine, db)
-        report["bundle"] = {"path": str(args.bundle), "engine": engine.name, "matches_database": True}
+        report["bundle"] = {"path": str(args.bundle), "engine": engine.name, "matches_database": True,
+                            "files": [f["path"] for f in bundle.files], "verify_s": verify_s}
         engine.close()
     report["measured"] = measure_search_memory(db)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     m = report["measured"]
-    logger.info("%s: every file matches its manifest%s", db.path,
-                f"; bundle {args.bundle} ({report['bundle']['engine']}) matches it" if args.bundle else "")
+    logger.info("%s: every file matches its manifest (%.2f s)%s", db.path, report["verify_s"],
+                f"; bundle {args.bundle}: its {len(report['bundle']['files'])} model files too "
+                f"({report['bundle']['verify_s']:.2f} s), and {report['bundle']['engine']} matches the database"
+                if args.bundle else "")
     logger.info("measured RSS %.0f MB before, %.0f MB after local queries, %.0f MB after %s global queries",
                 m["rss_mb_before"], m["rss_mb_after_local"], m["rss_mb_after_global"], m["global_search"])
     return 0

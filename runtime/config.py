@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from common.cli import UserError
+from common.options import shared
 from runtime.localisation.config import REMOVED_OPTIONS, LocalizerConfig
 from runtime.outputs.settings import OutputConfig
 
@@ -25,11 +26,10 @@ def _opt(default, help: str, **meta):
 
 @dataclass
 class ServiceConfig(LocalizerConfig, OutputConfig):
-    bundle: str = _opt("", "model bundle folder (python -m export)")
-    db: str = _opt("", "tile database folder")
+    bundle: str | None = shared("bundle")
+    db: str | None = shared("db")
     source: str = _opt("", "camera index, video file, rtsp://, udp://, GStreamer pipeline, or image folder")
-    altitude_m: float | None = _opt(None, "flight height above ground in metres: picks the layer; the fallback "
-                                          "while --altitude-from is stale", aliases=("--altitude",))
+    altitude_m: float | None = shared("altitude_m")
     altitude_from: str | None = _opt(None, "read the height above ground from the autopilot: udpin:0.0.0.0:14551, "
                                            "udpout:HOST:PORT, tcp:HOST:PORT or a serial device (the same address "
                                            "as --mavlink shares that connection)", metavar="MAVLINK_URL")
@@ -37,18 +37,16 @@ class ServiceConfig(LocalizerConfig, OutputConfig):
     altitude_stale_s: float = _opt(2.0, "autopilot altitude or heading older than this is not used")
     altitude_request_hz: float = _opt(5.0, "ask the autopilot to stream its altitude/attitude messages at this "
                                            "rate (0: do not ask)")
-    heading_deg: float | None = _opt(None, "fixed compass heading (degrees clockwise from north) the image top "
-                                           "faces, e.g. 0 for a gimbal locked north; the fallback while the "
-                                           "autopilot's heading is stale", aliases=("--heading",), metavar="DEG")
+    heading_deg: float | None = shared("heading_deg")
     heading_from: str | None = _opt(None, "read the heading (ATTITUDE yaw) from the autopilot at this address "
                                           "(default: the --altitude-from link)", metavar="MAVLINK_URL")
     camera_yaw_offset_deg: float = _opt(0.0, "camera image top turned clockwise from the airframe's nose, degrees")
-    precision: str = _opt("auto", "engine precision", choices=("auto", "fp32", "fp16", "int8"))
-    backend: str = _opt("auto", "engine backend", choices=("auto", "onnxruntime", "tensorrt"))
+    precision: str = shared("precision")
+    backend: str = shared("backend")
     providers: list[str] | None = _opt(None, "ONNX Runtime providers, e.g. CUDAExecutionProvider")
     pipeline: bool = _opt(True, "embed frame n+1 in its own thread while frame n is fused (odometry, filter, "
                                 "registration); --no-pipeline: one frame at a time")
-    threads: int | None = _opt(None, "ONNX Runtime intra-op threads")
+    threads: int | None = shared("threads")
     spin: bool = _opt(False, "ONNX Runtime idle threads spin (lower latency alone, steals CPU from capture)")
     jsonl: str | None = _opt(None, "write JSON lines to PATH (its folder is created), or '-' for stdout")
     udp_json: str | None = _opt(None, "send JSON datagrams to HOST:PORT")
@@ -68,7 +66,7 @@ class ServiceConfig(LocalizerConfig, OutputConfig):
     health_log_s: float = _opt(10.0, "seconds between health log lines")
     loop: bool = _opt(False, "restart a video file or folder at its end")
     drop_frames: bool | None = _opt(None, "newest frame wins (default: on for live sources, off for files)")
-    max_frames: int | None = _opt(None, "stop after N processed frames")
+    max_frames: int | None = shared("max_frames")
     backoff_max_s: float = _opt(8.0, "longest wait between attempts to reopen a dropped camera")
     read_timeout_s: float = _opt(3.0, "a camera silent this long is reopened")
     verify_db: bool = _opt(True, "check the tile database's file hashes and embeddings at start (--no-verify-db "

@@ -31,7 +31,6 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -39,7 +38,7 @@ from runtime.config import ServiceConfig
 from runtime.engines.engine import check_engine_database, load_engine
 from runtime.inputs.frame_slot import FrameSlot
 from runtime.inputs.sources import SourceStats, open_source
-from runtime.inputs.telemetry import TelemetryPolicy
+from runtime.inputs.telemetry import TelemetryPolicy, telemetry_fields
 from runtime.localisation.localizer import Localization, Localizer
 from runtime.outputs.health import Health, HealthServer
 from runtime.outputs.json_lines import fix_record, open_outputs
@@ -68,10 +67,13 @@ class Service:
         self.source_stats = SourceStats()
         self.source = self._open_source(source)
         self.drop_frames = bool(getattr(self.source, "live", False)) if cfg.drop_frames is None else cfg.drop_frames
+        self.output_failed: dict[str, str] = {}  # output -> its first error: the run then exits 1
         self.outputs = self._open_outputs()
         self.telemetry = TelemetryPolicy(cfg)
         self.scheduler = service_scheduler(cfg, self.outputs, reader=self.telemetry.altitude_reader,
                                            health=self.health)  # the autopilot outputs' (None: none)
+        if self.scheduler is not None:  # a failed message makes the run exit 1, like a lost record
+            self.scheduler.on_error = lambda out, e: self.output_failed_once(out.describe(), e)
         self.health_server = self._open_health_server()
         self._out_q: queue.Queue = queue.Queue(maxsize=256)
         self.last: Localization | None = None
@@ -104,11 +106,8 @@ class Service:
         return source
 
     def _open_outputs(self) -> list:
-        cfg = self.cfg
-        if cfg.jsonl and cfg.jsonl != "-":
-            Path(cfg.jsonl).parent.mkdir(parents=True, exist_ok=True)
         try:
-            return open_outputs(cfg)
+            return open_outputs(self.cfg)
         except OSError as e:
             raise ValueError(f"cannot open an output: {e}") from e
 
@@ -216,13 +215,19 @@ class Service:
                 sched.run_due()
             self.health.observe("output", (time.perf_counter() - t0) * 1000)
 
+    def output_failed_once(self, name: str, err: Exception) -> None:
+        """Count an output's failure; its first one is logged as an error and makes the run exit 1."""
+        self.health.count("output_errors")
+        if name not in self.output_failed:
+            self.output_failed[name] = str(err)
+            logger.error("output %s failed: %s", name, err)
+
     def _emit_frame(self, record: dict, fix) -> None:
         for out in self.frame_outputs:
             try:
                 out.emit(record, fix)
-            except Exception as e:  # an output failing must not stop positioning
-                self.health.count("output_errors")
-                logger.warning("output %s failed: %s", out.describe(), e)
+            except Exception as e:  # an output failing must not stop positioning; the exit status says it
+                self.output_failed_once(out.describe(), e)
         if fix is not None and self.scheduler is not None:
             self.scheduler.update(fix, fix.capture_time_unix, record.get("altitude_m"))
 
@@ -338,6 +343,9 @@ class Service:
             self._finish(out_t)
         if code == 0 and self.capture_failed:
             code = 1
+        if code == 0 and self.output_failed:
+            logger.error("records were lost: %s", "; ".join(f"{k}: {v}" for k, v in self.output_failed.items()))
+            code = 1
         if code == 0 and self.processed == 0 and not self._stop_requested:
             logger.error("the source %s gave no frame", self.cfg.source or "given")
             code = 1
@@ -388,13 +396,3 @@ class Service:
         self.engine.close()
         logger.info(self._status_line())
         logger.info("service stopped after %d frames", self.processed)
-
-
-def telemetry_fields(tel, layer_name: str | None) -> dict:
-    """The JSON line's fields about the frame's altitude, heading and layer."""
-    def rnd(v):
-        return None if v is None else round(float(v), 3)
-
-    return {"altitude_source": tel.altitude_source, "altitude_age_s": rnd(tel.altitude_age_s), "layer": layer_name,
-            "heading_deg": rnd(tel.heading_deg), "heading_source": tel.heading_source,
-            "heading_age_s": rnd(tel.heading_age_s)}

@@ -76,7 +76,7 @@ def test_one_hfov_rule_for_view_preview_and_export(naip_paths):
     ]
     messages = {_last_line(e.stderr).split("error: ", 1)[-1] for e in errors}
     assert all(e.returncode == 2 for e in errors)
-    assert messages == {"argument --hfov-deg: hfov_deg must be in (0, 150] degrees, got 179.0; give the camera's "
+    assert messages == {"argument --hfov-deg/--hfov: hfov_deg must be in (0, 150] degrees, got 179.0; give the camera's "
                         "horizontal field of view (undistort a fisheye to a pinhole first)"}
 
 

@@ -150,7 +150,8 @@ def _map_db(engine, raster, out, altitudes, stride_frac):
 
 
 def test_geotiff_replay_writes_results(engine, naip_paths, tmp_path):
-    from runtime.replay.geotiff import geotiff_table, replay_geotiff
+    from runtime.replay.geotiff import replay_geotiff
+    from runtime.replay.tables import geotiff_table
 
     db = _map_db(engine, naip_paths[2018], tmp_path / "tiledb", (200, 300), 1.0)
     out = tmp_path / "out"

@@ -3,8 +3,8 @@
     python -m tiles describe MAP.tif
     python -m tiles describe-db DB [--json]     (a tile database: size, layers, memory footprint;
                                                  measured by the runtime: python -m runtime check --db DB)
-    python -m tiles preview MAP.tif --altitude 150 --hfov 70 [--stride-frac 0.5] [--out grid.png]
-    python -m tiles view MAP.tif --lat 47.02 --lon -99.15 --altitude 150 --hfov 70 [--heading 30] [--out view.png]
+    python -m tiles preview MAP.tif --altitude-m 150 [--hfov-deg 60] [--stride-frac 0.5] [--out grid.png]
+    python -m tiles view MAP.tif --lat 47.02 --lon -99.15 --altitude-m 150 [--hfov-deg 60] [--heading-deg 30] [--out view.png]
 """
 
 from __future__ import annotations
@@ -13,27 +13,63 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from common import validate
+from common.cli import add_dataclass_options, with_defaults
+from common.options import DEFAULT_HFOV_DEG, option, shared
 from tiles.grid import footprint_m, grid_counts, tile_grid
 from tiles.mapcheck import coarse_map_warning
 from tiles.raster import RasterError, open_raster, square_corners
 from tiles.views import CameraPose, render_view
 
-# the project's one rule per number (common.validate), applied after parsing: dest -> (option, check)
-CHECKS = {
-    "altitude": ("--altitude-m", validate.altitude_m),
-    "hfov": ("--hfov-deg", validate.hfov_deg),
-    "heading": ("--heading-deg", validate.heading_deg),
-    "tilt": ("--tilt-deg", validate.tilt_deg),
-    "lat": ("--lat", lambda v: validate.finite("lat", v)),
-    "lon": ("--lon", lambda v: validate.finite("lon", v)),
-    "stride_frac": ("--stride-frac", lambda v: validate.fraction("stride_frac", v)),
-    "min_valid": ("--min-valid", lambda v: validate.fraction("min_valid", v, zero_ok=True)),
-}
+
+@dataclass
+class DescribeOptions:
+    raster: str | None = option(None, "the GeoTIFF", positional=True)
+    json: bool = shared("json")
+
+
+@dataclass
+class DescribeDbOptions:
+    db: str | None = option(None, "the tile database folder", positional=True)
+    json: bool = shared("json")
+
+
+@dataclass
+class PreviewOptions:
+    raster: str | None = option(None, "the GeoTIFF", positional=True)
+    altitude_m: float | None = shared("altitude_m", required=True)
+    hfov_deg: float | None = shared("hfov_deg")
+    stride_frac: float = shared("stride_frac")
+    min_valid: float = option(0.9, "share of a tile's pixels that must hold data for the tile to be kept",
+                              check=validate.fraction_rule(zero_ok=True))
+    max_side: int = option(1400, "preview size in pixels", check=validate.int_rule(64, 20000))
+    out: str | None = option(None, "PNG to write (default: <map>_grid_<altitude>m.png)")
+
+
+@dataclass
+class ViewOptions:
+    raster: str | None = option(None, "the GeoTIFF", positional=True)
+    lat: float | None = option(None, "WGS84 latitude of the camera", required=True, check=validate.range_rule(
+        None, None))
+    lon: float | None = option(None, "WGS84 longitude of the camera", required=True, check=validate.range_rule(
+        None, None))
+    altitude_m: float | None = shared("altitude_m", required=True)
+    hfov_deg: float | None = shared("hfov_deg")
+    heading_deg: float | None = shared("heading_deg")
+    tilt_deg: float = shared("tilt_deg")
+    size: int = shared("size")
+    out: str | None = option(None, "PNG to write (default: view.png)")
+
+
+COMMANDS = {"describe": (DescribeOptions, "CRS, resolution, size on the ground, valid fraction"),
+            "describe-db": (DescribeDbOptions, "a tile database: rows, layers, indexes, memory footprint"),
+            "preview": (PreviewOptions, "draw the tile grid for an altitude over the map (PNG)"),
+            "view": (ViewOptions, "render the drone camera view at a position (PNG)")}
 
 
 def _describe(args) -> int:
@@ -57,10 +93,10 @@ def _describe(args) -> int:
 def _preview(args) -> int:
     import cv2
 
-    fp = footprint_m(args.altitude, args.hfov)
+    fp = footprint_m(args.altitude_m, args.hfov_deg)
     stride = fp * args.stride_frac
     with open_raster(args.raster) as r:
-        if warning := coarse_map_warning(r, fp, args.altitude):
+        if warning := coarse_map_warning(r, fp, args.altitude_m):
             logging.getLogger("tiles").warning("%s", warning)
         tiles = tile_grid(r, fp, stride, args.min_valid, progress=True)
         ncols, nrows = grid_counts(*r.extent_m, fp, stride)
@@ -78,12 +114,12 @@ def _preview(args) -> int:
                 qc, qr = r.metric_to_pixel(c[:, 0], c[:, 1])
                 pts = np.round(np.stack([qc / factor, qr / fy], 1)).astype(np.int32)
                 cv2.polylines(img, [pts], True, (255, 160, 0), 1, cv2.LINE_AA)
-        label = (f"{args.altitude:g} m, hfov {args.hfov:g} deg: tile {fp:.0f} m, stride {stride:.0f} m, "
+        label = (f"{args.altitude_m:g} m, hfov {args.hfov_deg:g} deg: tile {fp:.0f} m, stride {stride:.0f} m, "
                  f"{len(tiles)} tiles ({ncols}x{nrows} grid, {ncols * nrows - len(tiles)} skipped); "
                  "dots: tile centres, squares: every tile footprint without overlap")
         cv2.rectangle(img, (0, 0), (img.shape[1], 22), (0, 0, 0), -1)
         cv2.putText(img, label, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    out = Path(args.out or f"{Path(args.raster).stem}_grid_{args.altitude:g}m.png")
+    out = Path(args.out or f"{Path(args.raster).stem}_grid_{args.altitude_m:g}m.png")
     _write_png(out, img)
     print(label)
     print(f"preview written to {out}")
@@ -110,11 +146,11 @@ def _view(args) -> int:
     lat, lon = validate.lat_lon(args.lat, args.lon)
     with open_raster(args.raster) as r:
         x, y = _inside(r, lat, lon)
-        pose = CameraPose(x, y, args.altitude, args.heading, args.tilt, args.hfov)
+        pose = CameraPose(x, y, args.altitude_m, args.heading_deg, args.tilt_deg, args.hfov_deg)
         v = render_view(r, pose, (args.size, args.size))
     out = Path(args.out or "view.png")
     _write_png(out, v.image[:, :, ::-1])
-    print(f"view at lat {args.lat}, lon {args.lon} ({x:.1f}, {y:.1f} m), {args.altitude:g} m: "
+    print(f"view at lat {args.lat}, lon {args.lon} ({x:.1f}, {y:.1f} m), {args.altitude_m:g} m: "
           f"{100 * v.valid_fraction:.0f}% on the map; written to {out}")
     return 0
 
@@ -161,37 +197,23 @@ def _write_png(path: Path, bgr: np.ndarray) -> None:
         raise ValueError(f"cannot write {path}: {e.strerror}; choose another --out") from e
 
 
-def main(argv=None) -> int:
-    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL chatter; its errors are explained as ours
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tiles", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("describe", help="CRS, resolution, size on the ground, valid fraction")
-    d.add_argument("raster")
-    d.add_argument("--json", action="store_true")
-    dd = sub.add_parser("describe-db", help="a tile database: rows, layers, indexes, memory footprint")
-    dd.add_argument("db")
-    dd.add_argument("--json", action="store_true")
-    p = sub.add_parser("preview", help="draw the tile grid for an altitude over the map (PNG)")
-    p.add_argument("raster")
-    p.add_argument("--altitude-m", "--altitude", dest="altitude", type=float, required=True, help="flight height above ground, metres")
-    p.add_argument("--hfov-deg", "--hfov", dest="hfov", type=float, required=True, help="camera horizontal field of view, degrees")
-    p.add_argument("--stride-frac", type=float, default=0.5, help="tile stride as a fraction of the footprint")
-    p.add_argument("--min-valid", type=float, default=0.9)
-    p.add_argument("--max-side", type=int, default=1400, help="preview size in pixels")
-    p.add_argument("--out")
-    v = sub.add_parser("view", help="render the drone camera view at a position (PNG)")
-    v.add_argument("raster")
-    v.add_argument("--lat", type=float, required=True)
-    v.add_argument("--lon", type=float, required=True)
-    v.add_argument("--altitude-m", "--altitude", dest="altitude", type=float, required=True)
-    v.add_argument("--hfov-deg", "--hfov", dest="hfov", type=float, default=70.0)
-    v.add_argument("--heading-deg", "--heading", dest="heading", type=float, default=0.0)
-    v.add_argument("--tilt-deg", "--tilt", dest="tilt", type=float, default=0.0)
-    v.add_argument("--size", type=int, default=512)
-    v.add_argument("--out")
-    args = ap.parse_args(argv)
-    validate.check_args(ap, args, CHECKS)
+    for name, (options, helptext) in COMMANDS.items():
+        add_dataclass_options(sub.add_parser(name, help=helptext), options)
+    return ap
+
+
+def main(argv=None) -> int:
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL chatter; its errors are explained as ours
+    args = build_parser().parse_args(argv)
+    with_defaults(args, COMMANDS[args.cmd][0])
+    if getattr(args, "hfov_deg", "absent") is None:
+        args.hfov_deg = DEFAULT_HFOV_DEG
+    if getattr(args, "heading_deg", "absent") is None:
+        args.heading_deg = 0.0  # a rendered view faces north unless told
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"describe": _describe, "describe-db": _describe_db, "preview": _preview, "view": _view}[args.cmd](args)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -39,9 +40,12 @@ from tiles.dbcheck import (  # noqa: F401 (re-exported: the errors are part of t
     NoLayerError,
     check_finite,
     check_layer_altitude,
+    imagery_note,
     verify_files,
 )
 from tiles.io import default_mode
+
+_log = logging.getLogger(__name__)
 
 FORMAT = "geoloc-tiledb"
 FORMAT_VERSION = 1
@@ -276,6 +280,8 @@ class TileDatabase:
                 "rebuild the database with this version of `python -m export`"
             )
         verify_files(path, manifest, hashes=verify)
+        if note := imagery_note(path, manifest):
+            _log.log(*note)
         mode = "r" if mmap else None
         try:
             emb = np.load(path / EMBEDDINGS, mmap_mode=mode, allow_pickle=False)

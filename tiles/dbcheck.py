@@ -28,16 +28,33 @@ class DatabaseMismatchError(DatabaseError):
     """A readable database built for another model or preprocessing than the engine in use."""
 
 
+def listed_files(manifest: dict) -> dict[str, dict]:
+    """Every file a database manifest lists, by path inside the database: the arrays and indexes
+    (``files``) and the map imagery's (``imagery.files``, under its folder)."""
+    files = dict(manifest.get("files", {}))
+    imagery = manifest.get("imagery") or {}
+    for name, info in (imagery.get("files") or {}).items():
+        files[f"{imagery.get('dir', 'imagery')}/{name}"] = info
+    return files
+
+
+def unverifiable_imagery(manifest: dict) -> bool:
+    """True for imagery recorded without its files' hashes (a database built before they were recorded)."""
+    imagery = manifest.get("imagery")
+    return bool(imagery) and not imagery.get("files")
+
+
 def verify_files(path: Path, manifest: dict, *, hashes: bool = True) -> None:
-    """Every file the manifest lists exists with its size and (``hashes``) its sha256.
+    """Every file the manifest lists (:func:`listed_files`: arrays, indexes, map imagery) exists with its
+    size and (``hashes``) its sha256.
 
     Hashing reads each file once: about 0.2 s per 100 MB measured on a shared 2-core machine (sha256
     runs at 0.6 GB/s in memory there); a database already verified may be reopened with
     ``TileDatabase.open(path, verify=False)``, which checks sizes only."""
-    for name, info in manifest.get("files", {}).items():
+    for name, info in listed_files(manifest).items():
         fpath = path / name
         if not fpath.is_file():
-            raise DatabaseError(f"{path}: {name} is missing; rebuild the database")
+            raise DatabaseError(f"{path}: {name} is missing; copy the database again or rebuild it")
         size = fpath.stat().st_size
         if size != info["bytes"]:
             raise DatabaseError(
@@ -49,6 +66,24 @@ def verify_files(path: Path, manifest: dict, *, hashes: bool = True) -> None:
                 f"{fpath}: sha256 differs from the manifest: the file is corrupted (a bad copy or a failing "
                 "disk); copy the database again or rebuild it"
             )
+
+
+def imagery_note(path: Path, manifest: dict) -> tuple[int, str] | None:
+    """(log level, message) when a database's imagery cannot be trusted or is missing by accident, or None:
+    imagery without hashes cannot be checked for changes, and a build stopped before its imagery step leaves
+    a database without registration (fixes from retrieval alone, several times less precise)."""
+    import logging
+
+    fix = f"`python -m export.map_imagery {path} MAP.tif`"
+    if unverifiable_imagery(manifest):
+        return logging.WARNING, (f"{path}: its map imagery carries no hashes (built before they were recorded), so a "
+                                 f"change to it cannot be detected; rewrite it with {fix}")
+    extra = manifest.get("extra", {})
+    if manifest.get("imagery") or not extra.get("imagery_px"):
+        return None  # the Localizer says when a database has none (built --no-imagery, or before imagery existed)
+    return logging.WARNING, (f"{path}: its map imagery was never written (the build stopped before that step): "
+                             "registration to the map is off and fixes come from retrieval alone (several times "
+                             "less precise); re-run the same `python -m export` command to complete it")
 
 
 def check_finite(embeddings: np.ndarray, path: Path | str = "embeddings", chunk_rows: int = 1 << 16) -> None:

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import UserError
+from tiles.io import file_sha256
+
 FORMAT = "geoloc-map-imagery"
 FORMAT_VERSION = 1
 IMAGERY_DIR = "imagery"
@@ -36,8 +39,8 @@ RGB, VALID, BLOCKS = "rgb.npy", "valid.npy", "blocks.sqlite"
 KINDS = ("array", "blocks")
 
 
-class ImageryError(ValueError):
-    """Map imagery that cannot be read; the message names the file and the fix."""
+class ImageryError(UserError, ValueError):
+    """Map imagery that cannot be read or was changed since the build; the message names the file and the fix."""
 
 
 @dataclass
@@ -82,7 +85,9 @@ class MapImagery:
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> MapImagery:
+    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> MapImagery:
+        """Open the imagery folder ``path``: every file it lists must have its size and (``verify``, where
+        ``imagery.json`` records it) its sha256, so imagery changed after the build is refused, never used."""
         path = Path(path)
         mpath = path / META
         if not mpath.is_file():
@@ -100,7 +105,12 @@ class MapImagery:
         for name, info in meta.get("files", {}).items():
             f = path / name
             if not f.is_file() or f.stat().st_size != info["bytes"]:
-                raise ImageryError(f"{f} is missing or truncated (manifest: {info['bytes']} bytes); rebuild")
+                raise ImageryError(f"{f} is missing or truncated (manifest: {info['bytes']} bytes); copy the "
+                                   "database again or rebuild its imagery with `python -m export.map_imagery DB MAP.tif`")
+            if verify and info.get("sha256") and file_sha256(f) != info["sha256"]:
+                raise ImageryError(f"{f}: sha256 differs from {META}: the map imagery was changed after the build "
+                                   "(a bad copy, a failing disk, an edit); copy the database again or rebuild its "
+                                   "imagery with `python -m export.map_imagery DB MAP.tif`")
         return cls(path, meta)
 
     @property
@@ -181,12 +191,25 @@ class MapImagery:
 
 
 def open_database_imagery(db_or_path) -> MapImagery | None:
-    """The imagery of a tile database (a ``TileDatabase`` or its folder), or None when it has none."""
+    """The imagery of a tile database (a ``TileDatabase`` or its folder), or None when it has none.
+
+    An opened ``TileDatabase`` verified the imagery's files with its own (their hashes are in its
+    manifest; ``verify=False`` there checks sizes only), so they are not hashed twice; a folder is
+    verified here."""
     path = Path(getattr(db_or_path, "path", db_or_path))
     manifest = getattr(db_or_path, "manifest", None)
+    opened = manifest is not None
     if manifest is None and (path / "manifest.json").is_file():
         manifest = json.loads((path / "manifest.json").read_text())
     info = (manifest or {}).get("imagery")
     if not info:
         return None
-    return MapImagery.open(path / info.get("dir", IMAGERY_DIR))
+    folder = path / info.get("dir", IMAGERY_DIR)
+    if not opened:
+        from tiles.dbcheck import DatabaseError, verify_files
+
+        try:
+            verify_files(path, {"imagery": info})
+        except DatabaseError as e:
+            raise ImageryError(str(e)) from e
+    return MapImagery.open(folder, verify=not (opened or info.get("files")))

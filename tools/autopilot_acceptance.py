@@ -3,9 +3,9 @@
 For every ``autopilot_<alt>m`` folder under the given replay folders: ``px4-gps/check.py`` replays
 ``gnss_ubx.cap`` and ``gnss_nmea.cap`` (``--in-air``, PX4's default EKF2 parameters) and
 ``ardupilot-gps/check.py`` replays ``mavlink.tlog`` (ArduPilot's defaults) and ``mavlink_odometry.tlog``
-(``--viso-type 1``). One row per flight, and every checker summary in ``--json``::
+(``--viso-type 1``). One row per flight, and every checker summary in ``--out``::
 
-    python -m tools.autopilot_acceptance REPLAY_OUT [REPLAY_OUT ...] [--shared ../shared] [--json out.json]
+    python -m tools.autopilot_acceptance REPLAY_OUT [REPLAY_OUT ...] [--shared ../shared] [--out accept.json]
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import json
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from common.cli import add_dataclass_options, parse_options
+from common.options import option
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,13 +63,23 @@ def check_ardupilot(shared: Path, tlog: Path, *extra) -> dict:
                                              for r in s["rules"]}}
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    replays: list[str] = option([], "--out folders of replays run with --record-autopilot", positional=True,
+                                nargs="+")
+    shared: str | None = option(None, "the folder holding px4-gps/ and ardupilot-gps/ (default: ../shared beside "
+                                      "the checkout, or one level up)")
+    out: str | None = option(None, "results JSON: every checker's summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("replays", nargs="+", help="--out folders of replays run with --record-autopilot")
-    ap.add_argument("--shared", default=None, help="the folder holding px4-gps/ and ardupilot-gps/ (default: "
-                                                   "../shared beside the checkout, or one level up)")
-    ap.add_argument("--json", default=None, help="write every result here")
-    a = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = parse_options(build_parser(), argv, Options)
     shared = Path(a.shared) if a.shared else next(
         (p for p in (REPO.parent / "shared", REPO.parent.parent / "shared") if (p / "px4-gps").is_dir()), None)
     if shared is None or not (shared / "px4-gps" / "check.py").is_file():
@@ -89,8 +103,8 @@ def main(argv=None) -> int:
         print(f"{name:<34} | {use(ubx):>13} {ubx['rate_hz']:>5.2f} {ubx['reconfigures_before_end']:>6} | "
               f"{use(nmea):>10} {nmea['rate_hz']:>5.2f} | {gps['status']:>9} {odo['status']:>7} | "
               f"{', '.join(failing)}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

@@ -20,9 +20,14 @@ import logging
 import platform
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import option, shared
 
 CONDITIONS = {
     "nadir, flat (reference)": {},
@@ -80,7 +85,7 @@ def run(args) -> dict:
            "flight": FLIGHT, "wrong_m": args.wrong_m, "machine": f"{platform.machine()}, {platform.python_version()}",
            "date": time.strftime("%Y-%m-%d"), "conditions": {}}
     for name, spec in CONDITIONS.items():
-        if args.only and not re.search(args.only, name):
+        if args.conditions and not re.search(args.conditions, name):
             continue
         flights, rows, t0 = [], [], time.perf_counter()
         for path in args.flights:
@@ -122,20 +127,31 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class Options:
+    bundle: str | None = shared("bundle", required=True)
+    db: str | None = shared("db", required=True)
+    map: str | None = shared("map", required=True)
+    flights: list[str] = option([], "held-out rasters (year in the name)", required=True)
+    altitudes_m: list[float] | None = shared("altitudes_m")
+    wrong_m: float = option(25.0, "a trusted fix farther than this from the truth is wrong, metres",
+                            check=validate.range_rule(0.0, None, lo_open=True))
+    conditions: str | None = option(None, "regular expression: run the matching conditions only")
+    out: str | None = option(None, "results JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_camera", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
 def main(argv=None) -> int:
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_camera", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--db", type=Path, required=True)
-    ap.add_argument("--map", type=Path, required=True)
-    ap.add_argument("--flights", type=Path, nargs="+", required=True, help="held-out rasters (year in the name)")
-    ap.add_argument("--altitudes-m", dest="altitudes", type=float, nargs="+", default=None)
-    ap.add_argument("--wrong-m", type=float, default=25.0)
-    ap.add_argument("--only", default=None, help="regular expression: run the matching conditions only")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args(argv)
+    args = parse_options(build_parser(), argv, Options)
+    args.altitudes = args.altitudes_m
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     res = run(args)

@@ -19,12 +19,16 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common import validate  # noqa: E402 (after the path above)
+from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.options import DEFAULT_HFOV_DEG, option, shared  # noqa: E402 (after the path above)
 
 
 def naip(year: int) -> Path:
@@ -42,14 +46,27 @@ def timed(fn, runs: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def main() -> int:
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --runs 30, --calib-n 64."""
+
+    out: str = option(str(REPO / "runs" / "bench_export"), "folder for results.json and the exported bundles")
+    runs: int | None = shared("runs")
+    calib_n: int | None = shared("calib_n")
+    db_altitudes: list[float] = option([250.0, 300.0], "altitudes of the timed tile-database build, metres",
+                                       check=validate.altitude_m)
+    hfov_deg: float | None = shared("hfov_deg")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_export")
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--calib-n", type=int, default=64)
-    ap.add_argument("--db-altitudes", type=float, nargs="+", default=[250, 300])
-    ap.add_argument("--hfov", type=float, default=60.0)
-    args = ap.parse_args()
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options, runs=30, calib_n=64, hfov_deg=DEFAULT_HFOV_DEG)
+    args.out = Path(args.out)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import onnxruntime as ort
@@ -139,7 +156,7 @@ def main() -> int:
     # ---- tile database build speed --------------------------------------------------------------------
     t = time.perf_counter()
     db = build_tile_database(b, [naip(2018)], args.out / "tiledb", altitudes_m=args.db_altitudes,
-                             hfov_deg=args.hfov, overwrite=True, work_dir=args.out / "work", progress=False)
+                             hfov_deg=args.hfov_deg, overwrite=True, work_dir=args.out / "work", progress=False)
     dt = time.perf_counter() - t
     n = json.loads((db / "manifest.json").read_text())["count"]
     results["tiledb"] = {"tiles": n, "seconds": dt, "tiles_per_s": n / dt, "altitudes_m": args.db_altitudes,

@@ -24,7 +24,12 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import option, shared
 
 SETTINGS = {
     "default": {},
@@ -33,6 +38,7 @@ SETTINGS = {
     "no registration": {"registration": False, "verify_lock": False},
     "default, --no-pipeline": {"pipeline": False},
 }
+
 
 
 def engine_alone(bundle, frames, threads: int | None) -> float:
@@ -99,32 +105,44 @@ def render(flight_raster, altitude_m: float, fps: float, seconds: float):
     return frames, float(frames[0][2].get("heading_deg", 0.0))
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --altitude-m 200."""
+
+    bundle: str | None = shared("bundle", required=True)
+    db: str | None = shared("db", required=True)
+    flight_raster: str | None = shared("flight_raster", required=True)
+    altitude_m: float | None = shared("altitude_m")
+    camera_fps: float = option(30.0, "the camera's frame rate", check=validate.range_rule(1.0, 240.0))
+    seconds: float = option(20.0, "flight duration", check=validate.range_rule(1.0, 3600.0))
+    threads: int | None = shared("threads")
+    settings: list[str] = option(list(SETTINGS), "which chain settings to run", choices=list(SETTINGS))
+    out: str | None = option(None, "results JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--flight-raster", required=True)
-    ap.add_argument("--altitude-m", type=float, default=200.0)
-    ap.add_argument("--fps", type=float, default=30.0, help="the camera's frame rate")
-    ap.add_argument("--seconds", type=float, default=20.0, help="flight duration")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the service's)")
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options, altitude_m=200.0)
+    args.out = args.out and Path(args.out)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    frames, heading = render(args.flight_raster, args.altitude_m, args.fps, args.seconds)
+    frames, heading = render(args.flight_raster, args.altitude_m, args.camera_fps, args.seconds)
     # a fixed heading for the run: the flight turns, but the service is given the first frame's (the
     # throughput does not depend on it; the fixes' quality is measured by the replays)
-    res = {"fps_camera": args.fps, "frames": len(frames), "threads": args.threads,
+    res = {"fps_camera": args.camera_fps, "frames": len(frames), "threads": args.threads,
            "engine_alone_ms": round(engine_alone(args.bundle, [f[1] for f in frames], args.threads), 3),
            "settings": {}}
     print(f"engine alone: {res['engine_alone_ms']:.2f} ms a frame ({1e3 / res['engine_alone_ms']:.0f} fps)")
     for name in args.settings:
         row = {}
         for mode in ("throughput", "live"):
-            r = service_run(args.bundle, args.db, frames, args.altitude_m, heading, args.fps, mode == "live",
+            r = service_run(args.bundle, args.db, frames, args.altitude_m, heading, args.camera_fps, mode == "live",
                             args.threads, **SETTINGS[name])
             row[mode] = r
         inf = row["throughput"]["median_ms"].get("inference")
@@ -132,7 +150,7 @@ def main(argv=None) -> int:
         res["settings"][name] = row
         t, live = row["throughput"], row["live"]
         print(f"{name:>45}: {t['fps']:6.1f} fps, inference {inf} ms ({row['inference_ratio']}x alone); live at "
-              f"{args.fps:g} fps: latency p50 {live['latency_ms']['p50']} ms p95 {live['latency_ms']['p95']} ms, "
+              f"{args.camera_fps:g} fps: latency p50 {live['latency_ms']['p50']} ms p95 {live['latency_ms']['p95']} ms, "
               f"{live['frames_dropped']} of {len(frames)} dropped")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,15 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.options import option, shared  # noqa: E402 (after the path above)
 
 ALTITUDES = (150, 200, 250, 300)
 
@@ -82,15 +85,27 @@ def latency(bundles: dict, runs: int, threads: int) -> dict:
                    "engine": f"{engines[prec].name} ({prec})"} for prec, v in times.items()}
 
 
-def main() -> int:
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --calib-n 96, --runs 40, --threads 2."""
+
+    ckpt: str | None = option(None, "the trained checkpoint", positional=True)
+    out: str = option(str(REPO / "runs" / "bench_gate"), "folder for results.json and the exported models")
+    eval_n: int = shared("eval_n")
+    calib_n: int | None = shared("calib_n")
+    runs: int | None = shared("runs")
+    threads: int | None = shared("threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ckpt", type=Path)
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_gate")
-    ap.add_argument("--eval-n", type=int, default=256, help="queries per altitude")
-    ap.add_argument("--calib-n", type=int, default=96)
-    ap.add_argument("--runs", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options, calib_n=96, runs=40, threads=2)
+    args.ckpt, args.out = Path(args.ckpt), Path(args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import onnxruntime as ort
 

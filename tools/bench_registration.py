@@ -19,31 +19,48 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import validate  # noqa: E402 (after the path above)
+from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.options import DEFAULT_ALTITUDES_M, DEFAULT_HFOV_DEG, option, shared  # noqa: E402 (after the path above)
+
+
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --frame-px 320, --n 30, --threads 2, --photometric 0."""
+
+    query: str | None = shared("query", required=True)
+    map: str | None = shared("map", required=True)
+    map_gsd: float | None = option(None, "map imagery resolution, m/px (default: the raster's)",
+                                   check=validate.positive_rule("m/px"))
+    altitudes_m: list[float] | None = shared("altitudes_m")
+    hfov_deg: float | None = shared("hfov_deg")
+    frame_px: int | None = shared("frame_px")
+    n: int | None = shared("n")
+    offset_frac: float = option(0.25, "offset of the right candidate from the truth, fraction of the footprint",
+                                check=validate.range_rule(0.0, 1.0))
+    compass: bool = shared("compass")
+    compass_sigma: float = shared("compass_sigma")
+    photometric: float | None = shared("photometric")
+    set: list[str] = shared("set")
+    threads: int | None = shared("threads")
+    seed: int = shared("seed")
+    out: str | None = option(None, "results JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, Options)
+    return ap
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--query", type=Path, required=True, help="raster the frames are rendered from")
-    ap.add_argument("--map", type=Path, required=True, help="raster of the map imagery")
-    ap.add_argument("--map-gsd", type=float, help="map imagery resolution, m/px (default: the raster's)")
-    ap.add_argument("--altitudes", type=float, nargs="+", default=[150, 200, 250, 300])
-    ap.add_argument("--hfov", type=float, default=60.0)
-    ap.add_argument("--frame-px", type=int, default=320)
-    ap.add_argument("--n", type=int, default=30, help="frames per altitude")
-    ap.add_argument("--offset-frac", type=float, default=0.25)
-    ap.add_argument("--no-compass", action="store_true")
-    ap.add_argument("--compass-sigma", type=float, default=3.0, help="compass noise, degrees")
-    ap.add_argument("--photometric", type=float, default=0.0, help="appearance change of the frames")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="RegistrationConfig fields")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path)
-    return ap.parse_args(argv)
+    return parse_options(build_parser(), argv, Options, altitudes_m=list(DEFAULT_ALTITUDES_M), hfov_deg=DEFAULT_HFOV_DEG, frame_px=320, n=30, threads=2, photometric=0.0)
 
 
 def _cfg(pairs):
@@ -96,19 +113,19 @@ def main(argv=None) -> int:
     reg = Registrar(imagery, _cfg(args.set))
     xmin, ymin, xmax, ymax = m.bounds_m
     rows, table = [], {}
-    for alt in args.altitudes:
-        fp = footprint_m(alt, args.hfov)
+    for alt in args.altitudes_m:
+        fp = footprint_m(alt, args.hfov_deg)
         margin = fp * (reg.cfg.window_footprints / 2 + 0.5)
         alt_rows = []
         for _ in range(args.n):
             while True:  # frames over map holes (nodata) are not frames a drone would see
                 x, y = rng.uniform(xmin + margin, xmax - margin), rng.uniform(ymin + margin, ymax - margin)
                 heading = float(rng.uniform(0, 360))
-                view = render_view(q, CameraPose(x, y, alt, heading, 0.0, args.hfov),
+                view = render_view(q, CameraPose(x, y, alt, heading, 0.0, args.hfov_deg),
                                    (args.frame_px, args.frame_px), photometric=args.photometric or None, rng=rng)
                 if view.valid_fraction > 0.98:
                     break
-            compass = None if args.no_compass else heading + float(rng.normal(0, args.compass_sigma))
+            compass = None if (not args.compass) else heading + float(rng.normal(0, args.compass_sigma))
             right = (x + rng.uniform(-1, 1) * args.offset_frac * fp, y + rng.uniform(-1, 1) * args.offset_frac * fp)
             while True:
                 wrong = (rng.uniform(xmin + margin, xmax - margin), rng.uniform(ymin + margin, ymax - margin))
@@ -117,7 +134,7 @@ def main(argv=None) -> int:
             row = {"alt": alt, "x": x, "y": y, "heading": heading, "map_gsd": imagery.gsd_m}
             for name, cand in (("right", right), ("wrong", wrong)):
                 t0, c0 = time.perf_counter(), time.process_time()
-                r = reg.register(view.image, alt, args.hfov, cand, compass)
+                r = reg.register(view.image, alt, args.hfov_deg, cand, compass)
                 ms, cpu_ms = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
                 herr = abs((r.heading_deg - heading + 180) % 360 - 180) if r.ok else None
                 row[name] = {"ok": r.ok, "err_m": math.hypot(r.x - x, r.y - y) if r.ok else None,

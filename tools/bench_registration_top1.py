@@ -16,11 +16,35 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.options import DEFAULT_HFOV_DEG, option, shared  # noqa: E402 (after the path above)
+
+
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --altitudes-m 200 300, --n 60."""
+
+    bundle: str | None = shared("bundle", required=True)
+    db: str | None = shared("db", required=True)
+    query: str | None = shared("query", required=True)
+    altitudes_m: list[float] | None = shared("altitudes_m")
+    n: int | None = shared("n")
+    hfov_deg: float | None = shared("hfov_deg")
+    compass_sigma: float = shared("compass_sigma")
+    seed: int = shared("seed")
+    out: str | None = option(None, "results JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, Options)
+    return ap
 
 
 def main(argv=None) -> int:
@@ -34,17 +58,7 @@ def main(argv=None) -> int:
     from tiles.raster import open_raster
     from tiles.views import CameraPose, render_view
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--db", type=Path, required=True)
-    ap.add_argument("--query", type=Path, required=True)
-    ap.add_argument("--altitudes", type=float, nargs="+", default=[200, 300])
-    ap.add_argument("--n", type=int, default=60)
-    ap.add_argument("--hfov", type=float, default=60.0)
-    ap.add_argument("--compass-sigma", type=float, default=3.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    args = parse_options(build_parser(), argv, Options, altitudes_m=[200.0, 300.0], n=60, hfov_deg=DEFAULT_HFOV_DEG)
     cv2.setNumThreads(2)
     rng = np.random.default_rng(args.seed)
     db = TileDatabase.open(args.db)
@@ -55,8 +69,8 @@ def main(argv=None) -> int:
     q = open_raster(args.query)
     xmin, ymin, xmax, ymax = reg.imagery.bounds_m
     table = {}
-    for alt in args.altitudes:
-        fp = footprint_m(alt, args.hfov)
+    for alt in args.altitudes_m:
+        fp = footprint_m(alt, args.hfov_deg)
         sl = db.layer_slice(db.layer_for_altitude(alt))
         emb, ent = np.asarray(db.embeddings[sl], np.float32), db.entries[sl]
         counts = {"right": 0, "right_ok": 0, "wrong": 0, "wrong_ok": 0}
@@ -64,12 +78,12 @@ def main(argv=None) -> int:
         for _ in range(args.n):
             x, y = rng.uniform(xmin + fp, xmax - fp), rng.uniform(ymin + fp, ymax - fp)
             h = float(rng.uniform(0, 360))
-            frame = render_view(q, CameraPose(x, y, alt, h, 0.0, args.hfov), (320, 320)).image
+            frame = render_view(q, CameraPose(x, y, alt, h, 0.0, args.hfov_deg), (320, 320)).image
             compass = h + float(rng.normal(0, args.compass_sigma))
             top = int(np.argmax(emb @ engine.embed([north_up(frame, compass)])[0]))
             tx, ty = float(ent["x"][top]), float(ent["y"][top])
             kind = "right" if max(abs(tx - x), abs(ty - y)) <= fp / 2 else "wrong"
-            r = reg.register(frame, alt, args.hfov, (tx, ty), compass)
+            r = reg.register(frame, alt, args.hfov_deg, (tx, ty), compass)
             counts[kind] += 1
             counts[kind + "_ok"] += int(r.ok)
             if r.ok:

@@ -23,12 +23,16 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common import validate  # noqa: E402 (after the path above)
+from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.options import option, shared  # noqa: E402 (after the path above)
 
 
 def bench_engine(engine, n: int) -> dict:
@@ -98,21 +102,33 @@ def bench_search(sizes, dim, queries, chunk_rows) -> list[dict]:
     return out
 
 
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --model tf_efficientnet_lite0, --frames 200, --frame-px 480."""
+
+    work: str | None = shared("work")
+    model_name: str | None = shared("model_name")
+    input_px: int = option(224, "model input side in pixels", check=validate.int_rule(16, 4096))
+    frames: int | None = shared("frames")
+    frame_px: int | None = shared("frame_px")
+    engine_runs: int = option(200, "batch-1 engine calls timed", check=validate.int_rule(1))
+    search_sizes: list[int] = option([10_000, 100_000, 1_000_000], "rows of the searched databases",
+                                     check=validate.int_rule(1))
+    search_queries: int = option(20, "queries timed per database", check=validate.int_rule(1))
+    chunk_rows: int = option(65536, "rows per chunk of the float16 search path", check=validate.int_rule(1))
+    skip_search: bool = option(False, "skip the search latency")
+    skip_service: bool = option(False, "search latency only")
+    out: str | None = option(None, "write the results JSON here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="runs/bench_runtime", help="folder for the bundle, database and video")
-    p.add_argument("--model", default="tf_efficientnet_lite0")
-    p.add_argument("--input-px", type=int, default=224)
-    p.add_argument("--frames", type=int, default=200)
-    p.add_argument("--frame-px", type=int, default=480)
-    p.add_argument("--engine-runs", type=int, default=200)
-    p.add_argument("--search-sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--search-queries", type=int, default=20)
-    p.add_argument("--chunk-rows", type=int, default=65536)
-    p.add_argument("--skip-search", action="store_true")
-    p.add_argument("--skip-service", action="store_true", help="search latency only")
-    p.add_argument("--out", help="write the results JSON here")
-    args = p.parse_args(argv)
+    args = parse_options(build_parser(), argv, Options, work="runs/bench_runtime", model_name="tf_efficientnet_lite0", frames=200, frame_px=480)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from runtime.engines.engine import load_engine
@@ -120,12 +136,12 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    bundle = work / f"bundle_{args.model}_{args.input_px}"
+    bundle = work / f"bundle_{args.model_name}_{args.input_px}"
     if not (bundle / "manifest.json").exists():
-        make_bundle(bundle, model_name=args.model, input_px=args.input_px)
+        make_bundle(bundle, model_name=args.model_name, input_px=args.input_px)
     engine = load_engine(bundle)  # the engine-alone reference runs with ONNX Runtime's default (spinning)
     raster = naip_files()[2020]
-    db = work / f"db_{args.model}_{args.input_px}"
+    db = work / f"db_{args.model_name}_{args.input_px}"
     if not (db / "manifest.json").exists():
         make_tile_db(engine, db, raster, tile_px=64, stride_px=32, altitudes_m=(150.0,))
     video = work / f"flight_{args.frames}_{args.frame_px}.avi"
@@ -134,7 +150,7 @@ def main(argv=None) -> int:
 
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "python": platform.python_version(), "cpus": __import__("os").cpu_count()},
-              "model": args.model, "input_px": args.input_px, "frame_px": args.frame_px}
+              "model": args.model_name, "input_px": args.input_px, "frame_px": args.frame_px}
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__

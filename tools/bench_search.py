@@ -30,9 +30,14 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import option, shared
 
 REPO = Path(__file__).resolve().parents[1]
 FOOTPRINT_M = 2 * 150.0 * math.tan(math.radians(30.0))  # 150 m, hfov 60 deg
@@ -205,17 +210,30 @@ def measure(path, n_queries: int = 200, n_exact: int = 10, seed: int = 1, nprobe
     return res
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    work: str | None = shared("work")
+    sizes: list[int] = option([10_000, 100_000, 1_000_000], "rows of the synthetic databases",
+                              check=validate.int_rule(1))
+    dim: int = option(256, "descriptor size", check=validate.int_rule(1))
+    queries: int = option(200, "queries timed per database", check=validate.int_rule(1))
+    nprobe: list[int] | None = option(None, "ANN nprobe settings to measure (default: the index's own)",
+                                      check=validate.int_rule(1))
+    rerank: int | None = option(None, "ANN re-rank depth (default: the index's own)", check=validate.int_rule(1))
+    measure: str | None = option(None, "child mode: measure one database (internal)", hidden=True)
+    out: str | None = option(None, "results JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("runs/bench_search"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[None], help="search settings to measure")
-    ap.add_argument("--rerank", type=int, default=None)
-    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # child mode: measure one database
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options, work="runs/bench_search", nprobe=[None])
+    args.work, args.out = Path(args.work), args.out and Path(args.out)
+    args.measure = args.measure and Path(args.measure)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before FAISS loads: on 2 shared cores threads only contend
     if args.measure:
         print(json.dumps([measure(args.measure, args.queries, nprobe=p, rerank=args.rerank) for p in args.nprobe]))

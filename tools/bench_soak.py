@@ -22,12 +22,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from common import validate  # noqa: E402 (after the path above)
+from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.options import option, shared  # noqa: E402 (after the path above)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -128,17 +132,29 @@ def plot(samples, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --frames 200 (of the looping video), --frame-px 480."""
+
+    work: str | None = shared("work")
+    minutes: float = option(60.0, "how long the service runs", check=validate.positive_rule("minutes"))
+    sample_s: float = option(5.0, "seconds between memory samples", check=validate.positive_rule("s"))
+    warmup_s: float = option(60.0, "seconds before the memory slope is measured",
+                             check=validate.range_rule(0.0, None))
+    frames: int | None = shared("frames")
+    frame_px: int | None = shared("frame_px")
+    out: str | None = option(None, "results JSON")
+    plot: str | None = option(None, "RSS curve PNG")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default="runs/soak")
-    p.add_argument("--minutes", type=float, default=60.0)
-    p.add_argument("--sample-s", type=float, default=5.0)
-    p.add_argument("--warmup-s", type=float, default=60.0)
-    p.add_argument("--frames", type=int, default=200, help="frames in the looping video")
-    p.add_argument("--frame-px", type=int, default=480)
-    p.add_argument("--out", help="results JSON")
-    p.add_argument("--plot", help="RSS curve PNG")
-    args = p.parse_args(argv)
+    args = parse_options(build_parser(), argv, Options, work="runs/soak", frames=200, frame_px=480)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work = Path(args.work)
     bundle, db, video = assets(work, args.frames, args.frame_px)

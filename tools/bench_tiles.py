@@ -11,9 +11,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import option, shared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,18 +32,28 @@ def _median_rate(fn, n_items: int, repeat: int) -> float:
     return statistics.median(rates)
 
 
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --n 300 (tiles or views per timed run)."""
+
+    raster: str = option(str(next((REPO / "data" / "naip").glob("*_2018*.tif"), "")), "the GeoTIFF")
+    repeat: int = option(5, "timed runs", check=validate.int_rule(1))
+    n: int | None = shared("n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_tiles", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
 def main(argv=None) -> int:
     from runtime.engines.preprocess import north_up
     from tiles.grid import footprint_m, read_tile, tile_grid
     from tiles.raster import open_raster
     from tiles.views import CameraPose, render_view
 
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_tiles", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--raster", default=str(next((REPO / "data" / "naip").glob("*_2018*.tif"))))
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--n", type=int, default=300, help="tiles / views per timed run")
-    args = ap.parse_args(argv)
+    args = parse_options(build_parser(), argv, Options, n=300)
 
     rows = []
     with open_raster(args.raster) as r:

@@ -26,10 +26,14 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import option, shared
 from tiles.io import atomic_write_json, atomic_write_text
 from train.config import apply_overrides, preset
 from train.evaluate import evaluate_config
@@ -107,22 +111,31 @@ def _ordered(rows) -> list:
     return sorted(rows, key=lambda r: (r.get("seed", -1), rank.get(r["variant"], -1)))
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    out: str = option("runs/bench_train_naip", "folder for ablation.json and the runs")
+    set: list[str] = shared("set")
+    only: list[str] | None = option(None, "run only these variants (by name prefix; repeatable)", append=True)
+    frozen: bool = option(True, "include the frozen ImageNet row (--no-frozen: skip it)")
+    seeds: list[int] = option([0], "training seeds (the queries stay fixed)", check=validate.int_rule(None))
+    resume: bool = shared("resume")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_train_naip"))
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--only", action="append", help="run only these variants (by name prefix)")
-    ap.add_argument("--no-frozen", action="store_true", help="skip the frozen ImageNet row")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (the queries stay fixed)")
-    ap.add_argument("--resume", action="store_true",
-                    help="keep the rows of <out>/ablation.json (same config) and run only the missing ones")
-    args = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options)
+    args.out, args.overrides = Path(args.out), args.set
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     base = apply_overrides(preset("demo"), args.overrides)
     torch.set_num_threads(base.threads or torch.get_num_threads())
     rows = _previous_rows(args.out, base) if args.resume else []
     t0 = time.perf_counter()
-    if not args.no_frozen and not any(r["variant"] == "frozen ImageNet" for r in rows):
+    if not (not args.frozen) and not any(r["variant"] == "frozen ImageNet" for r in rows):
         frozen = GeoModel(base.model.name, pretrained=base.model.pretrained, img_size=base.model.img_size)
         rows.append(_row("frozen ImageNet", evaluate_config(base, frozen), 0.0))
         logging.info("frozen: %s (%.0f s)", rows[-1], time.perf_counter() - t0)

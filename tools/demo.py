@@ -30,6 +30,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common.cli import add_dataclass_options, parse_options
+from common.options import option, shared
+
 REPO = Path(__file__).resolve().parents[1]
 NAIP = REPO / "data" / "naip"
 
@@ -344,15 +347,22 @@ def run(cfg: DemoConfig) -> dict:
             "evals": evals}
 
 
+@dataclass
+class Options:
+    out: str = option("demo-out", "output folder")
+    quick: bool = option(False, "a reduced run (about a tenth of the work)")
+    fresh: bool = option(False, "delete the output folder first")
+    set: list[str] = shared("set")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    ap.add_argument("--quick", action="store_true", help="a reduced run (about a tenth of the work)")
-    ap.add_argument("--fresh", action="store_true", help="delete the output folder first")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="training override, e.g. --set optim.max_steps=100 (see python -m train --help)")
-    args = ap.parse_args(argv)
+    args = parse_options(build_parser(), argv, Options)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("runtime.replay", "export", "train"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -20,9 +20,14 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import option
 
 REPO = Path(__file__).resolve().parents[1]
 NAIP = REPO / "data" / "naip"
@@ -88,17 +93,27 @@ def recall(sets, transform, dtype: str) -> dict:
     return {"R@1": float(100 * np.mean(r <= 1)), "R@5": float(100 * np.mean(r <= 5)), "n_queries": int(len(r))}
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    ckpt: str | None = option(None, "the trained checkpoint", positional=True)
+    label: str | None = option(None, "what the checkpoint is (recorded with the results)", required=True)
+    dims: list[int] = option([512, 256, 128], "descriptor sizes to evaluate", check=validate.int_rule(1))
+    shrink: list[float] = option([0.1], "whitening shrinkage values", check=validate.range_rule(0.0, 1.0))
+    fit_n: int = option(2000, "images to fit the projection on", check=validate.int_rule(1))
+    max_queries: int = option(100, "queries per altitude and held-out year", check=validate.int_rule(1))
+    cache: str | None = option(None, "npz of the embeddings: written on the first run, read after")
+    out: str | None = option(None, "results JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ckpt", type=Path)
-    ap.add_argument("--label", required=True, help="what the checkpoint is (recorded with the results)")
-    ap.add_argument("--dims", type=int, nargs="+", default=[512, 256, 128])
-    ap.add_argument("--shrink", type=float, nargs="+", default=[0.1])
-    ap.add_argument("--fit-n", type=int, default=2000)
-    ap.add_argument("--max-queries", type=int, default=100, help="per altitude and held-out year")
-    ap.add_argument("--cache", type=Path, help="npz of the embeddings: written on the first run, read after")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options)
+    args.ckpt, args.cache, args.out = Path(args.ckpt), args.cache and Path(args.cache), args.out and Path(args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 

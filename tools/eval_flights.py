@@ -23,11 +23,14 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import DEFAULT_ALTITUDES_M, option, shared
 from tools.demo import naip
 
 log = logging.getLogger("eval_flights")
@@ -65,19 +68,31 @@ def _cases(years, altitudes, frames: int, hfov: float, west_db):
         yield f"nothing_{alt}", "full", frames_of_nothing(frames, float(alt), int(alt)), False
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --frames 60 (per flight)."""
+
+    bundle: str | None = shared("bundle", required=True)
+    db: str | None = shared("db", required=True)
+    years: list[int] = option([2016, 2020], "held-out NAIP years the flights are rendered from",
+                              check=validate.int_rule(1900, 2100))
+    altitudes_m: list[float] | None = shared("altitudes_m")
+    frames: int | None = shared("frames")
+    precision: str = shared("precision")
+    out: str = option("runs/eval_flights", "folder for the results")
+    set: list[str] = shared("set")
+    compass: bool = shared("compass")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--years", type=int, nargs="+", default=[2016, 2020])
-    ap.add_argument("--altitudes", type=float, nargs="+", default=[150, 200, 250, 300])
-    ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--out", type=Path, default=Path("runs/eval_flights"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--no-compass", dest="compass", action="store_false",
-                    help="frames come without the compass heading")
-    args = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options, altitudes_m=list(DEFAULT_ALTITUDES_M), frames=60)
+    args.out = Path(args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if set(args.years) & {2010, 2012, 2014, 2018}:
         raise SystemExit("evaluate on the held-out years only (2016, 2020)")
@@ -96,7 +111,7 @@ def main(argv=None) -> int:
     west_path = half_database(db, args.out / "west_db")
     dbs = {"full": db, "west": TileDatabase.open(west_path)}
     rows, t0 = [], time.perf_counter()
-    for key, which, frames, has_truth in _cases(args.years, args.altitudes, args.frames, database_hfov(db),
+    for key, which, frames, has_truth in _cases(args.years, args.altitudes_m, args.frames, database_hfov(db),
                                                  dbs["west"]):
         recs = replay_flight(Localizer(engine, dbs[which], cfg), frames, compass=args.compass)
         if not has_truth:

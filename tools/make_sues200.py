@@ -38,10 +38,14 @@ import math
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common import validate
+from common.cli import add_dataclass_options, parse_options
+from common.options import DEFAULT_HFOV_DEG, option, shared
 from common.sues200_layout import (
     ALTITUDES,
     ARCHIVE_DIR,
@@ -300,26 +304,43 @@ def write_split_layout(raw_base: Path, split_root: Path, ids: list[str], altitud
     return split_root
 
 
-def main(argv=None) -> int:
+@dataclass
+class Options:
+    """Defaults of the shared sizes here: --frames 50 (SUES-200's own per flight), --photometric 0.7."""
+
+    reference: str | None = option(None, "GeoTIFF the satellite images are cut from", required=True)
+    drone: list[str] | None = option(None, "GeoTIFF(s) of the same area the drone frames are rendered from",
+                                     required=True)
+    out: str | None = option(None, "output folder (SUES-200-512x512/ is created inside)", required=True)
+    locations: int = option(20, "number of locations", check=validate.int_rule(1))
+    altitudes_m: list[float] | None = shared("altitudes_m")
+    frames: int | None = shared("frames")
+    size: int = shared("size")
+    satellite_size: int | None = option(None, "satellite image side in pixels (default: --size)",
+                                        check=validate.int_rule(16, 8192))
+    hfov_deg: float | None = shared("hfov_deg")
+    satellite_side_m: float | None = option(None, "ground side of a satellite image",
+                                            check=validate.positive_rule("m"))
+    min_spacing_m: float | None = option(None, "minimum distance between locations",
+                                         check=validate.positive_rule("m"))
+    photometric: float | None = shared("photometric")
+    test_fraction: float = option(0.4, "share of ids taken from the official test ids",
+                                  check=validate.fraction_rule(zero_ok=True))
+    seed: int = shared("seed")
+    split: bool = option(False, "also write the benchmark's split layout under OUT/split")
+    overwrite: bool = shared("overwrite")
+    verbose: bool = shared("verbose")
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tools.make_sues200", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", required=True, help="GeoTIFF the satellite images are cut from")
-    ap.add_argument("--drone", nargs="+", required=True, help="GeoTIFF(s) of the same area the drone frames are rendered from")
-    ap.add_argument("--out", required=True, help="output folder (SUES-200-512x512/ is created inside)")
-    ap.add_argument("--locations", type=int, default=20, help="number of locations (default 20)")
-    ap.add_argument("--altitudes", type=int, nargs="+", default=list(ALTITUDES), help="altitudes in metres")
-    ap.add_argument("--frames", type=int, default=FRAMES_PER_FLIGHT, help="frames per flight (default 50)")
-    ap.add_argument("--size", type=int, default=512, help="drone frame side in pixels (default 512)")
-    ap.add_argument("--satellite-size", type=int, default=None, help="satellite image side in pixels (default: --size)")
-    ap.add_argument("--hfov-deg", type=float, default=60.0, help="camera horizontal field of view (default 60)")
-    ap.add_argument("--satellite-side-m", type=float, default=None, help="ground side of a satellite image")
-    ap.add_argument("--min-spacing-m", type=float, default=None, help="minimum distance between locations")
-    ap.add_argument("--photometric", type=float, default=0.7, help="strength of appearance changes (0 = none)")
-    ap.add_argument("--test-fraction", type=float, default=0.4, help="share of ids taken from the official test ids")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split", action="store_true", help="also write the benchmark's split layout under OUT/split")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    add_dataclass_options(ap, Options)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parse_options(build_parser(), argv, Options, altitudes_m=[float(a) for a in ALTITUDES], frames=FRAMES_PER_FLIGHT, photometric=0.7, hfov_deg=DEFAULT_HFOV_DEG)
+    args.altitudes = [int(a) for a in args.altitudes_m]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         base = make_sues200(

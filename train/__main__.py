@@ -20,35 +20,51 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from common import validate
+from common.cli import add_dataclass_options, run_main, with_defaults
+from common.options import option, shared
 from train.config import PRESETS, apply_overrides, from_dict, preset
-from train.trainer import CHECKPOINT, RunExistsError, TrainingInterrupted, TrainSetupError, train
+from train.trainer import CHECKPOINT, TrainingInterrupted, train
+
+
+@dataclass
+class TrainOptions:
+    """The options of ``python -m train``; everything else is ``--set section.key=value`` on the config tree."""
+
+    preset: str | None = shared("preset")
+    set: list[str] = shared("set")
+    run_dir: str | None = option(None, "run folder (default from the preset)")
+    epochs: int | None = option(None, "optim.epochs", check=validate.int_rule(1))
+    batch_size: int | None = shared("batch_size")
+    lr: float | None = option(None, "optim.lr", check=validate.positive_rule())
+    model_name: str | None = shared("model_name")
+    resume: bool = shared("resume")
+    overwrite: bool = shared("overwrite")
+    print_config: bool = option(False, "print the resolved config and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
+    add_dataclass_options(ap, TrainOptions)
+    return ap
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=PRESETS, default=None, help="named config (default sues200)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
-    ap.add_argument("--run-dir", help="run folder (default from the preset)")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--batch-size", type=int, help="distinct locations per step and process (the global batch "
-                    "is this x the number of processes)")
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--model", help="timm model name")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = ap.parse_args(argv)
+    ap = build_parser()
+    args = with_defaults(ap.parse_args(argv), TrainOptions)
+    if args.preset is not None and args.preset not in PRESETS:
+        ap.error(f"--preset {args.preset!r} is not one of {', '.join(PRESETS)}")
     rank = int(os.environ.get("RANK", "0"))  # torchrun: only rank 0 logs progress
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
 
-    overrides = list(args.overrides)
+    overrides = list(args.set)
     for flag, key in (("epochs", "optim.epochs"), ("batch_size", "optim.batch_size"), ("lr", "optim.lr"),
-                      ("model", "model.name"), ("run_dir", "run_dir")):
+                      ("model_name", "model.name"), ("run_dir", "run_dir")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
     if args.resume and args.preset is None and args.run_dir:
@@ -65,17 +81,17 @@ def main(argv=None) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    return run_main(_train, cfg, args, argv, logger_name="train")
+
+
+def _train(cfg, args, argv) -> int:
     try:
         run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite, command=["python", "-m", "train", *argv])
-    except (RunExistsError, TrainSetupError) as e:
-        logging.getLogger("train").error("%s", e)
-        return 2
     except TrainingInterrupted as e:
         logging.getLogger("train").warning("%s", e)
         return 130
     logging.getLogger("train").info("done: %s", run_dir / CHECKPOINT)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

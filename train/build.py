@@ -57,6 +57,24 @@ def check_inputs(cfg: TrainConfig) -> None:
     if missing:
         raise TrainSetupError(f"{missing[0]} does not exist (named in the config's data section): fix the path "
                               "with --set data.root=... / data.reference=... / data.train_rasters=...")
+    if d.kind == "geotiff":
+        check_held_out(d.train_rasters, d.eval_rasters)
+
+
+def check_held_out(train_rasters, eval_rasters) -> None:
+    """No evaluation raster is also a training raster (the same file, or a copy of it: same content), so
+    the evaluation never measures images the model was trained on."""
+    from pathlib import Path
+
+    from tiles.io import file_sha256
+
+    seen = {file_sha256(p): p for p in train_rasters}
+    for p in eval_rasters:
+        twin = seen.get(file_sha256(p))
+        if twin is not None:
+            same = "is" if Path(p).resolve() == Path(twin).resolve() else f"has the same content as {twin}, which is"
+            raise TrainSetupError(f"data.eval_rasters: {p} {same} also a training raster (data.train_rasters): the "
+                                  "evaluation would measure images the model was trained on; hold it out of one list")
 
 
 def build_dataset(cfg: TrainConfig, preprocess, augment=None):

@@ -288,6 +288,28 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.eval.query_positions not in ("uniform", "centred"):
         raise ValueError(f"eval.query_positions {cfg.eval.query_positions!r} is not one of uniform, centred")
     _validate_mining(cfg)
+    _validate_numbers(cfg)
+
+
+# ranges of the numbers whose meaning bounds them (every number is also refused when NaN or infinite)
+_RANGES = {"optim.lr": (0.0, None, True), "optim.weight_decay": (0.0, None, False),
+           "optim.warmup_epochs": (0.0, None, False), "optim.label_smoothing": (0.0, 1.0, False),
+           "optim.clip_grad_norm": (0.0, None, True), "data.hfov_deg": (0.0, 150.0, True),
+           "data.stride_frac": (0.0, 1.0, True), "eval.stride_frac": (0.0, 1.0, True)}
+
+
+def _validate_numbers(cfg, prefix: str = "") -> None:
+    """Every float of the tree finite, and in its range where its meaning bounds it (one line naming the
+    key: ``optim.lr must be in (0, inf), got nan``)."""
+    from common import validate as v
+
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _validate_numbers(value, f"{key}.")
+        elif isinstance(value, float):
+            lo, hi, lo_open = _RANGES.get(key, (None, None, False))
+            v.in_range(key, value, lo, hi, lo_open=lo_open, hint=f"set it with --set {key}=VALUE")
 
 
 def _validate_mining(cfg: TrainConfig) -> None:

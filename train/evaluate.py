@@ -20,11 +20,14 @@ Command line: ``python -m train.evaluate CKPT [--preset demo] [--set data.root=.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common.cli import add_dataclass_options, with_defaults
 from common.metrics import one_percent_k, retrieval_metrics
+from common.options import option, shared
 from train.embed import embed_images
 from train.evaluate_geotiff import evaluate_geotiff
 
@@ -119,8 +122,26 @@ def _is_training_config(cfg) -> bool:
     return isinstance(cfg, dict) and isinstance(cfg.get("data"), dict) and "kind" in cfg["data"]
 
 
-def main(argv=None) -> int:
+@dataclass
+class EvaluateOptions:
+    checkpoint: str | None = option(None, "our checkpoint, or an official Sample4Geo state dict (with --model-name)",
+                                    positional=True)
+    model_name: str | None = shared("model_name")
+    preset: str | None = shared("preset")
+    set: list[str] = shared("set")
+    out: str | None = option(None, "write the metrics JSON here")
+    device: str = option("cpu", "torch device (cpu, cuda, cuda:1)")
+
+
+def build_parser():
     import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
+    add_dataclass_options(ap, EvaluateOptions)
+    return ap
+
+
+def main(argv=None) -> int:
     import json
     import sys
 
@@ -128,16 +149,10 @@ def main(argv=None) -> int:
     from train.config import apply_overrides, from_dict, preset
     from train.model import load_checkpoint
 
-    ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint", help="our checkpoint, or an official Sample4Geo state dict (with --model)")
-    ap.add_argument("--model", help="timm name, required for official state dicts")
-    ap.add_argument("--preset", help="evaluation data from a preset instead of the checkpoint's config")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", type=Path, help="write the metrics JSON here")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(argv)
+    ap = build_parser()
+    args = with_defaults(ap.parse_args(argv), EvaluateOptions)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    model, info = load_checkpoint(args.checkpoint, model_name=args.model)
+    model, info = load_checkpoint(args.checkpoint, model_name=args.model_name)
     model.to(args.device)
     if args.preset:
         cfg = preset(args.preset)
@@ -148,7 +163,7 @@ def main(argv=None) -> int:
             f"carries no training config (its config is {sorted(info['config'])})"
         ap.error(f"{args.checkpoint} {what}, so it does not say which data to evaluate on: pass --preset "
                  "(e.g. --preset demo) and, if needed, --set data.root=...")
-    cfg = apply_overrides(cfg, args.overrides)
+    cfg = apply_overrides(cfg, args.set)
     results = evaluate_config(cfg, model, args.device)
     text = json.dumps(results, indent=2, default=float)
     if args.out:

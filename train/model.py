@@ -193,10 +193,30 @@ def _read_file(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a checkpoint written by "
                                 "`python -m train` (run_dir/checkpoint.pt) or an official Sample4Geo .pth")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
+        raise CheckpointError(f"{path} is {_not_a_checkpoint(path, e)}; pass a checkpoint written by `python -m "
+                              "train` (run_dir/checkpoint.pt) or an official Sample4Geo .pth") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state dict")
     return obj
+
+
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"II*\x00": "a TIFF image",
+          b"MM\x00*": "a TIFF image", b"<": "text (HTML or XML: a download page?)"}
+
+
+def _not_a_checkpoint(path: Path, error: Exception) -> str:
+    """What a file that torch cannot load is, in a few words."""
+    head = path.read_bytes()[:8] if path.stat().st_size else b""
+    if not head:
+        return "empty (an interrupted copy or download?)"
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return f"{what}, not a checkpoint"
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"not a checkpoint ({path.stat().st_size} bytes; {type(error).__name__}: {detail})"
 
 
 def _is_ours(obj: dict) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import UserError, one_line
 from tiles.io import atomic_write_json
 
 _logger = logging.getLogger(__name__)
@@ -21,27 +22,53 @@ _logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(UserError, FileExistsError):
     """The run folder already holds a run."""
+
+
+class ResumeError(UserError, ValueError):
+    """``--resume`` of a run folder that holds no readable checkpoint (nothing in the folder is touched)."""
+
+
+# what a checkpoint a run resumes from must hold (trainer.save writes them, trainer.restore reads them)
+CHECKPOINT_KEYS = ("state_dict", "optimizer", "scheduler", "scaler", "sampler", "rng", "epoch", "step")
+
+
+def read_checkpoint(path: Path, *, mmap: bool = False) -> dict:
+    """The run's checkpoint, or a :class:`ResumeError` naming the file and the fix when it is missing,
+    unreadable (cut short, not a checkpoint) or lacks what a resume needs."""
+    fix = "restore it from a copy, or start the run again without --resume (--overwrite replaces the folder)"
+    if not path.is_file():
+        raise ResumeError(f"cannot resume: {path} does not exist (the run stopped before its first checkpoint); "
+                          "start the run again without --resume (--overwrite replaces the folder)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
+        raise ResumeError(f"cannot resume: {path} is not a readable checkpoint ({type(e).__name__}: "
+                          f"{one_line(e)}); {fix}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ResumeError(f"cannot resume: {path} lacks {', '.join(missing)} (not a checkpoint of python -m train); "
+                          f"{fix}")
+    return ckpt
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     """Make ``run_dir`` ready; returns True when the run continues from its checkpoint.
 
-    A folder whose run never wrote a checkpoint (stopped or failed before its first one) holds nothing
-    worth keeping: it is cleared and reused, with or without ``resume``.
+    ``resume`` needs a readable checkpoint (:func:`read_checkpoint`): without one it is refused before
+    anything in the folder changes (its metrics and logs stay). Without ``resume``, a folder whose run
+    never wrote a checkpoint (stopped or failed before its first one) holds nothing worth keeping: it is
+    cleared and reused.
     """
     if resume and overwrite:
         raise ValueError("choose either resume or overwrite, not both")
     has_checkpoint = (run_dir / CHECKPOINT).is_file()
     if resume:
-        if has_checkpoint:
-            return True
         if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir} is not a run folder (no config.json); "
-                                    "start without --resume")
-        _logger.warning("%s holds no checkpoint yet (the run stopped before its first one): starting over",
-                        run_dir)
+            raise ResumeError(f"cannot resume: {run_dir} is not a run folder (no config.json); start without --resume")
+        read_checkpoint(run_dir / CHECKPOINT, mmap=True)  # readable, with what a resume needs
+        return True
     taken = run_dir.exists() and any(run_dir.iterdir())
     if taken and has_checkpoint and not overwrite:
         raise RunExistsError(f"run folder {run_dir} already holds a run; pass --resume to continue it, "

@@ -53,6 +53,7 @@ from train.run_dir import (
     CHECKPOINT,
     RunExistsError,
     prepare_run_dir,
+    read_checkpoint,
     rng_state,
     set_rng_state,
     tensorboard,
@@ -157,7 +158,7 @@ def _build_optimisation(run: Run) -> None:
 
 def restore(run: Run) -> None:
     """Continue from ``checkpoint.pt``: weights, optimiser, scheduler, scaler, sampler position, RNG."""
-    ckpt = torch.load(run.run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(run.run_dir / CHECKPOINT)
     run.model.load_state_dict(ckpt["state_dict"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scheduler.load_state_dict(ckpt["scheduler"])

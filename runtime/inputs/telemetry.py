@@ -199,3 +199,13 @@ class TelemetryPolicy:
     def close(self) -> None:
         for r in self.readers():
             r.close()
+
+
+def telemetry_fields(tel, layer_name: str | None) -> dict:
+    """The JSON line's fields about the frame's altitude, heading and layer."""
+    def rnd(v):
+        return None if v is None else round(float(v), 3)
+
+    return {"altitude_source": tel.altitude_source, "altitude_age_s": rnd(tel.altitude_age_s), "layer": layer_name,
+            "heading_deg": rnd(tel.heading_deg), "heading_source": tel.heading_source,
+            "heading_age_s": rnd(tel.heading_age_s)}

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from common import validate
+from common.options import shared
 from runtime.localisation.heading_track import HeadingTrackConfig
 from runtime.localisation.map_filter import MapFilterConfig
 from runtime.localisation.odometry import OdometryConfig
@@ -51,8 +52,7 @@ class LocalizerConfig:
                                   "frame at most every this many seconds of the flight's clock; the frames "
                                   "between get the last keyframe's fix carried by its velocity (0: every "
                                   "frame)")
-    hfov_deg: float | None = _opt(None, "camera horizontal field of view, degrees (default: the tile database's)",
-                                  aliases=("--hfov",))
+    hfov_deg: float | None = shared("hfov_deg")  # one definition for every command (common.options)
     odometry: bool = _opt(True, "visual odometry between consecutive frames")
     registration: bool = _opt(True, "register frames to the map imagery (when the database carries it)")
     registration_every: int = _opt(1, "register every N-th frame (cost)")

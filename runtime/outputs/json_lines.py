@@ -33,6 +33,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 from runtime.outputs.gnss_solution import gps_week_ms  # noqa: F401  (re-exported: the time helper of the outputs)
 from runtime.outputs.mavlink_gps import MavlinkGpsOutput
@@ -179,6 +180,17 @@ def fix_record(fix, raw, db, matches_rows, matches_scores, *, frame_index: int, 
     return rec
 
 
+def _jsonl_folder(path: str) -> None:
+    """Create the folder of a JSON lines file, or say in one line why it cannot be."""
+    if path == "-":
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--jsonl {path}: cannot create the folder {e.filename} ({e.strerror}); give a path in a "
+                         "folder this user can write") from e
+
+
 def open_outputs(cfg) -> list:
     """Every output the config asks for, in order: ``jsonl``, ``udp_json`` (per frame), ``mavlink`` (mode
     ``mavlink_mode``: ``gps_input`` with ``gps_id``, ``odometry`` or ``external_position``) and
@@ -186,6 +198,7 @@ def open_outputs(cfg) -> list:
     Outputs already opened are closed again if a later one fails to open."""
     makers = []
     if getattr(cfg, "jsonl", None):
+        _jsonl_folder(cfg.jsonl)
         makers.append(lambda: JsonLinesOutput(cfg.jsonl))
     if getattr(cfg, "udp_json", None):
         makers.append(lambda: UdpJsonOutput(cfg.udp_json))

@@ -46,11 +46,29 @@ def mavlink_dialect():
     return mavutil().mavlink
 
 
+def _resolve_udpout(url: str) -> None:
+    """A ``udpout:HOST:PORT`` whose host does not resolve is an error now: pymavlink would resolve it at each
+    send and drop every message without a word."""
+    import socket
+
+    if not url.startswith(("udpout:", "udpbcast:")):
+        return
+    host, _, port = url.split(":", 1)[1].rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"MAVLink address {url!r}: the port {port!r} is not 1-65535 (udpout:HOST:PORT)")
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+    except OSError as e:
+        raise ValueError(f"cannot send MAVLink to {url!r}: {host!r} does not resolve ({e}); give an IP address or "
+                         "a host name this machine resolves (udpout:192.168.1.10:14550)") from e
+
+
 class MavlinkLink:
     """An open pymavlink connection with its send lock and heartbeat (see the module docstring)."""
 
     def __init__(self, url: str, *, baud: int = 57600, source_system: int = 1, source_component: int | None = None,
                  heartbeat_s: float = 1.0):
+        _resolve_udpout(url)
         mu = mavutil()
         M = mu.mavlink
         if source_component is None:

@@ -96,9 +96,10 @@ class OutputScheduler:
             try:
                 out.send_solution(s, now_unix)
             except Exception as e:  # an output failing must not stop the others
-                logger.warning("output %s failed: %s", out.describe(), e)
                 if self.on_error is not None:
                     self.on_error(out, e)
+                else:
+                    logger.warning("output %s failed: %s", out.describe(), e)
         self.sent += 1
         self.valid += bool(s.valid)
         self.last = s

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common import validate
+from common.cli import check_fields, whole_writes
+from common.options import shared
 from runtime.localisation.localizer import Localizer, LocalizerConfig, database_hfov
 from runtime.replay.common import bundle_path, jsonable, load_engine_or_use, rnd, write_csv
 from runtime.replay.figures import reliability, summarize_flight
@@ -153,16 +156,19 @@ class FlightSpec(CameraEffects):
     pattern: str = field(default="curve", metadata={"help": "flight path", "choices": PATTERNS})
     waypoints: str | None = field(default=None, metadata={"help": "'x,y;x,y;...' in metres of the map's CRS "
                                                                   "(overrides --pattern)"})
-    speed_mps: float = field(default=15.0, metadata={"help": "ground speed"})
-    fps: float = field(default=1.0, metadata={"help": "frames per second"})
-    size_px: int = field(default=256, metadata={"help": "rendered frame side in pixels"})
-    tilt_deg: float = field(default=0.0, metadata={"help": "camera tilt from nadir"})
-    photometric: float | None = field(default=None, metadata={"help": "appearance change strength (e.g. 0.5)"})
-    max_frames: int | None = field(default=None, metadata={"help": "frames per flight"})
-    seed: int = field(default=0, metadata={"help": "random seed of the path and the appearance changes"})
-    compass: bool = field(default=True, metadata={
-        "help": "frames come with the compass heading (--no-compass: a drone without one; the heading then "
-                "comes from registration)"})
+    speed_mps: float = field(default=15.0, metadata={"help": "ground speed, m/s", "check": validate.speed_mps})
+    fps: float = field(default=1.0, metadata={"help": "frames per second",
+                                              "check": validate.range_rule(0.0, 1000.0, lo_open=True)})
+    size_px: int = field(default=256, metadata={"help": "rendered frame side in pixels",
+                                                "check": validate.int_rule(16, 8192)})
+    tilt_deg: float = shared("tilt_deg")
+    photometric: float | None = shared("photometric")
+    max_frames: int | None = shared("max_frames")
+    seed: int = shared("seed")
+    compass: bool = shared("compass")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=None, out_dir=None,
@@ -222,11 +228,12 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
                  "-" if med is None else f"{med:.1f} m", summary["R@1"])
         if out is not None and plots:
             files.update(_plot_flight(out, alt, records, summary, map_path))
-    results["frames"] = all_records
-    results["reliability"] = reliability(all_records)
-    if out is not None:
-        files.update(_write_results(out, results, all_records, plots))
-        results["files"] = files
+        results["frames"] = all_records
+        results["reliability"] = reliability(all_records)
+        results["complete"] = alt == altitudes[-1]
+        if out is not None:  # after each flight: a replay stopped later keeps the flights it finished
+            files.update(_write_results(out, results, all_records, plots and results["complete"]))
+            results["files"] = files
     return results
 
 
@@ -250,12 +257,34 @@ def _check_flight_raster(map_path, flight_raster, tdb):
     from tiles.raster import open_raster
 
     with open_raster(map_path) as m, open_raster(flight_raster) as f:
+        _check_database_on_map(tdb, m)
         if str(flight_raster) != str(map_path):
             check_overlap(m, f)
         flight_crs = f.metric_crs
     if CRS.from_user_input(flight_crs) == CRS.from_user_input(tdb.crs):
         return None
     return Transformer.from_crs(flight_crs, tdb.crs, always_xy=True).transform
+
+
+def _check_database_on_map(tdb, raster, sample: int = 4096) -> None:
+    """Refuse a map that shows another place than the database's tiles (none of their centres on it): the
+    flights would be rendered where the database has no tile."""
+    geo = np.flatnonzero(np.asarray(tdb.entries["has_geo"]))
+    if not len(geo):
+        return
+    rows = geo[np.linspace(0, len(geo) - 1, min(sample, len(geo))).astype(int)]
+    lat, lon = np.asarray(tdb.entries["lat"][rows], float), np.asarray(tdb.entries["lon"][rows], float)
+    x, y = raster.from_wgs84(lat, lon)
+    xmin, ymin, xmax, ymax = raster.bounds_m
+    inside = np.isfinite(x) & np.isfinite(y) & (x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)
+    if inside.any():
+        return
+    names = [src.get("name") for src in tdb.manifest.get("sources", [])]
+    la0, lo0, la1, lo1 = raster.describe()["bounds_wgs84"]
+    raise ValueError(f"the map {raster.path.name} (lat {la0}..{la1}, lon {lo0}..{lo1}) holds none of the tiles of "
+                     f"{tdb.path} (built from {', '.join(map(str, names)) or 'unknown maps'}, around lat "
+                     f"{np.median(lat):.5f}, lon {np.median(lon):.5f}): they show different places; give --map the "
+                     "GeoTIFF the database was cut from, or --db the database of this map")
 
 
 def _truth_in_db_crs(frames, to_db):
@@ -315,6 +344,11 @@ SUMMARY_CSV_FIELDS = ("altitude_m", "n_frames", "fix_rate", "availability_pct", 
 
 
 def _write_results(out: Path, results: dict, all_records: list[dict], plots: bool) -> dict:
+    with whole_writes():  # a SIGTERM waits until the JSON and both CSVs are written
+        return _write_result_files(out, results, all_records, plots)
+
+
+def _write_result_files(out: Path, results: dict, all_records: list[dict], plots: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "replay_geotiff.json", jsonable(results))
     write_csv(out / "replay_geotiff_frames.csv", all_records, FRAME_CSV_FIELDS)
@@ -335,47 +369,3 @@ def _write_results(out: Path, results: dict, all_records: list[dict], plots: boo
 
             files["reliability"] = str(plot_reliability(out / "reliability.png", results["reliability"]))
     return files
-
-
-def geotiff_table(results: dict) -> str:
-    head = (f"{'alt':>5} | {'frames':>6} | {'fix %':>6} {'avail':>6} {'ttff':>5} {'wrong':>5} {'calib':>6} | "
-            f"{'err med':>8} {'err p95':>8} | {'R@1':>6} {'R@5':>6} | {'reg %':>6} | {'ms/frame':>8}")
-    lines = [f"GeoTIFF flights over {Path(results['map']).name} ({results['engine']}; avail = trusted share after "
-             "the first fix, ttff = frames to it, wrong = trusted fixes off by more than a footprint, calib = "
-             "truth inside the 95 % radius)", head, "-" * len(head)]
-
-    def f(v, w, nd=1):
-        return f"{v:{w}.{nd}f}" if v is not None else f"{'-':>{w}}"
-
-    for alt, s in results["altitudes"].items():
-        lines.append(f"{alt:>5} | {s['n_frames']:>6} | {f(s['fix_rate'], 6)} {f(s['availability_pct'], 6)} "
-                     f"{f(s['ttff_frames'], 5, 0)} {s['wrong_trusted']:>5} {f(s['calibration_pct'], 6)} | "
-                     f"{f(s['error_m_median'], 8)} {f(s['error_m_p95'], 8)} | {f(s['R@1'], 6)} {f(s['R@5'], 6)} | "
-                     f"{f(s['registered_pct'], 6)} | {f(s['total_ms_median'], 8, 2)}")
-    return "\n".join(lines)
-
-
-
-def autopilot_table(results: dict) -> str:
-    """The autopilot recordings of each flight: what was sent and how it compares with the truth."""
-    head = (f"{'alt':>5} | {'msgs':>5} {'fixes':>5} {'Hz':>5} {'gap s':>5} {'1st fix':>7} | {'calib':>6} "
-            f"{'err med':>7} {'err max':>7} | {'hAcc med':>8} {'p95':>5} | {'sAcc med':>8} {'p95':>5} "
-            f"{'v err':>5} {'v cal':>5} | {'c2s p50':>7} {'p95':>5}")
-    lines = ["Autopilot streams (per message carrying a fix: calib = truth inside its 95 % radius; hAcc 1-sigma m; "
-             "sAcc, v err m/s; v cal = truth's velocity inside 2.45 sAcc, %; c2s = capture to send, ms)", head, "-" * len(head)]
-
-    def f(v, w, nd=1):
-        return f"{v:{w}.{nd}f}" if v is not None else f"{'-':>{w}}"
-
-    for alt, s in results["altitudes"].items():
-        a = s.get("autopilot")
-        if not a:
-            continue
-        lines.append(f"{alt:>5} | {a['messages']:>5} {a['fixes_sent']:>5} {f(a['rate_hz'], 5, 2)} "
-                     f"{f(a['max_gap_s'], 5, 2)} {f(a['first_fix_s'], 7)} | {f(a['calibration_pct'], 6)} "
-                     f"{f(a['error_m_median'], 7)} {f(a['error_m_max'], 7)} | {f(a['h_acc_m_median'], 8, 2)} "
-                     f"{f(a['h_acc_m_p95'], 5, 2)} | {f(a['speed_acc_mps_median'], 8, 2)} "
-                     f"{f(a['speed_acc_mps_p95'], 5, 2)} {f(a['speed_error_mps_median'], 5, 2)} "
-                     f"{f(a['speed_calibration_pct'], 5, 0)} | "
-                     f"{f(a['capture_to_send_ms_p50'], 7, 0)} {f(a['capture_to_send_ms_p95'], 5, 0)}")
-    return "\n".join(lines)

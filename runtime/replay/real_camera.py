@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from common.options import shared
 from runtime.replay.airframe import AIRFRAMES, attitude_series, baro_altitude, synthetic_relief
 
 FINE_DT_S = 0.05  # the attitude series' time step
@@ -52,7 +53,7 @@ class CameraEffects:
         "help": "radial distortion k1 of the lens (OpenCV model; -0.2: a strong barrel)"})
     camera_file: str | None = field(default=None, metadata={
         "help": "render through this calibrated camera (OpenCV or ROS calibration file) instead of a pinhole"})
-    dem: str | None = field(default=None, metadata={"help": "DEM GeoTIFF the map is draped on (any CRS)"})
+    dem: str | None = shared("dem")
     relief_m: float = field(default=0.0, metadata={
         "help": "without --dem: synthetic hills of this height from lowest to highest, metres"})
     baro_bias_m: float = field(default=0.0, metadata={"help": "barometer bias, metres"})

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import whole_writes
 from common.metrics import retrieval_metrics
 from runtime.replay.common import (
     batch1_latency,
@@ -66,15 +67,17 @@ def replay_sues200(data_root, bundle, *, altitudes=None, db=None, out_dir=None, 
     results: dict = {"dataset": {"root": str(ds.root), "layout": ds.layout}, "engine": engine.name,
                      "gallery": "database" if gallery.db is not None else "embedded on the fly",
                      "altitudes": {}, "rows": []}
-    for alt in (ds.altitudes if altitudes is None else tuple(int(a) for a in altitudes)):
+    todo = ds.altitudes if altitudes is None else tuple(int(a) for a in altitudes)
+    for alt in todo:
         res, rows = _replay_altitude(engine, ds, gallery, alt, batch_size, directions, latency_frames)
         results["altitudes"][str(alt)] = res
         results["rows"] += rows
         log.info("SUES-200 %d m: frame R@1 %.2f (official) / %.2f (query-only), flight R@1 %.2f, through the "
                  "Localizer R@1 %.2f", alt, res["frame"]["official"]["R@1"], res["frame"]["query_only"]["R@1"],
                  res["flight_mean"]["official"]["R@1"], res["flown"]["R@1"])
-    if out_dir is not None:
-        results["files"] = _write(Path(out_dir), results, plots)
+        results["complete"] = alt == todo[-1]
+        if out_dir is not None:  # after each altitude: a replay stopped later keeps what it finished
+            results["files"] = _write(Path(out_dir), results, plots and results["complete"])
     return results
 
 
@@ -219,6 +222,11 @@ def _latency(engine, paths, timing: dict, batch_size: int) -> dict:
 
 
 def _write(out: Path, results: dict, plots: bool) -> dict:
+    with whole_writes():  # a SIGTERM waits until the JSON and the CSV are written
+        return _write_files(out, results, plots)
+
+
+def _write_files(out: Path, results: dict, plots: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "replay_sues200.json", jsonable(results))
     write_csv(out / "replay_sues200.csv", results["rows"], SUES_CSV_FIELDS)
