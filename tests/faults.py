@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -25,9 +26,15 @@ def run_python(code: str, *args, timeout: float = 240) -> subprocess.CompletedPr
                           timeout=timeout)
 
 
+def _default_sigint() -> None:
+    """A command started from a background job inherits SIGINT ignored (Python then never raises
+    KeyboardInterrupt): give it the default, as a terminal's Ctrl-C finds it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def popen(module: str, *args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def error_line(stderr: str) -> str:

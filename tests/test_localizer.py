@@ -154,7 +154,7 @@ def test_config_refuses_values_out_of_range(field, value):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--altitude-m", "nan"], "--altitude-m must be a finite number"),
+    (["--altitude-m", "nan"], "altitude_m must be a finite number, got nan"),
     (["--altitude-m", "-50"], "--altitude-m"),
     (["--top-k", "0"], "--top-k 0 is out of range"),
     (["--min-confidence", "0.5"], "--min-confidence was removed: trust comes from the map filter"),

@@ -293,7 +293,7 @@ def test_every_option_a_readme_command_spells_is_accepted():
             continue
         if name == "train" and not ns.resume or name == "train.evaluate" and ns.preset:
             try:  # --set keys and values are checked against the config tree
-                apply_overrides(preset(ns.preset or "sues200"), ns.overrides)
+                apply_overrides(preset(ns.preset or "sues200"), list(ns.set or []))
             except ValueError as e:
                 problems.append(f"line {cmd.line}: {e}")
     assert not problems, "\n".join(problems)

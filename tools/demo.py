@@ -181,7 +181,8 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
     """Per flight year, a flight whose second half is another flight over the map (the drone carried
     elsewhere between two frames), through the same Localizer; the frames' records (cached as JSON)."""
     from runtime.engines.engine import load_engine
-    from runtime.localisation.localizer import Localizer, database_hfov
+    from runtime.localisation.camera_view import database_hfov
+    from runtime.localisation.localizer import Localizer
     from runtime.replay.flights import GeoTiffFlight, Kidnapping
     from runtime.replay.geotiff import replay_flight
     from tiles.db import TileDatabase

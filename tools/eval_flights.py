@@ -99,7 +99,8 @@ def main(argv=None) -> int:
 
     from export.calibration_flights import half_database
     from runtime.engines.engine import load_engine
-    from runtime.localisation.localizer import Localizer, database_hfov
+    from runtime.localisation.camera_view import database_hfov
+    from runtime.localisation.localizer import Localizer
     from runtime.replay.figures import flight_figures
     from runtime.replay.geotiff import replay_flight
     from tiles.db import TileDatabase

@@ -53,6 +53,21 @@ class LocalizerConfig:
                                   "between get the last keyframe's fix carried by its velocity (0: every "
                                   "frame)")
     hfov_deg: float | None = shared("hfov_deg")  # one definition for every command (common.options)
+    camera_file: str | None = _opt(None, "the camera's calibration (OpenCV calibrateCamera YAML/JSON or ROS "
+                                         "camera_info YAML, pinhole or fisheye): frames are undistorted into a "
+                                         "pinhole of the tile database's field of view (default: a lens without "
+                                         "distortion of --hfov-deg)", metavar="FILE")
+    rectify: bool = _opt(True, "with the camera's attitude (from the autopilot through the camera mount): each "
+                               "frame rectified to the nadir view of the ground it sees, the fix moved to the "
+                               "point below the drone")
+    max_tilt_deg: float = _opt(35.0, "a frame tilted more than this from nadir is not compared with the map; "
+                                     "odometry still carries the track through it")
+    attitude_sigma_deg: float = _opt(1.0, "uncertainty of the camera's reported attitude (1 sigma, degrees, "
+                                          "with its delay): the radius of a rectified fix grows by height x it")
+    height_from_map: bool = _opt(True, "correct the height above ground by the ground covered between two "
+                                       "registrations against the odometry's metres (a barometer's bias, "
+                                       "flat-ground relief)")
+    height_span_m: float = _opt(150.0, "ground flown between two registrations that measure the height's scale")
     odometry: bool = _opt(True, "visual odometry between consecutive frames")
     registration: bool = _opt(True, "register frames to the map imagery (when the database carries it)")
     registration_every: int = _opt(1, "register every N-th frame (cost)")
@@ -131,7 +146,9 @@ class LocalizerConfig:
                   "map_sigma_m": self.map_sigma_m >= 0, "registration_heading_s": self.registration_heading_s >= 0,
                   "heading_search_angles": self.heading_search_angles >= 0, "max_speed_mps": self.max_speed_mps > 0,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
-                  "prior_sigma_m": self.prior_sigma_m > 0, "keyframe_s": self.keyframe_s >= 0}
+                  "prior_sigma_m": self.prior_sigma_m > 0, "keyframe_s": self.keyframe_s >= 0,
+                  "max_tilt_deg": 0 <= self.max_tilt_deg < 80, "attitude_sigma_deg": 0 <= self.attitude_sigma_deg < 30,
+                  "height_span_m": self.height_span_m > 0}
         for name, ok in checks.items():
             v = getattr(self, name)
             if not ok or (isinstance(v, float) and not math.isfinite(v)):

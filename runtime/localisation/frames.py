@@ -22,6 +22,8 @@ class Telemetry:
     heading_source: str | None = None
     heading_age_s: float | None = None
     capture_time_unix: float | None = None  # when the frame was captured (UTC)
+    camera_attitude: object | None = None  # runtime.inputs.attitude.CameraAttitude at the capture (None: unknown)
+    altitude_msl_m: float | None = None  # above mean sea level (with the database's terrain: the height above ground)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Ahead:
     """A frame embedded ahead of :meth:`Localizer.locate` (:meth:`Localizer.embed_ahead`)."""
 
     embedding: np.ndarray
-    north_up: np.ndarray  # the frame turned north-up by ``heading_deg`` (what registration compares)
+    north_up: np.ndarray  # the frame's view (north-up; rectified by the attitude when known): what is compared
     heading_deg: float | None
     timings_ms: dict[str, float]
+    view: object = None  # its runtime.localisation.camera_view.View

@@ -38,7 +38,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from runtime.engines.preprocess import north_up
+from runtime.localisation.camera_view import CameraView, View, below_drone, database_hfov, drone_motion
 from runtime.localisation.compassless import CompasslessHeading
 from runtime.localisation.config import LocalizerConfig
 from runtime.localisation.fix import Fix, estimate_fix
@@ -47,6 +47,7 @@ from runtime.localisation.map_registration import Job
 from runtime.localisation.odometry import VisualOdometry, frame_texture
 from runtime.localisation.prediction import KeyframeClock, predict_fix
 from runtime.localisation.rotation_search import best_rotation
+from runtime.search.layers import layer_for_height
 from runtime.search.searcher import Matches, Searcher
 
 logger = logging.getLogger(__name__)
@@ -61,19 +62,22 @@ class Localizer:
 
     def __init__(self, engine, db, cfg: LocalizerConfig | None = None, *, searcher: Searcher | None = None,
                  likelihood=None, fix_r95_scale: float | None = None, registration_worker: bool = False,
-                 odometry_features: dict | None = None):
+                 odometry_features: dict | None = None, camera=None):
         self.engine, self.db = engine, db
         self.cfg = cfg or LocalizerConfig()
         self.searcher = searcher or Searcher(db)
-        self.track = self.odometry = self.registration = None
+        self.track = self.odometry = self.registration = self.height = None
         self.hfov_deg: float | None = None
-        if len(db.entries) and bool(np.all(db.entries["has_geo"])):
+        geo = bool(len(db.entries) and np.all(db.entries["has_geo"]))
+        self.camera_view = CameraView(self.cfg, database_hfov(db) if geo else (self.cfg.hfov_deg or 60.0), camera)
+        if geo:
             self._build_chain(likelihood, fix_r95_scale, registration_worker, odometry_features)
         else:  # a gallery of labelled images (SUES-200, University-1652): no map to track over
             logger.warning("%s holds no tile positions (a gallery database): each frame's own match, never "
                            "trusted", getattr(db, "path", "the database"))
         self.heading = CompasslessHeading(self.cfg)
         self.last_registration = None  # the last fused frame's registration (None: not attempted)
+        self._view_now, self._offset_prev = View(None), None  # this keyframe's view, the last one's offset
         self._t_prev: float | None = None
         self.clock, self._embed_clock = KeyframeClock(self.cfg.keyframe_s), KeyframeClock(self.cfg.keyframe_s)
         self._key, self._key_layer = 0, None  # keyframes located, the last one's layer
@@ -82,13 +86,15 @@ class Localizer:
 
     def _build_chain(self, likelihood, fix_r95_scale: float | None, registration_worker: bool,
                      odometry_features: dict | None) -> None:
+        from runtime.localisation.height import HeightAboveGround
         from runtime.localisation.likelihood import Likelihood
         from runtime.localisation.map_registration import MapRegistration
         from runtime.localisation.registration import Registrar
         from runtime.localisation.track import MapTrack
 
         cfg = self.cfg
-        self.hfov_deg = cfg.hfov_deg or database_hfov(self.db)
+        self.hfov_deg = self.camera_view.hfov_deg
+        self.height = HeightAboveGround(cfg, self.db)
         manifest = getattr(getattr(self.engine, "bundle", None), "manifest", None)
         registrar = Registrar.from_database(self.db) if cfg.registration else None
         if cfg.registration and registrar is None:
@@ -110,33 +116,19 @@ class Localizer:
 
     def reset(self) -> None:
         """Forget the track (a new flight)."""
-        for part in (self.track, self.odometry, self.registration):
+        for part in (self.track, self.odometry, self.registration, self.height):
             if part is not None:
                 part.reset()
         self.heading.reset()
-        self.last_registration = self._t_prev = self.last_fix = None
+        self.last_registration = self._t_prev = self.last_fix = self._offset_prev = None
+        self._view_now = View(None)
         self._key = 0
         self.clock.reset()
         self._embed_clock.reset()
 
     def choose_layer(self, altitude_m: float | None) -> tuple[int | None, str]:
         """(layer, "") or (None, why there is no layer for this altitude)."""
-        layers = self.db.layers
-        if altitude_m is None or not math.isfinite(altitude_m):
-            if len(layers) == 1:
-                return 0, ""
-            return None, "no altitude"
-        if altitude_m <= 0:
-            return None, f"altitude {altitude_m:g} m is not above ground"
-        alts = [lay.get("altitude_m") for lay in layers]
-        if len(layers) == 1 and alts[0] is None:
-            return 0, ""
-        layer = self.db.layer_for_altitude(altitude_m)
-        have = alts[layer]
-        if have is not None and abs(altitude_m - float(have)) > self.cfg.layer_tolerance_frac * float(have):
-            listed = ", ".join(f"{a:g}" for a in alts if a is not None)
-            return None, f"altitude {altitude_m:g} m has no layer (layers: {listed} m)"
-        return layer, ""
+        return layer_for_height(self.db, altitude_m, self.cfg.layer_tolerance_frac)
 
     # ---- the engine ---------------------------------------------------------------------------------
     def embed_ahead(self, image, telemetry: Telemetry) -> Ahead | None:
@@ -148,19 +140,30 @@ class Localizer:
         if image is None or (self.cfg.derotate and telemetry.heading_deg is None):
             return None
         t0 = time.perf_counter()
-        up = self._north_up(image, telemetry.heading_deg)
-        x = self.engine.prepare([up])
+        view = self._view(image, self._with_height(telemetry))
+        if view.image is None or view.too_tilted:
+            return None
+        x = self.engine.prepare([view.image])
         t1 = time.perf_counter()
         with self._engine_lock:
             emb = self.engine.embed_prepared(x)
         t2 = time.perf_counter()
-        return Ahead(emb, up, telemetry.heading_deg, {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3})
+        return Ahead(emb, view.image, telemetry.heading_deg, {"preprocess": (t1 - t0) * 1e3,
+                                                              "inference": (t2 - t1) * 1e3}, view)
 
-    def _north_up(self, image, heading_deg: float | None):
-        """The frame as the engine and registration see it: turned north-up by a known heading (``derotate``)."""
-        if image is None or not (self.cfg.derotate and heading_deg is not None):
-            return image
-        return north_up(image, heading_deg)
+    def _view(self, image, telemetry: Telemetry) -> View:
+        """The frame as the engine, odometry and registration see it (runtime.localisation.camera_view)."""
+        return self.camera_view(image, telemetry.heading_deg, telemetry.camera_attitude, telemetry.altitude_m)
+
+    def _with_height(self, telemetry: Telemetry) -> Telemetry:
+        """The telemetry with the height above ground the chain works at (runtime.localisation.height)."""
+        if self.height is None:
+            return telemetry
+        last = self.last_fix
+        h, src = self.height.of(telemetry, (last.x, last.y) if last is not None and last.has_position else None)
+        if h == telemetry.altitude_m:
+            return telemetry
+        return replace(telemetry, altitude_m=h, altitude_source=src)
 
     def _embed(self, image, up, layer, embedding, heading_known: bool):
         """(descriptor (1, D), heading searched or None, rows registration should try or None, the time the
@@ -189,6 +192,7 @@ class Localizer:
             if ahead.heading_deg != telemetry.heading_deg:
                 raise ValueError(f"embedded ahead at heading {ahead.heading_deg}, located at {telemetry.heading_deg}")
             embedding = ahead.embedding
+        telemetry = self._with_height(telemetry)
         if not self._keyframe(telemetry):
             return self._between_keyframes(telemetry)
         self._key += 1
@@ -206,19 +210,28 @@ class Localizer:
         t0 = time.perf_counter()
         heading_ms = (t0 - t_heading) * 1e3  # odometry and registrations without a compass: counted as fusion
         layer, why = self.choose_layer(telemetry.altitude_m)
-        up = ahead.north_up if ahead is not None else self._north_up(image, telemetry.heading_deg)
+        view = self._view_now = (ahead.view if ahead is not None and ahead.view is not None
+                                 else self._view(image, telemetry))
+        up, observe = view.image, not view.too_tilted
+        reg_image = view.image if view.rectified else view.frame  # a rectified view is north-up already
+        reg_heading = 0.0 if view.rectified and not compassless else reg_heading
         known = self.cfg.derotate and telemetry.heading_deg is not None
-        emb, search_heading, reg_rows, t1 = self._embed(image, up, layer, embedding, known)
+        if observe:
+            emb, search_heading, reg_rows, t1 = self._embed(image, up, layer, embedding, known)
+        else:  # too tilted to compare with the map: odometry only
+            emb, search_heading, reg_rows, t1 = None, None, None, time.perf_counter()
         t2 = time.perf_counter()
         info: dict = {}
         if layer is None:
             fused, raw, matches, search_ms = self._no_layer(t, why)
         elif self.track is not None:
-            fused, matches, info = self._fuse(t, up, image, emb, layer, telemetry.altitude_m, reg_heading,
+            fused, matches, info = self._fuse(t, up, reg_image, emb, layer, telemetry.altitude_m, reg_heading,
                                               motion=motion, measure=not compassless, reg_tol=reg_tol,
-                                              reg_rows=reg_rows, compass=not compassless)
+                                              reg_rows=reg_rows, compass=not compassless, observe=observe)
             search_ms = info.pop("search_ms")
             raw = estimate_fix(self.db, matches.indices[0], matches.scores[0], t, margin_scale=self.cfg.margin_scale)
+            grid = self.track.filter.grid if self.track.filter else None
+            fused, raw = below_drone(fused, view, self.db, grid, info, moved=True), below_drone(raw, view, self.db, grid)
         else:
             fused, raw, matches, search_ms = self._own_match(t, emb, layer)
         if compassless:
@@ -253,7 +266,7 @@ class Localizer:
         fix = Fix(t=t, reason="no keyframe yet") if last is None else predict_fix(last, t, self.db, grid)
         if telemetry.capture_time_unix is not None:
             fix = replace(fix, capture_time_unix=telemetry.capture_time_unix)
-        matches = Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))
+        matches = _no_matches(k)
         timings = {"preprocess": 0.0, "inference": 0.0, "search": 0.0, "fusion": (time.perf_counter() - t0) * 1e3}
         return Localization(raw=Fix(t=t, reason="between keyframes"), fix=fix, matches=matches,
                             layer=self.choose_layer(telemetry.altitude_m)[0], timings_ms=timings,
@@ -268,37 +281,45 @@ class Localizer:
         return replace(raw, trusted=False), raw, matches, search_ms
 
     def _no_layer(self, t: float, why: str):
-        k = self.cfg.top_k
-        matches = Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))
+        matches = _no_matches(self.cfg.top_k)
         raw = Fix(t=t, reason=why)
         return replace(raw, trusted=False), raw, matches, 0.0
 
     def _fuse(self, t, up, image, emb, layer: int, altitude_m, reg_heading, *, motion, measure: bool, reg_tol,
-              reg_rows, compass: bool):
-        """Odometry -> track -> scores -> registration -> fix (module docstring, step 4)."""
+              reg_rows, compass: bool, observe: bool = True):
+        """Odometry -> track -> scores -> registration -> fix (module docstring, step 4); ``observe`` false:
+        odometry alone moves the track (a frame too tilted to compare with the map)."""
         track = self.track
         if measure and self.odometry is not None and up is not None:
             motion = self.odometry.update(up, t, altitude_m, self.hfov_deg, None)
+        view = self._view_now  # the track lives below the drone: the odometry's motion made the drone's
+        motion, self._offset_prev = drone_motion(motion, view, self._offset_prev), view.offset_en_m
         track.predict(t, layer, motion)
         if self.registration is not None:
             self.registration.carry(motion)
-        rows = track.rows_to_score()
+        if measure:
+            self.height.moved(motion)
+        rows = track.rows_to_score() if observe else None
         t0 = time.perf_counter()
-        scores, matches = self._scores(emb, layer, rows)
+        if observe:
+            scores, matches = self._scores(emb, layer, rows)
+        else:
+            matches = _no_matches(self.cfg.top_k)
         search_ms = (time.perf_counter() - t0) * 1e3
-        textured = up is None or frame_texture(up) >= track.filter.cfg.min_texture
+        textured = observe and (up is None or frame_texture(up) >= track.filter.cfg.min_texture)
         reg = None
         if textured:
-            track.update(rows, scores)
+            track.update(rows, scores, view.offset_en_m)
             reg = self._register(image, altitude_m, reg_heading, matches.indices[0] if reg_rows is None
                                  else reg_rows, reg_tol, compass)
         self.last_registration = reg
         if reg is not None and reg.ok:
             track.register(reg)
+            self.height.registered(reg.x, reg.y)
         fix, est = track.fix(t, reg, compass)
         info = {"odometry_ok": bool(motion is not None and motion.ok),
                 "odometry_reason": motion.reason if motion is not None else "off",
-                "rows_scored": len(track.filter.grid) if rows is None else len(rows),
+                "rows_scored": 0 if not observe else len(track.filter.grid) if rows is None else len(rows),
                 "registered": None if reg is None else bool(reg.ok),
                 "registration_reason": None if reg is None else reg.reason,
                 "p_out": round(float(est.p_out), 4), "mass": round(float(est.mass), 4),
@@ -328,12 +349,14 @@ class Localizer:
         cands = []
         if due:
             ent = self.db.entries
-            cands = [(x, y) for x, y, _ in self.track.modes(2)]
+            oe, on = self._view_now.offset_en_m  # the view's centre lies the offset before the drone
+            cands = [(x - oe, y - on) for x, y, _ in self.track.modes(2)]
             cands += [(float(ent["x"][r]), float(ent["y"][r])) for r in top_rows if r >= 0]
         if not compass:
             return reg.register(image, altitude_m, heading_deg, cands, heading_tol_deg) if cands else None
         if cands:
-            reg.submit(Job(self._key, image, altitude_m, heading_deg, cands, heading_tol_deg))
+            oe, on = self._view_now.offset_en_m  # the registered view's centre, moved below the drone
+            reg.submit(Job(self._key, image, altitude_m, heading_deg, cands, heading_tol_deg, moved=(oe, on, 0.0)))
         return earlier
 
     # ---- without a compass (runtime.localisation.compassless) -------------------------------------------
@@ -370,16 +393,5 @@ class Localizer:
         return replace(fused, yaw_deg=yaw)
 
 
-def database_hfov(db) -> float:
-    """The camera field of view a tile database was cut for (its manifest, else a layer's record, else
-    from a layer's footprint and altitude)."""
-    hfov = (getattr(db, "manifest", None) or {}).get("extra", {}).get("hfov_deg")
-    for lay in db.layers:
-        if hfov is None and lay.get("hfov_deg") is not None:
-            hfov = lay["hfov_deg"]
-        if hfov is None and lay.get("footprint_m") and lay.get("altitude_m"):
-            hfov = math.degrees(2 * math.atan(float(lay["footprint_m"]) / 2 / float(lay["altitude_m"])))
-    if hfov is None:
-        raise ValueError(f"{getattr(db, 'path', 'the database')} does not record the camera's field of view: "
-                         "give --hfov-deg")
-    return float(hfov)
+def _no_matches(k: int) -> Matches:
+    return Matches(np.full((1, k), -1, np.int64), np.full((1, k), -np.inf, np.float32))

@@ -255,8 +255,10 @@ class MapFilter:
         near = self.grid.rows_near(mx, my, r95 + 1.5 * self.grid.footprint_m)
         return np.union1d(near, self.reference_rows)
 
-    def update(self, rows: np.ndarray | None, scores: np.ndarray) -> None:
-        """Weigh the posterior by the frame's similarities ``scores`` to the tiles ``rows`` (None: all)."""
+    def update(self, rows: np.ndarray | None, scores: np.ndarray, offset_en_m=(0.0, 0.0)) -> None:
+        """Weigh the posterior by the frame's similarities ``scores`` to the tiles ``rows`` (None: all).
+        ``offset_en_m``: from the ground point the frame's view is centred on to the drone (a tilted camera,
+        runtime.localisation.camera_view): a cell's drone position sees the tiles at the cell less it."""
         import cv2
 
         scores = np.asarray(scores, np.float32).ravel()
@@ -266,6 +268,7 @@ class MapFilter:
         ref = self._reference(rows, scores)
         img = self.grid.score_image(rows, scores, fill=ref)
         cx, cy = self.cell_xy()
+        cx, cy = cx - offset_en_m[0], cy - offset_en_m[1]
         u = ((cx - self.grid.x0) / self.grid.stride_m).astype(np.float32)
         v = ((self.grid.y1 - cy) / self.grid.stride_m).astype(np.float32)
         s = cv2.remap(img, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -114,8 +114,8 @@ class MapTrack:
     def rows_to_score(self):
         return self.filter.rows_to_score()
 
-    def update(self, rows, scores) -> None:
-        self.filter.update(rows, scores)
+    def update(self, rows, scores, offset_en_m=(0.0, 0.0)) -> None:
+        self.filter.update(rows, scores, offset_en_m)
 
     def register(self, reg) -> None:
         """A verified registration of this frame (a position measurement of the filter)."""

@@ -226,10 +226,12 @@ class GeoTiffFlight:
                 if self.photometric:
                     image = photometric_jitter(image, np.random.default_rng(look_seed), self.photometric)
                 lat, lon = raster.to_wgs84(float(x), float(y))
-                yield Frame(i / self.fps, image, {
-                    "index": i, "altitude_m": self.altitude_m, "x": float(x), "y": float(y),
-                    "lat": float(lat), "lon": float(lon), "heading_deg": hdg,
-                    "valid_fraction": view.valid_fraction, "source": self.name})
+                meta = {"index": i, "altitude_m": self.altitude_m, "x": float(x), "y": float(y),
+                        "lat": float(lat), "lon": float(lon), "heading_deg": hdg,
+                        "valid_fraction": view.valid_fraction, "source": self.name}
+                if self.tilt_deg:  # a level airframe with its camera mounted tilted: the autopilot's attitude
+                    meta["reported"] = {"roll_deg": 0.0, "pitch_deg": 0.0, "yaw_deg": hdg, "heading_deg": hdg}
+                yield Frame(i / self.fps, image, meta)
 
 
 # ---- SUES-200 flight --------------------------------------------------------------------------------

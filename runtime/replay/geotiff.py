@@ -19,11 +19,12 @@ import numpy as np
 from common import validate
 from common.cli import check_fields, whole_writes
 from common.options import shared
-from runtime.localisation.localizer import Localizer, LocalizerConfig, database_hfov
+from runtime.localisation.camera_view import database_hfov
+from runtime.localisation.localizer import Localizer, LocalizerConfig
 from runtime.replay.common import bundle_path, jsonable, load_engine_or_use, rnd, write_csv
 from runtime.replay.figures import reliability, summarize_flight
 from runtime.replay.flights import PATTERNS
-from runtime.replay.real_camera import CameraEffects
+from runtime.replay.real_camera import CameraEffects, lens_for
 from tiles.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -74,19 +75,30 @@ def _tile_hit(db, rows, x: float, y: float) -> bool:
     return False
 
 
-def flight_telemetry(t: float, meta: dict, altitude_m: float | None = None, compass: bool = True):
+def flight_telemetry(t: float, meta: dict, altitude_m: float | None = None, compass: bool = True,
+                     mount_tilt_deg: float = 0.0):
     """What an autopilot would report with a replayed frame: ``meta["altitude_m"]`` (else ``altitude_m``) and,
-    with a compass, ``meta["heading_deg"]`` (the compass heading of the image top)."""
+    with a compass, ``meta["heading_deg"]`` (the compass heading of the image top); where the frame's meta
+    has the autopilot's ``reported`` attitude (a real camera's flight, a tilted mount), the camera's attitude
+    through the mount (fixed, tilted ``mount_tilt_deg`` forward from nadir) and the altitude above mean sea
+    level."""
     from runtime.localisation.localizer import Telemetry
 
     alt = meta.get("altitude_m", altitude_m)
     hdg = meta.get("heading_deg") if compass else None
+    rep, att = meta.get("reported"), None
+    if rep is not None and compass:
+        from runtime.inputs.attitude import CameraMount, camera_attitude_deg
+
+        att = camera_attitude_deg(rep["roll_deg"], rep["pitch_deg"], rep["yaw_deg"],
+                                  CameraMount("fixed", pitch_deg=-90.0 + mount_tilt_deg))
     return Telemetry(t=float(t), altitude_m=alt, altitude_source="flight" if alt is not None else None,
-                     heading_deg=hdg, heading_source="flight" if hdg is not None else None)
+                     heading_deg=hdg, heading_source="flight" if hdg is not None else None, camera_attitude=att,
+                     altitude_msl_m=(rep or {}).get("altitude_msl_m"))
 
 
 def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass: bool = True,
-                  aheads=None, keep: list | None = None) -> list[dict]:
+                  aheads=None, keep: list | None = None, mount_tilt_deg: float = 0.0) -> list[dict]:
     """Run frames (Frame tuples with ground truth in meta) through ``localizer`` (a
     :class:`runtime.localisation.localizer.Localizer`, the service's own chain) and compare with the truth.
     ``aheads``: each frame's :meth:`~runtime.localisation.localizer.Localizer.embed_ahead` when computed
@@ -95,7 +107,7 @@ def replay_flight(localizer, frames, *, altitude_m: float | None = None, compass
     db = localizer.db
     records = []
     for k, (t, image, meta) in enumerate(frames):
-        tel = flight_telemetry(t, meta, altitude_m, compass)
+        tel = flight_telemetry(t, meta, altitude_m, compass, mount_tilt_deg)
         t0 = time.perf_counter()
         loc = localizer.locate(image, tel, ahead=aheads[k] if aheads is not None else None)
         if keep is not None:
@@ -188,8 +200,8 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
     from runtime.search.searcher import Searcher
     from tiles.db import TileDatabase
 
-    spec = FlightSpec(**flight)
     cfg = localizer or LocalizerConfig()
+    spec = FlightSpec(**{"camera_file": cfg.camera_file, **flight})  # the chain's camera is the one rendered
     if db is None:
         raise ValueError(
             "a GeoTIFF replay needs the tile database of the map (--db DB); build it once with "
@@ -212,8 +224,9 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
         frames = _truth_in_db_crs(_flight(flight_raster, alt, hfov_deg, spec), to_db)
         t0, kept = time.perf_counter(), ([] if record_autopilot is not None else None)
         start_unix = round(time.time())
-        records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher), frames, altitude_m=alt,
-                                compass=spec.compass, keep=kept)
+        lens = lens_for(CameraEffects.from_spec(spec), (spec.size_px, spec.size_px), hfov_deg)  # calibrated: known
+        records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher, camera=lens), frames, altitude_m=alt,
+                                compass=spec.compass, keep=kept, mount_tilt_deg=spec.tilt_deg)
         summary = summarize_flight(records, time.perf_counter() - t0)
         if kept:
             from runtime.replay.autopilot_record import record_flight

@@ -48,11 +48,15 @@ class CameraEffects:
         "help": "fixed wing: the most it banks, and the bank of the weave pattern's turns, degrees"})
     report_noise_deg: float = field(default=0.5, metadata={
         "help": "error of the attitude the autopilot reports, degrees (standard deviation)"})
-    report_delay_s: float = field(default=0.1, metadata={"help": "age of the reported attitude, seconds"})
+    report_delay_s: float = field(default=0.02, metadata={
+        "help": "how late the reported attitude is against the frame's capture, seconds: what the matching of "
+                "the camera's and the autopilot's clocks leaves (the service interpolates ATTITUDE to the capture "
+                "time; 0.1: an attitude taken as it arrives, uncompensated)"})
     lens_k1: float = field(default=0.0, metadata={
         "help": "radial distortion k1 of the lens (OpenCV model; -0.2: a strong barrel)"})
     camera_file: str | None = field(default=None, metadata={
-        "help": "render through this calibrated camera (OpenCV or ROS calibration file) instead of a pinhole"})
+        "help": "render through this calibrated camera (OpenCV or ROS calibration file) instead of a pinhole",
+        "cli": False})  # on the command line: the chain's --camera-file, the one camera of the flight
     dem: str | None = shared("dem")
     relief_m: float = field(default=0.0, metadata={
         "help": "without --dem: synthetic hills of this height from lowest to highest, metres"})
