@@ -1,0 +1,122 @@
+"""A real camera in the chain (issue 26): a tilted mount, a banked airframe, a distorting lens and a wrong
+barometer, flown over real imagery through the replay and the service's own Localizer (the thumbnail model
+of the toy assets, its database with map imagery). Each case is flown twice, with what the chain now does
+and without it, so each test shows both the failure and its cure."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from runtime.inputs.attitude import CameraAttitude
+from runtime.localisation.camera_view import CameraView, drone_motion
+from runtime.localisation.config import LocalizerConfig
+from runtime.localisation.localizer import Localizer
+from runtime.localisation.odometry import Motion
+from runtime.replay.flights import GeoTiffFlight
+from runtime.replay.geotiff import replay_flight
+from runtime.replay.real_camera import CameraEffects, lens_for
+
+
+@pytest.fixture(scope="module")
+def thumb(tiny, tmp_path_factory):
+    from export.map_imagery import attach_imagery
+    from runtime.engines.engine import load_engine
+    from tiles.db import TileDatabase
+
+    path = tmp_path_factory.mktemp("cam") / "db"
+    shutil.copytree(tiny["db_thumb"], path)
+    attach_imagery(path, [tiny["raster"]], gsd_m=5.0)
+    engine = load_engine(tiny["bundle_thumb"])
+    yield engine, TileDatabase.open(path), tiny
+    engine.close()
+
+
+def _fly(thumb, cfg: LocalizerConfig, *, tilt_deg: float = 0.0, effects: CameraEffects | None = None,
+         frames: int = 30, camera=None):
+    engine, db, tiny = thumb
+    alt = tiny["thumb_altitude_m"]
+    flight = GeoTiffFlight(tiny["raster"], alt, pattern="line", hfov_deg=60.0, size_px=96, speed_mps=40.0,
+                           fps=1.0, tilt_deg=tilt_deg, max_frames=frames, seed=7, effects=effects)
+    loc = Localizer(engine, db, cfg, camera=camera)
+    recs = replay_flight(loc, list(flight), altitude_m=alt, mount_tilt_deg=tilt_deg)
+    trusted = [r for r in recs if r["trusted"]]
+    errors = np.array([r["error_m"] for r in trusted])
+    return recs, trusted, errors
+
+
+NO_CAMERA = dict(rectify=False, height_from_map=False)
+
+
+def test_a_tilted_mount_no_longer_moves_the_fix_to_where_the_camera_looks(thumb):
+    alt = thumb[2]["thumb_altitude_m"]
+    cfg = dict(max_speed_mps=150.0, map_sigma_m=4.0)
+    _, t_old, e_old = _fly(thumb, LocalizerConfig(**cfg, **NO_CAMERA), tilt_deg=15.0)
+    recs, t_new, e_new = _fly(thumb, LocalizerConfig(**cfg), tilt_deg=15.0)
+    look = alt * math.tan(math.radians(15.0))  # 74 m: where the optical axis meets the ground
+    assert len(t_old) >= 5 and np.median(e_old) > 0.6 * look  # before: the fix followed the image centre
+    assert len(t_new) >= 10
+    assert np.median(e_new) < 0.3 * look and e_new.max() < 0.6 * look
+    # the record says what was rectified, and by how much the fix was moved
+    keyed = [r for r in recs if r.get("tilt_deg") is not None]
+    assert keyed and all(abs(r["tilt_deg"] - 15.0) < 0.5 and abs(r["offset_m"] - look) < 3 for r in keyed)
+
+
+def test_a_frame_beyond_the_tilt_limit_moves_the_track_by_odometry_only(thumb):
+    recs, trusted, _ = _fly(thumb, LocalizerConfig(max_speed_mps=150.0, max_tilt_deg=10.0), tilt_deg=15.0,
+                            frames=12)
+    assert all(r["too_tilted"] for r in recs if r.get("tilt_deg") is not None)
+    assert all(r["rows_scored"] == 0 and r["registered"] is None for r in recs)  # never compared with the map
+    assert not trusted  # never verified: nothing to trust
+
+
+def test_the_lens_calibration_undistorts_into_the_databases_pinhole(tiny):
+    from tiles.raster import open_raster
+    from tiles.views import CameraPose, render_view
+
+    lens = lens_for(CameraEffects(lens_k1=-0.25), (96, 96), 60.0)
+    with open_raster(tiny["raster"]) as r:
+        x0, y0, x1, y1 = r.bounds_m
+        pose = CameraPose((x0 + x1) / 2, (y0 + y1) / 2, 300.0, 0.0, 0.0, 60.0)
+        pinhole = render_view(r, pose, (96, 96)).image.astype(float)
+        barrel = render_view(r, pose, (96, 96), lens=lens).image
+    view = CameraView(LocalizerConfig(), 60.0, lens)
+    assert view.hfov_deg == 60.0  # the chain works in the database's field of view
+    fixed = view(barrel, heading_deg=None).frame
+
+    def off(img):  # mean difference to the pinhole's picture, away from the edges
+        return float(np.abs(img[12:84, 12:84].astype(float) - pinhole[12:84, 12:84]).mean())
+
+    assert off(fixed) < 0.5 * off(barrel)
+
+
+def test_rectified_view_and_offset_follow_the_attitude():
+    cfg = LocalizerConfig()
+    view = CameraView(cfg, 60.0)
+    img = np.full((96, 96, 3), 128, np.uint8)
+    att = CameraAttitude.from_view_angles(90.0, 20.0)  # facing east, tilted 20 deg forward
+    v = view(img, heading_deg=90.0, attitude=att, height_m=200.0)
+    assert v.rectified and not v.too_tilted and v.tilt_deg == pytest.approx(20.0)
+    east, north = v.offset_en_m  # the drone is west of the point the camera looks at
+    assert east == pytest.approx(-200.0 * math.tan(math.radians(20.0)), rel=1e-3) and abs(north) < 1e-6
+    assert v.offset_sigma_m == pytest.approx(200.0 * math.radians(1.0) / math.cos(math.radians(20.0)) ** 2)
+    steep = view(img, 90.0, CameraAttitude.from_view_angles(90.0, 50.0), 200.0)
+    assert steep.too_tilted and steep.image is not None  # odometry still sees it
+    plain = view(img, heading_deg=90.0)  # no attitude: turned north-up by the compass, as a nadir frame
+    assert not plain.rectified and plain.offset_en_m == (0.0, 0.0)
+
+
+def test_the_track_moves_with_the_drone_not_with_the_point_the_camera_looks_at():
+    cfg = LocalizerConfig()
+    view = CameraView(cfg, 60.0)
+    img = np.full((64, 64, 3), 90, np.uint8)
+    a = view(img, 0.0, CameraAttitude.from_view_angles(0.0, 5.0), 150.0)
+    b = view(img, 0.0, CameraAttitude.from_view_angles(0.0, -5.0), 150.0)
+    seen = Motion(True, dx_e_m=0.0, dy_n_m=40.0, dt_s=1.0, sigma_m=0.5)  # the viewed point moved 40 m north
+    m = drone_motion(seen, b, a.offset_en_m)
+    drone = 40.0 + 2 * 150.0 * math.tan(math.radians(5.0))  # the camera pitched back: the drone moved more
+    assert m.dy_n_m == pytest.approx(drone, rel=1e-6) and m.sigma_m > seen.sigma_m
+    assert drone_motion(seen, b, None) is seen  # no earlier view: nothing to add
