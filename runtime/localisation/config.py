@@ -64,10 +64,12 @@ class LocalizerConfig:
                                      "odometry still carries the track through it")
     attitude_sigma_deg: float = _opt(1.0, "uncertainty of the camera's reported attitude (1 sigma, degrees, "
                                           "with its delay): the radius of a rectified fix grows by height x it")
-    height_from_map: bool = _opt(True, "correct the height above ground by the ground covered between two "
-                                       "registrations against the odometry's metres (a barometer's bias, "
-                                       "flat-ground relief)")
-    height_span_m: float = _opt(150.0, "ground flown between two registrations that measure the height's scale")
+    height_sigma_m: float = _opt(3.0, "uncertainty of the height above ground the telemetry gives (1 sigma, "
+                                      "metres: a barometer's bias, ground that is not flat): odometry's metres "
+                                      "are as uncertain, one error for all the ground carried since a "
+                                      "registration, and the fix's radius grows with it")
+    height_from_map: bool = _opt(True, "correct the height above ground by the scale registration by features "
+                                       "fits on the map (a barometer's bias, relief without a DEM)")
     odometry: bool = _opt(True, "visual odometry between consecutive frames")
     registration: bool = _opt(True, "register frames to the map imagery (when the database carries it)")
     registration_every: int = _opt(1, "register every N-th frame (cost)")
@@ -148,7 +150,8 @@ class LocalizerConfig:
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,
                   "prior_sigma_m": self.prior_sigma_m > 0, "keyframe_s": self.keyframe_s >= 0,
                   "max_tilt_deg": 0 <= self.max_tilt_deg < 80, "attitude_sigma_deg": 0 <= self.attitude_sigma_deg < 30,
-                  "height_span_m": self.height_span_m > 0}
+                  "height_sigma_m": self.height_sigma_m >= 0,
+}
         for name, ok in checks.items():
             v = getattr(self, name)
             if not ok or (isinstance(v, float) and not math.isfinite(v)):

@@ -62,7 +62,7 @@ class Localizer:
 
     def __init__(self, engine, db, cfg: LocalizerConfig | None = None, *, searcher: Searcher | None = None,
                  likelihood=None, fix_r95_scale: float | None = None, registration_worker: bool = False,
-                 odometry_features: dict | None = None, camera=None):
+                 odometry_features: dict | None = None, camera=None, terrain=None):
         self.engine, self.db = engine, db
         self.cfg = cfg or LocalizerConfig()
         self.searcher = searcher or Searcher(db)
@@ -71,7 +71,7 @@ class Localizer:
         geo = bool(len(db.entries) and np.all(db.entries["has_geo"]))
         self.camera_view = CameraView(self.cfg, database_hfov(db) if geo else (self.cfg.hfov_deg or 60.0), camera)
         if geo:
-            self._build_chain(likelihood, fix_r95_scale, registration_worker, odometry_features)
+            self._build_chain(likelihood, fix_r95_scale, registration_worker, odometry_features, terrain)
         else:  # a gallery of labelled images (SUES-200, University-1652): no map to track over
             logger.warning("%s holds no tile positions (a gallery database): each frame's own match, never "
                            "trusted", getattr(db, "path", "the database"))
@@ -85,7 +85,7 @@ class Localizer:
         self._engine_lock = threading.Lock()  # embed_ahead() in another thread; a TensorRT context is not shared
 
     def _build_chain(self, likelihood, fix_r95_scale: float | None, registration_worker: bool,
-                     odometry_features: dict | None) -> None:
+                     odometry_features: dict | None, terrain=None) -> None:
         from runtime.localisation.height import HeightAboveGround
         from runtime.localisation.likelihood import Likelihood
         from runtime.localisation.map_registration import MapRegistration
@@ -94,7 +94,7 @@ class Localizer:
 
         cfg = self.cfg
         self.hfov_deg = self.camera_view.hfov_deg
-        self.height = HeightAboveGround(cfg, self.db)
+        self.height = HeightAboveGround(cfg, self.db, terrain)
         manifest = getattr(getattr(self.engine, "bundle", None), "manifest", None)
         registrar = Registrar.from_database(self.db) if cfg.registration else None
         if cfg.registration and registrar is None:
@@ -294,11 +294,10 @@ class Localizer:
             motion = self.odometry.update(up, t, altitude_m, self.hfov_deg, None)
         view = self._view_now  # the track lives below the drone: the odometry's motion made the drone's
         motion, self._offset_prev = drone_motion(motion, view, self._offset_prev), view.offset_en_m
-        track.predict(t, layer, motion)
+        h_sigma = self.cfg.height_sigma_m / altitude_m if altitude_m and altitude_m > 0 else 0.0
+        track.predict(t, layer, motion, h_sigma)
         if self.registration is not None:
             self.registration.carry(motion)
-        if measure:
-            self.height.moved(motion)
         rows = track.rows_to_score() if observe else None
         t0 = time.perf_counter()
         if observe:
@@ -315,14 +314,14 @@ class Localizer:
         self.last_registration = reg
         if reg is not None and reg.ok:
             track.register(reg)
-            self.height.registered(reg.x, reg.y)
+            self.height.registered(reg)
         fix, est = track.fix(t, reg, compass)
         info = {"odometry_ok": bool(motion is not None and motion.ok),
                 "odometry_reason": motion.reason if motion is not None else "off",
                 "rows_scored": 0 if not observe else len(track.filter.grid) if rows is None else len(rows),
                 "registered": None if reg is None else bool(reg.ok),
                 "registration_reason": None if reg is None else reg.reason,
-                "p_out": round(float(est.p_out), 4), "mass": round(float(est.mass), 4),
+                "p_out": round(float(est.p_out), 4), "mass": round(float(est.mass), 4), "height_m": altitude_m,
                 "posterior_x": float(est.x), "posterior_y": float(est.y), "posterior_r95_m": float(est.r95_m),
                 "search_ms": search_ms}
         return fix, matches, info

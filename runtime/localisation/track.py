@@ -71,6 +71,8 @@ class MapTrack:
         self.last_trusted: Fix | None = None
         self.verified: np.ndarray | None = None  # the registered point the track was verified at, carried along
         self.verified_var = 0.0  # its variance per axis (m^2): registration's, grown by each step carrying it
+        self.carried_m = np.zeros(2)  # the ground it was carried since (a height's bias scales all of it at once)
+        self.scale_sigma = 0.0  # the odometry's scale uncertainty from the height's (1 sigma, relative)
         self.chain_ok = False  # carried by odometry alone since that registration (and bland frames: coasted)
         self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
         self.trusted = False  # the last frame's fix was trusted
@@ -105,8 +107,12 @@ class MapTrack:
         return True
 
     # ---- per frame --------------------------------------------------------------------------------------
-    def predict(self, t: float, layer: int, motion) -> None:
-        """Move the track to time ``t`` on ``layer`` with the odometry's east/north ``motion`` (or None)."""
+    def predict(self, t: float, layer: int, motion, scale_sigma: float = 0.0) -> None:
+        """Move the track to time ``t`` on ``layer`` with the odometry's east/north ``motion`` (or None);
+        ``scale_sigma``: how uncertain the odometry's metres are as a whole (the height's relative
+        uncertainty: a barometer's bias is one error for every step, so its variance grows with the square
+        of the ground carried, not with the steps)."""
+        self.scale_sigma = float(scale_sigma)
         mf = self._filter_for(layer)
         mf.predict(t, motion)
         self._carry_verified(motion)
@@ -164,6 +170,7 @@ class MapTrack:
             return
         if motion is not None and motion.ok:
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
+            self.carried_m = self.carried_m + (motion.dx_e_m, motion.dy_n_m)
             self.verified_var += motion_variance(motion)
             self.coasted = 0
             return
@@ -171,6 +178,7 @@ class MapTrack:
         # picture contradicts the track) the chain coasts for coast_frames; any other failure (a picture that
         # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
         self.verified = self.verified + self.filter.last_displacement
+        self.carried_m = self.carried_m + self.filter.last_displacement
         self.verified_var += self.filter.last_sigma_m**2
         if motion is not None and motion.bland and self.coasted < self.cfg.coast_frames:
             self.coasted += 1
@@ -193,7 +201,7 @@ class MapTrack:
         claiming 14 m)."""
         map_var = self.cfg.map_sigma_m**2
         if self.verified is None or not self.chain_ok:
-            self.verified, self.verified_var = point, noise_var + map_var
+            self.verified, self.verified_var, self.carried_m = point, noise_var + map_var, np.zeros(2)
             return
         old_noise = max(self.verified_var - map_var, 1e-6)
         d2 = float(np.sum((point - self.verified) ** 2))
@@ -201,8 +209,10 @@ class MapTrack:
             k = old_noise / (old_noise + noise_var)
             self.verified = self.verified + k * (point - self.verified)
             self.verified_var = old_noise * noise_var / (old_noise + noise_var) + map_var
+            self.carried_m = (1.0 - k) * self.carried_m
         else:
             self.verified, self.verified_var = point, noise_var + map_var + d2 / 2.0
+            self.carried_m = np.zeros(2)
 
     def _verified_on_map(self, est) -> bool:
         """A track that registration verified on this map and the odometry carried since (unbroken) is on the
@@ -228,7 +238,7 @@ class MapTrack:
         if self.verified is not None and self.chain_ok and compass:
             vx, vy = float(self.verified[0]), float(self.verified[1])
             if math.hypot(vx - est.x, vy - est.y) <= max(self.filter.cell_m, 0.5 * est.r95_m):
-                v = self.verified_var
+                v = self.verified_var + (self.scale_sigma * float(np.hypot(*self.carried_m))) ** 2
                 return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0)
         return float(est.x), float(est.y), float(est.r95_m), tuple(est.cov_xy)
 

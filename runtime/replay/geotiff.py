@@ -24,7 +24,7 @@ from runtime.localisation.localizer import Localizer, LocalizerConfig
 from runtime.replay.common import bundle_path, jsonable, load_engine_or_use, rnd, write_csv
 from runtime.replay.figures import reliability, summarize_flight
 from runtime.replay.flights import PATTERNS
-from runtime.replay.real_camera import CameraEffects, lens_for
+from runtime.replay.real_camera import CameraEffects, lens_for, terrain_for
 from tiles.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -225,8 +225,9 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
         t0, kept = time.perf_counter(), ([] if record_autopilot is not None else None)
         start_unix = round(time.time())
         lens = lens_for(CameraEffects.from_spec(spec), (spec.size_px, spec.size_px), hfov_deg)  # calibrated: known
-        records = replay_flight(Localizer(engine, tdb, cfg, searcher=searcher, camera=lens), frames, altitude_m=alt,
-                                compass=spec.compass, keep=kept, mount_tilt_deg=spec.tilt_deg)
+        loc = Localizer(engine, tdb, cfg, searcher=searcher, camera=lens, terrain=_flight_terrain(flight_raster, spec))
+        records = replay_flight(loc, frames, altitude_m=alt, compass=spec.compass, keep=kept,
+                                mount_tilt_deg=spec.tilt_deg)
         summary = summarize_flight(records, time.perf_counter() - t0)
         if kept:
             from runtime.replay.autopilot_record import record_flight
@@ -307,6 +308,18 @@ def _truth_in_db_crs(frames, to_db):
             meta = {**meta}
             meta["x"], meta["y"] = to_db(meta["x"], meta["y"])
         yield t, image, meta
+
+
+def _flight_terrain(flight_raster, spec: FlightSpec):
+    """The ground the frames are rendered over (a DEM, synthetic hills), given to the chain as ``export --dem``
+    gives a database its terrain; None over flat ground."""
+    effects = CameraEffects.from_spec(spec)
+    if not (effects.dem or effects.relief_m):
+        return None
+    from tiles.raster import open_raster
+
+    with open_raster(flight_raster) as raster:
+        return terrain_for(effects, raster, spec.seed)
 
 
 def _flight(raster, alt: float, hfov_deg: float, spec: FlightSpec):
