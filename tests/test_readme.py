@@ -146,6 +146,11 @@ def _exported(proc, ws: Path) -> None:
         assert (bundle / "model.int8.onnx").is_file() and "model.int8.onnx" in files
 
 
+def _calibrated(proc, ws: Path) -> None:
+    fitted = json.loads((ws / "bundle/manifest.json").read_text())["likelihood"]["fitted_on"]
+    assert fitted["rasters"] == ["map2019.tif"] and fitted["database"] == "tiledb" and fitted["frames"] > 0
+
+
 def _venv(proc, ws: Path) -> None:
     assert "include-system-site-packages = true" in (ws / "geoloc/pyvenv.cfg").read_text()
 
@@ -187,6 +192,8 @@ TABLE: dict[str, Run | Skip] = {
         extra=("--calib-n", "16", "--eval-n", "64", "--stride-frac", "1", "--no-progress"), rc=(0, 3),
         needs=("python -m train --preset geotiff",), verify=_exported,
         files=("bundle/model.onnx", "bundle/manifest.json", "bundle/tiledb/manifest.json")),
+    "python -m export --bundle bundle --db-out bundle/tiledb --likelihood-tif map2019.tif": Run(
+        needs=(EXPORTED,), output=("likelihood calibrated",), verify=_calibrated),
     "sudo apt install": Skip("JetPack's apt packages, on a Jetson", _apt_package_is_the_one_the_errors_name),
     "python3 -m venv --system-site-packages ~/geoloc": Run(
         subs=(("~/geoloc", "geoloc"),), extra=("--without-pip",), files=("geoloc/bin/activate",),
