@@ -153,3 +153,15 @@ def test_a_fenced_command_with_a_bad_value_fails_to_parse():
     with pytest.raises(SystemExit), contextlib.redirect_stderr(err):
         PARSERS["runtime"].parse_args(["serve", "--bundle", "b", "--keyframe-s", "soon"])
     assert re.search(r"--keyframe-s", err.getvalue())
+
+
+def test_every_glossary_link_has_its_entry_and_the_glossary_defines_the_metrics():
+    anchors = set(re.findall(r'<a id="([\w-]+)"></a>', README))
+    links = set(re.findall(r"\]\(#(g-[\w-]+)\)", README))
+    assert links and not links - anchors, f"README links to glossary entries that do not exist: {links - anchors}"
+    glossary = README.split("## Glossary", 1)[1].split("\n## ", 1)[0]
+    for term in ("R@1", "r95", "availability", "time to first fix", "calibration", "wrong trusted fix",
+                 "footprint", "layer", "keyframe", "registration", "odometry"):
+        assert f"**{term}**" in glossary, f"the glossary lacks {term}"
+    for column in ("avail", "ttff", "wrong", "calib"):  # the demo table's metric columns, linked
+        assert re.search(rf"\[{column}\]\(#g-", README), f"the column {column} is not linked to the glossary"
