@@ -192,8 +192,9 @@ def calibration_line(manifest: dict | None, bundle_dir, db_dir) -> str:
     lik = (manifest or {}).get("likelihood") or {}
     on = lik.get("fitted_on") or {}
     if lik and lik.get("fix_accuracy"):
-        return (f"calibration: likelihood and reported accuracy fitted on {', '.join(on.get('rasters', [])) or '?'} "
-                f"over {on.get('database', '?')} ({on.get('frames', '?')} frames, {on.get('engine', '?')})")
+        own = " (the map itself: optimistic; --likelihood-tif OTHER_YEAR.tif)" if on.get("source") == "map" else ""
+        return (f"calibration: likelihood and reported accuracy fitted on {', '.join(on.get('rasters', [])) or '?'}"
+                f"{own} over {on.get('database', '?')} ({on.get('frames', '?')} frames, {on.get('engine', '?')})")
     what = "likelihood and reported accuracy" if not lik else "reported accuracy"
     logger.warning("UNCALIBRATED bundle %s: its %s were not calibrated for this model (values fitted for another "
                    "model stand in: trust and the reported radius may be wrong); calibrate it: `python -m export "
