@@ -14,6 +14,8 @@ adds a FAISS IVF-PQ index to layers of >= ``--ann-min-rows`` tiles for global se
 faiss-cpu is installed).
 ``--likelihood-tif`` calibrates the map filter's likelihood on flights rendered from training-year rasters
 (never the held-out years) over the tile database just built, and stores it in the bundle's manifest.
+Without it, ``--tiles`` calibrates anyway (:func:`calibration_rasters`: the ``--calib-tif`` rasters of
+other dates, else the map itself) unless ``--no-calibrate``.
 
 Jetson (no torch needed)::
 
@@ -109,6 +111,11 @@ class DatabaseOptions:
     likelihood_tif: list[str] = option([], "GeoTIFF(s) of the database's area from other dates than those you "
                                            "evaluate on: fit the map filter's likelihood on flights rendered from "
                                            "them (stored in the bundle manifest)")
+    calibrate: bool = option(True, "with --tiles and no --likelihood-tif: calibrate the likelihood and the reported "
+                                   "accuracy for this model anyway, on flights rendered from the --calib-tif rasters "
+                                   "that are neither the map nor an --eval-tifs raster (other dates of the area), "
+                                   "else from the map itself (optimistic: the tiles' own imagery); --no-calibrate "
+                                   "leaves the bundle uncalibrated (serve warns at every start)")
     gallery: str | None = option(None, "labelled gallery folder: SUES-200 root or satellite-view, University-1652 "
                                        "gallery_satellite, or class folders")
     gallery_out: str | None = option(None, "gallery database folder (default BUNDLE/gallerydb)")
@@ -224,20 +231,58 @@ def _databases(args, bundle, log) -> None:
         from export.terrain import attach_terrain
 
         attach_terrain(args.db_out or Path(bundle) / "tiledb", args.dem)
-    if args.likelihood_tif:
-        from export.calibrate import calibrate_bundle
-
-        db = args.db_out or Path(bundle) / "tiledb"
-        lik = calibrate_bundle(bundle, db, args.likelihood_tif, hfov_deg=args.hfov_deg)
-        acc = lik.get("fix_accuracy", {})
-        log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f; reported accuracy scale %.2f (%s)",
-                 lik["temperature"], lik["offset"], lik["r95_scale"], acc.get("r95_scale", 1.0), acc.get("note", ""))
+    rasters, source = calibration_rasters(args)
+    if rasters:
+        _calibrate(args, bundle, rasters, source, log)
     if args.gallery:
         from export.tiledb_build import build_gallery_database
 
         db = build_gallery_database(bundle, args.gallery, args.gallery_out or Path(bundle) / "gallerydb",
                                     overwrite=args.overwrite, progress=args.progress)
         log.info("gallery database %s", db)
+
+
+def calibration_rasters(args) -> tuple[list[str], str | None]:
+    """What the likelihood and the reported accuracy are calibrated on, and how it was chosen: the
+    ``--likelihood-tif`` rasters; else, with ``--tiles`` (and not ``--no-calibrate``), the ``--calib-tif``
+    rasters that are neither the map nor an evaluation raster (other dates of the area), else the map
+    itself. None under torchrun (rank 0 writes the database after the others: calibrate afterwards)."""
+    if args.likelihood_tif:
+        return list(args.likelihood_tif), "likelihood-tif"
+    if not (args.tiles and args.calibrate):
+        return [], None
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        logging.getLogger("export").warning(
+            "the bundle is not calibrated under torchrun: afterwards, `python -m export --bundle BUNDLE --db-out DB "
+            "--likelihood-tif OTHER_YEAR.tif`")
+        return [], None
+    taken = {Path(p).resolve() for p in [*args.tiles, *(args.eval_tifs or [])]}
+    others = [t for t in args.calib_tif or [] if Path(t).resolve() not in taken]
+    return (others, "calib-tif") if others else (list(args.tiles), "map")
+
+
+def _calibrate(args, bundle, rasters: list[str], source: str, log) -> None:
+    """Calibrate the bundle over its database; a calibration nobody asked for that the model cannot give
+    leaves the bundle uncalibrated with a warning (serve repeats it at every start)."""
+    from export.calibrate import calibrate_bundle
+
+    db = args.db_out or Path(bundle) / "tiledb"
+    if source != "likelihood-tif":
+        log.info("calibrating the likelihood and the reported accuracy on %s (%s; --no-calibrate skips it)",
+                 ", ".join(Path(r).name for r in rasters),
+                 "the map itself: optimistic, give --likelihood-tif OTHER_YEAR.tif" if source == "map"
+                 else "--calib-tif: other dates of the area")
+    try:
+        lik = calibrate_bundle(bundle, db, rasters, hfov_deg=args.hfov_deg, source=source)
+    except ValueError as e:
+        if source == "likelihood-tif":
+            raise
+        log.warning("the bundle is UNCALIBRATED: the calibration on %s failed: %s",
+                    ", ".join(Path(r).name for r in rasters), str(e).splitlines()[0])
+        return
+    acc = lik.get("fix_accuracy", {})
+    log.info("likelihood: temperature %.4f, offset %.4f, r95 scale %.2f; reported accuracy scale %.2f (%s)",
+             lik["temperature"], lik["offset"], lik["r95_scale"], acc.get("r95_scale", 1.0), acc.get("note", ""))
 
 
 EXIT_GATE_FAILED = 3

@@ -24,10 +24,12 @@ log = logging.getLogger(__name__)
 
 def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, precision: str = "auto",
                      threads: int | None = None, frames: int = 40, report_path=None, work_dir=None,
-                     cfg=None) -> dict:
+                     cfg=None, source: str = "likelihood-tif") -> dict:
     """Fit the likelihood and the fix accuracy for ``bundle_dir`` on flights rendered from ``rasters`` over
     the database ``db_path`` (built by this bundle), flying the chain with ``cfg`` (a LocalizerConfig, the
-    service's defaults when None); write them into the bundle manifest and return the stored dict."""
+    service's defaults when None); write them into the bundle manifest and return the stored dict.
+    ``source`` records how the rasters were chosen (``"likelihood-tif"``: given for it; ``"calib-tif"``:
+    other dates given for INT8; ``"map"``: the map itself, whose flights see the tiles' own imagery)."""
     from export.calibrate_accuracy import fix_accuracy
     from export.calibrate_likelihood import fit_likelihood
     from export.calibration_flights import embed_flights, half_database, render_flights
@@ -56,7 +58,7 @@ def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, pr
 
     lik["fix_accuracy"] = fix_accuracy(records, registration=cfg.registration and Registrar.from_database(db)
                                        is not None)
-    lik["fitted_on"] = {"rasters": [r.name for r in rasters], "database": Path(db_path).name,
+    lik["fitted_on"] = {"rasters": [r.name for r in rasters], "source": source, "database": Path(db_path).name,
                         "engine": engine.name, "frames": int(sum(len(f.frames) for f in on)),
                         "localizer": asdict(cfg), "final": report["final"],
                         "seconds": round(time.perf_counter() - t_start, 1)}

@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from runtime.config import ServiceConfig
+from runtime.engines.bundle import calibration_line
 from runtime.engines.engine import check_engine_database, load_engine
 from runtime.inputs.frame_slot import FrameSlot
 from runtime.inputs.sources import SourceStats, open_source
@@ -165,6 +166,7 @@ class Service:
             f"D={self.engine.embedding_dim}, model {self.engine.model_fingerprint} (first run {warm_ms:.0f} ms)",
             f"database: {self.db.path}, {len(self.db)} tiles, {len(self.db.layers)} layer(s) at {alts} m, {now}, "
             f"crs {self.db.crs}",
+            calibration_line(getattr(getattr(self.engine, "bundle", None), "manifest", None), self.cfg.bundle, self.cfg.db),
             self.telemetry.altitude_line(len(self.db.layers)),
             self.telemetry.heading_line(),
             f"source: {self.source.describe() if hasattr(self.source, 'describe') else self.source!r}, "

@@ -54,7 +54,7 @@ def test_cli_end_to_end(ckpt, naip_paths, tmp_path):
     r = run(ckpt, "--out", out, "--fp16", "--int8", "--calib-tif", naip_paths[2014], "--calib-n", 16,
             "--eval-tifs", naip_paths[2016], naip_paths[2018], "--max-r1-drop", 50, "--input-format", "uint8",
             "--tiles", naip_paths[2018], "--altitudes", 250, 300, "--hfov", 60, "--stride-frac", 1.0,
-            "--no-progress", env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+            "--no-progress", "--no-calibrate", env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert "done:" in r.stderr
     b = read_bundle(out)
     assert b.model_fingerprint == file_sha256(ckpt)[:16]
@@ -108,7 +108,7 @@ def test_failing_gate_removes_the_variant_and_still_builds_the_tile_database(ckp
     out = tmp_path / "bundle"
     r = run(ckpt, "--out", out, "--fp16", "--int8", "--calib", grey, "--eval-tifs", naip_paths[2016],
             naip_paths[2018], "--eval-n", 64, "--max-r1-drop", 5, "--tiles", naip_paths[2018], "--altitudes", 250,
-            300, "--hfov", 60, "--stride-frac", 1.0, "--no-progress", check=False,
+            300, "--hfov", 60, "--stride-frac", 1.0, "--no-progress", "--no-calibrate", check=False,
             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.returncode == 3, r.stderr[-3000:]
     assert "accuracy gate failed: int8 R@1" in r.stderr and "95% interval" in r.stderr
@@ -148,7 +148,7 @@ def test_usage_errors_are_clear():
 def test_killed_tile_build_continues(bundle, naip_paths):
     out = bundle
     args = ["--bundle", out, "--tiles", naip_paths[2018], "--altitudes", 300, "--hfov", 60, "--stride-frac", 0.5,
-            "--chunk-tiles", 8, "--no-progress"]
+            "--chunk-tiles", 8, "--no-progress", "--no-calibrate"]
     proc = subprocess.Popen([sys.executable, "-m", "export", *map(str, args)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = out / ".tiledb.work"

@@ -128,7 +128,7 @@ def test_a_build_killed_during_its_imagery_is_completed_by_the_same_command(tiny
 
     bundle, db = copy(tiny["bundle"], tmp_path / "bundle"), tmp_path / "db"
     args = ["--bundle", bundle, "--tiles", naip_paths[2018], "--altitudes-m", 300, "--hfov-deg", 60, "--db-out", db,
-            "--imagery-px", 256, "--no-progress", "--ann", "none"]
+            "--imagery-px", 256, "--no-progress", "--ann", "none", "--no-calibrate"]
     call = f"from export.__main__ import main; main({[str(a) for a in args]!r})"
     killed = run_python(KILL_IMAGERY.format(call=call), 3)
     assert killed.returncode == -signal.SIGKILL

@@ -52,7 +52,8 @@ def test_export_into_a_folder_it_may_not_write(ckpt, tmp_path):
 def test_ctrl_c_during_export_is_one_line_and_130(ckpt, naip_paths, tmp_path):
     out = tmp_path / "bundle"
     proc = popen("export", ckpt, "--out", out, "--eval-tifs", naip_paths[2016], naip_paths[2018], "--tiles",
-                 naip_paths[2018], "--altitudes-m", 150, 200, 250, 300, "--no-progress", "--chunk-tiles", 8)
+                 naip_paths[2018], "--altitudes-m", 150, 200, 250, 300, "--no-progress", "--chunk-tiles", 8,
+                 "--no-calibrate")
     deadline = time.monotonic() + 120
     while not (out / "model.onnx").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

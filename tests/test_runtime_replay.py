@@ -242,7 +242,7 @@ def test_missing_db_names_the_export_command_that_builds_it(engine, naip_paths, 
     words = shlex.split(caplog.text.split("`")[1])
     assert words[:3] == ["python", "-m", "export"] and words[-1] == "DB"
     db = tmp_path / "db"
-    assert export_main([*words[3:-1], str(db), "--no-progress"]) == 0
+    assert export_main([*words[3:-1], str(db), "--no-progress", "--no-calibrate"]) == 0
     assert main([*args, "--db", str(db), "--out", str(tmp_path / "o")]) == 0
     saved = json.loads((tmp_path / "o" / "replay_geotiff.json").read_text())
     assert saved["database"] == str(db) and saved["altitudes"]["300"]["n_frames"] == 2

