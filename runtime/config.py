@@ -41,6 +41,15 @@ class ServiceConfig(LocalizerConfig, OutputConfig):
     heading_from: str | None = _opt(None, "read the heading (ATTITUDE yaw) from the autopilot at this address "
                                           "(default: the --altitude-from link)", metavar="MAVLINK_URL")
     camera_yaw_offset_deg: float = _opt(0.0, "camera image top turned clockwise from the airframe's nose, degrees")
+    camera_mount: str = _opt("fixed", "how the camera is held: fixed to the airframe at --camera-pitch-deg and "
+                                      "--camera-roll-deg, or on a gimbal that reports its attitude "
+                                      "(GIMBAL_DEVICE_ATTITUDE_STATUS)", choices=("fixed", "gimbal"))
+    camera_pitch_deg: float = _opt(-90.0, "fixed mount: the camera's pitch against the airframe, degrees (gimbal "
+                                          "convention: -90 looks straight down, -80 ten degrees forward of it)")
+    camera_roll_deg: float = _opt(0.0, "fixed mount: the camera's roll against the airframe, degrees")
+    attitude_delay_ms: float = _opt(0.0, "the MAVLink link's one-way delay, milliseconds: the autopilot's "
+                                         "attitude is put on this computer's clock with it before it is "
+                                         "interpolated to each frame's capture time")
     precision: str = shared("precision")
     backend: str = shared("backend")
     providers: list[str] | None = _opt(None, "ONNX Runtime providers, e.g. CUDAExecutionProvider")
@@ -81,7 +90,8 @@ class ServiceConfig(LocalizerConfig, OutputConfig):
             self.altitude_m = validate.altitude_m(self.altitude_m, "--altitude-m")
         if self.heading_deg is not None:
             self.heading_deg = validate.heading_deg(self.heading_deg, "--heading-deg")
-        validate.finite("--camera-yaw-offset-deg", self.camera_yaw_offset_deg)
+        for name in ("camera_yaw_offset_deg", "camera_pitch_deg", "camera_roll_deg", "attitude_delay_ms"):
+            validate.finite(f"--{name.replace('_', '-')}", getattr(self, name))
         validate.positive("--altitude-stale-s", self.altitude_stale_s, "s")
         validate.positive("--health-log-s", self.health_log_s, "s")
         if self.max_frames is not None and self.max_frames < 1:

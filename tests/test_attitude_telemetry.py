@@ -129,3 +129,34 @@ def test_messages_to_samples_and_the_gimbal_yaw_frame():
     assert attitude_sample(gimbal(0))[2] is False
     assert attitude_sample(gimbal(0, (math.nan, 0, 0, 0))) is None
     assert attitude_sample(v2.MAVLink_heartbeat_message(2, 3, 0, 0, 0, 3)) is None
+
+
+def test_the_service_telemetry_gives_the_camera_attitude_at_the_capture_time():
+    """The service's own telemetry (runtime.inputs.telemetry) through a fixed mount 10 degrees forward of
+    nadir: the camera's attitude at a frame captured 0.3 s ago, from the autopilot's stream over UDP."""
+    from runtime.config import ServiceConfig
+    from runtime.inputs.attitude import CameraMount, camera_attitude_deg
+    from runtime.inputs.telemetry import TelemetryPolicy
+
+    port = free_port()
+    cfg = ServiceConfig(altitude_from=f"udpin:127.0.0.1:{port}", altitude_request_hz=0.0, camera_pitch_deg=-80.0,
+                        altitude_m=150.0)
+    policy = TelemetryPolicy(cfg)
+    policy.altitude_reader.start()
+    sender = Sender(port)
+    sender.start()
+    try:
+        assert wait_for(lambda: len(policy.altitude_reader.attitudes) > 30, timeout=10)
+        capture = time.time() - 0.3
+        tel = policy.for_frame(1.0, capture)
+        ts = time.monotonic() - 0.3 - sender.t0  # the capture on the sender's clock
+        truth = camera_attitude_deg(roll_deg(ts), pitch_deg(ts), yaw_deg(ts), CameraMount("fixed", pitch_deg=-80.0))
+        assert tel.camera_attitude is not None
+        assert tel.camera_attitude.tilt_deg == pytest.approx(truth.tilt_deg, abs=0.7)
+        assert tel.camera_attitude.tilt_deg > 5.0  # the mount's 10 degrees and the airframe's roll and pitch
+        off = ServiceConfig(altitude_from=f"udpin:127.0.0.1:{free_port()}", altitude_request_hz=0.0,
+                            rectify=False, altitude_m=150.0)
+        assert TelemetryPolicy(off).camera_attitude(capture) is None  # --no-rectify: none asked for
+    finally:
+        sender.stop.set()
+        policy.close()

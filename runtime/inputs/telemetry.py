@@ -97,10 +97,34 @@ class TelemetryPolicy:
         """The telemetry of a frame captured now; logs source changes, counts frames without a heading."""
         alt, hdg = self.altitude(), self.heading()
         self._note(alt, hdg)
+        reader = self.heading_reader or self.altitude_reader
+        msl = reader.msl() if reader is not None and hasattr(reader, "msl") else None
         return Telemetry(t=t, altitude_m=alt.altitude_m if alt else None, altitude_source=alt.source if alt else None,
                          altitude_age_s=alt.age_s if alt else None,
                          heading_deg=hdg.heading_deg if hdg else None, heading_source=hdg.source if hdg else None,
-                         heading_age_s=hdg.age_s if hdg else None, capture_time_unix=capture_time_unix)
+                         heading_age_s=hdg.age_s if hdg else None, capture_time_unix=capture_time_unix,
+                         camera_attitude=self.camera_attitude(capture_time_unix) if hdg else None,
+                         altitude_msl_m=msl[0] if msl else None)
+
+    def camera_attitude(self, capture_time_unix: float | None):
+        """The camera's attitude at a frame's capture: the autopilot's ATTITUDE (a gimbal's own report on a
+        gimbal mount) interpolated to that instant on this computer's clock, through the mount; None
+        without an attitude near it (the frame is then turned north-up by the heading, as a nadir one)."""
+        cfg, reader = self.cfg, self.heading_reader
+        if not cfg.rectify or reader is None or not hasattr(reader, "attitude_at"):
+            return None
+        from runtime.inputs.attitude import CameraMount, quaternion_matrix
+
+        now = time.monotonic()
+        t = now - max(0.0, time.time() - capture_time_unix) if capture_time_unix is not None else now
+        delay = cfg.attitude_delay_ms / 1000.0
+        body = reader.attitude_at(t, delay)
+        if body is None:
+            return None
+        gimbal = reader.gimbal_at(t, delay) if cfg.camera_mount == "gimbal" else None
+        mount = CameraMount(cfg.camera_mount, cfg.camera_roll_deg, cfg.camera_pitch_deg, cfg.camera_yaw_offset_deg)
+        return mount.camera_attitude(quaternion_matrix(body.q), gimbal.q if gimbal else None,
+                                     gimbal.yaw_in_earth if gimbal else False)
 
     def _note(self, alt: AltitudeReading | None, hdg: HeadingReading | None) -> None:
         if self.cfg.derotate and hdg is None:
