@@ -230,6 +230,9 @@ TABLE: dict[str, Run | Skip] = {
     "python -m runtime serve --bundle bundle --db bundle/tiledb --backend tensorrt": Run(
         subs=(("/var/log/geoloc/", "log/"),), rc=(2,), needs=(EXPORTED,), output=NO_TRT,
         unless=_no_tensorrt_here),
+    "python -m runtime serve --bundle bundle --db bundle/tiledb --source 0": Skip(
+        "a camera and an autopilot (tests/test_camera_chain.py and tests/test_attitude_telemetry.py fly the same "
+        "chain and telemetry)", _parses),
     "python -m runtime replay sues200": Run(
         subs=SUES_ROOT, needs=(EXPORTED, SUES_DATA), output=(r"R@1",),
         files=("runs/replay_sues200/replay_sues200.json", "runs/replay_sues200/replay_sues200.csv",

@@ -31,6 +31,8 @@ from common.options import option, shared
 
 CONDITIONS = {
     "nadir, flat (reference)": {},
+    "camera mounted 10 deg forward": {"tilt_deg": 10.0},
+    "camera mounted 20 deg forward": {"tilt_deg": 20.0},
     "attitude noise 5 deg": {"attitude_noise_deg": 5.0},
     "attitude noise 10 deg": {"attitude_noise_deg": 10.0},
     "weave, level (reference)": {"pattern": "weave"},
@@ -38,6 +40,7 @@ CONDITIONS = {
     "lens k1 = -0.2": {"lens_k1": -0.2},
     "50 m relief": {"relief_m": 50.0},
     "baro bias 10 m": {"baro_bias_m": 10.0},
+    "attitude noise 5 deg, reported 0.1 s late": {"attitude_noise_deg": 5.0, "report_delay_s": 0.1},
     "all: noise 5, turns 25, k1, relief 50, baro 10": {
         "pattern": "weave", "airframe": "fixed_wing", "bank_deg": 25.0, "attitude_noise_deg": 5.0,
         "lens_k1": -0.2, "relief_m": 50.0, "baro_bias_m": 10.0},
@@ -56,7 +59,8 @@ def condition_figures(flights: list[list[dict]], wrong_m: float) -> dict:
     inside = [r["error_m"] <= r["r95_m"] for r in trusted if r["error_m"] is not None and r.get("r95_m") is not None]
     pooled = pooled_figures(flights)
     off = [r["true_off_nadir_deg"] for r in recs if r.get("true_off_nadir_deg") is not None]
-    hag = [abs(r["altitude_m"] - r["true_hag_m"]) for r in recs if r.get("true_hag_m") is not None]
+    hag = [abs(r.get("height_m", r["altitude_m"]) - r["true_hag_m"]) for r in recs
+           if r.get("true_hag_m") is not None and r.get("height_m", r["altitude_m"]) is not None]
     ms = [sum(r[k] for k in ("preprocess_ms", "inference_ms", "search_ms", "fusion_ms")) for r in recs]
     return {"frames": len(recs), "trusted": len(trusted), "wrong": sum(e > wrong_m for e in err),
             "error_m_median": rnd(pct(err, 50)), "error_m_p95": rnd(pct(err, 95)),
