@@ -24,3 +24,21 @@ def tiny() -> dict:
     from tools.toy_assets import tiny_assets
 
     return tiny_assets()
+
+
+@pytest.fixture(scope="session")
+def thumb_imagery(tiny, tmp_path_factory):
+    """The thumbnail model's engine and its database of the 2020 image with the map imagery registration
+    reads (the chain's tests get trusted fixes from it), and the tiny assets."""
+    import shutil
+
+    from export.map_imagery import attach_imagery
+    from runtime.engines.engine import load_engine
+    from tiles.db import TileDatabase
+
+    path = tmp_path_factory.mktemp("thumb") / "db"
+    shutil.copytree(tiny["db_thumb"], path)
+    attach_imagery(path, [tiny["raster"]], gsd_m=5.0)
+    engine = load_engine(tiny["bundle_thumb"])
+    yield engine, TileDatabase.open(path), tiny
+    engine.close()

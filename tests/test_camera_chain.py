@@ -6,7 +6,6 @@ and without it, so each test shows both the failure and its cure."""
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -19,20 +18,6 @@ from runtime.localisation.odometry import Motion
 from runtime.replay.flights import GeoTiffFlight
 from runtime.replay.geotiff import replay_flight
 from runtime.replay.real_camera import CameraEffects, lens_for
-
-
-@pytest.fixture(scope="module")
-def thumb(tiny, tmp_path_factory):
-    from export.map_imagery import attach_imagery
-    from runtime.engines.engine import load_engine
-    from tiles.db import TileDatabase
-
-    path = tmp_path_factory.mktemp("cam") / "db"
-    shutil.copytree(tiny["db_thumb"], path)
-    attach_imagery(path, [tiny["raster"]], gsd_m=5.0)
-    engine = load_engine(tiny["bundle_thumb"])
-    yield engine, TileDatabase.open(path), tiny
-    engine.close()
 
 
 def _fly(thumb, cfg: LocalizerConfig, *, tilt_deg: float = 0.0, effects: CameraEffects | None = None,
@@ -51,11 +36,11 @@ def _fly(thumb, cfg: LocalizerConfig, *, tilt_deg: float = 0.0, effects: CameraE
 NO_CAMERA = dict(rectify=False, height_from_map=False)
 
 
-def test_a_tilted_mount_no_longer_moves_the_fix_to_where_the_camera_looks(thumb):
-    alt = thumb[2]["thumb_altitude_m"]
+def test_a_tilted_mount_no_longer_moves_the_fix_to_where_the_camera_looks(thumb_imagery):
+    alt = thumb_imagery[2]["thumb_altitude_m"]
     cfg = dict(max_speed_mps=150.0, map_sigma_m=4.0)
-    _, t_old, e_old = _fly(thumb, LocalizerConfig(**cfg, **NO_CAMERA), tilt_deg=15.0)
-    recs, t_new, e_new = _fly(thumb, LocalizerConfig(**cfg), tilt_deg=15.0)
+    _, t_old, e_old = _fly(thumb_imagery, LocalizerConfig(**cfg, **NO_CAMERA), tilt_deg=15.0)
+    recs, t_new, e_new = _fly(thumb_imagery, LocalizerConfig(**cfg), tilt_deg=15.0)
     look = alt * math.tan(math.radians(15.0))  # 74 m: where the optical axis meets the ground
     assert len(t_old) >= 5 and np.median(e_old) > 0.6 * look  # before: the fix followed the image centre
     assert len(t_new) >= 10
@@ -65,8 +50,8 @@ def test_a_tilted_mount_no_longer_moves_the_fix_to_where_the_camera_looks(thumb)
     assert keyed and all(abs(r["tilt_deg"] - 15.0) < 0.5 and abs(r["offset_m"] - look) < 3 for r in keyed)
 
 
-def test_a_frame_beyond_the_tilt_limit_moves_the_track_by_odometry_only(thumb):
-    recs, trusted, _ = _fly(thumb, LocalizerConfig(max_speed_mps=150.0, max_tilt_deg=10.0), tilt_deg=15.0,
+def test_a_frame_beyond_the_tilt_limit_moves_the_track_by_odometry_only(thumb_imagery):
+    recs, trusted, _ = _fly(thumb_imagery, LocalizerConfig(max_speed_mps=150.0, max_tilt_deg=10.0), tilt_deg=15.0,
                             frames=12)
     assert all(r["too_tilted"] for r in recs if r.get("tilt_deg") is not None)
     assert all(r["rows_scored"] == 0 and r["registered"] is None for r in recs)  # never compared with the map

@@ -4,7 +4,6 @@ path (fused at a later keyframe, carried there by the odometry): real engine, da
 from __future__ import annotations
 
 import math
-import shutil
 import threading
 import time
 
@@ -40,21 +39,6 @@ def test_prediction_moves_by_the_velocity_and_grows_the_radius():
     old = predict_fix(fix, 12.0)
     assert not old.trusted and "prediction 2.0 s old" in old.reason
     assert not predict_fix(Fix(t=0.0, x=1.0, y=1.0, trusted=True), 0.1).trusted  # no velocity, no trust
-
-
-@pytest.fixture(scope="module")
-def thumb_imagery(tiny, tmp_path_factory):
-    """The thumbnail model's database of the 2020 image, with the map imagery registration reads."""
-    from export.map_imagery import attach_imagery
-    from runtime.engines.engine import load_engine
-    from tiles.db import TileDatabase
-
-    path = tmp_path_factory.mktemp("kf") / "db"
-    shutil.copytree(tiny["db_thumb"], path)
-    attach_imagery(path, [tiny["raster"]], gsd_m=5.0)
-    engine = load_engine(tiny["bundle_thumb"])
-    yield engine, TileDatabase.open(path), tiny
-    engine.close()
 
 
 def _flight(tiny, n: int, substeps: int):

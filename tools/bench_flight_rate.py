@@ -1,10 +1,10 @@
 """Frame rate and latency of the whole onboard chain at camera rate, against the engine alone.
 
     python -m tools.bench_flight_rate --bundle B --db DB --flight-raster YEAR.tif [--altitude-m 200]
-        [--fps 30] [--seconds 20] [--threads N] [--out result.json]
+        [--camera-fps 30] [--seconds 20] [--threads N] [--out result.json]
 
 Renders one flight (40 m/s along a curve, heading along the track, photometric changes) at the camera's
-rate (``--fps``: 1.3 m between frames at 30 fps) and runs the real :class:`runtime.service.Service` on it,
+rate (``--camera-fps``: 1.3 m between frames at 30 fps) and runs the real :class:`runtime.service.Service` on it,
 the frames handed over from memory as a camera driver would (no file decoding), for each setting:
 
 - ``throughput``: every frame processed as fast as the chain goes (frames/s over the run);
