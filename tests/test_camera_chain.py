@@ -105,3 +105,34 @@ def test_the_track_moves_with_the_drone_not_with_the_point_the_camera_looks_at()
     drone = 40.0 + 2 * 150.0 * math.tan(math.radians(5.0))  # the camera pitched back: the drone moved more
     assert m.dy_n_m == pytest.approx(drone, rel=1e-6) and m.sigma_m > seen.sigma_m
     assert drone_motion(seen, b, None) is seen  # no earlier view: nothing to add
+
+
+def test_the_height_above_ground_from_msl_less_terrain_and_from_the_ground_covered():
+    from types import SimpleNamespace
+
+    from runtime.localisation.frames import Telemetry
+    from runtime.localisation.height import GAIN, HeightAboveGround
+    from tiles.terrain import FlatGround
+
+    db = SimpleNamespace(path=None)
+    h = HeightAboveGround(LocalizerConfig(), db, terrain=FlatGround(120.0))
+    tel = Telemetry(t=0.0, altitude_m=140.0, altitude_source="flight", altitude_msl_m=275.0)
+    assert h.of(tel, (10.0, 20.0)) == (155.0, "msl - terrain")
+    assert h.of(tel, None) == (140.0, "flight")  # no fix yet: the ground under it is not known
+    # the barometer reads 5 % high: odometry measures 5 % too much ground between two registrations
+    reg = SimpleNamespace(x=0.0, y=0.0, scale=float("nan"), method="correlation")
+    h.registered(reg)
+    for _ in range(8):
+        h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
+    h.registered(SimpleNamespace(x=0.0, y=320.0, scale=float("nan"), method="correlation"))
+    assert h.factor == pytest.approx((320.0 / 336.0) ** GAIN)
+    assert h.of(tel, None)[1].endswith("(map)")
+    before = h.factor  # a span the odometry broke (no motion, no coasting) measures nothing
+    h.moved(None)
+    for _ in range(8):
+        h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
+    h.registered(SimpleNamespace(x=0.0, y=900.0, scale=float("nan"), method="correlation"))
+    assert h.factor == before
+    off = HeightAboveGround(LocalizerConfig(height_from_map=False), db)
+    off.registered(SimpleNamespace(x=0.0, y=0.0, scale=1.2, method="features"))
+    assert off.factor == 1.0

@@ -11,12 +11,14 @@ each keyframe its best height:
    says so).
 2. **Scale from the map**: every metre odometry measures is ``pixels x height / focal``: with the height
    k times too small, the drone seems to fly k times too slowly, and the track falls behind the drone
-   between registrations (a 10 m barometer bias at 150 m put the fixes 36 m behind). A registration by
-   features fits the frame's scale on the map (ground seen / ground expected): that is k, and the height is
-   multiplied by it (by half, in log, per registration; bounded to ``MAX_FACTOR`` either way). Correlation
-   (a frame a few tens of map pixels across: 150 m on a 5 m/px map) cannot tell a few per cent of scale
-   (measured: a 300 m flight matched as well at 8 % too high), so its registrations leave the height as
-   it is; what the height's uncertainty (``height_sigma_m``) does to the odometry is then in the fix's
+   between registrations (a 10 m barometer bias at 150 m put the fixes 36 m behind). Two ways measure k:
+   a registration by features fits the frame's scale on the map (ground seen / ground expected); and two
+   verified registrations at least ``SPAN_M`` of odometry apart give the ground really covered against the
+   ground odometry measured (the odometry's displacement projected on the registered one, so a turn does
+   not count as scale). Correlation alone (a frame a few tens of map pixels across: 150 m on a 5 m/px map)
+   cannot tell a few per cent of scale (a 300 m flight matched as well 8 % too high), hence the span. The
+   height is multiplied by each measurement (by ``GAIN`` in log), bounded to ``MAX_FACTOR`` either way;
+   until then, what the height's uncertainty (``height_sigma_m``) does to the odometry is in the fix's
    radius (:class:`runtime.localisation.track.MapTrack`). Off with ``height_from_map`` false.
 """
 
@@ -26,7 +28,9 @@ import math
 
 import numpy as np
 
-GAIN = 0.5  # weight of each fitted scale, in log
+GAIN = 0.7  # weight of each measurement of the scale, in log
+SPAN_M = 300.0  # odometry between two registrations that measure the scale by the ground covered
+MAX_RATIO = 1.4  # a ratio beyond this is a wrong registration, not the height
 MAX_FACTOR = 1.3  # the height is never corrected by more than this factor either way
 NOISE = 0.02  # a scale within 2 % of one is the fit's noise
 
@@ -47,6 +51,9 @@ class HeightAboveGround:
 
     def reset(self) -> None:
         self.factor = 1.0
+        self._moved = np.zeros(2)  # odometry (east, north) since the last registration
+        self._last: tuple[float, float] | None = None
+        self._broken = False
 
     def of(self, telemetry, near_xy=None) -> tuple[float | None, str | None]:
         """(height above ground m, where it came from) for a frame's telemetry; ``near_xy``: the last fix's
@@ -63,11 +70,33 @@ class HeightAboveGround:
             src = f"{src} x{self.factor:.3f} (map)"
         return float(h) * self.factor, src
 
+    def moved(self, motion, coasted=None) -> None:
+        """A keyframe's odometry (the drone's, in the heights this class gave); without one, ``coasted``:
+        the track's move by its velocity (the odometry's too, so as wrong in scale), else the span breaks."""
+        if motion is not None and motion.ok:
+            self._moved += (motion.dx_e_m, motion.dy_n_m)
+        elif coasted is not None and np.all(np.isfinite(coasted)):
+            self._moved += np.asarray(coasted, float)
+        else:
+            self._broken = True
+
     def registered(self, reg) -> None:
-        """A verified registration fused: its scale corrects the height (module docstring)."""
-        s = float(reg.scale)
-        if (not self.cfg.height_from_map or reg.method != "features" or not (math.isfinite(s) and s > 0)
-                or abs(math.log(s)) < NOISE):
+        """A verified registration fused (carried to now): its fitted scale, and the ground covered since
+        the previous one, correct the height (module docstring)."""
+        if not self.cfg.height_from_map:
             return
-        f = self.factor * s**GAIN
-        self.factor = min(MAX_FACTOR, max(1.0 / MAX_FACTOR, f))
+        s = float(reg.scale)
+        if reg.method == "features" and math.isfinite(s) and s > 0 and abs(math.log(s)) >= NOISE:
+            self._scale_by(s)
+        odo = self._moved
+        n = float(np.hypot(*odo))
+        if self._last is not None and not self._broken and n < SPAN_M:
+            return  # too short a span: measured from the earlier registration later
+        if self._last is not None and not self._broken:
+            ratio = float(np.array([reg.x - self._last[0], reg.y - self._last[1]]) @ odo) / (n * n)
+            if 1.0 / MAX_RATIO < ratio < MAX_RATIO and abs(math.log(ratio)) >= NOISE:
+                self._scale_by(ratio)
+        self._last, self._moved, self._broken = (float(reg.x), float(reg.y)), np.zeros(2), False
+
+    def _scale_by(self, k: float) -> None:
+        self.factor = min(MAX_FACTOR, max(1.0 / MAX_FACTOR, self.factor * k**GAIN))

@@ -296,6 +296,8 @@ class Localizer:
         motion, self._offset_prev = drone_motion(motion, view, self._offset_prev), view.offset_en_m
         h_sigma = self.cfg.height_sigma_m / altitude_m if altitude_m and altitude_m > 0 else 0.0
         track.predict(t, layer, motion, h_sigma)
+        if measure:
+            self.height.moved(motion, track.filter.last_displacement)
         if self.registration is not None:
             self.registration.carry(motion)
         rows = track.rows_to_score() if observe else None
