@@ -168,7 +168,7 @@ class Service:
             f"crs {self.db.crs}",
             calibration_line(getattr(getattr(self.engine, "bundle", None), "manifest", None), self.cfg.bundle, self.cfg.db),
             self.telemetry.altitude_line(len(self.db.layers)),
-            self.telemetry.heading_line(),
+            f"{self.telemetry.heading_line()}; camera: {self.localizer.camera_view.describe()}",
             f"source: {self.source.describe() if hasattr(self.source, 'describe') else self.source!r}, "
             f"{'newest frame wins' if self.drop_frames else 'every frame processed'}",
             "outputs: " + (", ".join(o.describe() for o in self.outputs) or "none (give --jsonl/--mavlink)"),

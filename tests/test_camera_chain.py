@@ -120,18 +120,23 @@ def test_the_height_above_ground_from_msl_less_terrain_and_from_the_ground_cover
     assert h.of(tel, (10.0, 20.0)) == (155.0, "msl - terrain")
     assert h.of(tel, None) == (140.0, "flight")  # no fix yet: the ground under it is not known
     # the barometer reads 5 % high: odometry measures 5 % too much ground between two registrations
-    reg = SimpleNamespace(x=0.0, y=0.0, scale=float("nan"), method="correlation")
-    h.registered(reg)
-    for _ in range(8):
-        h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
-    h.registered(SimpleNamespace(x=0.0, y=320.0, scale=float("nan"), method="correlation"))
-    assert h.factor == pytest.approx((320.0 / 336.0) ** GAIN)
+    h.registered(SimpleNamespace(x=0.0, y=0.0, scale=float("nan"), method="correlation"))
+    for k in (1, 2):  # two spans that agree: one alone could pair a wrong registration with a right one
+        for _ in range(8):
+            h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
+        h.registered(SimpleNamespace(x=0.0, y=320.0 * k, scale=float("nan"), method="correlation"))
+        assert h.factor == (1.0 if k == 1 else pytest.approx((320.0 / 336.0) ** GAIN))
     assert h.of(tel, None)[1].endswith("(map)")
     before = h.factor  # a span the odometry broke (no motion, no coasting) measures nothing
     h.moved(None)
     for _ in range(8):
         h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
-    h.registered(SimpleNamespace(x=0.0, y=900.0, scale=float("nan"), method="correlation"))
+    h.registered(SimpleNamespace(x=0.0, y=960.0, scale=float("nan"), method="correlation"))
+    assert h.factor == before
+    for y in (1280.0, 1700.0):  # two spans that disagree (the second one 24 % long): nothing measured
+        for _ in range(8):
+            h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
+        h.registered(SimpleNamespace(x=0.0, y=y, scale=float("nan"), method="correlation"))
     assert h.factor == before
     off = HeightAboveGround(LocalizerConfig(height_from_map=False), db)
     off.registered(SimpleNamespace(x=0.0, y=0.0, scale=1.2, method="features"))

@@ -16,8 +16,10 @@ each keyframe its best height:
    verified registrations at least ``SPAN_M`` of odometry apart give the ground really covered against the
    ground odometry measured (the odometry's displacement projected on the registered one, so a turn does
    not count as scale). Correlation alone (a frame a few tens of map pixels across: 150 m on a 5 m/px map)
-   cannot tell a few per cent of scale (a 300 m flight matched as well 8 % too high), hence the span. The
-   height is multiplied by each measurement (by ``GAIN`` in log), bounded to ``MAX_FACTOR`` either way;
+   cannot tell a few per cent of scale (a 300 m flight matched as well 8 % too high), hence the span. One
+   wrong registration makes a wrong span (measured: a registration 69 m off, then a right one, read as a
+   10 % scale), so a span counts only when the next one agrees with it within ``AGREE``. The height is
+   multiplied by each measurement (by ``GAIN`` in log), bounded to ``MAX_FACTOR`` either way;
    until then, what the height's uncertainty (``height_sigma_m``) does to the odometry is in the fix's
    radius (:class:`runtime.localisation.track.MapTrack`). Off with ``height_from_map`` false.
 """
@@ -30,7 +32,9 @@ import numpy as np
 
 GAIN = 0.7  # weight of each measurement of the scale, in log
 SPAN_M = 300.0  # odometry between two registrations that measure the scale by the ground covered
-MAX_RATIO = 1.4  # a ratio beyond this is a wrong registration, not the height
+MAX_RATIO = 1.18  # a ratio beyond this is a wrong registration, not the height (a barometer errs by a few %)
+MAX_ACROSS = 0.1  # nor is a registered displacement this far (a share of the span) across the odometry's
+AGREE = 0.03  # two consecutive spans agreeing within this (in log) measure the scale
 MAX_FACTOR = 1.3  # the height is never corrected by more than this factor either way
 NOISE = 0.02  # a scale within 2 % of one is the fit's noise
 
@@ -54,6 +58,7 @@ class HeightAboveGround:
         self._moved = np.zeros(2)  # odometry (east, north) since the last registration
         self._last: tuple[float, float] | None = None
         self._broken = False
+        self._span_ratio: float | None = None  # the last span's ratio, waiting for the next to agree
 
     def of(self, telemetry, near_xy=None) -> tuple[float | None, str | None]:
         """(height above ground m, where it came from) for a frame's telemetry; ``near_xy``: the last fix's
@@ -93,9 +98,16 @@ class HeightAboveGround:
         if self._last is not None and not self._broken and n < SPAN_M:
             return  # too short a span: measured from the earlier registration later
         if self._last is not None and not self._broken:
-            ratio = float(np.array([reg.x - self._last[0], reg.y - self._last[1]]) @ odo) / (n * n)
-            if 1.0 / MAX_RATIO < ratio < MAX_RATIO and abs(math.log(ratio)) >= NOISE:
-                self._scale_by(ratio)
+            d = np.array([reg.x - self._last[0], reg.y - self._last[1]])
+            ratio = float(d @ odo) / (n * n)
+            across = abs(float(d[0] * odo[1] - d[1] * odo[0])) / n
+            plausible = 1.0 / MAX_RATIO < ratio < MAX_RATIO and across <= MAX_ACROSS * n
+            before, self._span_ratio = self._span_ratio, ratio if plausible else None
+            if plausible and before is not None and abs(math.log(ratio / before)) < AGREE:
+                both = math.sqrt(ratio * before)
+                if abs(math.log(both)) >= NOISE:
+                    self._scale_by(both)
+                self._span_ratio = None
         self._last, self._moved, self._broken = (float(reg.x), float(reg.y)), np.zeros(2), False
 
     def _scale_by(self, k: float) -> None:

@@ -19,12 +19,6 @@ database's imagery for the :class:`~runtime.localisation.localizer.Localizer`:
   stream; a keyframe due while it works waits for the next); without, the registration is computed when
   submitted and handed back at the next keyframe (replays and calibration: the same lag of one keyframe,
   deterministic).
-- at what height: the frame is registered at the height it was given; after ``SEARCH_AFTER_FAILS``
-  registrations in a row that did not verify (a barometer's bias puts the frame's scale a few per cent
-  off, which correlation does not forgive), also at the heights of ``SCALE_SEARCH``, and the best verified
-  one is kept. Only its position is used: correlation cannot tell which height is right (a 300 m flight
-  matched as well 8 % too high), so the height itself is corrected by features alone
-  (:mod:`runtime.localisation.height`).
 """
 
 from __future__ import annotations
@@ -37,8 +31,6 @@ from runtime.localisation.frame_agreement import AgreementConfig, FrameAgreement
 
 CANDIDATE_MODES = 2  # posterior peaks tried before the frame's top retrieved tiles
 MAX_WINDOWS = 3
-SCALE_SEARCH = (0.94, 1.06)  # heights tried beside the given one after registrations stopped verifying
-SEARCH_AFTER_FAILS = 2
 
 
 @dataclass
@@ -53,7 +45,6 @@ class Job:
     tried: list | None = None  # every window's Registration (tentative ones are confirmed over frames)
     moved: tuple = (0.0, 0.0, 0.0)  # east, north, variance per axis: the odometry since its keyframe
     broken: bool = False  # a keyframe since had no odometry: its result cannot be carried to the present
-    scales: tuple = (1.0,)  # the heights tried, as factors of altitude_m (module docstring)
 
 
 class MapRegistration:
@@ -67,7 +58,6 @@ class MapRegistration:
             self.agreement = FrameAgreement(AgreementConfig(frames=cfg.registration_frames,
                                                             min_span_footprints=cfg.registration_span))
         self.since = 0  # keyframes since registration was last tried
-        self.fails = 0  # registrations in a row that did not verify
         self._lock = threading.Condition()
         self._registrar_lock = threading.Lock()  # the worker's and this thread's registrations, one at a time
         self._job: Job | None = None  # submitted, not collected
@@ -79,7 +69,7 @@ class MapRegistration:
 
     def reset(self) -> None:
         with self._lock:
-            self.since = self.fails = 0
+            self.since = 0
             self._job = None
         if self.agreement is not None:
             self.agreement.reset()
@@ -122,8 +112,6 @@ class MapRegistration:
     # ---- off the frame path --------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         """Register ``job``'s frame around its candidates (now without a worker, in the worker otherwise)."""
-        if self.fails >= SEARCH_AFTER_FAILS:
-            job.scales = (1.0, *SCALE_SEARCH)
         with self._lock:
             self._job = job
             self._lock.notify_all()
@@ -161,21 +149,13 @@ class MapRegistration:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        tried, best = [], None
-        for s in job.scales:
-            with self._registrar_lock:
-                reg = self.registrar.register_candidates(job.image, job.altitude_m * s, self.hfov_deg,
-                                                         job.candidates, job.heading_deg, max_tries=MAX_WINDOWS,
-                                                         heading_tol_deg=job.heading_tol_deg, tried_out=tried)
-            if s != 1.0:  # the position only (module docstring)
-                reg = replace(reg, scale=math.nan)
-            if best is None or (reg.ok and not (best.ok and best.score >= reg.score)):
-                best = reg
-            if best.ok and s == 1.0:
-                break
-        self.fails = 0 if best.ok else self.fails + 1
+        tried: list = []
+        with self._registrar_lock:
+            reg = self.registrar.register_candidates(job.image, job.altitude_m, self.hfov_deg, job.candidates,
+                                                     job.heading_deg, max_tries=MAX_WINDOWS,
+                                                     heading_tol_deg=job.heading_tol_deg, tried_out=tried)
         with self._lock:
-            job.tried, job.result = tried, best
+            job.tried, job.result = tried, reg
 
     # ---- fused where it is collected -------------------------------------------------------------------
     def register(self, image, altitude_m: float, heading_deg: float | None, candidates_xy,
