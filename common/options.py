@@ -60,7 +60,8 @@ SHARED: dict[str, dict] = {
                                            "the nearest the bundle holds)", choices=PRECISIONS),
     "backend": dict(default="auto", help="engine backend (auto: TensorRT when the bundle has an engine and "
                                          "tensorrt is installed, else ONNX Runtime)", choices=BACKENDS),
-    "threads": dict(default=None, help="ONNX Runtime intra-op threads (default: its own choice)", check=_whole(1)),
+    "threads": dict(default=None, help="ONNX Runtime intra-op threads (default: its own choice; serve with its "
+                                         "pipeline: every core but one, the other left to the fusion)", check=_whole(1)),
     # the model
     "model_name": dict(default=None, help="timm model name (an official Sample4Geo state dict needs it; default: the "
                                           "checkpoint's, or the preset's)", aliases=("--model",)),

@@ -52,14 +52,14 @@ class Service:
     """The onboard service: a frame source, the :class:`~runtime.localisation.localizer.Localizer`, outputs, health."""
 
     def __init__(self, cfg: ServiceConfig, *, source=None, engine=None, db=None):
-        from runtime.threads import limit_blas_threads
+        from runtime.threads import engine_threads, limit_blas_threads
         from tiles.db import TileDatabase
 
         self._blas = limit_blas_threads(1)  # the service's threads share the cores (runtime.threads)
         self.cfg = cfg
         self._stop = threading.Event()
-        self.engine = engine or load_engine(cfg.bundle, precision=cfg.precision, backend=cfg.backend,
-                                            providers=cfg.providers, threads=cfg.threads, spin=cfg.spin)
+        self.engine = engine or load_engine(cfg.bundle, precision=cfg.precision, backend=cfg.backend, spin=cfg.spin,
+                                            providers=cfg.providers, threads=engine_threads(cfg.threads, cfg.pipeline))
         self.db = db or TileDatabase.open(cfg.db, verify=cfg.verify_db)
         check_engine_database(self.engine, self.db)  # DatabaseMismatchError names the differing fields
         self._check_layers()
