@@ -15,10 +15,10 @@ registered point, :mod:`runtime.localisation.track`), registration to the map im
 
 Per frame:
 
-1. ``preprocess``: the frame is turned north-up by the heading (tiles are north-up) unless ``derotate`` is
-   off, then resized and normalised by the engine's own preprocessing; while no heading is known at all,
-   it is embedded at ``heading_search_angles`` rotations and the best kept
-   (:mod:`runtime.localisation.rotation_search`).
+1. ``preprocess``: the frame made the view the tiles were cut as (camera_view: undistorted, rectified by the
+   camera's attitude, else turned north-up by the heading unless ``derotate`` is off; the height above
+   ground from height.py), resized and normalised by the engine's preprocessing; while no heading is known,
+   it is embedded at ``heading_search_angles`` rotations, the best kept (rotation_search).
 2. ``inference``: the engine's descriptor (skipped when the caller passes one, or embedded ahead).
 3. ``search``: the altitude picks the layer (:meth:`Localizer.choose_layer`; an altitude far from every
    layer gets no fix: a frame matched at the wrong scale is worse than none); the track asks for the
