@@ -110,10 +110,31 @@ def os_error_line(e: OSError) -> str:
             "(or choose another folder)")
 
 
+_interrupted = False  # a SIGINT arrived (run_main's handler): an error after it is the interrupt's
+
+
+def _on_sigint(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C arrived during :func:`run_main`: a library that turns the KeyboardInterrupt raised inside
+    its own code into an error of its own (ONNX Runtime: "initialization failed") is still an interrupt."""
+    return _interrupted
+
+
 def run_main(fn, *args, logger_name: str = "geoloc") -> int:
     """``fn(*args)`` as a command: its int result, or one line and the exit code of the failure: 2 for a
     user error, 1 for a file that cannot be read or written (named), 130 on Ctrl-C, 143 on SIGTERM."""
+    import signal
+    import threading
+
     log = logging.getLogger(logger_name)
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         return int(fn(*args) or 0)
     except KeyboardInterrupt:
@@ -122,11 +143,14 @@ def run_main(fn, *args, logger_name: str = "geoloc") -> int:
     except Terminated:
         log.error("stopped by SIGTERM")
         return EXIT_TERMINATED
-    except USER_ERRORS as e:
-        log.error("%s", one_line(e))
-        return EXIT_USAGE
-    except OSError as e:  # a disk that is full or read-only, a folder that may not be created
-        log.error("%s", os_error_line(e))
+    except (*USER_ERRORS, OSError) as e:
+        if _interrupted:  # the Ctrl-C, turned into its own error by a library it interrupted
+            log.error("interrupted")
+            return EXIT_INTERRUPTED
+        if isinstance(e, USER_ERRORS):
+            log.error("%s", one_line(e))
+            return EXIT_USAGE
+        log.error("%s", os_error_line(e))  # a disk that is full or read-only, a folder that may not be created
         return EXIT_FAILED
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import validate
-from common.cli import add_dataclass_options, run_main, setup_logging, with_defaults
+from common.cli import add_dataclass_options, interrupted, run_main, setup_logging, with_defaults
 from common.options import DEFAULT_ALTITUDES_M, DEFAULT_HFOV_DEG, option, shared
 
 _whole = validate.int_rule
@@ -192,6 +192,8 @@ def _run(args) -> int:
                      entry["gpu"])
         _databases(args, bundle, log)
     except (FileExistsError, RuntimeError) as e:  # an existing result, a missing toolkit: the user's to fix
+        if interrupted():  # Ctrl-C inside ONNX Runtime comes out as its RuntimeError
+            raise KeyboardInterrupt from e
         log.error("%s", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         return 2
     if gate_error is not None:

@@ -160,7 +160,7 @@ class Localizer:
         if self.height is None:
             return telemetry
         last = self.last_fix
-        h, src = self.height.of(telemetry, (last.x, last.y) if last is not None and last.has_position else None)
+        h, src = self.height.of(telemetry, (last.x, last.y) if last is not None and last.trusted else None)
         if h == telemetry.altitude_m:
             return telemetry
         return replace(telemetry, altitude_m=h, altitude_source=src)
