@@ -275,7 +275,7 @@ def _calibrate(args, bundle, rasters: list[str], source: str, log) -> None:
                  "the map itself: optimistic, give --likelihood-tif OTHER_YEAR.tif" if source == "map"
                  else "--calib-tif: other dates of the area")
     try:
-        lik = calibrate_bundle(bundle, db, rasters, hfov_deg=args.hfov_deg, source=source)
+        lik = calibrate_bundle(bundle, db, rasters, hfov_deg=args.hfov_deg, source=source, progress=args.progress)
     except ValueError as e:
         if source == "likelihood-tif":
             raise
