@@ -214,7 +214,7 @@ def _export_bundle(args):
         max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
         overwrite=args.overwrite, **_gate_options(args),
         descriptor_dim=args.descriptor_dim or None, projection_tifs=args.projection_tifs,
-        projection_map_tifs=args.tiles, projection_n=args.projection_n)
+        projection_map_tifs=args.tiles, projection_n=args.projection_n, progress=args.progress)
 
 
 def _databases(args, bundle, log) -> None:

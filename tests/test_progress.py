@@ -70,3 +70,33 @@ def test_evaluation_reports_each_altitude(naip_paths, capsys):
     assert _final_count(capsys.readouterr().err, "evaluation 300 m") == f"{n}/{n}"
     evaluate_geotiff(model, naip_paths[2018], [naip_paths[2016]], [300], 60.0, progress=False, **kw)
     assert "evaluation 300 m" not in capsys.readouterr().err
+
+
+def test_int8_calibration_and_the_accuracy_gate_report_each_model(naip_paths, tmp_path, capsys):
+    import numpy as np
+    import timm
+    import torch
+
+    from export.accuracy import EvalSet, accuracy_gate, held_out_pairs
+    from export.images import random_crops
+    from export.onnx_export import export_onnx, prepare
+    from export.quantize import quantize_int8
+    from runtime.engines.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    p = Preprocess((64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    fp32 = export_onnx(timm.create_model("test_convnext", num_classes=0).eval(), p, tmp_path / "model.onnx")
+    calib = prepare(random_crops(naip_paths[2014], 8, 128, seed=0), p, "float32")
+    queries, gallery = held_out_pairs(naip_paths[2016], naip_paths[2018], 128, n_max=10)
+    sets = [EvalSet("128 px", queries, np.arange(len(queries)), gallery)]
+    int8 = quantize_int8(fp32, tmp_path / "model.int8.onnx", calib)["path"]
+    accuracy_gate(fp32, {"int8": int8}, p, "float32", sets)
+    err = capsys.readouterr().err
+    nq, ng = len(queries), len(gallery)
+    assert _final_count(err, "INT8 calibration") == "8/8"
+    assert _final_count(err, "accuracy gate: fp32") == f"{nq + ng}/{nq + ng}"
+    for model in ("int8", "int8 Q/DQ reference"):
+        assert _final_count(err, f"accuracy gate: {model}") == f"{nq}/{nq}"
+    quantize_int8(fp32, tmp_path / "quiet.int8.onnx", calib, progress=False)
+    accuracy_gate(fp32, {"int8": int8}, p, "float32", sets, progress=False)
+    assert "INT8 calibration" not in (err := capsys.readouterr().err) and "accuracy gate" not in err
