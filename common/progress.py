@@ -53,7 +53,7 @@ class _Silent:
     def update(self, n: int = 1) -> None:
         pass
 
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+    def set_postfix(self, *args, **kwargs) -> None:
         pass
 
     def close(self) -> None:
@@ -61,7 +61,9 @@ class _Silent:
 
 
 def counted(iterable, bar):
-    """``iterable``'s items, advancing ``bar`` by one after each is done with (one bar over several loops)."""
+    """``iterable``'s items, advancing ``bar`` by one after each is done with (one bar over several loops;
+    ``bar`` None: the items alone)."""
     for item in iterable:
         yield item
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
