@@ -214,7 +214,7 @@ def _export_bundle(args):
         max_r1_drop=args.max_r1_drop, int8_reduce_range=not args.int8_full_range,
         overwrite=args.overwrite, **_gate_options(args),
         descriptor_dim=args.descriptor_dim or None, projection_tifs=args.projection_tifs,
-        projection_map_tifs=args.tiles, projection_n=args.projection_n)
+        projection_map_tifs=args.tiles, projection_n=args.projection_n, progress=args.progress)
 
 
 def _databases(args, bundle, log) -> None:
@@ -275,7 +275,7 @@ def _calibrate(args, bundle, rasters: list[str], source: str, log) -> None:
                  "the map itself: optimistic, give --likelihood-tif OTHER_YEAR.tif" if source == "map"
                  else "--calib-tif: other dates of the area")
     try:
-        lik = calibrate_bundle(bundle, db, rasters, hfov_deg=args.hfov_deg, source=source)
+        lik = calibrate_bundle(bundle, db, rasters, hfov_deg=args.hfov_deg, source=source, progress=args.progress)
     except ValueError as e:
         if source == "likelihood-tif":
             raise

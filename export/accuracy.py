@@ -13,12 +13,14 @@ variant passes when the upper end of the 95 % interval of its R@1 drop is within
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from common.progress import progress_bar
 from export.gate_stats import CONFIDENCE, paired_report, queries_needed, smallest_detectable_drop
 from export.onnx_export import ort_embed, ort_session
 from runtime.engines.preprocess import Preprocess
@@ -185,30 +187,38 @@ def _correct(q: np.ndarray, gal: list[np.ndarray], sets: list[EvalSet]) -> tuple
 
 
 def accuracy_gate(fp32_path, variants: dict, preprocess: Preprocess, input_format: str, sets: list[EvalSet], *,
-                  max_r1_drop: float | None = None, confidence: float = CONFIDENCE) -> dict:
+                  max_r1_drop: float | None = None, confidence: float = CONFIDENCE, progress: bool = True) -> dict:
     """Evaluate each variant {precision: onnx_path} against FP32 on the same queries; never raises on a
     failing variant: ``report[precision]["passed"]`` says it (with ``max_r1_drop``).
 
     ONNX Runtime's optimised CPU run is scored (what the runtime executes here); for INT8 the Q/DQ
-    reference (no kernel fusion, what TensorRT computes) is reported beside it.
+    reference (no kernel fusion, what TensorRT computes) is reported beside it. ``progress``: a bar per
+    model run (``accuracy gate: fp32``, ``accuracy gate: int8``, ...) counting the images embedded.
     """
     queries = [im for s in sets for im in s.queries]
     check_enough_queries(len(queries), max_r1_drop, confidence)
+    bar = functools.partial(progress_bar, unit="image", enabled=progress)
     fp32 = ort_session(fp32_path)
-    gal = [ort_embed(fp32, preprocess, input_format, s.gallery) for s in sets]
-    q32 = ort_embed(fp32, preprocess, input_format, queries)
+    with bar(desc="accuracy gate: fp32", total=sum(len(s.gallery) for s in sets) + len(queries)) as b:
+        gal = [ort_embed(fp32, preprocess, input_format, s.gallery, bar=b) for s in sets]
+        q32 = ort_embed(fp32, preprocess, input_format, queries, bar=b)
+
+    def embed(path, name, fuse=True):
+        with bar(desc=f"accuracy gate: {name}", total=len(queries)) as b:
+            return ort_embed(ort_session(path, fuse=fuse), preprocess, input_format, queries, bar=b)
+
     ok32, per32, top32 = _correct(q32, gal, sets)
     report = {"fp32": {"R@1": float(100 * ok32.mean()), "per_set": per32, "n_queries": len(queries),
                        "n_gallery": {s.name: len(s.gallery) for s in sets}}}
     for precision, path in variants.items():
-        q = ort_embed(ort_session(path), preprocess, input_format, queries)
+        q = embed(path, precision)
         ok, per, top = _correct(q, gal, sets)
         rec = {"R@1": float(100 * ok.mean()), "R@1_fp32": report["fp32"]["R@1"], "per_set": per,
                **paired_report(ok32, ok, max_r1_drop, confidence),
                "top1_agreement": float(100.0 * np.mean(top == top32)),
                "mean_cosine_to_fp32": float(np.mean(np.sum(q * q32, axis=1)))}
         if precision == "int8":  # the Q/DQ graph as written (what TensorRT computes), without CPU int8 kernels
-            qr = ort_embed(ort_session(path, fuse=False), preprocess, input_format, queries)
+            qr = embed(path, "int8 Q/DQ reference", fuse=False)
             rec["R@1_qdq_reference"] = float(100 * _correct(qr, gal, sets)[0].mean())
             rec["mean_cosine_qdq_reference"] = float(np.mean(np.sum(qr * q32, axis=1)))
         report[precision] = rec

@@ -67,7 +67,7 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
                   eval_n: int = 256, max_r1_drop: float | None = None, parity_tolerance: float = PARITY_TOLERANCE,
                   cache_dir=None, int8_reduce_range: bool = True, overwrite: bool = False,
                   eval_altitudes_m=None, int8_per_channel: bool = True, descriptor_dim: int | None = None,
-                  projection_tifs=(), projection_map_tifs=(), projection_n: int = 2000) -> Path:
+                  projection_tifs=(), projection_map_tifs=(), projection_n: int = 2000, progress: bool = True) -> Path:
     """Write the bundle for checkpoint ``ckpt`` into folder ``out``; return ``out``.
 
     ``eval_tifs`` = (query GeoTIFF, ..., gallery GeoTIFF): years of one area held out from training, the
@@ -78,6 +78,7 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
     written with the rest and then :class:`export.accuracy.AccuracyGateError` is raised (its ``bundle``).
     ``descriptor_dim``: append a PCA-whitening projection to that size (``export.projection``), fitted on
     views of ``projection_tifs`` (training years) and tiles of ``projection_map_tifs`` (the map).
+    ``progress``: bars of the long steps (the projection's fit, INT8 calibration, the accuracy gate).
     """
     from export.accuracy import AccuracyGateError, gate_message
     from export.quantize import convert_fp16, quantize_int8
@@ -103,7 +104,7 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
                          "--calib DIR or --calib-tif MAP.tif")
     parity = check_parity(model, p, fp32, parity_images, input_format=input_format, tolerance=parity_tolerance)
     projection, fingerprint = _projection(fp32, model, input_format, descriptor_dim, projection_tifs,
-                                          projection_map_tifs, projection_n, hfov_deg, out, fingerprint)
+                                          projection_map_tifs, projection_n, hfov_deg, out, fingerprint, progress)
     files = [_onnx_entry(fp32, "fp32", parity=parity)]
 
     variants = {}
@@ -114,12 +115,12 @@ def export_bundle(ckpt, out, *, model_name: str | None = None, input_format: str
         images = calibration_images(calib_dir, calib_tifs, n=calib_n, hfov_deg=hfov_deg)
         q = quantize_int8(fp32, out / "model.int8.onnx", prepare(images, p, input_format), method=calib_method,
                           cache_dir=DEFAULT_CACHE_DIR if cache_dir is None else cache_dir,
-                          reduce_range=int8_reduce_range, per_channel=int8_per_channel)
+                          reduce_range=int8_reduce_range, per_channel=int8_per_channel, progress=progress)
         variants["int8"] = q["path"]
         calib_info = {**q["calibration"], "source": str(calib_dir or [str(t) for t in calib_tifs]),
                       "cache_hit": q["cache_hit"]}
 
-    accuracy, rejected = _gate_variants(fp32, variants, p, input_format, sets, max_r1_drop, eval_tifs)
+    accuracy, rejected = _gate_variants(fp32, variants, p, input_format, sets, max_r1_drop, eval_tifs, progress)
     for precision, path in variants.items():
         extra = {"accuracy": accuracy.get(precision) if accuracy else None}
         if precision == "int8":
@@ -176,7 +177,8 @@ def _clear(out: Path) -> None:
         (out / stale).unlink(missing_ok=True)
 
 
-def _projection(fp32, model, input_format, descriptor_dim, view_tifs, map_tifs, n, hfov_deg, out, fingerprint):
+def _projection(fp32, model, input_format, descriptor_dim, view_tifs, map_tifs, n, hfov_deg, out, fingerprint,
+                progress: bool = True):
     """(projection record or None, the bundle's fingerprint): the compact descriptor appended to the graph."""
     if descriptor_dim and int(descriptor_dim) >= int(model.embedding_dim):
         _log.warning("descriptor dim %d >= the network's embedding size %d: no projection, the bundle emits the "
@@ -187,7 +189,7 @@ def _projection(fp32, model, input_format, descriptor_dim, view_tifs, map_tifs, 
     from export.projection import fit_and_append, projected_fingerprint
 
     projection = fit_and_append(fp32, model.preprocess, input_format, int(descriptor_dim), view_tifs=view_tifs,
-                                map_tifs=map_tifs, n=n, hfov_deg=hfov_deg, out_dir=out)
+                                map_tifs=map_tifs, n=n, hfov_deg=hfov_deg, out_dir=out, progress=progress)
     projection["checkpoint_fingerprint"] = fingerprint
     return projection, projected_fingerprint(fingerprint, projection)
 
@@ -207,7 +209,8 @@ def _held_out(eval_tifs, altitudes_m, hfov_deg: float, crop_px: int, n_max: int,
     return sets
 
 
-def _gate_variants(fp32: Path, variants: dict, p, input_format: str, sets, max_r1_drop, eval_tifs):
+def _gate_variants(fp32: Path, variants: dict, p, input_format: str, sets, max_r1_drop, eval_tifs,
+                   progress: bool = True):
     """Run the accuracy gate; delete each rejected variant's file and drop it from ``variants``.
 
     Returns (report or None, rejected precisions)."""
@@ -218,7 +221,7 @@ def _gate_variants(fp32: Path, variants: dict, p, input_format: str, sets, max_r
     if sets is None:
         _log.warning("FP16/INT8 written without an accuracy check: give --eval-tifs QUERY.tif GALLERY.tif")
         return None, []
-    accuracy = accuracy_gate(fp32, variants, p, input_format, sets, max_r1_drop=max_r1_drop)
+    accuracy = accuracy_gate(fp32, variants, p, input_format, sets, max_r1_drop=max_r1_drop, progress=progress)
     meta = {"queries": [Path(t).name for t in eval_tifs[:-1]], "gallery": Path(eval_tifs[-1]).name,
             "sets": {s.name: {"n_queries": len(s.queries), "n_gallery": len(s.gallery)} for s in sets}}
     for rec in accuracy.values():

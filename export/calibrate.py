@@ -24,12 +24,13 @@ log = logging.getLogger(__name__)
 
 def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, precision: str = "auto",
                      threads: int | None = None, frames: int = 40, report_path=None, work_dir=None,
-                     cfg=None, source: str = "likelihood-tif") -> dict:
+                     cfg=None, source: str = "likelihood-tif", progress: bool = True) -> dict:
     """Fit the likelihood and the fix accuracy for ``bundle_dir`` on flights rendered from ``rasters`` over
     the database ``db_path`` (built by this bundle), flying the chain with ``cfg`` (a LocalizerConfig, the
     service's defaults when None); write them into the bundle manifest and return the stored dict.
     ``source`` records how the rasters were chosen (``"likelihood-tif"``: given for it; ``"calib-tif"``:
-    other dates given for INT8; ``"map"``: the map itself, whose flights see the tiles' own imagery)."""
+    other dates given for INT8; ``"map"``: the map itself, whose flights see the tiles' own imagery).
+    ``progress``: bars of each step on stderr (rendering, embedding, each flying of the flights)."""
     from export.calibrate_accuracy import fix_accuracy
     from export.calibrate_likelihood import fit_likelihood
     from export.calibration_flights import embed_flights, half_database, render_flights
@@ -47,13 +48,13 @@ def calibrate_bundle(bundle_dir, db_path, rasters, *, hfov_deg: float = 60.0, pr
     rasters = [Path(r) for r in rasters]
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="geoloc-calib-"))
     east = TileDatabase.open(half_database(db, work / "east_db", "east"))
-    kw = dict(hfov_deg=hfov_deg, frames=frames)
-    on = embed_flights(engine, db, cfg, render_flights(db, rasters, **kw))
+    kw = dict(hfov_deg=hfov_deg, frames=frames, progress=progress)
+    on = embed_flights(engine, db, cfg, render_flights(db, rasters, **kw), progress=progress)
     off = embed_flights(engine, east, cfg, render_flights(east, rasters, outside_x=float(
-        np.asarray(east.entries["x"]).min()), tag="off-", **kw))
+        np.asarray(east.entries["x"]).min()), tag="off-", **kw), progress=progress)
     log.info("calibration flights: %d over the map, %d off it, %d frames", len(on), len(off),
              sum(len(f.frames) for f in on + off))
-    lik, report, records = fit_likelihood(engine, [(db, on), (east, off)], cfg)
+    lik, report, records = fit_likelihood(engine, [(db, on), (east, off)], cfg, progress=progress)
     from runtime.localisation.registration import Registrar
 
     lik["fix_accuracy"] = fix_accuracy(records, registration=cfg.registration and Registrar.from_database(db)

@@ -102,10 +102,12 @@ def evaluate(records: list[dict]) -> dict:
             "ratio_q95": float(np.quantile(ratio, 0.95)) if ratio else None}
 
 
-def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9) -> tuple[dict, dict, list[dict]]:
+def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9,
+                   progress: bool = True) -> tuple[dict, dict, list[dict]]:
     """(likelihood dict for the manifest, report, the kept setting's records over the map) from ``cases`` =
-    [(database, flights)], the first over the map the bundle's database holds (module docstring)."""
-    from export.calibration_flights import fly
+    [(database, flights)], the first over the map the bundle's database holds (module docstring).
+    ``progress``: a bar per flying of the calibration flights (``likelihood k=1 clip=2 shift=0``, ...,
+    ``fix accuracy: the whole chain``), counting frames."""
     from runtime.localisation.likelihood import Likelihood
 
     db, flights = cases[0]
@@ -120,9 +122,8 @@ def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9) -> tuple[di
     # that locks onto look-alike ground; it also costs most of a frame): the chain without registration
     filter_only = replace(cfg, registration=False, verify_lock=False)
 
-    def run(lik, chain=filter_only):
-        records = [r for cdb, fls in cases for fl in fls for r in fly(engine, cdb, fl, chain, likelihood=lik,
-                                                                     fix_r95_scale=1.0)]
+    def run(lik, desc, chain=filter_only, flown=cases):
+        records = _fly_all(engine, flown, chain, lik, desc, progress)
         return records, evaluate(records)
 
     tried, good = [], []
@@ -130,7 +131,7 @@ def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9) -> tuple[di
         for clip in CLIP_STEPS:
             for k in TEMPER_STEPS:
                 lik = Likelihood(temperature=t0 * k, offset=offset + shift * t0, centre="median", clip=clip)
-                records, ev = run(lik)
+                records, ev = run(lik, f"likelihood k={k:g} clip={clip:g} shift={shift:g}")
                 tried.append({"k": k, "clip": clip, "shift": shift, **ev})
                 log.info("likelihood %s", tried[-1])
                 if ev["wrong"] == 0 and ev["offmap_trusted"] == 0 and ev["trusted"]:
@@ -143,13 +144,12 @@ def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9) -> tuple[di
         lik = Likelihood(temperature=t0 * max(TEMPER_STEPS), offset=offset + max(SHIFT_STEPS) * t0,
                          centre="median", clip=min(CLIP_STEPS))
         log.warning("no setting gave zero wrong trusted fixes on the calibration flights; using the most cautious")
-        records, ev = run(lik)
+        records, ev = run(lik, "likelihood: the most cautious setting")
     scale = float(np.clip(ev["ratio_q95"] or 1.0, 1.0, 4.0))  # never narrower than the posterior
     lik = Likelihood(**{**lik.to_dict(), "r95_scale": scale})
-    filter_ev = run(lik)[1] if scale > 1.0 else ev
+    filter_ev = run(lik, f"likelihood r95 scale {scale:.2f}")[1] if scale > 1.0 else ev
     # the whole chain, as it flies, over the map: what the reported accuracy is fitted on
-    records = [r for fl in flights for r in fly(engine, db, fl, cfg, likelihood=lik, fix_r95_scale=1.0)]
-    chain_ev = evaluate(records)
+    records, chain_ev = run(lik, "fix accuracy: the whole chain", chain=cfg, flown=cases[:1])
     report = {"t0": t0, "offset": offset, "n_pos": len(pos), "n_neg": len(neg), "pos_median": float(np.median(pos)),
               "neg_p99": float(np.quantile(neg, 0.99)), "tried": tried, "final": filter_ev, "chain": chain_ev,
               "min_coverage": min_coverage}
@@ -157,3 +157,14 @@ def fit_likelihood(engine, cases, cfg, *, min_coverage: float = 0.9) -> tuple[di
         log.warning("the posterior's radius holds the truth for %s of trusted frames (wanted %s)",
                     filter_ev["coverage"], min_coverage)
     return lik.to_dict(), report, [r for r in records if r["in_map"]]
+
+
+def _fly_all(engine, cases, chain, lik, desc: str, progress: bool) -> list[dict]:
+    """The records of every flight of ``cases`` flown with ``chain`` and the likelihood ``lik``, under a bar."""
+    from common.progress import progress_bar
+    from export.calibration_flights import fly
+
+    total = sum(len(fl.frames) for _, fls in cases for fl in fls)
+    with progress_bar(desc=desc, total=total, unit="frame", enabled=progress) as bar:
+        return [r for cdb, fls in cases for fl in fls
+                for r in fly(engine, cdb, fl, chain, likelihood=lik, fix_r95_scale=1.0, bar=bar)]

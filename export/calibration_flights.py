@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.progress import counted, progress_bar
+
 log = logging.getLogger(__name__)
 
 
@@ -35,15 +37,21 @@ class CalibrationFlight:
     features: dict = field(default_factory=dict)  # each frame's odometry features, detected once
 
 
+def _where(in_map: bool) -> str:
+    return "calibration flights" if in_map else "calibration flights off the map"
+
+
 def render_flights(db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps: float = 40.0,
                    photometric: float = 0.3, flights_per_raster: int = 1, seed: int = 1000,
-                   outside_x: float | None = None, tag: str = "") -> list[CalibrationFlight]:
+                   outside_x: float | None = None, tag: str = "",
+                   progress: bool = True) -> list[CalibrationFlight]:
     """Flights rendered from ``rasters`` at each layer's altitude, the same for every calibration.
-    ``outside_x``: flown west of this x (with a footprint of margin): off the map of ``db``."""
+    ``outside_x``: flown west of this x (with a footprint of margin): off the map of ``db``. ``progress``: a
+    bar of the frames rendered (``calibration flights: rendering``)."""
     from runtime.replay.flights import GeoTiffFlight, curve_waypoints
     from tiles.raster import open_raster
 
-    out = []
+    planned = []
     for ri, raster in enumerate(rasters):
         for layer in db.layers:
             for k in range(flights_per_raster):
@@ -57,31 +65,41 @@ def render_flights(db, rasters, *, hfov_deg: float, frames: int = 40, speed_mps:
                 fl = GeoTiffFlight(raster, float(layer["altitude_m"]), pattern="curve", waypoints=wp,
                                    hfov_deg=hfov_deg, speed_mps=speed_mps, fps=1.0, photometric=photometric,
                                    max_frames=frames, seed=s)
-                out.append(CalibrationFlight(f"{tag}{Path(raster).stem}@{fl.altitude_m:g}-{k}", list(fl),
-                                             in_map=outside_x is None))
-    return out
+                planned.append((f"{tag}{Path(raster).stem}@{fl.altitude_m:g}-{k}", fl))
+    with progress_bar(desc=f"{_where(outside_x is None)}: rendering", total=sum(len(fl) for _, fl in planned),
+                      unit="frame", enabled=progress) as bar:
+        return [CalibrationFlight(name, list(counted(fl, bar)), in_map=outside_x is None) for name, fl in planned]
 
 
-def embed_flights(engine, db, cfg, flights: list[CalibrationFlight]) -> list[CalibrationFlight]:
-    """Each frame's descriptor as the service's embed thread computes it (north-up by the compass)."""
+def embed_flights(engine, db, cfg, flights: list[CalibrationFlight],
+                  progress: bool = True) -> list[CalibrationFlight]:
+    """Each frame's descriptor as the service's embed thread computes it (north-up by the compass);
+    ``progress``: a bar of the frames embedded (``calibration flights: embedding``)."""
     from runtime.localisation.localizer import Localizer
     from runtime.replay.geotiff import flight_telemetry
 
     loc = Localizer(engine, db, cfg)
-    for fl in flights:
-        fl.aheads = [loc.embed_ahead(image, flight_telemetry(t, meta)) for t, image, meta in fl.frames]
+    where = _where(all(fl.in_map for fl in flights))
+    with progress_bar(desc=f"{where}: embedding", total=sum(len(fl.frames) for fl in flights), unit="frame",
+                      enabled=progress) as bar:
+        for fl in flights:
+            fl.aheads = [loc.embed_ahead(image, flight_telemetry(t, meta))
+                         for t, image, meta in counted(fl.frames, bar)]
     return flights
 
 
-def fly(engine, db, flight: CalibrationFlight, cfg, *, likelihood=None, fix_r95_scale: float | None = None) -> list[dict]:
+def fly(engine, db, flight: CalibrationFlight, cfg, *, likelihood=None, fix_r95_scale: float | None = None,
+        bar=None) -> list[dict]:
     """One flight through a fresh Localizer with ``cfg`` (and the candidate ``likelihood``); its records
-    (:func:`runtime.replay.geotiff.frame_record`), each marked ``in_map`` as the flight is."""
+    (:func:`runtime.replay.geotiff.frame_record`), each marked ``in_map`` as the flight is. ``bar``
+    (:func:`common.progress.progress_bar`) is advanced by each frame flown."""
     from runtime.localisation.localizer import Localizer
     from runtime.replay.geotiff import replay_flight
 
     loc = Localizer(engine, db, cfg, likelihood=likelihood, fix_r95_scale=fix_r95_scale,
                     odometry_features=flight.features)
-    records = replay_flight(loc, flight.frames, aheads=flight.aheads or None)
+    frames = flight.frames if bar is None else counted(flight.frames, bar)
+    records = replay_flight(loc, frames, aheads=flight.aheads or None)
     for r in records:
         r["in_map"], r["flight"] = flight.in_map, flight.name
     return records

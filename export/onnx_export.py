@@ -167,11 +167,16 @@ def ort_session(onnx_path: str | os.PathLike, threads: int | None = None, fuse: 
     return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_embed(session, preprocess: Preprocess, input_format: str, images, batch_size: int = 32) -> np.ndarray:
+def ort_embed(session, preprocess: Preprocess, input_format: str, images, batch_size: int = 32,
+              bar=None) -> np.ndarray:
+    """Embeddings of ``images`` by an ONNX Runtime session; ``bar`` (:func:`common.progress.progress_bar`) is
+    advanced by each batch's images."""
     outs = []
     for i in range(0, len(images), batch_size):
         x = prepare(images[i:i + batch_size], preprocess, input_format)
         outs.append(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+        if bar is not None:
+            bar.update(len(x))
     return np.concatenate(outs).astype(np.float32)
 
 

@@ -107,9 +107,11 @@ def append_projection(onnx_path: str | os.PathLike, proj: dict, output_name: str
 
 
 def fit_images(view_tifs=(), map_tifs=(), n: int = 2000, altitudes_m=(150, 200, 250, 300), hfov_deg: float = 60.0,
-               size_px: int = 256, compass_error_deg: float = 3.0, seed: int = 0) -> list[np.ndarray]:
+               size_px: int = 256, compass_error_deg: float = 3.0, seed: int = 0, bar=None) -> list[np.ndarray]:
     """Images to fit on: north-up drone views of ``view_tifs`` (training years; as the runtime turns its
-    frames, with a compass error) and map tiles of ``map_tifs`` at the altitudes' footprints, half each."""
+    frames, with a compass error) and map tiles of ``map_tifs`` at the altitudes' footprints, half each.
+    ``bar`` (:func:`common.progress.progress_bar`) is advanced by each image."""
+    from common.progress import counted
     from runtime.engines.preprocess import north_up
     from tiles.grid import footprint_m, read_tile, tile_grid
     from tiles.raster import open_raster
@@ -123,7 +125,7 @@ def fit_images(view_tifs=(), map_tifs=(), n: int = 2000, altitudes_m=(150, 200, 
     for i, tif in enumerate(view_tifs):
         with open_raster(tif) as r:
             xmin, ymin, xmax, ymax = r.bounds_m
-            for _ in range(n_views // len(view_tifs) + (i < n_views % len(view_tifs))):
+            for _ in counted(range(n_views // len(view_tifs) + (i < n_views % len(view_tifs))), bar):
                 alt = float(rng.choice(np.asarray(altitudes_m, float)))
                 pad = min(alt * np.tan(np.radians(hfov_deg) / 2) * 1.5, (xmax - xmin) / 2 - 1, (ymax - ymin) / 2 - 1)
                 heading = float(rng.uniform(0, 360))
@@ -137,19 +139,23 @@ def fit_images(view_tifs=(), map_tifs=(), n: int = 2000, altitudes_m=(150, 200, 
             tiles = [t for alt in altitudes_m for t in tile_grid(r, footprint_m(alt, hfov_deg))]
             want = n_tiles // len(map_tifs) + (i < n_tiles % len(map_tifs))
             pick = rng.choice(len(tiles), min(want, len(tiles)), replace=False)
-            images += [read_tile(r, tiles[j], size_px) for j in np.sort(pick)]
+            images += [read_tile(r, tiles[j], size_px) for j in counted(np.sort(pick), bar)]
     return images
 
 
 def fit_and_append(onnx_path, preprocess, input_format: str, dim: int, *, view_tifs=(), map_tifs=(),
                    n: int = 2000, hfov_deg: float = 60.0, whiten: bool = True, shrink: float = DEFAULT_SHRINK,
-                   out_dir=None, seed: int = 0) -> dict:
+                   out_dir=None, seed: int = 0, progress: bool = True) -> dict:
     """Embed the fitting images with ``onnx_path`` (full embedding), fit, append the projection to the
-    graph, check the new graph against :func:`project`, save ``projection.npz``; return the manifest record."""
+    graph, check the new graph against :func:`project`, save ``projection.npz``; return the manifest record.
+    ``progress``: bars ``projection: fitting images`` (rendered or read) and ``projection: embedding``."""
+    from common.progress import progress_bar
     from export.onnx_export import ExportError, ort_embed, ort_session
 
-    images = fit_images(view_tifs, map_tifs, n=n, hfov_deg=hfov_deg, seed=seed)
-    full = ort_embed(ort_session(onnx_path), preprocess, input_format, images)
+    with progress_bar(desc="projection: fitting images", total=n, unit="image", enabled=progress) as bar:
+        images = fit_images(view_tifs, map_tifs, n=n, hfov_deg=hfov_deg, seed=seed, bar=bar)
+    with progress_bar(desc="projection: embedding", total=len(images), unit="image", enabled=progress) as bar:
+        full = ort_embed(ort_session(onnx_path), preprocess, input_format, images, bar=bar)
     proj = fit_projection(full, dim, whiten=whiten, shrink=shrink)
     append_projection(onnx_path, proj)
     check = images[:16]

@@ -134,18 +134,29 @@ def _quiet_ort_advice(record: logging.LogRecord) -> bool:
 
 
 class _Reader:
-    """ORT CalibrationDataReader over a preprocessed array, in batches."""
+    """ORT CalibrationDataReader over a preprocessed array, in batches; with ``progress`` a bar of the images
+    handed to ORT (``INT8 calibration``)."""
 
-    def __init__(self, calib: np.ndarray, batch_size: int):
+    def __init__(self, calib: np.ndarray, batch_size: int, progress: bool = False):
         self.calib, self.batch_size, self.pos = calib, batch_size, 0
         self.batches_read = 0
+        self.progress, self.bar = progress, None
 
     def get_next(self):
         if self.pos >= len(self.calib):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
             return None
+        if self.progress and self.bar is None:
+            from common.progress import progress_bar
+
+            self.bar = progress_bar(desc="INT8 calibration", total=len(self.calib), unit="image")
         x = self.calib[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
         self.batches_read += 1
+        if self.bar is not None:
+            self.bar.update(len(x))
         return {INPUT_NAME: x}
 
     def __len__(self):
@@ -172,7 +183,7 @@ def _entropy_ranges(onnx_path, reader: _Reader, path: Path, work: Path, bins: in
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray, *,
                   method: str = "minmax", cache_dir: str | os.PathLike | None = None,
                   batch_size: int = 16, reduce_range: bool = True, per_channel: bool = True,
-                  entropy_bins: int = ENTROPY_BINS) -> dict:
+                  entropy_bins: int = ENTROPY_BINS, progress: bool = True) -> dict:
     """Q/DQ INT8 ONNX from the FP32 ONNX, calibrated on ``calib`` (the graph's input array, N >= 1).
 
     ``reduce_range`` quantises weights to 7 bits. Measured here (x86 with AVX2, no VNNI): with 8-bit
@@ -182,10 +193,10 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     are exact again (0.91 both ways). Default True: the INT8 model is then right on every CPU and on
     TensorRT; pass False (CLI ``--int8-full-range``) for a TensorRT- or VNNI-only target.
     ``per_channel`` False gives one weight scale per tensor (measured for the gate's advice);
-    ``entropy_bins`` the histogram of ``method="entropy"`` (TensorRT's 2048; the KL search is slow in Python).
+    ``entropy_bins`` the histogram of ``method="entropy"`` (TensorRT's 2048; the KL search is slow in Python);
+    ``progress`` a bar of the images calibrated on (``INT8 calibration``).
 
-    Returns ``{"path", "cache", "cache_hit", "calibration": {...}}`` for the manifest.
-    """
+    Returns ``{"path", "cache", "cache_hit", "calibration": {...}}`` for the manifest."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -208,7 +219,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
             cache.unlink()  # a file under the right name but without a matching key record: recompute
     # equal batches: ORT's histogram calibrators (entropy, percentile) stack per-batch outputs
     batch_size = max(b for b in range(1, min(batch_size, len(calib)) + 1) if len(calib) % b == 0)
-    reader = _Reader(calib, batch_size)
+    reader = _Reader(calib, batch_size, progress)
     cal_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[method]
     out_path = Path(out_path)

@@ -254,11 +254,10 @@ def _write(out, bundle, chunks, jobs, layers, crs, sources, *, ann, ann_min_rows
 
 def _embed_chunks(mine, chunks, jobs, rasters, tile_px, chunk_tiles, chunk_path, embed, n_tiles, rank, progress):
     """Embed this rank's chunks of tiles, each saved as soon as it is done (a killed build resumes)."""
-    from tqdm import tqdm
-
+    from common.progress import progress_bar
     from tiles.grid import read_tile
 
-    with tqdm(total=n_tiles, unit="tile", disable=not progress, desc=f"tiles rank {rank}") as bar:
+    with progress_bar(desc=f"tiles rank {rank}", total=n_tiles, unit="tile", enabled=progress) as bar:
         for i in mine:
             j, k = chunks[i]
             s, _, _, tiles = jobs[j]
@@ -308,8 +307,7 @@ def gallery_classes(folder) -> list[tuple[str, list[Path]]]:
 def build_gallery_database(bundle_dir, folder, out, *, batch_size: int = 32, overwrite: bool = False,
                            embedder: Callable[[list], np.ndarray] | None = None, progress: bool = True) -> Path:
     """A database of labelled gallery images (no geometry; label = class folder name), one layer."""
-    from tqdm import tqdm
-
+    from common.progress import progress_bar
     from export.images import read_image
     from runtime.engines.bundle import read_bundle
     from tiles.db import empty_entries, write_database
@@ -321,7 +319,7 @@ def build_gallery_database(bundle_dir, folder, out, *, batch_size: int = 32, ove
     items = [(label, f) for label, files in gallery_classes(folder) for f in files]
     embed = embedder or onnx_embedder(bundle.path, batch_size=batch_size)
     embs = []
-    for i in tqdm(range(0, len(items), batch_size), disable=not progress, desc="gallery", unit="batch"):
+    for i in progress_bar(range(0, len(items), batch_size), desc="gallery", unit="batch", enabled=progress):
         embs.append(np.asarray(embed([read_image(f) for _, f in items[i:i + batch_size]]), np.float32))
     entries = empty_entries(len(items))
     entries["label"] = [label for label, _ in items]

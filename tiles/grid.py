@@ -103,7 +103,10 @@ def tile_grid(
     tiles = []
     cells = zip(rows.ravel(), cols.ravel(), xs, ys)
     if progress and len(xs) > PROGRESS_MIN_TILES:
-        cells = _bar(cells, len(xs), f"tile grid {raster.path.name} ({footprint:.0f} m)")
+        from common.progress import progress_bar
+
+        cells = progress_bar(cells, total=len(xs), desc=f"tile grid {raster.path.name} ({footprint:.0f} m)",
+                             unit="tile")
     for i, (r, c, x, y) in enumerate(cells):
         corners = square_corners(x, y, footprint)
         pc, pr = raster.metric_to_pixel(corners[:, 0], corners[:, 1])
@@ -119,14 +122,6 @@ def tile_grid(
             window=(c0, r0, c1 - c0, r1 - r0), valid_fraction=round(valid, 4),
         ))
     return tiles
-
-
-def _bar(iterable, total: int, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress is a nicety: without tqdm the work runs silently
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, unit="tile", mininterval=1.0)
 
 
 def _fraction_valid(valid_img: np.ndarray, cols: np.ndarray, rows: np.ndarray) -> float:

@@ -115,9 +115,9 @@ def train_model(cfg: DemoConfig, run_dir: Path) -> Path:
     return ckpt
 
 
-def held_out_eval(cfg: DemoConfig, ckpt: Path, out: Path) -> dict:
+def held_out_eval(cfg: DemoConfig, ckpt: Path, out: Path, progress: bool = True) -> dict:
     """Cross-year retrieval on the held-out years with the training's own evaluation (same queries for
-    every model: fixed seed), cached as JSON."""
+    every model: fixed seed), cached as JSON; ``progress``: its bars (``evaluation 150 m``, ...)."""
     import torch
 
     from tiles.io import atomic_write_json
@@ -129,12 +129,14 @@ def held_out_eval(cfg: DemoConfig, ckpt: Path, out: Path) -> dict:
     torch.set_num_threads(cfg.threads)
     model, _ = load_checkpoint(ckpt)
     model.eval()
-    result = evaluate_config(train_config(cfg, out.parent), model)
+    _log.info("held-out evaluation of the %s model", out.parent.name)
+    result = evaluate_config(train_config(cfg, out.parent), model, progress=progress)
     atomic_write_json(out, result)
     return json.loads(out.read_text())  # as a cached run reads it (altitude keys are strings in JSON)
 
 
-def export_and_index(cfg: DemoConfig, ckpt: Path, work: Path) -> tuple[Path, Path]:
+def export_and_index(cfg: DemoConfig, ckpt: Path, work: Path, progress: bool = True) -> tuple[Path, Path]:
+    """The bundle, its tile database and its calibration (``progress``: their bars)."""
     from export.bundle_export import export_bundle
     from export.tiledb_build import build_tile_database
     from runtime.engines.bundle import MANIFEST
@@ -147,13 +149,14 @@ def export_and_index(cfg: DemoConfig, ckpt: Path, work: Path) -> tuple[Path, Pat
                       eval_tifs=(naip(cfg.flight_years[0]), naip(cfg.reference_year)))  # parity on real crops
     if not (db / "manifest.json").is_file():
         build_tile_database(bundle, [naip(cfg.reference_year)], db, altitudes_m=list(cfg.altitudes_m),
-                            hfov_deg=hfov, stride_frac=cfg.stride_frac, overwrite=True, progress=False)
+                            hfov_deg=hfov, stride_frac=cfg.stride_frac, overwrite=True, progress=progress)
     if "likelihood" not in json.loads((bundle / MANIFEST).read_text()):
         # the map filter's likelihood, calibrated for this model on flights of the training years only
         from export.calibrate import calibrate_bundle
 
+        _log.info("calibration of the %s model: likelihood and reported accuracy", work.name)
         calibrate_bundle(bundle, db, [naip(y) for y in cfg.train_years], hfov_deg=hfov, precision="fp32",
-                         frames=cfg.calib_frames)
+                         frames=cfg.calib_frames, progress=progress)
     return bundle, db
 
 
@@ -170,6 +173,8 @@ def replay(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str, p
         if cached.is_file():
             results[year] = json.loads(cached.read_text())
             continue
+        _log.info("replay of the %s model: flights rendered from %d at %s m", out.name, year,
+                  "/".join(map(str, cfg.altitudes_m)))
         results[year] = replay_geotiff(
             bundle, naip(cfg.reference_year), flight_raster=naip(year), altitudes=cfg.altitudes_m, db=db,
             out_dir=ydir, hfov_deg=hfov, pattern="curve", speed_mps=cfg.flight_speed_mps, fps=cfg.flight_fps,
@@ -178,9 +183,12 @@ def replay(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str, p
     return results
 
 
-def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str) -> list[list[dict]]:
+def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision: str,
+                   progress: bool = True) -> list[list[dict]]:
     """Per flight year, a flight whose second half is another flight over the map (the drone carried
-    elsewhere between two frames), through the same Localizer; the frames' records (cached as JSON)."""
+    elsewhere between two frames), through the same Localizer; the frames' records (cached as JSON).
+    ``progress``: a bar per flight (``kidnap flight 2016``)."""
+    from common.progress import progress_bar
     from runtime.engines.engine import load_engine
     from runtime.localisation.camera_view import database_hfov
     from runtime.localisation.localizer import Localizer
@@ -199,7 +207,10 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
     for year in cfg.flight_years:
         a = GeoTiffFlight(naip(year), alt, seed=year, **kw)
         b = GeoTiffFlight(naip(year), alt, seed=year + 7, **kw)
-        flights.append(replay_flight(Localizer(engine, tdb), Kidnapping(a, b, cfg.flight_frames // 2)))
+        cut = cfg.flight_frames // 2
+        frames = progress_bar(Kidnapping(a, b, cut), desc=f"kidnap flight {year}", unit="frame",
+                              total=min(cut, len(a)) + max(0, len(b) - cut), enabled=progress)
+        flights.append(replay_flight(Localizer(engine, tdb), frames))
     engine.close()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cached, flights)
@@ -297,8 +308,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DemoConfig) -> dict:
-    """The whole demo; returns {"summaries": {model: {alt: summary}}, "report_dir": Path, "table": str}."""
+def run(cfg: DemoConfig, progress: bool = True) -> dict:
+    """The whole demo; returns {"summaries": {model: {alt: summary}}, "report_dir": Path, "table": str}.
+    ``progress``: bars of the long steps on stderr (training, evaluation, tile databases, calibration)."""
     from train.config import preset
 
     out = Path(cfg.out)
@@ -318,21 +330,21 @@ def run(cfg: DemoConfig) -> dict:
     t = time.perf_counter()
     # the trainer evaluated the trained model at its end (train/eval.json); the frozen one gets the same
     # evaluation, same config and seed, hence the very same queries
-    evals = {"frozen": held_out_eval(cfg, frozen_ckpt, out / "frozen" / "eval.json"),
-             "trained": held_out_eval(cfg, trained_ckpt, out / "train" / "eval.json")}
+    evals = {"frozen": held_out_eval(cfg, frozen_ckpt, out / "frozen" / "eval.json", progress),
+             "trained": held_out_eval(cfg, trained_ckpt, out / "train" / "eval.json", progress)}
     timings["held-out evaluation"] = time.perf_counter() - t
 
     alts = "/".join(map(str, cfg.altitudes_m))
     t = _stage(f"3/5 export (ONNX FP32) and tile databases for {alts} m")
-    frozen_bundle, frozen_db = export_and_index(cfg, frozen_ckpt, out / "frozen")
-    trained_bundle, trained_db = export_and_index(cfg, trained_ckpt, out / "trained")
+    frozen_bundle, frozen_db = export_and_index(cfg, frozen_ckpt, out / "frozen", progress)
+    trained_bundle, trained_db = export_and_index(cfg, trained_ckpt, out / "trained", progress)
     timings["export + tile databases"] = time.perf_counter() - t
 
     flights = "/".join(map(str, cfg.flight_years))
     t = _stage(f"4/5 replay of flights rendered from {flights} through the runtime")
     res_frozen = replay(cfg, frozen_bundle, frozen_db, report_dir / "frozen", "fp32", plots=False)
     res_trained = replay(cfg, trained_bundle, trained_db, report_dir / "trained", "fp32", plots=True)
-    kidnap = kidnap_flights(cfg, trained_bundle, trained_db, report_dir / "trained", "fp32")
+    kidnap = kidnap_flights(cfg, trained_bundle, trained_db, report_dir / "trained", "fp32", progress)
     timings["replay"] = time.perf_counter() - t
 
     _stage("5/5 report")
@@ -357,6 +369,7 @@ class Options:
     set: list[str] = shared("set")
     native_kernels: bool = option(False, "train with the CPU's own kernels (faster on AVX-512; the figures then "
                                          "differ from the README's: common/kernels.py)")
+    progress: bool = shared("progress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,12 +386,13 @@ def main(argv=None) -> int:
     if not args.native_kernels:
         pinned = pin_cpu_kernels()  # before torch is imported: the same weights on every x86 machine
         _log.info("CPU kernels pinned for reproducible figures: %s", pinned or "nothing to pin here")
+    logging.getLogger("runtime.replay.geotiff").setLevel(logging.INFO)  # a line per replayed flight: progress
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
     cfg.train_overrides = list(cfg.train_overrides) + args.set
     if args.fresh and Path(args.out).exists():
         shutil.rmtree(args.out)
     t0 = time.perf_counter()
-    result = run(cfg)
+    result = run(cfg, progress=args.progress)
     print()
     print(result["table"])
     print()

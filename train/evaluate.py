@@ -28,6 +28,7 @@ import numpy as np
 from common.cli import add_dataclass_options, with_defaults
 from common.metrics import one_percent_k, retrieval_metrics
 from common.options import option, shared
+from common.progress import progress_bar
 from train.embed import embed_images
 from train.evaluate_geotiff import evaluate_geotiff
 
@@ -48,19 +49,22 @@ def labelled_metrics(sim, query_labels, gallery_labels, junk=None) -> dict:
 
 
 def evaluate_sues200(model, root, altitudes=None, protocols=("official", "query_only"),
-                     directions=("drone2sat", "sat2drone"), batch_size: int = 64, device="cpu") -> dict:
-    """``{"drone2sat@150m[official]": {"R@1": ..., ...}, ...}`` (percent)."""
+                     directions=("drone2sat", "sat2drone"), batch_size: int = 64, device="cpu",
+                     progress: bool = True) -> dict:
+    """``{"drone2sat@150m[official]": {"R@1": ..., ...}, ...}`` (percent); ``progress``: a bar per set of
+    images not embedded before (``evaluation drone2sat@150m[official] queries``)."""
     from common.sues200_layout import SUES200
 
     data = SUES200(root)
     alts = data.altitudes if altitudes is None else [int(a) for a in altitudes]
     cache: dict[Path, np.ndarray] = {}
 
-    def embed(paths):
+    def embed(paths, desc: str):
         todo = [p for p in dict.fromkeys(paths) if p not in cache]
         if todo:
-            for p, e in zip(todo, embed_images(model, todo, batch_size, device)):
-                cache[p] = e
+            with progress_bar(desc=desc, total=len(todo), unit="image", enabled=progress) as bar:
+                for p, e in zip(todo, embed_images(model, todo, batch_size, device, bar=bar)):
+                    cache[p] = e
         return np.stack([cache[p] for p in paths])
 
     results = {}
@@ -68,7 +72,8 @@ def evaluate_sues200(model, root, altitudes=None, protocols=("official", "query_
         for protocol in protocols:
             for direction in directions:
                 rs = data.retrieval_set(alt, protocol, direction)
-                sim = embed(rs.query_paths) @ embed(rs.gallery_paths).T
+                q = embed(rs.query_paths, f"evaluation {rs.name} queries")
+                sim = q @ embed(rs.gallery_paths, f"evaluation {rs.name} gallery").T
                 m = labelled_metrics(sim, rs.query_labels, rs.gallery_labels)
                 m.update(altitude_m=alt, protocol=protocol, direction=direction)
                 results[rs.name] = m
@@ -79,14 +84,18 @@ def evaluate_sues200(model, root, altitudes=None, protocols=("official", "query_
 UNIVERSITY1652_PROTOCOLS = ("official", "query_only")
 
 
-def evaluate_university1652(model, root, batch_size: int = 64, device="cpu") -> dict:
-    """``{"drone2sat[official]": metrics, "drone2sat[query_only]": ..., "sat2drone[...]": ...}``."""
+def evaluate_university1652(model, root, batch_size: int = 64, device="cpu", progress: bool = True) -> dict:
+    """``{"drone2sat[official]": metrics, "drone2sat[query_only]": ..., "sat2drone[...]": ...}``;
+    ``progress``: a bar per direction (``evaluation drone2sat``)."""
     from train.datasets import university1652_retrieval
 
     results = {}
     for direction in ("drone2sat", "sat2drone"):
         qp, ql, gp, gl = university1652_retrieval(root, direction)
-        sim = embed_images(model, qp, batch_size, device) @ embed_images(model, gp, batch_size, device).T
+        with progress_bar(desc=f"evaluation {direction}", total=len(qp) + len(gp), unit="image",
+                          enabled=progress) as bar:
+            q = embed_images(model, qp, batch_size, device, bar=bar)
+            sim = q @ embed_images(model, gp, batch_size, device, bar=bar).T
         for protocol in UNIVERSITY1652_PROTOCOLS:
             junk = None if protocol == "official" else ~np.isin(np.asarray(gl), np.asarray(ql))
             m = labelled_metrics(sim, ql, gl, junk=junk)
@@ -99,8 +108,9 @@ def evaluate_university1652(model, root, batch_size: int = 64, device="cpu") -> 
 # ---- dispatch on a config -----------------------------------------------------------------------------
 
 
-def evaluate_config(cfg, model, device="cpu") -> dict:
-    """Evaluate ``model`` on the evaluation data of a :class:`train.config.TrainConfig`."""
+def evaluate_config(cfg, model, device="cpu", progress: bool = True) -> dict:
+    """Evaluate ``model`` on the evaluation data of a :class:`train.config.TrainConfig` (``progress``: bars
+    of the embedding, on stderr)."""
     d, e = cfg.data, cfg.eval
     if d.kind == "geotiff":
         if not d.eval_rasters:
@@ -111,10 +121,11 @@ def evaluate_config(cfg, model, device="cpu") -> dict:
                                 stride_frac=e.stride_frac, max_queries=e.max_queries, offset_frac=offset,
                                 heading_deg=j.heading_deg, compass_error_deg=j.compass_error_deg,
                                 batch_size=e.batch_size, device=device, seed=e.seed,
-                                positions=e.query_positions)
+                                positions=e.query_positions, progress=progress)
     if d.kind == "sues200":
-        return evaluate_sues200(model, d.root, d.altitudes_m, batch_size=e.batch_size, device=device)
-    return evaluate_university1652(model, d.root, batch_size=e.batch_size, device=device)
+        return evaluate_sues200(model, d.root, d.altitudes_m, batch_size=e.batch_size, device=device,
+                                progress=progress)
+    return evaluate_university1652(model, d.root, batch_size=e.batch_size, device=device, progress=progress)
 
 
 def _is_training_config(cfg) -> bool:
@@ -131,6 +142,7 @@ class EvaluateOptions:
     set: list[str] = shared("set")
     out: str | None = option(None, "write the metrics JSON here")
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1)")
+    progress: bool = shared("progress")
 
 
 def build_parser():
@@ -164,7 +176,7 @@ def main(argv=None) -> int:
         ap.error(f"{args.checkpoint} {what}, so it does not say which data to evaluate on: pass --preset "
                  "(e.g. --preset demo) and, if needed, --set data.root=...")
     cfg = apply_overrides(cfg, args.set)
-    results = evaluate_config(cfg, model, args.device)
+    results = evaluate_config(cfg, model, args.device, progress=args.progress)
     text = json.dumps(results, indent=2, default=float)
     if args.out:
         atomic_write_json(args.out, json.loads(text))

@@ -101,18 +101,25 @@ def _render_queries(raster, true_xy, headings, compass, altitude_m, hfov_deg, si
             for (x, y), h, c in zip(true_xy, headings, compass)]
 
 
+def _embedder(model, batch_size: int, device, bar):
+    from train.embed import embed_images
+
+    return lambda images: embed_images(model, images, batch_size, device, bar=bar)
+
+
 def evaluate_geotiff(model, reference, query_rasters, altitudes_m, hfov_deg: float, stride_frac: float = 1.0,
                      max_queries: int | None = None, offset_frac: float = 0.25, heading_deg: float = 180.0,
                      compass_error_deg: float = 3.0, batch_size: int = 64, device="cpu", seed: int = 0,
-                     positions: str = "uniform") -> dict:
+                     positions: str = "uniform", progress: bool = True) -> dict:
     """See the module docstring. ``max_queries``: queries per (raster, altitude) (None: one per tile).
+    ``progress``: a bar per altitude (``evaluation 150 m``) counting the images embedded, tiles and queries.
 
     Returns ``{"per_altitude": {alt: {raster: metrics, "all": metrics}}, "all": metrics, "setup": ...}``.
     """
+    from common.progress import progress_bar
     from tiles.grid import read_tile
     from tiles.raster import open_raster
     from train.datasets import geotiff_locations
-    from train.embed import embed_images
 
     size = model.preprocess.input_size[0]
     per_alt: dict = {}
@@ -123,19 +130,21 @@ def evaluate_geotiff(model, reference, query_rasters, altitudes_m, hfov_deg: flo
         for alt in altitudes_m:
             tiles = [t for _, t in geotiff_locations(reference, [alt], hfov_deg, stride_frac)]
             centres = np.array([[t.x, t.y] for t in tiles])
-            gallery = embed_images(model, [read_tile(ref, t, size) for t in tiles], batch_size, device)
             rng = np.random.default_rng([seed, int(alt)])
             true_xy = query_positions(reference, alt, hfov_deg, max_queries, rng, positions, offset_frac,
                                       stride_frac)
             headings = rng.uniform(-heading_deg, heading_deg, len(true_xy)) % 360.0
             compass = headings + rng.normal(0.0, compass_error_deg, len(true_xy))
             per_alt[int(alt)] = {}
-            for qpath, qr in zip(query_rasters, queries):
-                views = _render_queries(qr, true_xy, headings, compass, alt, hfov_deg, size)
-                sim = embed_images(model, views, batch_size, device) @ gallery.T
-                m, part = _metrics(sim, centres, tiles[0].footprint_m, true_xy)
-                per_alt[int(alt)][_name(qpath)] = m
-                pooled.append(part)
+            with progress_bar(desc=f"evaluation {alt:g} m", total=len(tiles) + len(true_xy) * len(queries),
+                              unit="image", enabled=progress) as bar:
+                embed = _embedder(model, batch_size, device, bar)
+                gallery = embed([read_tile(ref, t, size) for t in tiles])
+                for qpath, qr in zip(query_rasters, queries):
+                    sim = embed(_render_queries(qr, true_xy, headings, compass, alt, hfov_deg, size)) @ gallery.T
+                    m, part = _metrics(sim, centres, tiles[0].footprint_m, true_xy)
+                    per_alt[int(alt)][_name(qpath)] = m
+                    pooled.append(part)
             per_alt[int(alt)]["all"] = _pool(pooled[-len(query_rasters):])
             _logger.info("%s m: R@1 %.1f, median error %.0f m", alt, per_alt[int(alt)]["all"]["R@1"],
                          per_alt[int(alt)]["all"]["median_error_m"])

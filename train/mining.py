@@ -27,34 +27,41 @@ def neighbour_geometry(dataset, cfg) -> dict:
 
 @torch.no_grad()
 def embed_location_queries(model, dataset, per_location: int, batch_size: int, device,
-                           rng: np.random.Generator) -> np.ndarray:
-    """(L, D): the normalised mean embedding of ``per_location`` query views of every location."""
+                           rng: np.random.Generator, progress: bool = True) -> np.ndarray:
+    """(L, D): the normalised mean embedding of ``per_location`` query views of every location
+    (``progress``: a bar, ``mining: query views``)."""
+    from common.progress import progress_bar
     from train.embed import embed_images
 
     samples = dataset.mining_samples(per_location, rng)
     owner = np.repeat(np.arange(len(samples)), [len(s) for s in samples])
     flat = np.concatenate(samples)
     total = None
-    for s in range(0, len(flat), batch_size):
-        views = [dataset.mining_query(int(i), rng) for i in flat[s:s + batch_size]]
-        emb = embed_images(model, views, batch_size, device)
-        if total is None:
-            total = np.zeros((len(samples), emb.shape[1]), np.float64)
-        np.add.at(total, owner[s:s + batch_size], emb)
+    with progress_bar(desc="mining: query views", total=len(flat), unit="image", enabled=progress) as bar:
+        for s in range(0, len(flat), batch_size):
+            views = [dataset.mining_query(int(i), rng) for i in flat[s:s + batch_size]]
+            emb = embed_images(model, views, batch_size, device, bar=bar)
+            if total is None:
+                total = np.zeros((len(samples), emb.shape[1]), np.float64)
+            np.add.at(total, owner[s:s + batch_size], emb)
     return (total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 @torch.no_grad()
-def mine_neighbours(model, dataset, cfg, device, epoch: int = 0) -> list[np.ndarray]:
-    """Each location's ``sampler.neighbour_range`` hardest real negatives, hardest first."""
+def mine_neighbours(model, dataset, cfg, device, epoch: int = 0, progress: bool = True) -> list[np.ndarray]:
+    """Each location's ``sampler.neighbour_range`` hardest real negatives, hardest first (``progress``: bars
+    of the embedding, ``mining: query views`` and ``mining: reference images``)."""
+    from common.progress import progress_bar
     from train.embed import embed_images
 
     rng = np.random.default_rng([cfg.seed, epoch, 0x3141])
     bs = cfg.eval.batch_size
-    q = embed_location_queries(model, dataset, cfg.sampler.mining_samples, bs, device, rng)
+    q = embed_location_queries(model, dataset, cfg.sampler.mining_samples, bs, device, rng, progress)
     refs = []
-    for s in range(0, dataset.n_locations, bs):
-        imgs = [dataset.reference_image(loc) for loc in range(s, min(s + bs, dataset.n_locations))]
-        refs.append(embed_images(model, imgs, bs, device))
+    with progress_bar(desc="mining: reference images", total=dataset.n_locations, unit="image",
+                      enabled=progress) as bar:
+        for s in range(0, dataset.n_locations, bs):
+            imgs = [dataset.reference_image(loc) for loc in range(s, min(s + bs, dataset.n_locations))]
+            refs.append(embed_images(model, imgs, bs, device, bar=bar))
     r = np.concatenate(refs)
     return mine_similar_neighbours(q, r, cfg.sampler.neighbour_range, **neighbour_geometry(dataset, cfg))

@@ -249,15 +249,15 @@ def train_one_epoch(run: Run, stop_at_step: int | None, signals: StopSignals) ->
 
     Returns (metrics record, stopped, epoch completed). An epoch's length is the sampler's plan for that
     epoch (distinct-location batching may give one epoch a batch fewer than another)."""
-    from tqdm import tqdm
+    from common.progress import progress_bar
 
     cfg = run.cfg
     run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
     run.loader_gen.manual_seed(loader_seed(cfg.seed, run.epoch, run.rank))
     _set_train_mode(run)
     t0, seen, losses, stopped = time.perf_counter(), 0, [], False
-    bar = tqdm(run.loader, total=len(run.sampler), desc=f"epoch {run.epoch + 1}/{cfg.optim.epochs}",
-               disable=not run.main, leave=False)
+    bar = progress_bar(run.loader, total=len(run.sampler), desc=f"epoch {run.epoch + 1}/{cfg.optim.epochs}",
+                       enabled=run.main, leave=False)
     for drone, sat, _ in bar:
         losses.append(_train_step(run, drone, sat))
         seen += 2 * drone.shape[0] * run.world
@@ -266,7 +266,7 @@ def train_one_epoch(run: Run, stop_at_step: int | None, signals: StopSignals) ->
                          run.scheduler.get_last_lr()[0], run.model.logit_scale.exp().item())
             if run.writer:
                 run.writer.add_scalar("train/loss", losses[-1], run.step)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)  # shown at the next write (rare in a log)
         stopped = (run.step >= run.total_steps or (stop_at_step is not None and run.step >= stop_at_step)
                    or any_rank(signals.requested, run.world))
         if stopped:
