@@ -29,11 +29,12 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     import runtime.__main__ as runtime_main
     import tiles.__main__ as tiles_main
     import train.__main__ as train_main
+    import tools.demo as demo
     import train.evaluate as train_evaluate
 
     return {"runtime": runtime_main.build_parser(replay=True), "export": export_main.build_parser(),
             "tiles": tiles_main.build_parser(), "train": train_main.build_parser(),
-            "train.evaluate": train_evaluate.build_parser()}
+            "train.evaluate": train_evaluate.build_parser(), "tools.demo": demo.build_parser()}
 
 
 PARSERS = _parsers()
@@ -127,11 +128,11 @@ def test_every_option_the_prose_names_exists_and_acts():
     foreign = {"--system-site-packages", "--nproc_per_node", "--nproc-per-node", "--no-deps"}  # venv, torchrun, pip
     problems = []
     for option, lines in prose_options(README).items():
-        if option in foreign or option in {"--" + k for k in ("fresh", "quick")}:  # tools.demo's
+        if option in foreign:
             continue
         actions = known.get(option)
         if not actions:
-            problems.append(f"README lines {lines}: {option} is no option of runtime/export/tiles/train")
+            problems.append(f"README lines {lines}: {option} is no option of runtime/export/tiles/train/tools.demo")
         elif all(_removed(a) for a in actions):
             problems.append(f"README lines {lines}: {option} was removed (the parsers refuse it)")
     assert not problems, "\n".join(problems)
