@@ -28,8 +28,8 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     import export.__main__ as export_main
     import runtime.__main__ as runtime_main
     import tiles.__main__ as tiles_main
-    import train.__main__ as train_main
     import tools.demo as demo
+    import train.__main__ as train_main
     import train.evaluate as train_evaluate
 
     return {"runtime": runtime_main.build_parser(replay=True), "export": export_main.build_parser(),
