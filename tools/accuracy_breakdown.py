@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,9 +30,10 @@ import numpy as np
 from common.cli import add_dataclass_options, parse_options
 from common.options import option, shared
 from runtime.localisation.config import LocalizerConfig
+from runtime.localisation.geo import R95_PER_SIGMA
 
 _HEIGHT = {f.name: f for f in dataclasses.fields(LocalizerConfig)}["height_sigma_m"]  # one definition
-LEVELS = {"r50": 1.1774, "r68": 1.5096, "r95": 2.4477}  # 2-D Gaussian radius / per-axis sigma
+LEVELS = {"r50": 0.50, "r68": 0.32, "r95": 0.05}  # the probability outside each radius (1 - nominal)
 
 
 @dataclass
@@ -53,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fly_years(engine, db, cfg, years, frames: int, seed: int) -> list[dict]:
     from export.calibration_flights import embed_flights, fly, render_flights
+    from tools.demo import naip
 
-    rasters = [next(Path("data/naip").glob(f"*_{y}*.tif")) for y in years]
+    rasters = [naip(y) for y in years]
     flights = embed_flights(engine, db, cfg, render_flights(db, rasters, hfov_deg=cfg.hfov_deg, frames=frames,
                                                             seed=seed))
     return [r for f in flights for r in fly(engine, db, f, cfg, fix_r95_scale=1.0)]
@@ -80,7 +83,9 @@ def per_flight(records: list[dict]) -> dict:
 
 def coverage(flights: dict, scale: float) -> dict:
     q = np.concatenate([f["ratios"] for f in flights.values()]) / scale
-    return {k: round(100.0 * float(np.mean(q <= v / LEVELS["r95"])), 1) for k, v in LEVELS.items()}
+    # the Gaussian radius holding p, as a share of the reported r95
+    return {k: round(100.0 * float(np.mean(q <= math.sqrt(-2.0 * math.log(tail)) / R95_PER_SIGMA)), 1)
+            for k, tail in LEVELS.items()}
 
 
 def main(argv=None) -> int:
