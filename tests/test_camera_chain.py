@@ -111,33 +111,59 @@ def test_the_height_above_ground_from_msl_less_terrain_and_from_the_ground_cover
     from types import SimpleNamespace
 
     from runtime.localisation.frames import Telemetry
-    from runtime.localisation.height import GAIN, HeightAboveGround
+    from runtime.localisation.height import HeightAboveGround
     from tiles.terrain import FlatGround
+
+    def reg(y, sigma=5.0, scale=float("nan"), method="correlation"):
+        return SimpleNamespace(x=0.0, y=y, scale=scale, method=method, sigma_m=sigma)
+
+    def fly(h, metres):  # 8 steps; the odometry's metres are the height's, so scaled by its correction
+        for _ in range(8):
+            h.moved(Motion(True, dx_e_m=0.0, dy_n_m=metres / 8.0 * h.factor, dt_s=1.0))
 
     db = SimpleNamespace(path=None)
     h = HeightAboveGround(LocalizerConfig(), db, terrain=FlatGround(120.0))
     tel = Telemetry(t=0.0, altitude_m=140.0, altitude_source="flight", altitude_msl_m=275.0)
-    assert h.of(tel, (10.0, 20.0)) == (155.0, "msl - terrain")
     assert h.of(tel, None) == (140.0, "flight")  # no fix yet: the ground under it is not known
+    assert h.of(tel, (10.0, 20.0)) == (155.0, "msl - terrain")
+    prior = h.scale_sigma(140.0)
+    assert prior == pytest.approx(3.0 / 140.0)  # the height's sigma over the height, until measured
     # the barometer reads 5 % high: odometry measures 5 % too much ground between two registrations
-    h.registered(SimpleNamespace(x=0.0, y=0.0, scale=float("nan"), method="correlation"))
-    for k in (1, 2):  # two spans that agree: one alone could pair a wrong registration with a right one
-        for _ in range(8):
-            h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
-        h.registered(SimpleNamespace(x=0.0, y=320.0 * k, scale=float("nan"), method="correlation"))
-        assert h.factor == (1.0 if k == 1 else pytest.approx((320.0 / 336.0) ** GAIN))
+    h.registered(reg(0.0))
+    fly(h, 336.0)  # 336 m measured, 320 m covered
+    h.registered(reg(320.0))
+    first = h.factor
+    assert 320.0 / 336.0 < first < 1.0  # a span weighs by its precision against the prior's
+    assert h.scale_sigma(140.0) < prior  # and the scale is known better
     assert h.of(tel, None)[1].endswith("(map)")
-    before = h.factor  # a span the odometry broke (no motion, no coasting) measures nothing
-    h.moved(None)
-    for _ in range(8):
-        h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
-    h.registered(SimpleNamespace(x=0.0, y=960.0, scale=float("nan"), method="correlation"))
+    for y in (640.0, 960.0):  # the next spans close in on it
+        before = abs(h.factor - 320.0 / 336.0)
+        fly(h, 336.0)
+        h.registered(reg(y))
+        assert abs(h.factor - 320.0 / 336.0) < before
+    before, sigma = h.factor, h.scale_sigma(140.0)
+    h.moved(None)  # a span the odometry broke (no motion, no coasting) measures nothing
+    fly(h, 336.0)
+    h.registered(reg(1280.0))
     assert h.factor == before
-    for y in (1280.0, 1700.0):  # two spans that disagree (the second one 24 % long): nothing measured
-        for _ in range(8):
-            h.moved(Motion(True, dx_e_m=0.0, dy_n_m=42.0, dt_s=1.0))
-        h.registered(SimpleNamespace(x=0.0, y=y, scale=float("nan"), method="correlation"))
+    fly(h, 336.0)  # a wrong registration: 14 % long, beyond the gate of the estimate's and its own sigmas
+    h.registered(reg(1280.0 + 1.14 * 320.0))
     assert h.factor == before
+    assert h.scale_sigma(140.0) > sigma  # the ground flown since let the scale drift (DRIFT_PER_KM)
+    short = HeightAboveGround(LocalizerConfig(), db)  # a span under SPAN_M is measured from further on
+    short.of(tel)
+    short.registered(reg(0.0))
+    fly(short, 84.0)
+    short.registered(reg(80.0))
+    assert short.factor == 1.0
+    fly(short, 84.0)
+    short.registered(reg(160.0))
+    assert short.factor < 1.0
     off = HeightAboveGround(LocalizerConfig(height_from_map=False), db)
-    off.registered(SimpleNamespace(x=0.0, y=0.0, scale=1.2, method="features"))
+    off.of(tel)
+    off.registered(reg(0.0, scale=1.2, method="features"))
     assert off.factor == 1.0
+    on = HeightAboveGround(LocalizerConfig(), db)  # a registration by features fits the scale itself
+    on.of(tel)
+    on.registered(reg(0.0, scale=1.05, method="features"))
+    assert 1.0 < on.factor < 1.05

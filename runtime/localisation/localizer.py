@@ -294,8 +294,7 @@ class Localizer:
             motion = self.odometry.update(up, t, altitude_m, self.hfov_deg, None)
         view = self._view_now  # the track lives below the drone: the odometry's motion made the drone's
         motion, self._offset_prev = drone_motion(motion, view, self._offset_prev), view.offset_en_m
-        h_sigma = self.cfg.height_sigma_m / altitude_m if altitude_m and altitude_m > 0 else 0.0
-        track.predict(t, layer, motion, h_sigma)
+        track.predict(t, layer, motion, self.height.scale_sigma(altitude_m))
         if measure:
             self.height.moved(motion, track.filter.last_displacement)
         if self.registration is not None:
