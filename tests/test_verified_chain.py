@@ -78,11 +78,13 @@ def test_the_fix_is_the_registered_point_carried_by_the_odometry(db):
 
 def test_a_registered_point_the_filter_does_not_follow_keeps_the_filter_mean(db):
     """A registration 60 m off (a 150 m frame's peak on a look-alike field edge) verifies the track (within a
-    footprint of the mode) but does not move the fix: the filter's mean stays, within a cell of the truth."""
+    footprint of the mode) but does not move the fix: the filter's mean stays, within a cell of the truth.
+    Which of the two is off is not known: the radius covers the registered point too."""
     fixes = _fly(db, {}, coast_frames=10, registered_off=(0.0, 60.0))
     for i in range(6, 16):
         assert fixes[i].trusted
         assert abs(fixes[i].y - Y0) < 12.5 and abs(fixes[i].x - (X0 + V * i)) < 12.5
+        assert fixes[i].r95_m > 60.0
 
 
 def test_the_registered_track_reports_its_own_growing_radius(db):
@@ -120,3 +122,37 @@ def test_a_registration_that_conflicts_with_the_track_widens_its_radius(db):
     assert fusion.verified[0] == pytest.approx(25.5)
     r95 = math.sqrt(-2 * math.log(0.05) * fusion.verified_var)
     assert r95 > 24.0  # the radius covers the track the registration disagrees with
+
+
+def test_a_registration_the_drifted_track_disagrees_with_moves_the_filter(db):
+    """The odometry 40 % long (a height far off): the filter and the registered track drift together, 40 m
+    past the truth after ten frames. A registration at the truth, fused into that chain, is where the fix
+    goes, its radius covering the track it disagrees with; the filter follows it (before, its mean stayed
+    40 m off with a radius of a few metres: a confident wrong fix)."""
+    from types import SimpleNamespace
+
+    cfg = LocalizerConfig(map_filter=MapFilterConfig(independent_frac=0.0), map_sigma_m=0.0)
+    track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), cfg, verify=True)
+    searcher, rng = Searcher(db), np.random.default_rng(0)
+    for i in range(16):
+        x = X0 + V * i
+        motion = Motion(True, 1.4 * V, 0.0, 0.0, 1.0, 50, 60, 1.0)
+        q = frame_embedding(db, x, Y0, 1.0, rng)
+        if i < 15:
+            fix = track_step(track, searcher, float(i), q, motion=motion)
+        else:
+            track.predict(float(i), 0, motion)
+            rows = track.rows_to_score()
+            track.update(rows, searcher.score_layer(q, 0) if rows is None else searcher.score_rows(q, rows))
+            reg = SimpleNamespace(ok=True, x=x, y=Y0, sigma_m=3.0, heading_deg=math.nan)
+            track.register(reg)
+            fix = track.fix(float(i), reg, True)[0]
+        if i == 5:  # set as a 3 m registration would
+            track.verified = np.array([x, Y0])
+            track.chain_ok, track.coasted, track.verified_var = True, 0, 3.0**2
+        if i == 14:
+            assert fix.x - x > 30.0  # drifted with the odometry
+    assert abs(fix.x - (X0 + V * 15)) < 5.0 and abs(fix.y - Y0) < 5.0
+    assert fix.r95_m > 40.0
+    est = track.filter.estimate()
+    assert abs(est.x - (X0 + V * 15)) < 12.5  # the filter's mean moved with it

@@ -156,6 +156,18 @@ class MapFilter:
             self.p = (1.0 - self.cfg.prior_out) * g / g.sum()
             self.p_out = self.cfg.prior_out
 
+    def move_to(self, x: float, y: float, sigma_m: float) -> bool:
+        """The posterior on the map becomes a Gaussian at (x, y) of ``sigma_m`` (at least half a cell), its
+        mass and the velocity kept: the registered track corrects where the filter believes the drone is,
+        not what it knows of its motion. False when the point lies off this layer."""
+        sigma = max(float(sigma_m), self.cell_m / 2.0)
+        cx, cy = self.cell_xy()
+        g = np.exp(-((cx - x) ** 2 + (cy - y) ** 2) / (2 * sigma**2))
+        if not g.sum() > 0:
+            return False
+        self.p = (1.0 - self.p_out) * g / g.sum()
+        return True
+
     def cell_xy(self) -> tuple[np.ndarray, np.ndarray]:
         """Metric x, y of every grid cell's centre (now: the grid moves with the drone)."""
         return self.gx0 + self.off[0] + self._cx, self.gy1 + self.off[1] + self._cy
