@@ -31,3 +31,17 @@ def test_the_command_recorded_names_no_path_of_this_machine():
 
     assert _portable(["--bundle", "/abs/bundle", "--db", "/abs/db", "--map", "m.tif"], A) == [
         "--bundle", "BUNDLE", "--db", "DB", "--map", "m.tif"]
+
+
+def test_every_condition_is_a_flight_and_what_the_chain_is_told():
+    from dataclasses import fields
+
+    from runtime.localisation.config import LocalizerConfig
+    from runtime.replay.geotiff import FlightSpec
+    from tools.bench_camera import CONDITIONS
+
+    flight, told = {f.name for f in fields(FlightSpec)}, {f.name for f in fields(LocalizerConfig)}
+    for name, spec in CONDITIONS.items():
+        assert set(spec) - {"localizer"} <= flight, name
+        assert set(spec.get("localizer", {})) <= told, name
+    assert CONDITIONS["baro bias 10 m, told (--height-sigma-m 10)"]["localizer"] == {"height_sigma_m": 10.0}

@@ -1,7 +1,8 @@
 """How the flight chain fares with a real camera: one GeoTIFF replay per condition and held-out year.
 
 Each condition is a set of :class:`runtime.replay.geotiff.FlightSpec` fields (the real camera's:
-attitude noise, a fixed wing's banked turns, lens distortion, relief, the barometer's bias) on top of the
+attitude noise, a fixed wing's banked turns, lens distortion, relief, the barometer's bias), and under
+``"localizer"`` what the user told the chain (:class:`runtime.localisation.config.LocalizerConfig`), on top of the
 demo's flight (60 frames at 40 m/s, photometric changes 0.3, seeded by the year), flown by
 ``runtime.replay.geotiff.replay_geotiff`` (the service's Localizer) over every layer of the database. Per
 condition, pooled over years and layers: trusted fixes, wrong ones (more than ``--wrong-m`` off),
@@ -40,6 +41,7 @@ CONDITIONS = {
     "lens k1 = -0.2": {"lens_k1": -0.2},
     "50 m relief": {"relief_m": 50.0},
     "baro bias 10 m": {"baro_bias_m": 10.0},
+    "baro bias 10 m, told (--height-sigma-m 10)": {"baro_bias_m": 10.0, "localizer": {"height_sigma_m": 10.0}},
     "attitude noise 5 deg, reported 0.1 s late": {"attitude_noise_deg": 5.0, "report_delay_s": 0.1},
     "all: noise 5, turns 25, k1, relief 50, baro 10": {
         "pattern": "weave", "airframe": "fixed_wing", "bank_deg": 25.0, "attitude_noise_deg": 5.0,
@@ -81,6 +83,7 @@ def flight_row(records: list[dict], year: int, altitude: str, wrong_m: float) ->
 
 def run(args) -> dict:
     from runtime.engines.engine import load_engine
+    from runtime.localisation.config import LocalizerConfig
     from runtime.replay.geotiff import replay_geotiff
 
     engine = load_engine(args.bundle, precision="fp32")
@@ -94,8 +97,10 @@ def run(args) -> dict:
         flights, rows, t0 = [], [], time.perf_counter()
         for path in args.flights:
             year = int(re.search(r"(\d{4})\d{4}\.tif$", str(path)).group(1))
+            flight = {k: v for k, v in spec.items() if k != "localizer"}
             res = replay_geotiff(engine, args.map, flight_raster=path, db=args.db, altitudes=args.altitudes,
-                                 plots=False, seed=year, **FLIGHT, **spec)
+                                 localizer=LocalizerConfig(**spec.get("localizer", {})), plots=False, seed=year,
+                                 **FLIGHT, **flight)
             start = 0
             for alt, summary in res["altitudes"].items():  # the frames, altitude after altitude
                 flights.append(res["frames"][start:start + summary["n_frames"]])
