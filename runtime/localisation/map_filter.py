@@ -17,25 +17,22 @@ approximates), plus one number, ``p_out``: the probability that the drone is not
   there (bilinear between tile centres; :class:`runtime.search.layer_grid.Likelihood`, calibrated per model), the
   off-map hypothesis by 1 (its ratio by definition). Similarities are taken relative to the frame's
   median similarity over the layer (what the likelihood was calibrated on): when only the tiles near the
-  posterior are scored, a fixed sample of ``reference_tiles`` tiles spread over the layer (at most a tenth of it) is scored with
-  them and gives that median (the median of the nearby tiles alone is higher, near the truth, and would
-  push the posterior off the map on every frame). Tiles not scored this frame count as that median.
-- the estimate: the mode's cluster (cells within one footprint of the most probable cell); its mean,
-  covariance, the radius around the mean holding 95 % of its probability (``r95_m``, times the calibrated
-  ``r95_scale``), and its share of all probability. ``trusted`` only when that share is at least
-  ``trust_mass`` (one mode, on the map), ``r95_m`` at most ``trust_r95_frac`` footprints, and the
-  odometry saw the ground move on this frame (``max_blind_frames``).
-- search cost: :meth:`MapFilter.rows_to_score` asks for the tiles near the posterior when it is
-  concentrated (``local_mass`` of it within the cluster), for the whole layer otherwise and every
-  ``global_every`` frames (so a kidnapping is seen).
+  posterior are scored, ``reference_tiles`` fixed tiles spread over the layer (at most a tenth) give that
+  median (the nearby tiles' is higher and would push the posterior off the map on every frame). Tiles not
+  scored this frame count as that median.
+- the estimate: the mode's cluster (cells within one footprint of the most probable cell); its mean, covariance,
+  the radius around the mean holding 95 % of its probability (``r95_m``, times the calibrated ``r95_scale``)
+  and its share of all probability. ``trusted`` only when that share is at least ``trust_mass`` (one mode,
+  on the map), ``r95_m`` at most ``trust_r95_frac`` footprints, and the odometry saw the ground move on
+  this frame (``max_blind_frames``).
+- search cost: :meth:`MapFilter.rows_to_score` asks for the tiles near a concentrated posterior (``local_mass``
+  within the cluster), for the whole layer otherwise and every ``global_every`` frames (a kidnapping).
 
-The velocity (east, north) is a Kalman state of its own, measured by the odometry (displacement / dt),
-with a random-walk acceleration ``accel_mps2``. The measurement's noise is the odometry's own, not the
-posterior's motion blur: the scatter of the measured velocities themselves (the second difference of three
-consecutive ones has 6 times a measurement's variance, plus any change of acceleration), never more than
-the odometry's fit claims (:attr:`runtime.localisation.odometry.Motion.sigma_m` / dt). Measured on held-out
-flights: that claim is 4-8 times the error of the displacements, and the posterior's blur (3 m + 10 %)
-made the reported speed accuracy 2.2-2.5 m/s for errors of 0.2-0.5 m/s (docs/results/autopilot.md).
+The velocity (east, north) is a Kalman state of its own, measured by the odometry (displacement / dt), with
+a random-walk acceleration ``accel_mps2``; its measurement noise is the scatter of the measured velocities
+(the second difference of three has 6 times a measurement's variance), never more than the odometry's fit
+claims (``Motion.sigma_m`` / dt): on held-out flights that claim is 4-8 times the displacements' error, and
+the posterior's blur made the speed accuracy 2.2-2.5 m/s for errors of 0.2-0.5 (docs/results/autopilot.md).
 """
 
 from __future__ import annotations
@@ -147,26 +144,22 @@ class MapFilter:
             self.p = np.full(self.shape, self.cfg.in_map_prior / n)
             self.p_out = 1.0 - self.cfg.in_map_prior
         else:
-            x, y, sigma = (float(v) for v in prior)
-            sigma = max(sigma, self.cell_m / 2.0)
-            cx, cy = self.cell_xy()
-            g = np.exp(-((cx - x) ** 2 + (cy - y) ** 2) / (2 * sigma**2))
-            if g.sum() <= 0:
-                raise ValueError(f"the prior ({x:.0f}, {y:.0f}) +- {sigma:.0f} m lies off this map layer")
-            self.p = (1.0 - self.cfg.prior_out) * g / g.sum()
-            self.p_out = self.cfg.prior_out
+            if (g := self._gaussian(*prior)) is None:
+                raise ValueError(f"the prior ({prior[0]:.0f}, {prior[1]:.0f}) +- {prior[2]:.0f} m lies off this map layer")
+            self.p, self.p_out = (1.0 - self.cfg.prior_out) * g, self.cfg.prior_out
 
     def move_to(self, x: float, y: float, sigma_m: float) -> bool:
-        """The posterior on the map becomes a Gaussian at (x, y) of ``sigma_m`` (at least half a cell), its
-        mass and the velocity kept: the registered track corrects where the filter believes the drone is,
-        not what it knows of its motion. False when the point lies off this layer."""
-        sigma = max(float(sigma_m), self.cell_m / 2.0)
+        """The posterior on the map becomes a Gaussian at (x, y) of ``sigma_m``, its mass and the velocity kept
+        (the registered track corrects where the drone is, not its motion); False off this layer."""
+        g = self._gaussian(x, y, sigma_m)
+        self.p = self.p if g is None else (1.0 - self.p_out) * g
+        return g is not None
+
+    def _gaussian(self, x: float, y: float, sigma_m: float):
+        """A Gaussian of ``sigma_m`` (at least half a cell) at (x, y) over the grid, summing to 1; None off it."""
         cx, cy = self.cell_xy()
-        g = np.exp(-((cx - x) ** 2 + (cy - y) ** 2) / (2 * sigma**2))
-        if not g.sum() > 0:
-            return False
-        self.p = (1.0 - self.p_out) * g / g.sum()
-        return True
+        g = np.exp(-((cx - float(x)) ** 2 + (cy - float(y)) ** 2) / (2 * max(float(sigma_m), self.cell_m / 2) ** 2))
+        return g / g.sum() if g.sum() > 0 else None
 
     def cell_xy(self) -> tuple[np.ndarray, np.ndarray]:
         """Metric x, y of every grid cell's centre (now: the grid moves with the drone)."""
