@@ -27,10 +27,17 @@ def test_figures_count_wrong_fixes_beyond_the_limit_and_the_truth_inside_r95():
 
 def test_the_command_recorded_names_no_path_of_this_machine():
     class A:
-        bundle, db = "/abs/bundle", "/abs/db"
+        bundle, db, out = "/abs/bundle", "/abs/db", None
 
     assert _portable(["--bundle", "/abs/bundle", "--db", "/abs/db", "--map", "m.tif"], A) == [
         "--bundle", "BUNDLE", "--db", "DB", "--map", "m.tif"]
+
+    class B(A):
+        out = "/abs/results.json"
+
+    assert _portable(["--out", "/abs/results.json"], B) == ["--out", "OUT.json"]
+    B.out = "docs/results/camera.json"
+    assert _portable(["--out", "docs/results/camera.json"], B) == ["--out", "docs/results/camera.json"]
 
 
 def test_every_condition_is_a_flight_and_what_the_chain_is_told():

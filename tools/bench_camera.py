@@ -114,8 +114,11 @@ def run(args) -> dict:
 
 
 def _portable(argv: list[str], args) -> list[str]:
-    """The command line with the bundle and database as BUNDLE and DB (no path of this machine)."""
+    """The command line with the bundle and database as BUNDLE and DB, an absolute --out as OUT.json (no path
+    of this machine)."""
     names = {str(args.bundle): "BUNDLE", str(args.db): "DB"}
+    if args.out and Path(args.out).is_absolute():
+        names[str(args.out)] = "OUT.json"
     return [names.get(a, a) for a in argv]
 
 
