@@ -25,10 +25,11 @@ each keyframe its best height:
    across the odometry, measures nothing. Every span weighs by its own precision, so a long one corrects
    most of the error at once (measured on a held-out flight at 200 m with a barometer 10 m high: one span
    of 1563 m corrected the height by 5.3 %, the truth's error being 4.8 %; the rule before, two consecutive
-   spans within 3 %, waited for a second span that never came). The scale's uncertainty grows by ``DRIFT_PER_KM`` with the ground flown (a
-   barometer drifts, the ground is not flat) and is what the fix's radius grows by with the ground carried
-   since a registration (:class:`runtime.localisation.track.MapTrack`); the height is never corrected by
-   more than ``MAX_FACTOR`` either way. Off with ``height_from_map`` false: the prior alone.
+   spans within 3 %, waited for a second span that never came). The scale's uncertainty grows by
+   ``DRIFT_PER_KM`` with the ground flown (a barometer drifts, the ground is not flat) and is what the
+   fix's radius grows by with the ground carried since a registration
+   (:class:`runtime.localisation.track.MapTrack`); the height is never corrected by more than
+   ``MAX_FACTOR`` either way. Off with ``height_from_map`` false: the prior alone.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class HeightAboveGround:
         n = float(np.hypot(*odo))
         if self._last is not None and not self._broken and n < SPAN_M:
             return  # too short a span: measured from the earlier registration later
-        sigma = float(reg.sigma_m) if math.isfinite(reg.sigma_m) else math.nan
+        sigma = float(reg.sigma_m)
         if self._last is not None and not self._broken and math.isfinite(sigma) and math.isfinite(self._last[2]):
             d = np.array([reg.x - self._last[0], reg.y - self._last[1]])
             ratio = float(d @ odo) / (n * n)

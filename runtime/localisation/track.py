@@ -222,8 +222,7 @@ class MapTrack:
             self.verified, self.verified_var, self.carried_m = point, noise_var + map_var, np.zeros(2)
             return False
         # the track's own noise: the odometry's steps and the height's scale over all the ground carried
-        scale_var = (self.scale_sigma * float(np.hypot(*self.carried_m))) ** 2
-        old_noise = max(self.verified_var - map_var, 1e-6) + scale_var
+        old_noise = max(self.verified_var - map_var, 1e-6) + self._scale_var()
         d2 = float(np.sum((point - self.verified) ** 2))
         if d2 <= R95_PER_SIGMA**2 * (old_noise + noise_var):  # chi-square, 2 degrees of freedom, 95 %
             k = old_noise / (old_noise + noise_var)
@@ -234,6 +233,11 @@ class MapTrack:
             self.verified, self.verified_var = point, noise_var + map_var + d2 / 2.0
             self.carried_m = np.zeros(2)
         return True
+
+    def _scale_var(self) -> float:
+        """The variance per axis the height's scale adds to the registered track: one error for all the
+        ground carried since its registration."""
+        return (self.scale_sigma * float(np.hypot(*self.carried_m))) ** 2
 
     def _verified_on_map(self, est) -> bool:
         """A track that registration verified on this map and the odometry carried since (unbroken) is on the
@@ -260,7 +264,7 @@ class MapTrack:
             vx, vy = float(self.verified[0]), float(self.verified[1])
             d = math.hypot(vx - est.x, vy - est.y)
             if d <= max(self.filter.cell_m, 0.5 * est.r95_m):
-                v = self.verified_var + (self.scale_sigma * float(np.hypot(*self.carried_m))) ** 2
+                v = self.verified_var + self._scale_var()
                 return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0)
             # the filter's mean, which the registered track disagrees with: one of them is off by about their
             # distance, and the radius says so (measured: a height 10 m off, the mean 62 m from the truth
