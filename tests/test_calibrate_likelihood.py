@@ -48,7 +48,7 @@ def test_the_bundle_is_calibrated_on_the_localizers_own_fixes(calibrated):
     assert {(t["k"], t["clip"]) for t in report["tried"]} >= {(1.0, 2.0), (1.5, 3.0)}
     fa = lik["fix_accuracy"]
     assert fa["trusted"] == report["chain"]["trusted"] and fa["wrong_trusted"] == 0 and fa["registration"] is False
-    assert lik["fitted_on"]["localizer"]["registration_every_tracking"] == 5  # the settings it flew with
+    assert lik["fitted_on"]["localizer"]["registration_tracking_s"] == 1.0  # the settings it flew with
 
 
 def test_the_chain_settings_change_what_the_calibration_flies(tiny, tmp_path):

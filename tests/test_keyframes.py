@@ -107,6 +107,37 @@ def test_a_keyframes_registration_is_fused_at_the_next_keyframe_in_replays(thumb
     assert fused and all(now == key + 1 for key, now in fused)  # deterministic: one keyframe later
 
 
+@pytest.mark.parametrize("per_second", [1, 2, 5])
+def test_a_carried_track_is_registered_once_a_second_of_flight_whatever_the_frame_rate(thumb_imagery, per_second):
+    """The cadence is the flight's clock, not a count of keyframes: a replay at 1 or 2 frames a second
+    registers a carried track as often as the service's 5 keyframes a second (a count of 5 keyframes made
+    it every 5 s at 1 frame a second and every 1 s in the service)."""
+    engine, db, tiny = thumb_imagery
+    loc = Localizer(engine, db, LocalizerConfig(derotate=False, max_speed_mps=150.0, keyframe_s=0.2))
+    mr, asked = loc.registration, []
+    due = mr.due
+
+    def spy_due(carried, t):
+        out = due(carried, t)
+        asked.append((t, carried, out))
+        return out
+
+    mr.due = spy_due
+    for _, img, tel in _flight(tiny, 20, per_second):
+        loc.locate(img, tel)
+    carried = [(t, out) for t, c, out in asked if c]
+    assert len(carried) >= 5 * per_second  # the track was carried for seconds
+    runs = [t for t, out in carried if out]
+    assert np.all(np.diff(runs) >= 1.0 - 1e-6)  # never more often than once a second
+    # and never less: a carried keyframe waits only while the last registration is younger than a second
+    last = None
+    for t, c, out in asked:
+        if out:
+            last = t
+        elif c:
+            assert last is not None and t - last < 1.0 - 1e-6, (t, last)
+
+
 def test_the_registration_worker_never_stalls_the_frames(thumb_imagery):
     """A registration taking 0.6 s while frames are fused every few milliseconds: the frames do not wait,
     keyframes due while it works are not queued, and its result is fused at a later keyframe."""

@@ -37,7 +37,7 @@ from common.options import option, shared
 SETTINGS = {
     "default": {},
     "every frame a keyframe (keyframe_s 0)": {"keyframe_s": 0.0},
-    "registration every keyframe while tracking": {"registration_every_tracking": 1},
+    "registration every keyframe while tracking": {"registration_tracking_s": 0.0},
     "no registration": {"registration": False, "verify_lock": False},
     "default, --no-pipeline": {"pipeline": False},
 }

@@ -29,6 +29,8 @@ REMOVED_OPTIONS = {
                       "(map_filter.min_updates)",
     "search_radius_m": "the map filter searches near its posterior when it is concentrated, the whole layer "
                        "otherwise (map_filter.local_mass)",
+    "registration_every_tracking": "use --registration-tracking-s: a count of keyframes registered a replay at 2 "
+                                   "frames a second every 2.5 s and the service (5 keyframes a second) every 1 s",
 }
 
 
@@ -73,8 +75,9 @@ class LocalizerConfig:
     odometry: bool = _opt(True, "visual odometry between consecutive frames")
     registration: bool = _opt(True, "register frames to the map imagery (when the database carries it)")
     registration_every: int = _opt(1, "register every N-th frame (cost)")
-    registration_every_tracking: int = _opt(5, "while a verified track is carried by the odometry, register "
-                                               "every N-th frame (cost; 1: every)")
+    registration_tracking_s: float = _opt(1.0, "while a verified track is carried by the odometry, register a "
+                                              "keyframe at most every this many seconds of the flight's clock "
+                                              "(cost; 0: every keyframe)")
     registration_heading_s: float = _opt(10.0, "with --no-heading-track: without a compass, turn frames north-up "
                                                "by the heading registration measured this recently")
     heading_track: bool = _opt(True, "without a compass: odometry on the camera frames carries registration's "
@@ -142,7 +145,7 @@ class LocalizerConfig:
 
     def _check_ranges(self) -> None:
         checks = {"registration_every": self.registration_every >= 1,
-                  "registration_every_tracking": self.registration_every_tracking >= 1, "top_k": self.top_k >= 1,
+                  "registration_tracking_s": self.registration_tracking_s >= 0, "top_k": self.top_k >= 1,
                   "registration_frames": self.registration_frames == 0 or self.registration_frames >= 2,
                   "registration_span": self.registration_span >= 0, "coast_frames": self.coast_frames >= 0,
                   "map_sigma_m": self.map_sigma_m >= 0, "registration_heading_s": self.registration_heading_s >= 0,

@@ -310,7 +310,7 @@ class Localizer:
         reg = None
         if textured:
             track.update(rows, scores, view.offset_en_m)
-            reg = self._register(image, altitude_m, reg_heading, matches.indices[0] if reg_rows is None
+            reg = self._register(t, image, altitude_m, reg_heading, matches.indices[0] if reg_rows is None
                                  else reg_rows, reg_tol, compass)
         self.last_registration = reg
         if reg is not None and reg.ok:
@@ -336,7 +336,7 @@ class Localizer:
             return scores, self.searcher.top_k(scores, layer, k)
         return self.searcher.score_rows(q, rows), self.searcher.search_global(q, k=k, layer=layer)
 
-    def _register(self, image, altitude_m, heading_deg, top_rows, heading_tol_deg, compass: bool):
+    def _register(self, t, image, altitude_m, heading_deg, top_rows, heading_tol_deg, compass: bool):
         """The registration fused at this keyframe (None: none): with a compass, an earlier keyframe's,
         carried here by the odometry (the registration runs off the frame path: map_registration); without
         one, this frame's own (the tracked heading needs it now). Registered around the posterior's peaks,
@@ -345,7 +345,7 @@ class Localizer:
         if reg is None:
             return None
         earlier = reg.collect(self._key, heading_deg) if compass else None  # before a new one replaces it
-        due = reg.due(self.track.carried) and image is not None
+        due = reg.due(self.track.carried, t) and image is not None
         cands = []
         if due:
             ent = self.db.entries

@@ -4,8 +4,9 @@ off the frame path.
 :class:`MapRegistration` wraps the :class:`~runtime.localisation.registration.Registrar` of the tile
 database's imagery for the :class:`~runtime.localisation.localizer.Localizer`:
 
-- when: every ``registration_every`` keyframes, every ``registration_every_tracking`` keyframes while a
-  verified track is carried by the odometry (registration is the chain's most expensive stage);
+- when: every ``registration_every`` keyframes; while a verified track is carried by the odometry, at most
+  every ``registration_tracking_s`` of the flight's clock, so that a replay at 2 frames a second registers
+  as often as the service at 30 (registration is the chain's most expensive stage);
 - where: around the posterior's two strongest peaks (the evidence of every frame so far: right far more
   often than one frame's retrieval, measured: first fix at 300 m after 1-2 frames instead of 18-54), then
   the frame's top retrieved tiles, three windows at most;
@@ -52,12 +53,13 @@ class MapRegistration:
 
     def __init__(self, registrar, cfg, hfov_deg: float, *, worker: bool = False):
         self.registrar, self.hfov_deg = registrar, float(hfov_deg)
-        self.every, self.every_tracking = int(cfg.registration_every), int(cfg.registration_every_tracking)
+        self.every, self.tracking_s = int(cfg.registration_every), float(cfg.registration_tracking_s)
         self.agreement = None
         if cfg.registration_frames:
             self.agreement = FrameAgreement(AgreementConfig(frames=cfg.registration_frames,
                                                             min_span_footprints=cfg.registration_span))
         self.since = 0  # keyframes since registration was last tried
+        self.t_last: float | None = None  # the flight's time it was last tried
         self._lock = threading.Condition()
         self._registrar_lock = threading.Lock()  # the worker's and this thread's registrations, one at a time
         self._job: Job | None = None  # submitted, not collected
@@ -69,7 +71,7 @@ class MapRegistration:
 
     def reset(self) -> None:
         with self._lock:
-            self.since = 0
+            self.since, self.t_last = 0, None
             self._job = None
         if self.agreement is not None:
             self.agreement.reset()
@@ -98,15 +100,18 @@ class MapRegistration:
             e, n, v = job.moved
             job.moved = (e + motion.dx_e_m, n + motion.dy_n_m, v + motion_variance(motion))
 
-    def due(self, carried: bool) -> bool:
-        """Whether this keyframe is registered (``carried``: the track is carried by the odometry from a
-        verified registration); counts the keyframe. Never while an earlier registration is still worked on."""
+    def due(self, carried: bool, t: float) -> bool:
+        """Whether the keyframe at ``t`` (the flight's clock) is registered (``carried``: the track is carried
+        by the odometry from a verified registration); counts the keyframe. Never while an earlier
+        registration is still worked on."""
         self.since += 1
         with self._lock:
             busy = self._job is not None and self._job.result is None
-        if busy or self.since < (self.every_tracking if carried else self.every):
+        if busy or self.since < self.every:
             return False
-        self.since = 0
+        if carried and self.t_last is not None and t - self.t_last < self.tracking_s - 1e-6:
+            return False
+        self.since, self.t_last = 0, t
         return True
 
     # ---- off the frame path --------------------------------------------------------------------------
