@@ -185,3 +185,18 @@ def test_a_look_alike_registration_inside_a_wide_gate_does_not_confirm(db):
     assert track.disputed_var > 0.4 * d2 and math.sqrt(track.verified_var) > 35.0
     assert track._register_point(track.verified + 2.0, 3.0**2)  # the next one agrees: confirmed
     assert track.disputed_var == 0.0 and math.sqrt(track.verified_var) < 6.0
+
+
+def test_the_odometry_residuals_do_not_widen_what_confirms(db):
+    """Ten frames of a wobbling camera at 150 m grow the track's variance by its odometry's fit residuals
+    (about 14 m a side); a look-alike 38 m off (a held-out flight's, 6 m claimed) must not confirm it: the
+    gate is the two registrations' own noise and 2 % of the 400 m carried between them."""
+    track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), LocalizerConfig(map_sigma_m=4.0), verify=True)
+    track.chain_ok = True
+    track._register_point(np.array([0.0, 0.0]), 7.5**2)
+    track.verified_var += 190.0
+    track.moved_m = 400.0
+    assert not track._register_point(np.array([27.0, 27.0]), 6.1**2)
+    assert track.disputed_var > 300.0
+    track.moved_m = 40.0
+    assert track._register_point(track.verified + np.array([5.0, -4.0]), 6.0**2)  # a second one agrees
