@@ -179,6 +179,7 @@ def test_a_look_alike_registration_inside_a_wide_gate_does_not_confirm(db):
     track._register_point(np.array([0.0, 0.0]), 3.0**2)
     track.verified_var += 100.0  # the odometry's steps over 2 km
     track.carried_m, track.scale_sigma = np.array([2000.0, 0.0]), 0.01
+    track.moved_var = 50 * (0.02 * 40.0) ** 2  # fifty 40 m steps, each 2 % uncertain
     assert not track._register_point(np.array([40.0, 39.0]), 3.5**2)  # within the gate, not confirmed
     assert track.verified == pytest.approx([40.0, 39.0], abs=2.0)  # the registration's precision wins
     d2 = 40.0**2 + 39.0**2
@@ -190,13 +191,13 @@ def test_a_look_alike_registration_inside_a_wide_gate_does_not_confirm(db):
 def test_the_odometry_residuals_do_not_widen_what_confirms(db):
     """Ten frames of a wobbling camera at 150 m grow the track's variance by its odometry's fit residuals
     (about 14 m a side); a look-alike 38 m off (a held-out flight's, 6 m claimed) must not confirm it: the
-    gate is the two registrations' own noise and 2 % of the 400 m carried between them."""
+    gate is the two registrations' own noise and 2 % of each of the ten 40 m steps between them."""
     track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), LocalizerConfig(map_sigma_m=4.0), verify=True)
     track.chain_ok = True
     track._register_point(np.array([0.0, 0.0]), 7.5**2)
     track.verified_var += 190.0
-    track.moved_m = 400.0
+    track.moved_var = 10 * (0.02 * 40.0) ** 2
     assert not track._register_point(np.array([27.0, 27.0]), 6.1**2)
     assert track.disputed_var > 300.0
-    track.moved_m = 40.0
+    track.moved_var = (0.02 * 40.0) ** 2
     assert track._register_point(track.verified + np.array([5.0, -4.0]), 6.0**2)  # a second one agrees

@@ -82,8 +82,8 @@ class MapTrack:
         self.verified_var = 0.0  # its variance per axis (m^2): registration's, grown by each step carrying it
         self.carried_m = np.zeros(2)  # the ground it was carried since (a height's bias scales all of it at once)
         self.disputed_var = 0.0  # part of verified_var: a registration's disagreement no other one settled yet
-        self.registered_var = 0.0  # the last registration's own variance per axis (after fusion), and the
-        self.moved_m = 0.0  # ground carried since it: what a next one is checked against (_register_point)
+        self.registered_var = 0.0  # the last registration's own variance per axis (after fusion), and what
+        self.moved_var = 0.0  # the odometry's scale added since, step by step: a next one's gate (_register_point)
         self.scale_sigma = 0.0  # the odometry's scale uncertainty from the height's (1 sigma, relative)
         self.chain_ok = False  # carried by odometry alone since that registration (and bland frames: coasted)
         self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
@@ -184,7 +184,7 @@ class MapTrack:
         if motion is not None and motion.ok:
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
             self.carried_m = self.carried_m + (motion.dx_e_m, motion.dy_n_m)
-            self.moved_m += math.hypot(motion.dx_e_m, motion.dy_n_m)
+            self.moved_var += (ODOMETRY_SCALE_SIGMA * math.hypot(motion.dx_e_m, motion.dy_n_m)) ** 2
             self.verified_var += motion_variance(motion)
             self.coasted = 0
             return
@@ -193,7 +193,7 @@ class MapTrack:
         # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
         self.verified = self.verified + self.filter.last_displacement
         self.carried_m = self.carried_m + self.filter.last_displacement
-        self.moved_m += float(np.hypot(*self.filter.last_displacement))
+        self.moved_var += (ODOMETRY_SCALE_SIGMA * float(np.hypot(*self.filter.last_displacement))) ** 2
         self.verified_var += self.filter.last_sigma_m**2
         if motion is not None and motion.bland and self.coasted < self.cfg.coast_frames:
             self.coasted += 1
@@ -230,14 +230,15 @@ class MapTrack:
     def _register_point(self, point: np.ndarray, noise_var: float) -> bool:
         """A verified registration and the registered track (module docstring, "Registrations"). True when it
         confirmed the track: landed within the 95 % gate of the two registrations' own noise and the
-        odometry's scale over the ground between (``ODOMETRY_SCALE_SIGMA``), a gate that neither the
+        odometry's scale error of each step between (``ODOMETRY_SCALE_SIGMA``), a gate that neither the
         odometry's fit residuals (metres a frame when the attitude wobbles: a look-alike 40 m off passed),
-        nor the height's scale, nor an unsettled disagreement widen. Fused (Kalman) when within the gate of
+        nor the height's scale over all that ground (a look-alike 52 m off passed after 2 km), nor an
+        unsettled disagreement widen. Fused (Kalman) when within the gate of
         all the track's noise; a registration that fused without confirming keeps half their squared
         distance in the variance, as does one beyond that gate, which replaces the track."""
         map_var = self.cfg.map_sigma_m**2
         first = self.verified is None or not self.chain_ok
-        prev, moved, self.registered_var, self.moved_m = self.registered_var, self.moved_m, noise_var, 0.0
+        prev, moved, self.registered_var, self.moved_var = self.registered_var, self.moved_var, noise_var, 0.0
         if first:
             self.verified, self.verified_var, self.carried_m = point, noise_var + map_var, np.zeros(2)
             self.disputed_var = 0.0
@@ -245,7 +246,7 @@ class MapTrack:
         steps = max(self.verified_var - map_var - self.disputed_var, 1e-6)
         old_noise = steps + self.disputed_var + self._scale_var()
         d2 = float(np.sum((point - self.verified) ** 2))
-        confirmed = d2 <= R95_PER_SIGMA**2 * (prev + noise_var + (ODOMETRY_SCALE_SIGMA * moved) ** 2)
+        confirmed = d2 <= R95_PER_SIGMA**2 * (prev + noise_var + moved)
         if d2 <= R95_PER_SIGMA**2 * (old_noise + noise_var):  # chi-square, 2 degrees of freedom, 95 %
             k = old_noise / (old_noise + noise_var)
             self.verified = self.verified + k * (point - self.verified)
