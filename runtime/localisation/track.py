@@ -26,8 +26,8 @@ registration: a kidnapped track loses trust as its retrieval evidence fades.
 Registrations. A verified registration is a precise measurement, and a look-alike one is not rare (held-out
 flights, a registration a second: 5 of 64 verified ones 50 m to 3.5 km off). It confirms the registered
 track when it lands within the 95 % gate of its own noise and the last registration's (and the
-odometry's scale over the ground between); one that lands farther, within the gate widened by the height's scale and an earlier disagreement,
-moves the track (Kalman) and keeps half their squared distance in its variance until another confirms;
+odometry's scale error of each step between); one that lands farther, within the gate widened by the
+height's scale and an earlier disagreement, moves the track (Kalman) and keeps half their squared distance in its variance until another confirms;
 one beyond that replaces the track the same way. Only a confirmation moves the map filter to the track,
 and a fix is trusted only while the filter's mean and the registered track agree: a look-alike that moved
 the track untrusts it until the next registration settles which was off.
