@@ -27,8 +27,8 @@ Registrations. A verified registration is a precise measurement, and a look-alik
 flights, a registration a second: 5 of 64 verified ones 50 m to 3.5 km off). It confirms the registered
 track when it lands within the 95 % gate of its own noise and the last registration's (and the
 odometry's scale error of each step between); one that lands farther, within the gate widened by the
-height's scale and an earlier disagreement, moves the track (Kalman) and keeps half their squared distance in its variance until another confirms;
-one beyond that replaces the track the same way. Only a confirmation moves the map filter to the track,
+height's scale and an earlier disagreement, moves the track (Kalman) and keeps half their squared
+distance in its variance until another confirms; one beyond that replaces the track the same way. Only a confirmation moves the map filter to the track,
 and a fix is trusted only while the filter's mean and the registered track agree: a look-alike that moved
 the track untrusts it until the next registration settles which was off.
 
@@ -53,11 +53,17 @@ logger = logging.getLogger(__name__)
 ODOMETRY_SCALE_SIGMA = 0.02
 
 
+def step_scale_variance(dx_e_m: float, dy_n_m: float) -> float:
+    """The variance per axis (m^2) the altitude's scale error adds to one step (``ODOMETRY_SCALE_SIGMA`` of
+    its distance)."""
+    return (ODOMETRY_SCALE_SIGMA * math.hypot(dx_e_m, dy_n_m)) ** 2
+
+
 def motion_variance(motion) -> float:
     """The variance per axis (m^2) an odometry step adds to a point it carries: its fit's own residual and
-    the altitude's scale error (``ODOMETRY_SCALE_SIGMA`` of the distance)."""
+    the altitude's scale error (:func:`step_scale_variance`)."""
     ms = motion.sigma_m if math.isfinite(motion.sigma_m) else 0.0
-    return ms**2 + (ODOMETRY_SCALE_SIGMA * math.hypot(motion.dx_e_m, motion.dy_n_m)) ** 2
+    return ms**2 + step_scale_variance(motion.dx_e_m, motion.dy_n_m)
 
 
 class MapTrack:
@@ -184,7 +190,7 @@ class MapTrack:
         if motion is not None and motion.ok:
             self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
             self.carried_m = self.carried_m + (motion.dx_e_m, motion.dy_n_m)
-            self.moved_var += (ODOMETRY_SCALE_SIGMA * math.hypot(motion.dx_e_m, motion.dy_n_m)) ** 2
+            self.moved_var += step_scale_variance(motion.dx_e_m, motion.dy_n_m)
             self.verified_var += motion_variance(motion)
             self.coasted = 0
             return
@@ -193,7 +199,7 @@ class MapTrack:
         # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
         self.verified = self.verified + self.filter.last_displacement
         self.carried_m = self.carried_m + self.filter.last_displacement
-        self.moved_var += (ODOMETRY_SCALE_SIGMA * float(np.hypot(*self.filter.last_displacement))) ** 2
+        self.moved_var += step_scale_variance(*self.filter.last_displacement)
         self.verified_var += self.filter.last_sigma_m**2
         if motion is not None and motion.bland and self.coasted < self.cfg.coast_frames:
             self.coasted += 1
