@@ -28,7 +28,10 @@ flights, a registration a second: 5 of 64 verified ones 50 m to 3.5 km off). It 
 track when it lands within the 95 % gate of its own noise and the last registration's (and the
 odometry's scale error of each step between); one that lands farther, within the gate widened by the
 height's scale and an earlier disagreement, moves the track (Kalman) and keeps half their squared
-distance in its variance until another confirms; one beyond that replaces the track the same way. Only a confirmation moves the map filter to the track,
+distance in its variance until another confirms; one beyond that replaces the track the same way. The
+track as it was before such a dispute (its rival, carried by the same odometry) is kept: a registration that
+confirms the rival settles the dispute against the one that started it. Only a confirmation moves the map
+filter to the track,
 and a fix is trusted only while the filter's mean and the registered track agree: a look-alike that moved
 the track untrusts it until the next registration settles which was off.
 
@@ -88,6 +91,7 @@ class MapTrack:
         self.verified_var = 0.0  # its variance per axis (m^2): registration's, grown by each step carrying it
         self.carried_m = np.zeros(2)  # the ground it was carried since (a height's bias scales all of it at once)
         self.disputed_var = 0.0  # part of verified_var: a registration's disagreement no other one settled yet
+        self.rival = None  # while disputed: (the track before the dispute, carried; its registered_var, moved_var)
         self.registered_var = 0.0  # the last registration's own variance per axis (after fusion), and what
         self.moved_var = 0.0  # the odometry's scale added since, step by step: a next one's gate (_register_point)
         self.scale_sigma = 0.0  # the odometry's scale uncertainty from the height's (1 sigma, relative)
@@ -187,19 +191,20 @@ class MapTrack:
     def _carry_verified(self, motion) -> None:
         if self.verified is None:
             return
-        if motion is not None and motion.ok:
-            self.verified = self.verified + (motion.dx_e_m, motion.dy_n_m)
-            self.carried_m = self.carried_m + (motion.dx_e_m, motion.dy_n_m)
-            self.moved_var += step_scale_variance(motion.dx_e_m, motion.dy_n_m)
+        ok = motion is not None and motion.ok
+        step = np.array([motion.dx_e_m, motion.dy_n_m]) if ok else self.filter.last_displacement
+        self.verified = self.verified + step
+        self.carried_m = self.carried_m + step
+        self.moved_var += step_scale_variance(*step)
+        if self.rival is not None:
+            self.rival = (self.rival[0] + step, self.rival[1], self.rival[2] + step_scale_variance(*step))
+        if ok:
             self.verified_var += motion_variance(motion)
             self.coasted = 0
             return
         # no odometry: moved as the filter predicted (its velocity). Over bland ground (too few features: no
         # picture contradicts the track) the chain coasts for coast_frames; any other failure (a picture that
         # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
-        self.verified = self.verified + self.filter.last_displacement
-        self.carried_m = self.carried_m + self.filter.last_displacement
-        self.moved_var += step_scale_variance(*self.filter.last_displacement)
         self.verified_var += self.filter.last_sigma_m**2
         if motion is not None and motion.bland and self.coasted < self.cfg.coast_frames:
             self.coasted += 1
@@ -229,9 +234,36 @@ class MapTrack:
         edge 60 m off; 8 % of the held-out flights' verified registrations at 1 a second, up to 160 m off
         within the gate), and the mean stays."""
         vx, vy = float(self.verified[0]), float(self.verified[1])
-        if math.hypot(vx - est.x, vy - est.y) <= max(self.filter.cell_m, 0.5 * est.r95_m):
+        if math.hypot(vx - est.x, vy - est.y) <= self._agree_m(est):
             return False
         return self.filter.move_to(vx, vy, math.sqrt(self.verified_var))
+
+    def _agree_m(self, est) -> float:
+        """How far a point may lie from the filter's mean and agree with it: one grid cell (a quarter stride:
+        a sharp measurement is pulled towards a cell centre) or half the filter's 95 % radius."""
+        return max(self.filter.cell_m, 0.5 * est.r95_m)
+
+    def _settles_for_rival(self, point: np.ndarray, noise_var: float) -> bool:
+        """While the track is disputed, the track as it was before the registration that disputed it (the
+        rival, carried by the same odometry) is kept. A registration that confirms the rival, by the same
+        gate that confirms the track, shows the disputing one was the look-alike: the track restarts at the
+        two's fusion and the dispute ends (measured: a look-alike 166 m off at 200 m, the next registration
+        5 m from the truth fused with the look-alike's track kept a 180 m radius on fixes 5 m off for the rest
+        of the flight). Only a registration confirms it: agreeing with the map filter's mean is not enough
+        (a grid cell wide, 22-43 m: with the camera's attitude noisy that let wrong registrations through)."""
+        rival = self.rival
+        if rival is None or self.disputed_var <= 0.0:
+            return False
+        reg_var, moved = rival[1], rival[2]
+        if float(np.sum((point - rival[0]) ** 2)) > R95_PER_SIGMA**2 * (reg_var + noise_var + moved):
+            return False
+        old = reg_var + moved
+        k = old / (old + noise_var)
+        self.verified = rival[0] + k * (point - rival[0])
+        self.registered_var = old * noise_var / (old + noise_var)
+        self.verified_var = self.registered_var + self.cfg.map_sigma_m**2
+        self.carried_m, self.moved_var, self.disputed_var, self.rival = np.zeros(2), 0.0, 0.0, None
+        return True
 
     def _register_point(self, point: np.ndarray, noise_var: float) -> bool:
         """A verified registration and the registered track (module docstring, "Registrations"). True when it
@@ -244,11 +276,15 @@ class MapTrack:
         distance in the variance, as does one beyond that gate, which replaces the track."""
         map_var = self.cfg.map_sigma_m**2
         first = self.verified is None or not self.chain_ok
-        prev, moved, self.registered_var, self.moved_var = self.registered_var, self.moved_var, noise_var, 0.0
         if first:
             self.verified, self.verified_var, self.carried_m = point, noise_var + map_var, np.zeros(2)
-            self.disputed_var = 0.0
+            self.registered_var, self.moved_var, self.disputed_var, self.rival = noise_var, 0.0, 0.0, None
             return False
+        if self._settles_for_rival(point, noise_var):
+            return True
+        if self.disputed_var <= 0.0:  # a dispute may start here: the track as it stands is its rival
+            self.rival = (self.verified.copy(), self.registered_var, self.moved_var)
+        prev, moved, self.registered_var, self.moved_var = self.registered_var, self.moved_var, noise_var, 0.0
         steps = max(self.verified_var - map_var - self.disputed_var, 1e-6)
         old_noise = steps + self.disputed_var + self._scale_var()
         d2 = float(np.sum((point - self.verified) ** 2))
@@ -258,6 +294,7 @@ class MapTrack:
             self.verified = self.verified + k * (point - self.verified)
             self.carried_m = (1.0 - k) * self.carried_m
             self.disputed_var = 0.0 if confirmed else d2 / 2.0
+            self.rival = None if confirmed else self.rival
             fused = old_noise * noise_var / (old_noise + noise_var)
             self.registered_var = fused if confirmed else noise_var
             self.verified_var = fused + map_var + self.disputed_var
@@ -296,7 +333,7 @@ class MapTrack:
         if self.verified is not None and self.chain_ok and compass:
             vx, vy = float(self.verified[0]), float(self.verified[1])
             d = math.hypot(vx - est.x, vy - est.y)
-            if d <= max(self.filter.cell_m, 0.5 * est.r95_m):
+            if d <= self._agree_m(est):
                 v = self.verified_var + self._scale_var()
                 return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0), 0.0
             # the filter's mean, which the registered track disagrees with: one of them is off by about their
