@@ -84,7 +84,7 @@ def flight_row(records: list[dict], year: int, altitude: str, wrong_m: float) ->
 def run(args) -> dict:
     from runtime.engines.engine import load_engine
     from runtime.localisation.config import LocalizerConfig
-    from runtime.replay.geotiff import replay_geotiff
+    from runtime.replay.geotiff import flight_frames, replay_geotiff
 
     engine = load_engine(args.bundle, precision="fp32")
     out = {"command": "python -m tools.bench_camera " + " ".join(_portable(args.argv, args)),
@@ -101,11 +101,9 @@ def run(args) -> dict:
             res = replay_geotiff(engine, args.map, flight_raster=path, db=args.db, altitudes=args.altitudes,
                                  localizer=LocalizerConfig(**spec.get("localizer", {})), plots=False, seed=year,
                                  **FLIGHT, **flight)
-            start = 0
-            for alt, summary in res["altitudes"].items():  # the frames, altitude after altitude
-                flights.append(res["frames"][start:start + summary["n_frames"]])
-                rows.append(flight_row(flights[-1], year, alt, args.wrong_m))
-                start += summary["n_frames"]
+            for alt, frames in flight_frames(res).items():
+                flights.append(frames)
+                rows.append(flight_row(frames, year, alt, args.wrong_m))
         figs = condition_figures(flights, args.wrong_m)
         figs["wall_s"] = round(time.perf_counter() - t0, 1)
         out["conditions"][name] = {"spec": spec, **figs, "flights": rows}

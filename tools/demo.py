@@ -220,10 +220,11 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
 def pooled_by_altitude(results: dict, altitudes) -> dict:
     """Per altitude, the frames of every flight year pooled into one summary."""
     from runtime.replay.figures import pooled_figures, summarize_flight
+    from runtime.replay.geotiff import flight_frames
 
     out = {}
-    for alt in altitudes:
-        flights = [[r for r in res["frames"] if int(r["altitude_m"]) == int(alt)] for res in results.values()]
+    for alt in altitudes:  # by the flight, not by each record's altitude (the chain's height estimate)
+        flights = [flight_frames(res).get(f"{alt:g}", []) for res in results.values()]
         out[int(alt)] = {**summarize_flight([r for f in flights for r in f]), **pooled_figures(flights)}
     return out
 
