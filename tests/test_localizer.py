@@ -112,7 +112,7 @@ def test_replay_writes_the_resolved_config(assets, chain, tmp_path):
     from runtime.replay.geotiff import replay_geotiff
 
     engine, db = chain
-    cfg = LocalizerConfig(top_k=3, coast_frames=4)
+    cfg = LocalizerConfig(top_k=3, coast_s=4)
     res = replay_geotiff(engine, assets["raster"], db=db, altitudes=[150.0], out_dir=tmp_path, max_frames=2,
                          size_px=48, plots=False, localizer=cfg)
     saved = json.loads((tmp_path / "replay_geotiff.json").read_text())
@@ -147,7 +147,7 @@ def test_layers_within_tolerance_are_used(chain):
 @pytest.mark.parametrize("field, value", [("top_k", 0), ("max_speed_mps", -1.0), ("layer_tolerance_frac", 0.0),
                                           ("margin_scale", float("nan")), ("registration_heading_s", -1.0),
                                           ("registration_frames", 1), ("registration_span", -0.5),
-                                          ("coast_frames", -1), ("map_sigma_m", -1.0)])
+                                          ("coast_s", -1.0), ("map_sigma_m", -1.0)])
 def test_config_refuses_values_out_of_range(field, value):
     with pytest.raises(ValueError, match=field.replace("_", "[-_]")):
         LocalizerConfig(**{field: value})

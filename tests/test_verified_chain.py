@@ -1,5 +1,5 @@
 """A verified track's chain of odometry (runtime.localisation.track): bland frames (too few features) are coasted
-through by the filter's velocity for ``coast_frames`` and the fix stays trusted with a growing radius; a
+through by the filter's velocity for ``coast_s`` and the fix stays trusted with a growing radius; a
 picture that jumps breaks the chain at once; past the limit the filter's own rule applies again."""
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ def db(tmp_path_factory):
     return TileDatabase.open(grid_database(tmp_path_factory.mktemp("chain") / "db"))
 
 
-def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off=(0.0, 0.0), compass=True):
+def _fly(db, failures: dict, coast_s: float, frames: int = 16, registered_off=(0.0, 0.0), compass=True,
+         dt: float = 1.0):
     """A drone flying east at 10 m/frame; the track verified by 'registration' on frame 5 (set as a
     registration would); from frame 8 the odometry fails as ``failures`` says ({frame: Motion})."""
-    cfg = LocalizerConfig(map_filter=MapFilterConfig(independent_frac=0.0), coast_frames=coast_frames,
+    cfg = LocalizerConfig(map_filter=MapFilterConfig(independent_frac=0.0), coast_s=coast_s,
                           map_sigma_m=0.0)
     track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), cfg, verify=True)  # as with a registrar
     searcher = Searcher(db)
@@ -39,38 +40,49 @@ def _fly(db, failures: dict, coast_frames: int, frames: int = 16, registered_off
         x = X0 + V * i
         motion = failures.get(i, Motion(True, V, 0.0, 0.0, 1.0, 50, 60, 1.0))
         q = frame_embedding(db, x, Y0, 1.0, rng)
-        fix = track_step(track, searcher, float(i), q, motion=motion, compass=compass)
+        fix = track_step(track, searcher, float(i) * dt, q, motion=motion, compass=compass)
         if i == 5:  # set as a 3 m registration would
             track.verified = np.array([x + registered_off[0], Y0 + registered_off[1]])
-            track.chain_ok, track.coasted, track.verified_var = True, 0, 3.0**2
+            track.chain_ok, track.coasting, track.verified_var = True, False, 3.0**2
         out.append(fix)
     return out
 
 
+def test_coasting_lasts_seconds_of_the_flight_whatever_the_frame_rate(db):
+    """``coast_s`` counts the flight's clock from the keyframe the odometry last carried the track: at 2 frames
+    a second 2 s are four bland frames (a count of frames coasted a 1 frame/s replay 10 s, the service 2 s)."""
+    bland = {i: Motion(False, reason="too few features (3, 2)", bland=True) for i in range(8, 14)}
+    fixes = _fly(db, bland, coast_s=2.0, dt=0.5)
+    assert all(f.trusted for f in fixes[8:12]), [f.reason for f in fixes[8:12]]
+    assert not any(f.trusted for f in fixes[12:14])
+    slow = _fly(db, bland, coast_s=2.0, dt=1.0)
+    assert all(f.trusted for f in slow[8:10]) and not any(f.trusted for f in slow[10:14])
+
+
 def test_bland_frames_coast_a_verified_track(db):
     bland = {i: Motion(False, reason="too few features (3, 2)", bland=True) for i in range(8, 12)}
-    fixes = _fly(db, bland, coast_frames=10)
+    fixes = _fly(db, bland, coast_s=10)
     assert fixes[7].trusted
     assert all(f.trusted for f in fixes[8:12]), [f.reason for f in fixes[8:12]]
     assert fixes[11].r95_m > fixes[7].r95_m  # the radius grows while coasting
-    no_coast = _fly(db, bland, coast_frames=0)
+    no_coast = _fly(db, bland, coast_s=0)
     assert not any(f.trusted for f in no_coast[8:12])
     assert all("no ground motion" in f.reason for f in no_coast[8:12])
 
 
 def test_a_jump_breaks_the_chain_and_the_coast_is_bounded(db):
     jump = {8: Motion(False, reason="too few matches (2)", jump=True)}
-    fixes = _fly(db, jump, coast_frames=10)
+    fixes = _fly(db, jump, coast_s=10)
     assert not fixes[8].trusted and "no ground motion" in fixes[8].reason
     bland = {i: Motion(False, reason="too few features (3, 2)", bland=True) for i in range(8, 14)}
-    fixes = _fly(db, bland, coast_frames=3)
+    fixes = _fly(db, bland, coast_s=3)
     assert [f.trusted for f in fixes[8:14]] == [True] * 3 + [False] * 3
 
 
 def test_the_fix_is_the_registered_point_carried_by_the_odometry(db):
     """Not the filter's grid mean: its cells are a quarter stride wide (12.5 m here) and a sharp measurement
     pulls the mean towards a cell centre; the registered point moved by the odometry keeps the metres."""
-    fixes = _fly(db, {}, coast_frames=10)
+    fixes = _fly(db, {}, coast_s=10)
     for i in range(6, 16):  # verified at X0 + 50 on frame 5, then 10 m east per frame of odometry
         assert fixes[i].trusted
         assert (fixes[i].x, fixes[i].y) == pytest.approx((X0 + V * i, Y0), abs=1e-6)
@@ -82,7 +94,7 @@ def test_a_registered_point_the_filter_disagrees_with_is_not_trusted(db):
     Which of the two is off is not known: the radius covers the registered point too, and the fix is not
     trusted (before, it was: a look-alike registration 163 m off made a held-out flight's fixes 27-41 m
     off for ten frames)."""
-    fixes = _fly(db, {}, coast_frames=10, registered_off=(0.0, 60.0))
+    fixes = _fly(db, {}, coast_s=10, registered_off=(0.0, 60.0))
     for i in range(6, 16):
         assert not fixes[i].trusted and "disagree by 6" in fixes[i].reason, fixes[i].reason
         assert abs(fixes[i].y - Y0) < 12.5 and abs(fixes[i].x - (X0 + V * i)) < 12.5
@@ -95,7 +107,7 @@ def test_the_registered_track_reports_its_own_growing_radius(db):
     from runtime.localisation.geo import R95_PER_SIGMA
     from runtime.localisation.track import ODOMETRY_SCALE_SIGMA
 
-    fixes = _fly(db, {}, coast_frames=10)
+    fixes = _fly(db, {}, coast_s=10)
     for n, f in enumerate(fixes[6:16], start=1):
         var = 3.0**2 + n * (1.0**2 + (ODOMETRY_SCALE_SIGMA * V) ** 2)
         assert f.r95_m == pytest.approx(R95_PER_SIGMA * math.sqrt(var))
@@ -104,8 +116,8 @@ def test_the_registered_track_reports_its_own_growing_radius(db):
 
 def test_without_a_compass_the_fix_is_the_filter_mean(db):
     """The odometry is then turned by a tracked heading whose drift moves the carried point sideways."""
-    with_compass = _fly(db, {}, coast_frames=10, registered_off=(0.0, 8.0))
-    tracked = _fly(db, {}, coast_frames=10, registered_off=(0.0, 8.0), compass=False)
+    with_compass = _fly(db, {}, coast_s=10, registered_off=(0.0, 8.0))
+    tracked = _fly(db, {}, coast_s=10, registered_off=(0.0, 8.0), compass=False)
     for a, b in zip(with_compass[6:], tracked[6:]):
         assert a.trusted and b.trusted
         assert a.y == pytest.approx(Y0 + 8.0) and b.y != pytest.approx(Y0 + 8.0, abs=0.5)
@@ -157,7 +169,7 @@ def test_a_registration_the_drifted_track_disagrees_with_moves_the_filter_once_c
             fix = _registered(track, searcher, float(i), q, motion, x, Y0)
         if i == 5:  # set as a 3 m registration would
             track.verified = np.array([x, Y0])
-            track.chain_ok, track.coasted, track.verified_var = True, 0, 3.0**2
+            track.chain_ok, track.coasting, track.verified_var = True, False, 3.0**2
         if i == 14:
             assert fix.trusted and fix.x - x > 30.0  # drifted with the odometry
         if i == 15:

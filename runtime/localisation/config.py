@@ -29,6 +29,8 @@ REMOVED_OPTIONS = {
                       "(map_filter.min_updates)",
     "search_radius_m": "the map filter searches near its posterior when it is concentrated, the whole layer "
                        "otherwise (map_filter.local_mass)",
+    "coast_frames": "use --coast-s: a count of keyframes coasted a replay at 1 frame a second for 10 s and the "
+                    "service (5 keyframes a second) for 2 s",
     "registration_every_tracking": "use --registration-tracking-s: a count of keyframes registered a replay at 2 "
                                    "frames a second every 2.5 s and the service (5 keyframes a second) every 1 s",
 }
@@ -94,10 +96,10 @@ class LocalizerConfig:
                                        "ground (0: off)")
     registration_span: float = _opt(0.75, "ground moved, in footprints, between the first and last frame "
                                           "agreeing on a registration")
-    coast_frames: int = _opt(10, "a verified track stays trusted through this many frames in a row of bland "
-                                 "ground (too few features for the odometry: water, a uniform field), carried by "
-                                 "its velocity, its radius growing; a picture that jumps breaks it at once (0: "
-                                 "untrusted on the first such frame)")
+    coast_s: float = _opt(5.0, "a verified track stays trusted through this many seconds of the flight's clock "
+                               "of bland ground (too few features for the odometry: water, a uniform field), "
+                               "carried by its velocity, its radius growing; a picture that jumps breaks it at "
+                               "once (0: untrusted on the first such keyframe)")
     map_sigma_m: float = _opt(4.0, "how far the map imagery's georeferencing may lie from the ground the camera "
                                    "sees (1 sigma per axis, metres): part of a registered fix's radius (measured "
                                    "between NAIP years: 1-7 m, up to 13)")
@@ -147,7 +149,7 @@ class LocalizerConfig:
         checks = {"registration_every": self.registration_every >= 1,
                   "registration_tracking_s": self.registration_tracking_s >= 0, "top_k": self.top_k >= 1,
                   "registration_frames": self.registration_frames == 0 or self.registration_frames >= 2,
-                  "registration_span": self.registration_span >= 0, "coast_frames": self.coast_frames >= 0,
+                  "registration_span": self.registration_span >= 0, "coast_s": self.coast_s >= 0,
                   "map_sigma_m": self.map_sigma_m >= 0, "registration_heading_s": self.registration_heading_s >= 0,
                   "heading_search_angles": self.heading_search_angles >= 0, "max_speed_mps": self.max_speed_mps > 0,
                   "margin_scale": self.margin_scale > 0, "layer_tolerance_frac": self.layer_tolerance_frac > 0,

@@ -73,7 +73,7 @@ class MapTrack:
     """The map filter of the current layer and the registered track (module docstring).
 
     ``cfg``: the :class:`~runtime.localisation.config.LocalizerConfig` (``map_filter``, ``max_speed_mps``,
-    ``coast_frames``, ``map_sigma_m``, the prior); ``verify``: trust needs a verified registration;
+    ``coast_s``, ``map_sigma_m``, the prior); ``verify``: trust needs a verified registration;
     ``fix_r95_scale``: the reported radius's calibrated scale (export.calibrate_accuracy)."""
 
     def __init__(self, db, likelihood, cfg, *, verify: bool, fix_r95_scale: float = 1.0):
@@ -96,7 +96,9 @@ class MapTrack:
         self.moved_var = 0.0  # the odometry's scale added since, step by step: a next one's gate (_register_point)
         self.scale_sigma = 0.0  # the odometry's scale uncertainty from the height's (1 sigma, relative)
         self.chain_ok = False  # carried by odometry alone since that registration (and bland frames: coasted)
-        self.coasted = 0  # bland frames in a row the verified point was carried by the filter's velocity
+        self.coasting = False  # the verified point is carried by the filter's velocity over bland ground
+        self.t = -math.inf  # the flight's clock at this keyframe
+        self.t_carried = -math.inf  # the last keyframe the odometry or a registration carried the point
         self.trusted = False  # the last frame's fix was trusted
 
     # ---- what the Localizer asks --------------------------------------------------------------------
@@ -134,7 +136,7 @@ class MapTrack:
         ``scale_sigma``: how uncertain the odometry's metres are as a whole (the height's relative
         uncertainty: a barometer's bias is one error for every step, so its variance grows with the square
         of the ground carried, not with the steps)."""
-        self.scale_sigma = float(scale_sigma)
+        self.scale_sigma, self.t = float(scale_sigma), float(t)
         mf = self._filter_for(layer)
         mf.predict(t, motion)
         self._carry_verified(motion)
@@ -200,14 +202,15 @@ class MapTrack:
             self.rival = (self.rival[0] + step, self.rival[1], self.rival[2] + step_scale_variance(*step))
         if ok:
             self.verified_var += motion_variance(motion)
-            self.coasted = 0
+            self.coasting, self.t_carried = False, self.t
             return
         # no odometry: moved as the filter predicted (its velocity). Over bland ground (too few features: no
-        # picture contradicts the track) the chain coasts for coast_frames; any other failure (a picture that
-        # jumped, a gap) breaks it: trust needs the filter's own evidence again until a registration
+        # picture contradicts the track) the chain coasts for coast_s of the flight's clock since the odometry
+        # or a registration last carried it; any other failure (a picture that jumped, a gap) breaks it: trust
+        # needs the filter's own evidence again until a registration
         self.verified_var += self.filter.last_sigma_m**2
-        if motion is not None and motion.bland and self.coasted < self.cfg.coast_frames:
-            self.coasted += 1
+        if motion is not None and motion.bland and self.t - self.t_carried <= self.cfg.coast_s + 1e-6:
+            self.coasting = True
         else:
             self.chain_ok = False
 
@@ -216,7 +219,7 @@ class MapTrack:
         fp = self.filter.grid.footprint_m
         if reg is not None and reg.ok and math.hypot(reg.x - est.x, reg.y - est.y) <= est.r95_m + fp:
             confirmed = self._register_point(np.array([reg.x, reg.y]), float(reg.sigma_m) ** 2)
-            self.chain_ok, self.coasted = True, 0
+            self.chain_ok, self.coasting, self.t_carried = True, False, self.t
             return confirmed and self._filter_follows(est)
         elif self.verified is not None and math.hypot(est.x - self.verified[0], est.y - self.verified[1]) > fp:
             self.verified = None  # the track moved away from where it was verified
@@ -313,7 +316,7 @@ class MapTrack:
         map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, nor
         do a few bland frames coasted through by the filter's velocity (the radius grows meanwhile), as long
         as the posterior on the map is one concentrated mode at the verified point."""
-        doubts = ("off_map",) + (("blind",) if self.coasted else ())
+        doubts = ("off_map",) + (("blind",) if self.coasting else ())
         if not (self.verify and self.verified is not None and self.chain_ok and est.doubt in doubts):
             return False
         cfg, fp = self.filter.cfg, self.filter.grid.footprint_m
