@@ -246,8 +246,7 @@ def test_a_registration_that_confirms_the_track_before_a_look_alike_settles_it(d
 def test_only_a_registration_that_confirms_the_rival_settles_a_dispute(db):
     """The rival (the track before the disputing registration) is settled only by the gate that confirms a
     track: two registrations' own noise and 2 % of each step. One 25 m from it, inside the map filter's
-    cell-wide agreement at 300 m (43 m), does not settle it (with a noisy attitude that let wrong
-    registrations through: 10 -> 24 wrong fixes of 480 at 10 deg of noise)."""
+    cell-wide agreement at 300 m (43 m), does not settle it."""
     def disputed():
         track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), LocalizerConfig(map_sigma_m=4.0), verify=True)
         track.chain_ok = True

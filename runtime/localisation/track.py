@@ -252,8 +252,8 @@ class MapTrack:
         gate that confirms the track, shows the disputing one was the look-alike: the track restarts at the
         two's fusion and the dispute ends (measured: a look-alike 166 m off at 200 m, the next registration
         5 m from the truth fused with the look-alike's track kept a 180 m radius on fixes 5 m off for the rest
-        of the flight). Only a registration confirms it: agreeing with the map filter's mean is not enough
-        (a grid cell wide, 22-43 m: with the camera's attitude noisy that let wrong registrations through)."""
+        of the flight). Only a registration confirms it: agreeing with the map filter's mean is not asked (its
+        agreement is a grid cell wide, 22-43 m, where two registrations' gate is about 10 m)."""
         rival = self.rival
         if rival is None or self.disputed_var <= 0.0:
             return False
