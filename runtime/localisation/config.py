@@ -96,10 +96,10 @@ class LocalizerConfig:
                                        "ground (0: off)")
     registration_span: float = _opt(0.75, "ground moved, in footprints, between the first and last frame "
                                           "agreeing on a registration")
-    coast_s: float = _opt(5.0, "a verified track stays trusted through this many seconds of the flight's clock "
-                               "of bland ground (too few features for the odometry: water, a uniform field), "
-                               "carried by its velocity, its radius growing; a picture that jumps breaks it at "
-                               "once (0: untrusted on the first such keyframe)")
+    coast_s: float = _opt(10.0, "a verified track stays trusted through this many seconds of the flight's clock "
+                                "of bland ground (too few features for the odometry: water, a uniform field), "
+                                "carried by its velocity, its radius growing; a picture that jumps breaks it at "
+                                "once (0: untrusted on the first such keyframe)")
     map_sigma_m: float = _opt(4.0, "how far the map imagery's georeferencing may lie from the ground the camera "
                                    "sees (1 sigma per axis, metres): part of a registered fix's radius (measured "
                                    "between NAIP years: 1-7 m, up to 13)")
