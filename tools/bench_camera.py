@@ -84,7 +84,8 @@ def flight_row(records: list[dict], year: int, altitude: str, wrong_m: float) ->
 def run(args) -> dict:
     from runtime.engines.engine import load_engine
     from runtime.localisation.config import LocalizerConfig
-    from runtime.replay.geotiff import flight_frames, replay_geotiff
+    from runtime.replay.figures import flight_frames
+    from runtime.replay.geotiff import replay_geotiff
 
     engine = load_engine(args.bundle, precision="fp32")
     out = {"command": "python -m tools.bench_camera " + " ".join(_portable(args.argv, args)),

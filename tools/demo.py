@@ -219,8 +219,7 @@ def kidnap_flights(cfg: DemoConfig, bundle: Path, db: Path, out: Path, precision
 
 def pooled_by_altitude(results: dict, altitudes) -> dict:
     """Per altitude, the frames of every flight year pooled into one summary."""
-    from runtime.replay.figures import pooled_figures, summarize_flight
-    from runtime.replay.geotiff import flight_frames
+    from runtime.replay.figures import flight_frames, pooled_figures, summarize_flight
 
     out = {}
     for alt in altitudes:  # by the flight, not by each record's altitude (the chain's height estimate)

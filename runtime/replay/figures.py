@@ -99,3 +99,14 @@ def summarize_flight(records: list[dict], wall_s: float | None = None) -> dict:
         "fps_wall": rnd(n / wall_s, 2) if wall_s else None,
         **flight_figures(records),
     }
+
+
+def flight_frames(results: dict) -> dict[str, list[dict]]:
+    """Each altitude's flight's frame records from :func:`replay_geotiff`'s results (``frames`` holds them
+    altitude after altitude, as many as its summary's ``n_frames``). A record's own ``altitude_m`` is the
+    height the chain flew it at, which the height's scale estimate moves by metres: not the flight's."""
+    out, start = {}, 0
+    for alt, summary in results["altitudes"].items():
+        out[alt] = results["frames"][start:start + summary["n_frames"]]
+        start += summary["n_frames"]
+    return out

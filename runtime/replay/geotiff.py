@@ -251,17 +251,6 @@ def replay_geotiff(bundle, map_path, *, flight_raster=None, altitudes=None, db=N
     return results
 
 
-def flight_frames(results: dict) -> dict[str, list[dict]]:
-    """Each altitude's flight's frame records from :func:`replay_geotiff`'s results (``frames`` holds them
-    altitude after altitude, as many as its summary's ``n_frames``). A record's own ``altitude_m`` is the
-    height the chain flew it at, which the height's scale estimate moves by metres: not the flight's."""
-    out, start = {}, 0
-    for alt, summary in results["altitudes"].items():
-        out[alt] = results["frames"][start:start + summary["n_frames"]]
-        start += summary["n_frames"]
-    return out
-
-
 def database_flight_defaults(tdb, altitudes, hfov_deg):
     """(altitudes, hfov) of a replay: the given ones, else the database's layers and field of view."""
     if altitudes is None:
