@@ -136,11 +136,18 @@ def test_ardupilot_takes_the_gps_input_recording(recorded):
 
 
 def test_ardupilot_extnav_takes_the_odometry_recording(recorded):
-    """The ExternalNav route (VISO_TYPE=1): frame, rate (every gap < 300 ms), quality, consumed."""
+    """The ExternalNav route (VISO_TYPE=1): frame, rate (every gap < 300 ms) and consumption pass, and every
+    message is either taken or refused for the quality -1 the chain declares on a frame it does not trust
+    (no more of those than the messages sent without a fix). The checker fails ``extnav_quality`` on any such
+    message, and whether this toy flight has one varies between runs of the same code: a look-alike
+    registration, untrusted for a second until the next one settles it, appears in about half of them."""
     summary, folder = recorded
     s, events, code = ardupilot([folder / "mavlink_odometry.tlog", "--viso-type", "1", "--quiet"])
-    assert code == 0 and s["status"] == "pass", s["rules"]
-    assert rules(s)["extnav_consumed"]["value"]["consumed"] >= 0.8 * summary["autopilot"]["fixes_sent"]
+    r, a = rules(s), summary["autopilot"]
+    assert all(r[k]["status"] == "pass" for k in ("extnav_frame", "extnav_rate", "extnav_consumed")), s["rules"]
+    refused, taken = r["extnav_quality"]["value"], r["extnav_consumed"]["value"]
+    assert taken["consumed"] + refused == taken["of"], s["rules"]
+    assert refused <= a["messages"] - a["fixes_sent"] and taken["consumed"] >= 0.8 * a["fixes_sent"], (r, a)
 
 
 def test_the_streams_do_not_understate_the_error(recorded):
