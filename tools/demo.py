@@ -222,8 +222,9 @@ def pooled_by_altitude(results: dict, altitudes) -> dict:
     from runtime.replay.figures import flight_frames, pooled_figures, summarize_flight
 
     out = {}
-    for alt in altitudes:  # by the flight, not by each record's altitude (the chain's height estimate)
-        flights = [flight_frames(res).get(f"{alt:g}", []) for res in results.values()]
+    by_year = [flight_frames(res) for res in results.values()]  # by the flight, not by each record's altitude
+    for alt in altitudes:                                         # (the chain's height estimate)
+        flights = [f.get(f"{alt:g}", []) for f in by_year]
         out[int(alt)] = {**summarize_flight([r for f in flights for r in f]), **pooled_figures(flights)}
     return out
 
