@@ -98,7 +98,7 @@ def gradient_image(grey: np.ndarray, blur_px: float) -> np.ndarray:
         g = cv2.GaussianBlur(g, (0, 0), blur_px)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-    return cv2.magnitude(gx, gy)
+    return np.sqrt(gx * gx + gy * gy)  # not cv2.magnitude: its last bit depends on where the arrays lie in memory
 
 
 def _subpixel(r: np.ndarray, y: int, x: int) -> tuple[float, float]:
