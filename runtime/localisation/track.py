@@ -62,6 +62,18 @@ def step_scale_variance(dx_e_m: float, dy_n_m: float) -> float:
     return (ODOMETRY_SCALE_SIGMA * math.hypot(dx_e_m, dy_n_m)) ** 2
 
 
+def within_gate(a: np.ndarray, b: np.ndarray, var: float) -> bool:
+    """Whether two points whose difference has ``var`` per axis agree at 95 % (chi-square, 2 degrees of
+    freedom)."""
+    return float(np.sum((a - b) ** 2)) <= R95_PER_SIGMA**2 * var
+
+
+def kalman_fuse(prior: np.ndarray, prior_var: float, point: np.ndarray, noise_var: float):
+    """(fused point, its variance per axis, the gain) of a prior and a measurement, both isotropic."""
+    k = prior_var / (prior_var + noise_var)
+    return prior + k * (point - prior), prior_var * noise_var / (prior_var + noise_var), k
+
+
 def motion_variance(motion) -> float:
     """The variance per axis (m^2) an odometry step adds to a point it carries: its fit's own residual and
     the altitude's scale error (:func:`step_scale_variance`)."""
@@ -257,13 +269,10 @@ class MapTrack:
         rival = self.rival
         if rival is None or self.disputed_var <= 0.0:
             return False
-        reg_var, moved = rival[1], rival[2]
-        if float(np.sum((point - rival[0]) ** 2)) > R95_PER_SIGMA**2 * (reg_var + noise_var + moved):
+        old = rival[1] + rival[2]  # its registrations' noise and the odometry's since
+        if not within_gate(point, rival[0], old + noise_var):
             return False
-        old = reg_var + moved
-        k = old / (old + noise_var)
-        self.verified = rival[0] + k * (point - rival[0])
-        self.registered_var = old * noise_var / (old + noise_var)
+        self.verified, self.registered_var, _ = kalman_fuse(rival[0], old, point, noise_var)
         self.verified_var = self.registered_var + self.cfg.map_sigma_m**2
         self.carried_m, self.moved_var, self.disputed_var, self.rival = np.zeros(2), 0.0, 0.0, None
         return True
@@ -291,14 +300,12 @@ class MapTrack:
         steps = max(self.verified_var - map_var - self.disputed_var, 1e-6)
         old_noise = steps + self.disputed_var + self._scale_var()
         d2 = float(np.sum((point - self.verified) ** 2))
-        confirmed = d2 <= R95_PER_SIGMA**2 * (prev + noise_var + moved)
-        if d2 <= R95_PER_SIGMA**2 * (old_noise + noise_var):  # chi-square, 2 degrees of freedom, 95 %
-            k = old_noise / (old_noise + noise_var)
-            self.verified = self.verified + k * (point - self.verified)
+        confirmed = within_gate(point, self.verified, prev + noise_var + moved)
+        if within_gate(point, self.verified, old_noise + noise_var):
+            self.verified, fused, k = kalman_fuse(self.verified, old_noise, point, noise_var)
             self.carried_m = (1.0 - k) * self.carried_m
             self.disputed_var = 0.0 if confirmed else d2 / 2.0
             self.rival = None if confirmed else self.rival
-            fused = old_noise * noise_var / (old_noise + noise_var)
             self.registered_var = fused if confirmed else noise_var
             self.verified_var = fused + map_var + self.disputed_var
             return confirmed
