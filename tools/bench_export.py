@@ -72,23 +72,36 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from export.accuracy import held_out_pairs, recall_at_1
-    from export.bundle_export import export_bundle
-    from export.onnx_export import ort_embed, ort_session, prepare, torch_embed
-    from export.tiledb_build import build_tile_database
-    from train.model import GeoModel, save_checkpoint
+    from train.model import GeoModel, load_checkpoint, save_checkpoint
 
     torch.set_num_threads(os.cpu_count() or 1)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = save_checkpoint(args.out / "lite0.pt", GeoModel("tf_efficientnet_lite0", pretrained="lite0-offline"),
                            config={"bench": True}, epoch=0, step=0)
-    model, _ = __import__("train.model", fromlist=["load_checkpoint"]).load_checkpoint(ckpt)
+    model, _ = load_checkpoint(ckpt)
     model.eval()
     p = model.preprocess
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "load_avg_start": os.getloadavg()[0], "torch": torch.__version__,
                            "onnxruntime": ort.__version__, "python": platform.python_version()},
                "model": "tf_efficientnet_lite0 (lite0-offline)", "input_size": list(p.input_size)}
+    bundles = _export_bundles(args, ckpt, results)
+    sessions, references = _sessions(args, p, bundles["float32"])
+    rng = np.random.default_rng(0)
+    results["latency"] = _latency(args, model, p, sessions, rng)
+    results["input_format"] = _input_formats(args, p, bundles, rng)
+    r1 = _recall(model, p, sessions, references)
+    results["r1"] = {f"{k[0]} {k[1]}": v for k, v in r1.items()}
+    results["tiledb"] = _tiledb_speed(args, bundles["float32"])
+    results["machine"]["load_avg_end"] = os.getloadavg()[0]
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    _print_tables(results, r1, [*sessions, *references])
+    return 0
+
+
+def _export_bundles(args, ckpt, results: dict) -> dict:
+    """Both bundles (float32 and uint8 graph input) with FP16 and INT8; their export times into ``results``."""
+    from export.bundle_export import export_bundle
 
     bundles = {}
     for fmt in ("float32", "uint8"):
@@ -98,48 +111,67 @@ def main(argv=None) -> int:
             calib_tifs=[naip(2014)], calib_n=args.calib_n, eval_tifs=(naip(2016), naip(2018)),
             cache_dir=args.out / "calib-cache", overwrite=True)
         results[f"export_s_{fmt}"] = time.perf_counter() - t
+    return bundles
 
-    # ---- latency and throughput, float32 NCHW graph ---------------------------------------------------
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (p.input_size[0], p.input_size[1], 3), dtype=np.uint8) for _ in range(8)]
-    b = bundles["float32"]
+
+def _sessions(args, p, b: Path) -> tuple[dict, dict]:
+    """ONNX Runtime sessions of each precision of the float32 bundle (plus an INT8 model quantised over the
+    full range), and the unfused Q/DQ references of the INT8 ones."""
     from export.bundle_export import calibration_images
+    from export.onnx_export import ort_session, prepare
     from export.quantize import quantize_int8
 
     calib = prepare(calibration_images(calib_tifs=[naip(2014)], n=args.calib_n), p, "float32")
-    quantize_int8(b / "model.onnx", args.out / "model.int8-full.onnx", calib, cache_dir=args.out / "calib-cache",
-                  reduce_range=False)
+    full = args.out / "model.int8-full.onnx"
+    quantize_int8(b / "model.onnx", full, calib, cache_dir=args.out / "calib-cache", reduce_range=False)
     sessions = {prec: ort_session(path) for prec, path in
                 (("fp32", b / "model.onnx"), ("fp16", b / "model.fp16.onnx"), ("int8", b / "model.int8.onnx"),
-                 ("int8-full-range", args.out / "model.int8-full.onnx"))}
+                 ("int8-full-range", full))}
     references = {f"{k} Q/DQ reference": ort_session(path, fuse=False) for k, path in
-                  (("int8", b / "model.int8.onnx"), ("int8-full-range", args.out / "model.int8-full.onnx"))}
+                  (("int8", b / "model.int8.onnx"), ("int8-full-range", full))}
+    return sessions, references
+
+
+def _latency(args, model, p, sessions: dict, rng) -> list[dict]:
+    """Median latency and throughput of torch eager and each session, batches of 1 and 8."""
+    import torch
+
+    from export.onnx_export import prepare
+
+    frames = [rng.integers(0, 255, (p.input_size[0], p.input_size[1], 3), dtype=np.uint8) for _ in range(8)]
     lat = {}
     for batch in (1, 8):
         x = prepare(frames[:batch], p, "float32")
         xt = torch.from_numpy(x)
         with torch.no_grad():
-            med = timed(lambda xt=xt: model(xt), args.runs)
-        lat[("torch eager fp32", batch)] = med
+            lat[("torch eager fp32", batch)] = timed(lambda xt=xt: model(xt), args.runs)
         for prec, sess in sessions.items():
             lat[(f"onnxruntime {prec}", batch)] = timed(lambda s=sess, x=x: s.run(None, {"image": x}), args.runs)
-    results["latency"] = [{"variant": k[0], "batch": k[1], "median_ms": v * 1e3, "images_per_s": k[1] / v}
-                          for k, v in lat.items()]
+    return [{"variant": k[0], "batch": k[1], "median_ms": v * 1e3, "images_per_s": k[1] / v} for k, v in lat.items()]
 
-    # ---- float vs uint8 input: preprocessing + inference per frame (from a 512 px camera frame) -------
+
+def _input_formats(args, p, bundles: dict, rng) -> dict:
+    """Float vs uint8 graph input: preprocessing + inference per frame, from a 512 px camera frame."""
+    from export.onnx_export import ort_session
+
     cam = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    s32, s8 = ort_session(b / "model.onnx"), ort_session(bundles["uint8"] / "model.onnx")
+    s32, s8 = ort_session(bundles["float32"] / "model.onnx"), ort_session(bundles["uint8"] / "model.onnx")
     pre_float = timed(lambda: p.batch([cam]), args.runs)
     pre_uint8 = timed(lambda: np.stack([p.resize(cam)]), args.runs)
     x32, x8 = p.batch([cam]), np.stack([p.resize(cam)])
     inf_float = timed(lambda: s32.run(None, {"image": x32}), args.runs)
     inf_uint8 = timed(lambda: s8.run(None, {"image": x8}), args.runs)
-    results["input_format"] = {"float32": {"preprocess_ms": pre_float * 1e3, "inference_ms": inf_float * 1e3,
-                                           "input_bytes": int(x32.nbytes)},
-                               "uint8": {"preprocess_ms": pre_uint8 * 1e3, "inference_ms": inf_uint8 * 1e3,
-                                         "input_bytes": int(x8.nbytes)}}
+    return {"float32": {"preprocess_ms": pre_float * 1e3, "inference_ms": inf_float * 1e3,
+                        "input_bytes": int(x32.nbytes)},
+            "uint8": {"preprocess_ms": pre_uint8 * 1e3, "inference_ms": inf_uint8 * 1e3,
+                      "input_bytes": int(x8.nbytes)}}
 
-    # ---- R@1 on real NAIP queries ---------------------------------------------------------------------
+
+def _recall(model, p, sessions: dict, references: dict) -> dict:
+    """R@1 of each variant on real NAIP queries (2016 and 2020 against 2018), and its mean cosine to FP32."""
+    from export.accuracy import held_out_pairs, recall_at_1
+    from export.onnx_export import ort_embed, torch_embed
+
     r1 = {}
     for qyear in (2016, 2020):
         queries, gallery = held_out_pairs(naip(qyear), naip(2018), 128, n_max=64)
@@ -151,25 +183,30 @@ def main(argv=None) -> int:
             r1[(qyear, f"onnxruntime {prec}")] = recall_at_1(emb, gal)[0]
             r1[(qyear, f"cos {prec}")] = float(np.mean(np.sum(emb * q32, axis=1)))
         r1[(qyear, "n")] = len(queries)
-    results["r1"] = {f"{k[0]} {k[1]}": v for k, v in r1.items()}
+    return r1
 
-    # ---- tile database build speed --------------------------------------------------------------------
+
+def _tiledb_speed(args, b: Path) -> dict:
+    """The tile database of the 2018 map at ``--db-altitudes``, timed."""
+    from export.tiledb_build import build_tile_database
+
     t = time.perf_counter()
     db = build_tile_database(b, [naip(2018)], args.out / "tiledb", altitudes_m=args.db_altitudes,
                              hfov_deg=args.hfov_deg, overwrite=True, work_dir=args.out / "work", progress=False)
     dt = time.perf_counter() - t
     n = json.loads((db / "manifest.json").read_text())["count"]
-    results["tiledb"] = {"tiles": n, "seconds": dt, "tiles_per_s": n / dt, "altitudes_m": args.db_altitudes,
-                         "hfov_deg": args.hfov}
-    results["machine"]["load_avg_end"] = os.getloadavg()[0]
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    return {"tiles": n, "seconds": dt, "tiles_per_s": n / dt, "altitudes_m": args.db_altitudes,
+            "hfov_deg": args.hfov_deg}
 
+
+def _print_tables(results: dict, r1: dict, variants: list[str]) -> None:
+    """The Markdown tables of docs/results/export.md."""
     print("\n| variant | batch | median latency (ms) | images/s |\n|---|---|---|---|")
     for row in results["latency"]:
         print(f"| {row['variant']} | {row['batch']} | {row['median_ms']:.1f} | {row['images_per_s']:.1f} |")
     print("\n| variant | R@1 2016->2018 | R@1 2020->2018 | mean cosine to FP32 (2016 / 2020) |\n|---|---|---|---|")
     print(f"| torch eager fp32 | {r1[(2016, 'torch eager fp32')]:.1f} | {r1[(2020, 'torch eager fp32')]:.1f} | |")
-    for k in [*sessions, *references]:
+    for k in variants:
         v = f"onnxruntime {k}"
         print(f"| {v} | {r1[(2016, v)]:.1f} | {r1[(2020, v)]:.1f} | "
               f"{r1[(2016, 'cos ' + k)]:.4f} / {r1[(2020, 'cos ' + k)]:.4f} |")
@@ -183,8 +220,6 @@ def main(argv=None) -> int:
     print(f"\ntile DB: {td['tiles']} tiles in {td['seconds']:.1f} s = {td['tiles_per_s']:.1f} tiles/s")
     print(f"export: float32 {results['export_s_float32']:.1f} s, uint8 {results['export_s_uint8']:.1f} s; "
           f"load avg {results['machine']['load_avg_start']:.1f} -> {results['machine']['load_avg_end']:.1f}")
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

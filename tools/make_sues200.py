@@ -160,7 +160,6 @@ def make_sues200(
     """Write the dataset (see the module docstring) and return the archive folder ``OUT/SUES-200-512x512``."""
     from tiles.grid import footprint_m
     from tiles.raster import open_raster
-    from tiles.views import CameraPose, render_view
 
     out = Path(out)
     base = out / ARCHIVE_DIR
@@ -185,6 +184,35 @@ def make_sues200(
         "min_spacing_m": min_spacing_m, "photometric": float(photometric),
         "test_fraction": float(test_fraction), "seed": int(seed),
     }
+    _prepare_archive(out, base, settings, overwrite)
+    for d in drones:
+        if d.metric_crs != ref.metric_crs:
+            raise ValueError(f"{d.path.name} is in {d.metric_crs.to_string()}, the reference in "
+                             f"{ref.metric_crs.to_string()}; reproject it to the reference's CRS first")
+    rng = np.random.default_rng(seed)
+    ids = pick_ids(n_locations, test_fraction)
+    # the tilted view reaches further ahead than a nadir one: keep a generous margin
+    margin = max(satellite_side_m / 2, 0.75 * top_fp + path_fraction * top_fp / 2) + 2 * ref.gsd_m
+    centres = place_locations(_common_bounds(ref, drones), len(ids), margin, min_spacing_m, rng)
+
+    truth = {"format": FORMAT, "version": 1, "crs": ref.metric_crs.to_string(), "settings": settings,
+             "locations": {}}
+    counts = [0, 0]  # images written, kept from an earlier run
+    for li, (loc, c) in enumerate(zip(ids, centres)):
+        truth["locations"][loc] = _write_location(base, loc, li, c, ref, drones, settings, counts)
+        log.info("location %s (%d/%d) at (%.0f, %.0f)", loc, li + 1, len(ids), c[0], c[1])
+    atomic_write_json(base / GROUND_TRUTH, truth)
+    log.info("%s: %d images written, %d kept from an earlier run", base, *counts)
+    if split:
+        write_split_layout(base, out / "split", ids, altitudes)
+    for r in [ref, *drones]:
+        r.close()
+    return base
+
+
+def _prepare_archive(out: Path, base: Path, settings: dict, overwrite: bool) -> None:
+    """The archive folder ready for ``settings``: replaced (``overwrite``), resumed when an earlier run wrote
+    it with the same settings, refused otherwise; the settings written."""
     spath = base / SETTINGS
     if base.exists():
         old = json.loads(spath.read_text()) if spath.is_file() else None
@@ -201,72 +229,59 @@ def make_sues200(
             log.info("resuming into %s: existing images are kept", base)
     atomic_write_json(spath, settings)
 
-    for d in drones:
-        if d.metric_crs != ref.metric_crs:
-            raise ValueError(f"{d.path.name} is in {d.metric_crs.to_string()}, the reference in "
-                             f"{ref.metric_crs.to_string()}; reproject it to the reference's CRS first")
-    # usable area: where the reference and every drone raster overlap
+
+def _common_bounds(ref, drones) -> tuple:
+    """The metric bounds where the reference and every drone raster overlap."""
     bounds = np.array(ref.bounds_m)
     for d in drones:
         b = d.bounds_m
         bounds = np.array([max(bounds[0], b[0]), max(bounds[1], b[1]), min(bounds[2], b[2]), min(bounds[3], b[3])])
-    rng = np.random.default_rng(seed)
-    ids = pick_ids(n_locations, test_fraction)
-    # the tilted view reaches further ahead than a nadir one: keep a generous margin
-    margin = max(satellite_side_m / 2, 0.75 * top_fp + path_fraction * top_fp / 2) + 2 * ref.gsd_m
-    centres = place_locations(tuple(bounds), len(ids), margin, min_spacing_m, rng)
+    return tuple(bounds)
 
-    truth = {"format": FORMAT, "version": 1, "crs": ref.metric_crs.to_string(), "settings": settings,
-             "locations": {}}
-    n_written = n_kept = 0
-    for li, (loc, c) in enumerate(zip(ids, centres)):
-        lat, lon = ref.to_wgs84(float(c[0]), float(c[1]))
-        item = {"x": float(c[0]), "y": float(c[1]), "lat": float(lat), "lon": float(lon),
-                "split": "test" if loc in TEST_IDS else "train", "satellite_side_m": satellite_side_m,
-                "flights": {}}
-        sat_path = base / RAW_SATELLITE / loc / "0.png"
-        if sat_path.is_file():
-            n_kept += 1
-        else:
-            rgb, _ = ref.read_ground_square(float(c[0]), float(c[1]), satellite_side_m, satellite_size_px)
-            _write_image(sat_path, rgb)
-            n_written += 1
-        for alt in altitudes:
-            frng = np.random.default_rng([seed, li, alt])
-            src_i = int(frng.integers(len(drones)))
-            src = drones[src_i]
-            fp = footprint_m(alt, hfov_deg)
-            poses = flight_poses(c, alt, frames, path_fraction * fp, frng)
-            look_seed = int(frng.integers(2**31))  # one appearance per flight
-            for i, p in enumerate(poses):
-                path = base / RAW_DRONE / loc / str(alt) / f"{i}.jpg"
-                if path.is_file():
-                    n_kept += 1
-                    continue
-                pose = CameraPose(p["x"], p["y"], alt, p["heading_deg"], p["tilt_deg"], hfov_deg)
-                view = render_view(src, pose, (size_px, size_px))
-                img = view.image
-                if photometric:
-                    from tiles.views import photometric_jitter
 
-                    img = photometric_jitter(img, np.random.default_rng(look_seed), photometric)
-                _write_image(path, img)
-                n_written += 1
-            item["flights"][str(alt)] = {
-                "source": src.path.name, "footprint_m": fp,
-                "frames": [[round(p["x"], 2), round(p["y"], 2), round(p["heading_deg"], 2),
-                            round(p["tilt_deg"], 2)] for p in poses],
-                "frame_fields": ["x", "y", "heading_deg", "tilt_deg"],
-            }
-        truth["locations"][loc] = item
-        log.info("location %s (%d/%d) at (%.0f, %.0f)", loc, li + 1, len(ids), c[0], c[1])
-    atomic_write_json(base / GROUND_TRUTH, truth)
-    log.info("%s: %d images written, %d kept from an earlier run", base, n_written, n_kept)
-    if split:
-        write_split_layout(base, out / "split", ids, altitudes)
-    for r in [ref, *drones]:
-        r.close()
-    return base
+def _write_location(base: Path, loc: str, li: int, c, ref, drones, settings: dict, counts: list) -> dict:
+    """One location's satellite image and its flight at every altitude (images already there are kept);
+    its ground-truth entry. ``counts``: [written, kept], advanced."""
+    from tiles.grid import footprint_m
+    from tiles.views import CameraPose, render_view
+
+    hfov_deg, side_m, size_px = settings["hfov_deg"], settings["satellite_side_m"], settings["size_px"]
+    lat, lon = ref.to_wgs84(float(c[0]), float(c[1]))
+    item = {"x": float(c[0]), "y": float(c[1]), "lat": float(lat), "lon": float(lon),
+            "split": "test" if loc in TEST_IDS else "train", "satellite_side_m": side_m, "flights": {}}
+    sat_path = base / RAW_SATELLITE / loc / "0.png"
+    if sat_path.is_file():
+        counts[1] += 1
+    else:
+        rgb, _ = ref.read_ground_square(float(c[0]), float(c[1]), side_m, settings["satellite_size_px"])
+        _write_image(sat_path, rgb)
+        counts[0] += 1
+    for alt in settings["altitudes_m"]:
+        frng = np.random.default_rng([settings["seed"], li, alt])
+        src = drones[int(frng.integers(len(drones)))]
+        fp = footprint_m(alt, hfov_deg)
+        poses = flight_poses(c, alt, settings["frames"], settings["path_fraction"] * fp, frng)
+        look_seed = int(frng.integers(2**31))  # one appearance per flight
+        for i, p in enumerate(poses):
+            path = base / RAW_DRONE / loc / str(alt) / f"{i}.jpg"
+            if path.is_file():
+                counts[1] += 1
+                continue
+            pose = CameraPose(p["x"], p["y"], alt, p["heading_deg"], p["tilt_deg"], hfov_deg)
+            img = render_view(src, pose, (size_px, size_px)).image
+            if settings["photometric"]:
+                from tiles.views import photometric_jitter
+
+                img = photometric_jitter(img, np.random.default_rng(look_seed), settings["photometric"])
+            _write_image(path, img)
+            counts[0] += 1
+        item["flights"][str(alt)] = {
+            "source": src.path.name, "footprint_m": fp,
+            "frames": [[round(p["x"], 2), round(p["y"], 2), round(p["heading_deg"], 2),
+                        round(p["tilt_deg"], 2)] for p in poses],
+            "frame_fields": ["x", "y", "heading_deg", "tilt_deg"],
+        }
+    return item
 
 
 def write_split_layout(raw_base: Path, split_root: Path, ids: list[str], altitudes) -> Path:
