@@ -226,6 +226,14 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, *, skip=(), grou
                             nargs="+" if is_list else None, **kw)
 
 
+def options_parser(cls, doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+    """A command's parser: its module docstring as the description (kept as written) and the options of the
+    dataclass ``cls``."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_options(ap, cls)
+    return ap
+
+
 def option_help(f: dataclasses.Field) -> str:
     """A field's help text with its default, as every command shows it."""
     helptext = f.metadata.get("help", "")

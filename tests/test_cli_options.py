@@ -23,11 +23,13 @@ PER_COMMAND = {"--out"}
 
 
 def _cli_modules() -> list[str]:
-    """Every module of the packages that builds an ArgumentParser."""
+    """Every module of the packages that builds an ArgumentParser (itself, or by ``common.cli.options_parser``,
+    the factory, which is not a command)."""
     found = []
     for pkg in PACKAGES:
         for path in sorted((REPO / pkg).rglob("*.py")):
-            if "ArgumentParser(" in path.read_text():
+            text = path.read_text()
+            if path != REPO / "common" / "cli.py" and ("ArgumentParser(" in text or "options_parser(" in text):
                 found.append(".".join(path.relative_to(REPO).with_suffix("").parts))
     return found
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import option, shared
 from runtime.localisation.config import LocalizerConfig
 from runtime.localisation.geo import R95_PER_SIGMA
@@ -47,10 +47,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.accuracy_breakdown", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__, "python -m tools.accuracy_breakdown")
 
 
 def fly_years(engine, db, cfg, years, frames: int, seed: int) -> list[dict]:

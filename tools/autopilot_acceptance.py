@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import option
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,9 +73,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__.splitlines()[0])
 
 
 def main(argv=None) -> int:

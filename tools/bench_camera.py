@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common import validate
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import option, shared
 
 CONDITIONS = {
@@ -152,10 +152,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_camera", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__, "python -m tools.bench_camera")
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import validate
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import option, shared
 
 SETTINGS = {
@@ -124,9 +124,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__)
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import validate  # noqa: E402 (after the path above)
-from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.cli import options_parser, parse_options  # noqa: E402 (after the path above)
 from common.options import DEFAULT_ALTITUDES_M, DEFAULT_HFOV_DEG, option, shared  # noqa: E402 (after the path above)
 
 
@@ -54,9 +54,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__)
 
 
 def parse_args(argv=None):

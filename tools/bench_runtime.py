@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from common import validate  # noqa: E402 (after the path above)
-from common.cli import add_dataclass_options, parse_options  # noqa: E402 (after the path above)
+from common.cli import options_parser, parse_options  # noqa: E402 (after the path above)
 from common.options import option, shared  # noqa: E402 (after the path above)
 
 
@@ -122,9 +122,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__)
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from common import validate
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import option, shared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,9 +42,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_tiles", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__, prog="python -m tools.bench_tiles")
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from common import validate
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import option, shared
 from tiles.io import atomic_write_json, atomic_write_text
 from train.config import apply_overrides, preset
@@ -122,9 +122,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.kernels import pin_cpu_kernels
 from common.options import option, shared
 from tools.demo_report import format_table, report  # noqa: F401 (format_table: the tests read the table)
@@ -295,9 +295,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__, prog="python -m tools.demo")
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from common import validate
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import DEFAULT_ALTITUDES_M, option, shared
 from tools.demo import naip
 
@@ -85,9 +85,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__)
 
 
 def main(argv=None) -> int:

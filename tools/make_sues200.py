@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from common import validate
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.options import DEFAULT_HFOV_DEG, option, shared
 from common.sues200_layout import (
     ALTITUDES,
@@ -348,9 +348,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.make_sues200", description=__doc__.split("\n\n")[0])
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__.split("\n\n")[0], "python -m tools.make_sues200")
 
 
 def main(argv=None) -> int:

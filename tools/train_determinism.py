@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.cli import add_dataclass_options, parse_options
+from common.cli import options_parser, parse_options
 from common.kernels import AVX2_PINS
 from common.options import option
 
@@ -44,10 +44,7 @@ class Options:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tools.train_determinism", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_options(ap, Options)
-    return ap
+    return options_parser(Options, __doc__, "python -m tools.train_determinism")
 
 
 def train_and_hash(run_dir: str, steps: int) -> dict:
