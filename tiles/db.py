@@ -43,7 +43,7 @@ from tiles.dbcheck import (  # noqa: F401 (re-exported: the errors are part of t
     imagery_note,
     verify_files,
 )
-from tiles.io import default_mode
+from tiles.io import default_mode, read_versioned_json
 
 _log = logging.getLogger(__name__)
 
@@ -267,18 +267,8 @@ class TileDatabase:
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise DatabaseError(f"{path} has no {MANIFEST}: not a tile database, or its write was interrupted")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DatabaseError(f"{mpath} is not valid JSON ({e}); rebuild the database") from e
-        if manifest.get("format") != FORMAT:
-            raise DatabaseError(f"{mpath}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise DatabaseError(
-                f"{path}: database format version {version!r}, this reader understands {FORMAT_VERSION}; "
-                "rebuild the database with this version of `python -m export`"
-            )
+        manifest = read_versioned_json(mpath, FORMAT, FORMAT_VERSION, DatabaseError,
+                                       "rebuild the database with this version of `python -m export`")
         verify_files(path, manifest, hashes=verify)
         if note := imagery_note(path, manifest):
             _log.log(*note)

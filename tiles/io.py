@@ -81,3 +81,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_versioned_json(mpath: Path, fmt: str, version: int, error: type[Exception], fix: str) -> dict:
+    """The metadata file ``mpath`` of an artifact written as ``fmt`` version ``version``; ``error`` (the
+    artifact's exception) saying ``fix`` when it is not JSON or another format or version."""
+    try:
+        meta = json.loads(Path(mpath).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{mpath} is not valid JSON ({e}); {fix}") from e
+    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("format_version") != version:
+        got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else (type(meta).__name__, None)
+        raise error(f"{mpath}: format {got[0]!r} version {got[1]!r}, this reader understands {fmt!r} version "
+                    f"{version}; {fix}")
+    return meta
+

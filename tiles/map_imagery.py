@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import UserError
-from tiles.io import file_sha256
+from tiles.io import file_sha256, read_versioned_json
 
 FORMAT = "geoloc-map-imagery"
 FORMAT_VERSION = 1
@@ -93,13 +93,8 @@ class MapImagery:
         if not mpath.is_file():
             raise ImageryError(f"no map imagery at {path} ({META} missing): build the database with "
                                "`python -m export ... --tiles MAP.tif` (imagery is written by default)")
-        try:
-            meta = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ImageryError(f"{mpath} is not valid JSON ({e}); rebuild the database") from e
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ImageryError(f"{mpath}: format {meta.get('format')!r} v{meta.get('format_version')!r}, this "
-                               f"reader understands {FORMAT!r} v{FORMAT_VERSION}; rebuild with `python -m export`")
+        meta = read_versioned_json(mpath, FORMAT, FORMAT_VERSION, ImageryError,
+                                   "rebuild the database with this version of `python -m export`")
         if meta.get("kind") not in KINDS:
             raise ImageryError(f"{mpath}: kind {meta.get('kind')!r} is not one of {KINDS}")
         for name, info in meta.get("files", {}).items():

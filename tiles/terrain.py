@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tiles.io import atomic_write_json, default_mode, file_sha256
+from tiles.io import atomic_write_json, default_mode, file_sha256, read_versioned_json
 
 FORMAT = "geoloc-terrain"
 FORMAT_VERSION = 1
@@ -111,13 +111,8 @@ class TerrainGrid:
         if not mpath.is_file():
             raise TerrainError(f"no terrain at {folder} ({META} missing): add a DEM with "
                                "`python -m export --bundle BUNDLE --dem DEM.tif`")
-        try:
-            meta = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TerrainError(f"{mpath} is not valid JSON ({e}); add the DEM again") from e
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise TerrainError(f"{mpath}: format {meta.get('format')!r} v{meta.get('format_version')!r}, this "
-                               f"reader understands {FORMAT!r} v{FORMAT_VERSION}; add the DEM again with this version")
+        meta = read_versioned_json(mpath, FORMAT, FORMAT_VERSION, TerrainError,
+                                   "add the DEM again with this version (`python -m export --bundle BUNDLE --dem DEM.tif`)")
         info = meta.get("files", {}).get(HEIGHTS, {})
         path = folder / HEIGHTS
         if not path.is_file() or path.stat().st_size != info.get("bytes"):
