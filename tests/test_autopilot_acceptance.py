@@ -173,7 +173,7 @@ def _frames_without_timings(out) -> list[dict]:
 def test_the_chain_gives_the_same_fixes_run_to_run(recorded, chain, tmp_path):
     """The same flight replayed again gives the same fixes, frame by frame, to the last digit recorded (the
     recordings' timing follows each frame's measured processing time, so only the fixes can repeat)."""
-    summary, folder = recorded
+    _, folder = recorded
     _record(chain, tmp_path)
     first = _frames_without_timings(folder.parent)
     assert first == _frames_without_timings(tmp_path) and len(first) == FRAMES
