@@ -262,3 +262,38 @@ def test_only_a_registration_that_confirms_the_rival_settles_a_dispute(db):
     assert track._register_point(np.array([0.0, -2.0]), 3.0**2)  # agrees with the track before the look-alike
     assert track.disputed_var == 0.0 and track.rival is None
     assert np.hypot(*track.verified) < 3.0 and math.sqrt(track.verified_var) < 6.0
+
+
+def _doubted_by_retrieval(db, registered_at: tuple[int, ...]) -> list:
+    """Flying east, 'registered' on the frames ``registered_at`` (3 m, at the truth), then frames that
+    match nothing on the map (retrieval's doubt: possibly off it)."""
+    cfg = LocalizerConfig(map_filter=MapFilterConfig(independent_frac=0.0), map_sigma_m=0.0)
+    track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), cfg, verify=True)
+    searcher, rng = Searcher(db), np.random.default_rng(0)
+    motion = Motion(True, V, 0.0, 0.0, 1.0, 50, 60, 1.0)
+    fixes = []
+    for i in range(24):
+        x = X0 + V * i
+        if i < 8:
+            q = frame_embedding(db, x, Y0, 1.0, rng)
+        else:
+            q = rng.normal(size=db.embedding_dim).astype(np.float32)
+            q /= np.linalg.norm(q)
+        if i in registered_at:
+            fixes.append(_registered(track, searcher, float(i), q, motion, x, Y0))
+        else:
+            fixes.append(track_step(track, searcher, float(i), q, motion=motion))
+    return fixes
+
+
+def test_retrievals_doubt_is_overruled_only_by_a_confirmed_track(db):
+    """Frames that match nothing make the filter doubt it is on the map. A registered track carried by the
+    odometry overrules that doubt once a second registration confirmed it; a single registration does not,
+    for it may be a look-alike (a weave at 150 m over 2020: a first registration 69 m off, agreed over three
+    frames, was trusted against that doubt for 9 frames)."""
+    confirmed = _doubted_by_retrieval(db, (6, 7))
+    single = _doubted_by_retrieval(db, (7,))
+    doubted = [i for i, f in enumerate(single) if not f.trusted and "off the map" in f.reason]
+    overruled = [i for i in doubted if confirmed[i].trusted]  # (once the posterior spreads, neither is)
+    assert overruled, ([f.reason for f in single], [f.reason for f in confirmed])
+    assert all(c.trusted or not s.trusted for s, c in zip(single, confirmed))
