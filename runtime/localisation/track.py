@@ -328,9 +328,9 @@ class MapTrack:
         map: retrieval's doubt (``p_out``, frames that match nothing in particular) does not untrust it, nor
         do a few bland frames coasted through by the filter's velocity (the radius grows meanwhile), as long
         as the posterior on the map is one concentrated mode at the verified point. Retrieval's doubt only
-        once a second registration confirmed the track: a first one may be a look-alike (measured: a weave at 150 m over
-        2020, a first registration 69 m off, agreed over three frames, was trusted against the filter's doubt
-        for 9 frames, reporting r95 10-16 m)."""
+        once a second registration confirmed the track: a first one may be a look-alike (measured: a weave at
+        150 m over 2020, a first registration 69 m off, agreed over three frames, was trusted against the
+        filter's doubt for 9 frames, reporting r95 10-16 m)."""
         doubts = (("off_map",) if self.confirmed else ()) + (("blind",) if self.coasting else ())
         if not (self.verify and self.verified is not None and self.chain_ok and est.doubt in doubts):
             return False
