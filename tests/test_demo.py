@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tools.demo import DemoConfig, format_table, run
+from tools.demo import DemoConfig, run
+from tools.demo_report import format_table
 
 
 def _pooled(per_alt: dict, key: str) -> float:

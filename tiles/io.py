@@ -90,9 +90,9 @@ def read_versioned_json(mpath: Path, fmt: str, version: int, error: type[Excepti
         meta = json.loads(Path(mpath).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{mpath} is not valid JSON ({e}); {fix}") from e
-    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("format_version") != version:
-        got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else (type(meta).__name__, None)
-        raise error(f"{mpath}: format {got[0]!r} version {got[1]!r}, this reader understands {fmt!r} version "
-                    f"{version}; {fix}")
+    info = meta if isinstance(meta, dict) else {}
+    if info.get("format") != fmt or info.get("format_version") != version:
+        raise error(f"{mpath}: format {info.get('format')!r} version {info.get('format_version')!r}, this reader "
+                    f"understands {fmt!r} version {version}; {fix}")
     return meta
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from common.cli import options_parser, parse_options
 from common.kernels import pin_cpu_kernels
 from common.options import option, shared
-from tools.demo_report import format_table, report  # noqa: F401 (format_table: the tests read the table)
+from tools.demo_report import report
 
 REPO = Path(__file__).resolve().parents[1]
 NAIP = REPO / "data" / "naip"

@@ -202,7 +202,7 @@ class VisualOdometry:
         many = n_in >= cfg.min_inliers and n_in >= cfg.min_inlier_ratio * len(good)
         agreeing = n_in >= cfg.consistent_inliers and n_in >= cfg.consistent_ratio * len(good)
         if a is None or not (many or agreeing):
-            same_ground = a is not None and n_in >= cfg.agreeing_few and n_in >= cfg.consistent_ratio * len(good)
+            same_ground = n_in >= cfg.agreeing_few and n_in >= cfg.consistent_ratio * len(good)
             jump = jump and not same_ground
             return Motion(False, dt_s=dt, inliers=n_in, matches=len(good),
                           reason=f"no consistent motion ({n_in} inliers of {len(good)} matches)", jump=jump,
