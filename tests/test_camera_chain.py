@@ -159,6 +159,16 @@ def test_the_height_above_ground_from_msl_less_terrain_and_from_the_ground_cover
     fly(short, 84.0)
     short.registered(reg(160.0))
     assert short.factor < 1.0
+    # a look-alike between two right registrations: the span from the one before it still measures
+    between = HeightAboveGround(LocalizerConfig(), db)
+    between.of(tel)
+    between.registered(reg(0.0))
+    fly(between, 336.0)
+    between.registered(reg(2000.0))  # 2 km off: no span from the registration before it
+    assert between.factor == 1.0
+    fly(between, 336.0)
+    between.registered(reg(640.0))  # 672 m measured from the first, 640 covered
+    assert 640.0 / 672.0 < between.factor < 1.0
     off = HeightAboveGround(LocalizerConfig(height_from_map=False), db)
     off.of(tel)
     off.registered(reg(0.0, scale=1.2, method="features"))
