@@ -27,12 +27,13 @@ def db(tmp_path_factory):
 
 
 def _fly(db, failures: dict, coast_s: float, frames: int = 16, registered_off=(0.0, 0.0), compass=True,
-         dt: float = 1.0):
+         dt: float = 1.0, fix_r95_scale: float = 1.0):
     """A drone flying east at 10 m/frame; the track verified by 'registration' on frame 5 (set as a
     registration would); from frame 8 the odometry fails as ``failures`` says ({frame: Motion})."""
     cfg = LocalizerConfig(map_filter=MapFilterConfig(independent_frac=0.0), coast_s=coast_s,
                           map_sigma_m=0.0)
-    track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), cfg, verify=True)  # as with a registrar
+    track = MapTrack(db, Likelihood(temperature=0.1, offset=0.2), cfg, verify=True,  # as with a registrar
+                     fix_r95_scale=fix_r95_scale)
     searcher = Searcher(db)
     rng = np.random.default_rng(0)
     out = []
@@ -112,6 +113,22 @@ def test_the_registered_track_reports_its_own_growing_radius(db):
         var = 3.0**2 + n * (1.0**2 + (ODOMETRY_SCALE_SIGMA * V) ** 2)
         assert f.r95_m == pytest.approx(R95_PER_SIGMA * math.sqrt(var))
         assert f.accuracy_m == pytest.approx(f.r95_m / 2.45) and f.cov_xy[0] == pytest.approx(var)
+
+
+def test_the_calibrated_scale_applies_to_the_registered_tracks_radius_only(db):
+    """The export fits the radius's scale on calibration flights whose trusted fixes are all the registered
+    track's: the filter's own posterior (before a registration, or once the odometry broke the chain)
+    reports its radius as it is (measured: 10 deg of attitude noise, the filter's fixes 26-34 m off reported
+    within 25 m scaled, 45 m as they are)."""
+    plain, scaled = _fly(db, {}, coast_s=10), _fly(db, {}, coast_s=10, fix_r95_scale=0.5)
+    for a, b in zip(plain, scaled):
+        assert (a.x, a.y, a.trusted) == (b.x, b.y, b.trusted)  # the scale changes the radius, not the track
+    for i in range(5):  # the filter's posterior, before the registration
+        assert scaled[i].r95_m == pytest.approx(plain[i].r95_m) and scaled[i].cov_xy == plain[i].cov_xy
+    for i in range(6, 16):  # the registered track
+        assert scaled[i].r95_m == pytest.approx(0.5 * plain[i].r95_m)
+        assert scaled[i].accuracy_m == pytest.approx(0.5 * plain[i].accuracy_m)
+        assert scaled[i].cov_xy[0] == pytest.approx(0.25 * plain[i].cov_xy[0])
 
 
 def test_without_a_compass_the_fix_is_the_filter_mean(db):

@@ -338,7 +338,7 @@ class MapTrack:
         on_map = est.mass / max(1e-12, 1.0 - est.p_out)
         return on_map >= cfg.trust_mass and est.r95_m <= cfg.trust_r95_frac * fp
 
-    def _position(self, est, compass: bool) -> tuple[float, float, float, tuple]:
+    def _position(self, est, compass: bool) -> tuple[float, float, float, tuple, float, bool]:
         """The fix's position, 95 % radius and covariance (before the calibrated scale): the registered point
         carried by the odometry (its variance grown by each step) while that chain holds and the filter agrees
         with it within one grid cell or half its 95 % radius; else the filter's mean and spread. The grid's
@@ -347,20 +347,21 @@ class MapTrack:
         cell's; a registration the filter does not follow (150 m, one frame's peak 61 m off on a calibration
         flight) keeps the mean. Without a compass the odometry is turned by a tracked heading whose drift
         moves the carried point sideways (measured: median errors 9 -> 18 m on a 200 m flight): the mean.
-        The last item: how far the filter's mean and the registered track disagree (0 when they agree)."""
+        The last items: how far the filter's mean and the registered track disagree (0 when they agree), and
+        whether the position is the registered track's."""
         if self.verified is not None and self.chain_ok and compass:
             vx, vy = float(self.verified[0]), float(self.verified[1])
             d = math.hypot(vx - est.x, vy - est.y)
             if d <= self._agree_m(est):
                 v = self.verified_var + self._scale_var()
-                return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0), 0.0
+                return vx, vy, R95_PER_SIGMA * math.sqrt(v), (v, v, 0.0), 0.0, True
             # the filter's mean, which the registered track disagrees with: one of them is off by about their
             # distance, and the radius says so (measured: a height 10 m off, the mean 62 m from the truth
             # reported within 41 m while the registered track, 93 m off, said 195 m)
             cxx, cyy, cxy = est.cov_xy
             r95 = R95_PER_SIGMA * math.sqrt((est.r95_m / R95_PER_SIGMA) ** 2 + d * d / 2.0)
-            return float(est.x), float(est.y), r95, (cxx + d * d / 2.0, cyy + d * d / 2.0, cxy), d
-        return float(est.x), float(est.y), float(est.r95_m), tuple(est.cov_xy), 0.0
+            return float(est.x), float(est.y), r95, (cxx + d * d / 2.0, cyy + d * d / 2.0, cxy), d, False
+        return float(est.x), float(est.y), float(est.r95_m), tuple(est.cov_xy), 0.0, False
 
     def _fix(self, t: float, est, reg, compass: bool) -> Fix:
         trusted, reason = bool(est.trusted), est.reason
@@ -368,14 +369,17 @@ class MapTrack:
             trusted, reason = True, ""
         if trusted and self.verify and self.verified is None:
             trusted, reason = False, "not yet verified by registration to the map"
-        x, y, r95, cov, disagree_m = self._position(est, compass)
+        x, y, r95, cov, disagree_m, registered = self._position(est, compass)
         if trusted and disagree_m > 0.0:  # one of the two is off: a registration, or the odometry's metres
             trusted, reason = False, (f"the map filter and the registered track disagree by {disagree_m:.0f} m: "
                                       "waiting for a registration that settles it")
         lat, lon = latlon_at(self.db, self.filter.grid, x, y)
-        # the reported radius: the registered track's or the posterior's (_position), scaled as calibrated on
-        # flights through this chain; accuracy_m is the 1-sigma-like radius (GPS_INPUT's horiz_accuracy)
-        k = self.fix_r95_scale
+        # the reported radius: the registered track's, scaled as calibrated on flights through this chain, or
+        # the posterior's as it is: every trusted fix of the calibration flights is the registered track's, so
+        # the scale says nothing of the posterior's (measured: 10 deg of attitude noise, the odometry broken,
+        # the filter's own fixes 26-34 m off reporting 25 m scaled, 45 m as it is); accuracy_m is the
+        # 1-sigma-like radius (GPS_INPUT's horiz_accuracy)
+        k = self.fix_r95_scale if registered else 1.0
         r95 = r95 * k
         fix = Fix(t=t, x=x, y=y, lat=lat, lon=lon, confidence=float(est.mass), accuracy_m=r95 / 2.45,
                   trusted=trusted, reason="" if trusted else reason, vel_n_mps=est.vel_n_mps,
