@@ -5,7 +5,8 @@ A lens with distortion or a terrain breaks that, so each output pixel gets its o
 ray in the camera frame (any object with ``pixel_rays(u, v) -> (N, 3)``, OpenCV axes: x right, y down,
 z optical axis, e.g. :class:`runtime.inputs.camera.CameraModel`), the pose turns it into the world, and
 :func:`intersect_terrain` finds where it meets the ground ``z = terrain(x, y)``. The map is then read
-once, north-up, around those ground points (:func:`sample_ground`) at half their spacing, and remapped to the view.
+once, north-up, around those ground points (:func:`sample_ground`) at half their spacing, and remapped to
+the view.
 
 ``terrain(x, y) -> z``: heights in metres above the plane the camera's ``altitude_m`` is measured from
 (arrays in, array out; NaN is read as 0).

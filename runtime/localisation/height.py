@@ -143,7 +143,7 @@ class HeightAboveGround:
         ``a`` to ``here``; None when the span is too short, or too far from the odometry to be the height."""
         odo = a[3]
         n = float(np.hypot(*odo))
-        if n < SPAN_M or not math.isfinite(a[2]):
+        if n < SPAN_M:
             return None
         d = np.array([here[0] - a[0], here[1] - a[1]])
         ratio = float(d @ odo) / (n * n)
