@@ -177,3 +177,27 @@ def test_the_height_above_ground_from_msl_less_terrain_and_from_the_ground_cover
     on.of(tel)
     on.registered(reg(0.0, scale=1.05, method="features"))
     assert 1.0 < on.factor < 1.05
+
+
+def test_the_ground_under_the_drone_is_where_the_last_fix_has_carried_it():
+    """The last trusted fix is a keyframe old (40 m at 40 m/s, 1 frame/s): on a hillside the ground under
+    it is metres off the ground under the drone, and the odometry's metres with it. The fix carried by its
+    velocity to the frame's time gives the ground under the drone."""
+    from types import SimpleNamespace
+
+    from runtime.localisation.fix import Fix
+    from runtime.localisation.frames import Telemetry
+    from runtime.localisation.height import MAX_CARRY_S, HeightAboveGround, ground_point
+
+    class Hillside:  # the ground rises 10 m every 100 m eastwards
+        def height_at(self, x, y):
+            return 0.1 * np.asarray(x, float)
+
+    last = Fix(t=10.0, x=1000.0, y=500.0, trusted=True, vel_e_mps=40.0, vel_n_mps=-3.0)
+    assert ground_point(last, 11.0) == pytest.approx((1040.0, 497.0))
+    assert ground_point(last, 10.0 + MAX_CARRY_S + 1.0) == (1000.0, 500.0)  # too old to carry: where it was
+    assert ground_point(Fix(t=10.0, x=1000.0, y=500.0, trusted=True), 11.0) == (1000.0, 500.0)  # no velocity
+    assert ground_point(Fix(t=10.0, x=1000.0, y=500.0, trusted=False), 11.0) is None
+    h = HeightAboveGround(LocalizerConfig(), SimpleNamespace(path=None), terrain=Hillside())
+    tel = Telemetry(t=11.0, altitude_m=150.0, altitude_source="flight", altitude_msl_m=254.0)
+    assert h.of(tel, ground_point(last, 11.0))[0] == pytest.approx(254.0 - 104.0)  # not 254 - 100

@@ -50,6 +50,20 @@ DRIFT_PER_KM = 0.01  # the scale's uncertainty grows as a random walk of this (r
 FEATURES_SIGMA = 0.02  # a registration by features fits the scale to about this (relative, 1 sigma)
 MAX_FACTOR = 1.3  # the height is never corrected by more than this factor either way
 ANCHORS = 3  # registrations a span may start from: one look-alike among them does not cut the span
+MAX_CARRY_S = 5.0  # the last fix is carried by its velocity to the frame's time for at most this long
+
+
+def ground_point(last_fix, t: float):
+    """Where the drone is at ``t``, for the ground's height under it: the last trusted fix carried by its
+    velocity (the fix is a keyframe old: 40 m at 40 m/s and 1 frame/s, metres of height on a hillside;
+    measured over 50 m of relief: 8 -> 1 trusted fixes more than 25 m off), None without one."""
+    if last_fix is None or not last_fix.trusted:
+        return None
+    dt = t - last_fix.t
+    ve, vn = last_fix.vel_e_mps, last_fix.vel_n_mps
+    if not (math.isfinite(ve) and math.isfinite(vn) and 0.0 < dt <= MAX_CARRY_S):
+        return last_fix.x, last_fix.y
+    return last_fix.x + ve * dt, last_fix.y + vn * dt
 
 
 class HeightAboveGround:
@@ -84,8 +98,8 @@ class HeightAboveGround:
         return self.cfg.height_sigma_m / height_m if height_m and height_m > 0 else 0.0
 
     def of(self, telemetry, near_xy=None) -> tuple[float | None, str | None]:
-        """(height above ground m, where it came from) for a frame's telemetry; ``near_xy``: the last fix's
-        map position (the ground under it)."""
+        """(height above ground m, where it came from) for a frame's telemetry; ``near_xy``: the drone's map
+        position as last known (:func:`ground_point`; the ground under it)."""
         h, src = telemetry.altitude_m, telemetry.altitude_source
         msl = getattr(telemetry, "altitude_msl_m", None)
         if self.terrain is not None and msl is not None and near_xy is not None:

@@ -43,6 +43,7 @@ from runtime.localisation.compassless import CompasslessHeading
 from runtime.localisation.config import LocalizerConfig
 from runtime.localisation.fix import Fix, estimate_fix
 from runtime.localisation.frames import Ahead, Localization, Telemetry
+from runtime.localisation.height import ground_point
 from runtime.localisation.map_registration import Job
 from runtime.localisation.odometry import VisualOdometry, frame_texture
 from runtime.localisation.prediction import KeyframeClock, predict_fix
@@ -159,8 +160,7 @@ class Localizer:
         """The telemetry with the height above ground the chain works at (runtime.localisation.height)."""
         if self.height is None:
             return telemetry
-        last = self.last_fix
-        h, src = self.height.of(telemetry, (last.x, last.y) if last is not None and last.trusted else None)
+        h, src = self.height.of(telemetry, ground_point(self.last_fix, telemetry.t))
         if h == telemetry.altitude_m:
             return telemetry
         return replace(telemetry, altitude_m=h, altitude_source=src)
