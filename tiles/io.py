@@ -95,4 +95,3 @@ def read_versioned_json(mpath: Path, fmt: str, version: int, error: type[Excepti
         raise error(f"{mpath}: format {info.get('format')!r} version {info.get('format_version')!r}, this reader "
                     f"understands {fmt!r} version {version}; {fix}")
     return meta
-

@@ -42,6 +42,8 @@ import math
 
 import numpy as np
 
+from runtime.localisation.prediction import predict_fix
+
 SPAN_M = 100.0  # odometry between two registrations that measure the scale by the ground covered
 MAX_RATIO = 1.18  # a ratio beyond this is a wrong registration, not the height (a barometer errs by a few %)
 MAX_ACROSS = 0.1  # nor is a registered displacement this far (a share of the span) across the odometry's
@@ -59,11 +61,8 @@ def ground_point(last_fix, t: float):
     measured over 50 m of relief: 8 -> 1 trusted fixes more than 25 m off), None without one."""
     if last_fix is None or not last_fix.trusted:
         return None
-    dt = t - last_fix.t
-    ve, vn = last_fix.vel_e_mps, last_fix.vel_n_mps
-    if not (math.isfinite(ve) and math.isfinite(vn) and 0.0 < dt <= MAX_CARRY_S):
-        return last_fix.x, last_fix.y
-    return last_fix.x + ve * dt, last_fix.y + vn * dt
+    p = predict_fix(last_fix, t) if 0.0 < t - last_fix.t <= MAX_CARRY_S else last_fix  # no velocity: stays
+    return p.x, p.y
 
 
 class HeightAboveGround:
